@@ -1,0 +1,157 @@
+"""Attach, save and load adapters of any method, through peft, in one place.
+
+Every method plugin only maps its options to a peft config; this module is the shared mechanism:
+``attach`` a new adapter to a frozen base, ``save_adapter`` in PEFT format plus our ``adapterhub.json``
+sidecar (so a saved adapter *is* a PEFT directory), and ``load_adapter`` from a directory or from
+tensors + config (registry), refusing an adapter trained on another base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from adapterhub import plugins
+from adapterhub.base import Base
+from adapterhub.errors import AdapterHubError, IncompatibleBaseError
+from adapterhub.options import build_options
+
+MANIFEST_FILE = "adapterhub.json"
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+_TASK_TYPES = {"seq-cls": TaskType.SEQ_CLS, "causal-lm": TaskType.CAUSAL_LM}
+
+
+def peft_task_type(task: str) -> TaskType:
+    return _TASK_TYPES[task]
+
+
+def make_options(method: str, values: dict[str, Any] | None = None) -> Any:
+    """The options dataclass of ``method`` filled from ``values`` (validated, with clear errors)."""
+    spec = plugins.catalog().method(method)
+    return build_options(spec.options, values or {}, owner=f"method {method!r}")
+
+
+def attach(base: Base, method: str, options: Any = None) -> PeftModel:
+    """Wrap the frozen base with a new, trainable adapter of ``method``; only adapter weights require grad."""
+    spec = plugins.catalog().method(method)
+    options = options if options is not None else make_options(method)
+    config = spec.build_config(options, base.task)
+    if base.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(base.model, use_gradient_checkpointing=False)
+    return get_peft_model(base.model, config)
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_manifest(base: Base, method: str, options: Any, **extra: Any) -> dict:
+    """What adapterhub records beside the PEFT files: method, options, task, labels and the base's identity."""
+    return {
+        "format": 1,
+        "method": method,
+        "options": dataclasses.asdict(options),
+        "task": base.task,
+        "labels": base.labels,
+        "base": base.describe(),
+        **extra,
+    }
+
+
+def save_adapter(model: PeftModel, directory: str | os.PathLike, manifest: dict) -> Path:
+    """Write the adapter as a PEFT directory (safetensors + adapter_config.json) plus ``adapterhub.json``.
+
+    Files are written in a sibling temp directory and moved into place one by one, so an interrupted save
+    never leaves a half-written weights file under its final name.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        (Path(staging) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE):
+            os.replace(Path(staging) / name, directory / name)
+    return directory
+
+
+def read_adapter_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """``(peft_config, tensors, manifest)`` from a PEFT directory; pickle weights are refused."""
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():
+        raise AdapterHubError(f"{directory} has no {CONFIG_FILE}: it is not a PEFT adapter directory")
+    if not (directory / WEIGHTS_FILE).is_file():
+        pickled = [p.name for p in directory.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+        hint = f" (found {', '.join(pickled)}: pickle files are refused, re-save with safetensors)" if pickled else ""
+        raise AdapterHubError(f"{directory} has no {WEIGHTS_FILE}{hint}")
+    manifest_path = directory / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    return json.loads((directory / CONFIG_FILE).read_text()), load_file(directory / WEIGHTS_FILE), manifest
+
+
+def check_base(base: Base, adapter_base: str | None, adapter: str, *, force: bool = False) -> None:
+    """Refuse an adapter trained on another base, naming both, unless ``force``."""
+    if adapter_base and adapter_base != base.fingerprint_id and not force:
+        raise IncompatibleBaseError(
+            f"adapter {adapter} was trained on base {adapter_base}, but the loaded base is "
+            f"{base.fingerprint_id} ({base.describe()['source']}). Load the base it was trained on, "
+            f"or force the load (--force / force=True) if you know the weights are compatible."
+        )
+
+
+def load_adapter(
+    base: Base,
+    peft_config: dict,
+    tensors: dict[str, torch.Tensor],
+    *,
+    adapter_base: str | None = None,
+    label: str = "adapter",
+    force: bool = False,
+    trainable: bool = False,
+) -> PeftModel:
+    """Attach an adapter given by its PEFT config and tensors to ``base``, exactly as saved."""
+    check_base(base, adapter_base, label, force=force)
+    plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"))
+    config = PeftConfig.from_peft_type(**{k: v for k, v in peft_config.items() if k != "auto_mapping"})
+    config.inference_mode = not trainable
+    model = get_peft_model(base.model, config)
+    result = set_peft_model_state_dict(model, tensors)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise AdapterHubError(
+            f"{label} has tensors the base model has no place for (e.g. {unexpected[0]}): "
+            f"it was made for a different architecture"
+        )
+    expected = set(get_peft_model_state_dict(model))
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise AdapterHubError(f"{label} lacks tensors the method needs (e.g. {missing[0]}): the file is incomplete")
+    if not trainable:
+        model.eval()
+    return model
+
+
+def load_adapter_dir(base: Base, directory: str | os.PathLike, *, force: bool = False) -> PeftModel:
+    """Load a saved adapter directory (ours or plain PEFT) onto ``base``."""
+    peft_config, tensors, manifest = read_adapter_dir(directory)
+    fingerprint = (manifest.get("base") or {}).get("fingerprint")
+    return load_adapter(base, peft_config, tensors, adapter_base=fingerprint, label=str(directory), force=force)
+
+
+def copy_adapter_dir(source: Path, target: Path) -> None:
+    """Copy the PEFT files of one adapter directory to another."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)

@@ -1,0 +1,159 @@
+"""Load the frozen, optionally quantized base model that adapters attach to.
+
+Called by training, evaluation and (later) the runtime. A base is a local transformers model directory or a
+GGUF file; nothing is downloaded. Quantization is delegated to a quantizer plugin, which returns the
+``from_pretrained`` arguments (bitsandbytes NF4 / int8 in the bundled plugin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import logging as transformers_logging
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from adapterhub import plugins
+from adapterhub.errors import AdapterHubError, OptionError
+from adapterhub.fingerprint import fingerprint, weight_files
+from adapterhub.specs import TASKS
+
+log = logging.getLogger(__name__)
+MODEL_CLASSES = {"seq-cls": AutoModelForSequenceClassification, "causal-lm": AutoModelForCausalLM}
+
+
+@dataclass
+class Base:
+    """A loaded, frozen base model with the facts adapters record about it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    task: str
+    source: Path
+    gguf_file: str | None
+    quantization: str | None
+    fingerprint: dict
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def fingerprint_id(self) -> str:
+        return self.fingerprint["id"]
+
+    def describe(self) -> dict:
+        """What an adapter records about the base it was trained on."""
+        return {
+            "fingerprint": self.fingerprint_id,
+            "model_type": self.fingerprint["model_type"],
+            "shape": self.fingerprint["shape"],
+            "source": self.source.name if self.gguf_file is None else self.gguf_file,
+            "quantization": self.quantization,
+        }
+
+
+def resolve_source(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """``(model_dir, gguf_file_name_or_None)`` for a model directory, a ``.gguf`` file, or a directory holding one."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if not path.is_dir():
+        raise AdapterHubError(f"base model {str(path)!r} not found: pass a local model directory or a .gguf file.")
+    if (path / "config.json").is_file():
+        return path, None
+    ggufs = sorted(p.name for p in path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return path, ggufs[0]
+    found = ", ".join(ggufs) if ggufs else "neither config.json nor a .gguf file"
+    raise AdapterHubError(
+        f"{str(path)!r} is not a model directory ({found} found): pass a transformers model directory "
+        f"(with config.json) or the path of one .gguf file."
+    )
+
+
+def _dequantized_gguf_dir(source: Path, gguf_file: str, content_sha256: str) -> Path:
+    """transformers cannot quantize while reading GGUF, so dequantize it once into a cached HF directory."""
+    from adapterhub_registry import default_root
+
+    target = default_root().parent / "cache" / "gguf" / content_sha256[:16]
+    if (target / "config.json").is_file():
+        return target
+    log.info("dequantizing %s once into %s so it can be re-quantized", gguf_file, target)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    os.replace(staging, target)
+    return target
+
+
+def _quantization_kwargs(quantize: str | None, dtype: torch.dtype) -> dict:
+    if quantize is None:
+        return {}
+    spec = plugins.catalog().quantizer(quantize)
+    reason = spec.unavailable()
+    if reason:
+        raise AdapterHubError(f"quantizer {quantize!r} cannot run here: {reason}")
+    return spec.load_kwargs(dtype)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(previous)
+
+
+def load_base(
+    path: str | os.PathLike,
+    *,
+    task: str = "causal-lm",
+    quantize: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    labels: list[str] | None = None,
+) -> Base:
+    """Load a local model for ``task``, quantized through the ``quantize`` plugin if given, with every weight frozen.
+
+    ``labels`` (sequence classification) sets the number of classes and their names.
+    """
+    if task not in TASKS:
+        raise OptionError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    if task == "seq-cls" and not labels:
+        raise OptionError("sequence classification needs the list of labels (e.g. from the training data)")
+    source, gguf_file = resolve_source(path)
+    config = AutoConfig.from_pretrained(source, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(source)
+    identity = fingerprint(config, weight_files(source, gguf_file))
+
+    load_from, load_gguf = source, gguf_file
+    kwargs: dict = {"dtype": dtype, **_quantization_kwargs(quantize, dtype)}
+    if quantize and gguf_file:
+        load_from, load_gguf = _dequantized_gguf_dir(source, gguf_file, identity["content_sha256"]), None
+    if quantize:
+        kwargs["device_map"] = kwargs.get("device_map") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if load_gguf:
+        kwargs["gguf_file"] = load_gguf
+    if task == "seq-cls":
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
+    tokenizer = AutoTokenizer.from_pretrained(load_from, **({"gguf_file": load_gguf} if load_gguf else {}))
+    with _quiet_transformers():  # a fresh classification head is expected: the adapter trains and saves it
+        model = MODEL_CLASSES[task].from_pretrained(load_from, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    model.eval()
+    log.debug("loaded base %s (%s)", identity["id"], json.dumps(identity["shape"]))
+    return Base(model, tokenizer, task, source, gguf_file, quantize, identity, list(labels or []))

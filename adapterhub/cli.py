@@ -1,0 +1,202 @@
+"""The ``adapterhub`` command line: plugins, train, eval and registry; plugins add their own commands.
+
+Errors we raise on purpose (bad input, missing plugin, wrong base, corrupt file) are printed as one line
+saying what to do, with exit status 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from adapterhub import __version__, plugins
+from adapterhub.registry_cli import registry_group
+
+
+def _echo_json(value) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+class _Group(click.Group):
+    """Lists plugin commands in ``--help``, loading plugins only when a command is looked up."""
+
+    def _with_plugins(self) -> None:
+        if not getattr(self, "_plugins_added", False):
+            self._plugins_added = True
+            plugins.plugin_manager().hook.adapterhub_commands(cli=self)
+
+    def list_commands(self, ctx):
+        self._with_plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._with_plugins()
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="adapterhub")
+def cli() -> None:
+    """Train, store and evaluate parameter-efficient adapters on one frozen base model."""
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_command(as_json: bool) -> None:
+    """List installed plugins, their versions and what each contributes (and any that failed to load)."""
+    catalog = plugins.catalog()
+    rows = [
+        {"name": p.name, "distribution": p.distribution, "version": p.version, "error": p.error,
+         **({} if p.error else catalog.contributions_of(p.name))}
+        for p in catalog.plugins
+    ]  # fmt: skip
+    problems = catalog.hook_errors + [
+        f"{kind} {name!r} is claimed by {' and '.join(owners)}" for (kind, name), owners in catalog.conflicts.items()
+    ]
+    if as_json:
+        _echo_json({"plugins": rows, "problems": problems})
+        return
+    for row in rows:
+        click.echo(f"{row['name']} ({row['distribution']} {row['version']})")
+        if row["error"]:
+            click.echo(f"  FAILED TO LOAD: {row['error']}")
+            continue
+        for kind in ("methods", "quantizers", "kernels"):
+            if row[kind]:
+                click.echo(f"  {kind}: {', '.join(row[kind])}")
+    for problem in problems:
+        click.echo(f"problem: {problem}")
+    if not rows:
+        click.echo("no plugins installed (pip install adapterhub-lora, ...)")
+
+
+def _data_options(function):
+    for option in reversed([
+        click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="CSV/JSONL (text, label) or a text file (causal LM)."),
+        click.option("--text-column", default=None, help="Column holding the text [text]."),
+        click.option("--label-column", default=None, help="Column holding the label [label]."),
+        click.option("--encoding", default=None, help="File encoding [utf-8], e.g. latin-1."),
+        click.option("--dedupe/--no-dedupe", default=None, help="Drop texts equal after normalisation (retweets)."),
+        click.option("--test-split", type=float, default=None, help="Held-out fraction, chosen by text hash [0.2]."),
+        click.option("--max-samples", type=int, default=None, help="Use a fixed subset of this many examples."),
+    ]):  # fmt: skip
+        function = option(function)
+    return function
+
+
+@cli.command("train")
+@click.option("--base", required=True, help="Local base model directory or .gguf file.")
+@click.option("--task", type=click.Choice(["seq-cls", "causal-lm"]), default="seq-cls", show_default=True)
+@click.option("--method", required=True, help="Adapter method (see `adapterhub plugins`).")
+@click.option("-o", "--option", "method_options", multiple=True, metavar="KEY=VALUE", help="Method option, repeatable (e.g. -o r=16).")
+@click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
+@_data_options
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--max-length", type=int, default=128, show_default=True, help="Max tokens per text (classification).")
+@click.option("--block-size", type=int, default=128, show_default=True, help="Tokens per block (causal LM).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", type=click.Path(file_okay=False), default=None, help="Also keep the adapter in this directory.")
+@click.option("--push", default=None, metavar="NAME", help="Push the trained adapter to the registry under NAME.")
+@click.option("--tag", "tags", multiple=True, help="Tag for the pushed version, repeatable.")
+@click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY", help="Registry root [$ADAPTERHUB_HOME/registry].")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train_command(base, task, method, method_options, quantize, data_path, text_column, label_column, encoding, dedupe,
+                  test_split, max_samples, epochs, batch_size, lr, max_length, block_size, seed, output, push, tags,
+                  registry_root, as_json, no_progress) -> None:  # fmt: skip
+    """Train an adapter on a frozen base, evaluate it each epoch and push it to the registry."""
+    from adapterhub.options import parse_pairs
+    from adapterhub.train import TrainSettings
+    from adapterhub.workflow import DataSpec, TrainJob, train_adapter
+
+    data = DataSpec(data_path, seed=seed)
+    for name, value in dict(text_column=text_column, label_column=label_column, encoding=encoding, dedupe=dedupe,
+                            test_split=test_split, max_samples=max_samples).items():  # fmt: skip
+        if value is not None:
+            setattr(data, name, value)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length,
+                             block_size=block_size, seed=seed)  # fmt: skip
+    job = TrainJob(base, method, data, task, parse_pairs(list(method_options)), settings, quantize, output, push,
+                   list(tags), registry_root, progress=not no_progress)  # fmt: skip
+    outcome = train_adapter(job)
+    summary = {
+        "metrics": outcome.result.metrics,
+        "data": outcome.manifest["data_summary"],
+        "train_seconds": round(outcome.result.train_seconds, 2),
+        "trainable_parameters": outcome.trainable_parameters,
+        "adapter_bytes": outcome.adapter_bytes,
+        "adapter_dir": str(outcome.adapter_dir),
+        "pushed": outcome.record.ref if outcome.record else None,
+    }
+    if as_json:
+        _echo_json(summary)
+        return
+    for key, value in summary.items():
+        click.echo(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
+
+
+@cli.command("eval")
+@click.argument("ref")
+@click.option("--base", required=True, help="Local base model directory or .gguf file.")
+@click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4).")
+@_data_options
+@click.option("--force", is_flag=True, help="Load even if the adapter was trained on another base.")
+@click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY")
+@click.option("--save-metrics", is_flag=True, help="Record the metrics on the registry entry.")
+@click.option("--json", "as_json", is_flag=True)
+def eval_command(ref, base, quantize, data_path, text_column, label_column, encoding, dedupe, test_split, max_samples,
+                 force, registry_root, save_metrics, as_json) -> None:  # fmt: skip
+    """Evaluate registry adapter REF (name, name@version or name:tag) on the held-out split of --data.
+
+    The split settings recorded at training time are reused, so the same file gives the same test set.
+    """
+    from adapterhub_registry import Registry
+
+    from adapterhub.workflow import evaluate_adapter, recorded_data_spec
+
+    registry = Registry(registry_root)
+    record = registry.resolve(ref)
+    data = recorded_data_spec(
+        record.manifest, data_path, text_column=text_column, label_column=label_column, encoding=encoding,
+        dedupe=dedupe, test_split=test_split, max_samples=max_samples,
+    )  # fmt: skip
+    metrics = evaluate_adapter(record.ref, base, data, quantize=quantize, registry_root=registry_root, force=force)
+    if save_metrics:
+        registry.set_metrics(record.ref, {f"eval_{k}": v for k, v in metrics.items()})
+    if as_json:
+        _echo_json({"adapter": record.ref, "metrics": metrics})
+        return
+    click.echo(f"adapter: {record.ref}")
+    for key, value in metrics.items():
+        click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+
+
+cli.add_command(registry_group)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from adapterhub_registry import RegistryError
+
+    from adapterhub.errors import AdapterHubError
+
+    try:
+        cli.main(args=argv, prog_name="adapterhub", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (AdapterHubError, RegistryError, FloatingPointError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Read training data from local files and split it reproducibly.
+
+Classification data is CSV or JSONL with a text and a label column; causal-LM data is a plain text file
+cut into token blocks. The held-out split is decided by a hash of each example's normalised text (and the
+seed), not by shuffling: the same file always gives the same test set, in `train` and later in `eval`,
+and duplicated texts (e.g. retweets) can never straddle train and test.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapterhub.errors import DataError
+
+_RETWEET = re.compile(r"^(rt\s+)?(@\w+:?\s*)+", re.IGNORECASE)
+_URL = re.compile(r"https?://\S+")
+_SPACE = re.compile(r"\s+")
+
+
+@dataclass
+class ClassificationData:
+    """Texts with integer labels; ``label_names[i]`` is the name of label ``i``."""
+
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+
+    def subset(self, indices: list[int]) -> "ClassificationData":
+        return ClassificationData([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.label_names)
+
+    def majority_fraction(self) -> float:
+        """Accuracy of always predicting the most frequent label (the baseline to beat)."""
+        if not self.labels:
+            return 0.0
+        return max(self.labels.count(label) for label in set(self.labels)) / len(self.labels)
+
+
+def normalise(text: str) -> str:
+    """Lower-case text without retweet prefixes, URLs or repeated spaces: the key for dedupe and splitting."""
+    return _SPACE.sub(" ", _URL.sub("", _RETWEET.sub("", text.strip()))).strip().lower()
+
+
+def _read_rows(path: Path, encoding: str) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} not found")
+    try:
+        with path.open(encoding=encoding, newline="") as handle:
+            if path.suffix in (".jsonl", ".json"):
+                return [json.loads(line) for line in handle if line.strip()]
+            return list(csv.DictReader(handle))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not valid {encoding} ({exc.reason}); pass --encoding (e.g. latin-1)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
+def load_classification(
+    path: str | Path,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    encoding: str = "utf-8",
+    dedupe: bool = False,
+    label_names: list[str] | None = None,
+) -> ClassificationData:
+    """Read a CSV/JSONL file of labelled texts. ``dedupe`` keeps the first of texts equal after ``normalise``.
+
+    ``label_names`` fixes the label order (e.g. from a trained adapter); otherwise labels are sorted.
+    """
+    path = Path(path)
+    rows = _read_rows(path, encoding)
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    missing = [c for c in (text_column, label_column) if c not in rows[0]]
+    if missing:
+        raise DataError(
+            f"{path} has no column {', '.join(map(repr, missing))}; its columns are {', '.join(rows[0])}. "
+            f"Pass --text-column / --label-column."
+        )
+    seen: set[str] = set()
+    texts, names = [], []
+    for row in rows:
+        text, label = str(row[text_column] or "").strip(), str(row[label_column]).strip()
+        key = normalise(text)
+        if not key or (dedupe and key in seen):
+            continue
+        seen.add(key)
+        texts.append(text)
+        names.append(label)
+    label_names = list(label_names) if label_names else sorted(set(names))
+    unknown = sorted(set(names) - set(label_names))
+    if unknown:
+        raise DataError(f"{path} has labels {unknown} that the adapter does not know (it knows {label_names})")
+    index = {name: i for i, name in enumerate(label_names)}
+    return ClassificationData(texts, [index[name] for name in names], label_names)
+
+
+def in_test_split(key: str, test_fraction: float, seed: int) -> bool:
+    """Whether an example (by its key) belongs to the held-out split; stable across runs and machines."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
+
+
+def split_classification(data: ClassificationData, test_fraction: float, seed: int) -> tuple[ClassificationData, ClassificationData]:
+    """``(train, test)`` split by hash of the normalised text."""
+    test = [in_test_split(normalise(text), test_fraction, seed) for text in data.texts]
+    return (
+        data.subset([i for i, t in enumerate(test) if not t]),
+        data.subset([i for i, t in enumerate(test) if t]),
+    )
+
+
+def load_text_blocks(path: str | Path, tokenizer, block_size: int, encoding: str = "utf-8") -> list[list[int]]:
+    """Tokenise a text file and cut it into blocks of ``block_size`` tokens (the last partial block kept if long enough)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"text file {str(path)!r} not found")
+    ids = tokenizer(path.read_text(encoding=encoding), add_special_tokens=False)["input_ids"]
+    blocks = [ids[i : i + block_size] for i in range(0, len(ids), block_size)]
+    blocks = [b for b in blocks if len(b) >= max(2, block_size // 4)]
+    if not blocks:
+        raise DataError(f"{path} is too short: it gives no block of {block_size} tokens")
+    return blocks
+
+
+def split_blocks(blocks: list[list[int]], test_fraction: float, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """``(train, test)`` blocks, split by hash of each block's tokens; at least one block each when possible."""
+    test_flags = [in_test_split(",".join(map(str, b)), test_fraction, seed) for b in blocks]
+    if test_fraction > 0 and not any(test_flags) and len(blocks) > 1:
+        test_flags[-1] = True
+    return [b for b, t in zip(blocks, test_flags) if not t], [b for b, t in zip(blocks, test_flags) if t]

@@ -1,0 +1,190 @@
+"""Find and load plugins, and collect what they contribute.
+
+Plugins are modules registered under the entry point group ``adapterhub``. We load entry points one by
+one instead of with pluggy's ``load_setuptools_entrypoints``, because that stops at the first plugin that
+fails to import; here a broken plugin is recorded with its error and skipped, never fatal. Hooks are
+likewise called one implementation at a time, so a plugin that raises inside a hook is reported and the
+others still contribute.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import traceback
+from dataclasses import dataclass, field
+
+import pluggy
+
+from adapterhub import hookspecs
+from adapterhub.errors import PluginError, UnknownNameError
+from adapterhub.specs import KernelSpec, MethodSpec, QuantizerSpec
+
+ENTRY_POINT_GROUP = "adapterhub"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One loaded (or failed) plugin: its entry point name, distribution and version."""
+
+    name: str
+    distribution: str
+    version: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """A spec together with the plugin that contributed it."""
+
+    spec: MethodSpec | KernelSpec | QuantizerSpec
+    plugin: str
+
+
+@dataclass
+class Catalog:
+    """Everything the installed plugins contribute, by kind and name, plus what went wrong."""
+
+    plugins: list[PluginInfo] = field(default_factory=list)
+    methods: dict[str, Contribution] = field(default_factory=dict)
+    quantizers: dict[str, Contribution] = field(default_factory=dict)
+    kernels: dict[str, list[Contribution]] = field(default_factory=dict)
+    conflicts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    hook_errors: list[str] = field(default_factory=list)
+
+    def method(self, name: str) -> MethodSpec:
+        return self._lookup("method", self.methods, name).spec
+
+    def quantizer(self, name: str) -> QuantizerSpec:
+        return self._lookup("quantizer", self.quantizers, name).spec
+
+    def method_for_peft_type(self, peft_type: str) -> MethodSpec:
+        for contribution in self.methods.values():
+            if contribution.spec.peft_type == peft_type:
+                return contribution.spec
+        raise UnknownNameError(
+            f"no installed method plugin handles PEFT type {peft_type!r}; installed methods: "
+            f"{self._names(self.methods)}. Install the plugin for that method (pip install ...) and retry."
+        )
+
+    def contributions_of(self, plugin: str) -> dict[str, list[str]]:
+        """What one plugin contributes, e.g. ``{"methods": ["lora"], "quantizers": []}``."""
+        kernels = [c for cs in self.kernels.values() for c in cs]
+        return {
+            kind: sorted(_spec_name(c.spec) for c in contributions if c.plugin == plugin)
+            for kind, contributions in (
+                ("methods", self.methods.values()),
+                ("quantizers", self.quantizers.values()),
+                ("kernels", kernels),
+            )
+        }
+
+    def _lookup(self, kind: str, table: dict[str, Contribution], name: str) -> Contribution:
+        if (kind, name) in self.conflicts:
+            owners = " and ".join(self.conflicts[(kind, name)])
+            raise PluginError(
+                f"{kind} {name!r} is provided by more than one plugin: {owners}. "
+                f"Uninstall one of them (pip uninstall ...)."
+            )
+        if name not in table:
+            raise UnknownNameError(
+                f"unknown {kind} {name!r}; installed {kind}s: {self._names(table)}. "
+                f"Run `adapterhub plugins` to see what is installed."
+            )
+        return table[name]
+
+    @staticmethod
+    def _names(table: dict) -> str:
+        return ", ".join(sorted(table)) or "(none)"
+
+
+def _spec_name(spec) -> str:
+    return f"{spec.op}:{spec.name}" if isinstance(spec, KernelSpec) else spec.name
+
+
+def _distribution_of(entry_point: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return "?", "?"
+    return dist.metadata["Name"], dist.version
+
+
+def _short_error(exc: BaseException) -> str:
+    frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" (at {frame[0].filename}:{frame[0].lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def load_plugins() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
+    """Register every ``adapterhub`` entry point with a fresh plugin manager; failures are recorded."""
+    pm = pluggy.PluginManager("adapterhub")
+    pm.add_hookspecs(hookspecs)
+    infos: list[PluginInfo] = []
+    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        distribution, version = _distribution_of(entry_point)
+        if pm.has_plugin(entry_point.name):
+            continue  # the same distribution seen twice on sys.path
+        try:
+            pm.register(entry_point.load(), name=entry_point.name)
+        except Exception as exc:  # a broken plugin must never take the tool down
+            infos.append(PluginInfo(entry_point.name, distribution, version, _short_error(exc)))
+            continue
+        infos.append(PluginInfo(entry_point.name, distribution, version))
+    return pm, infos
+
+
+def _collect(pm: pluggy.PluginManager, hook_name: str, catalog: Catalog) -> list[Contribution]:
+    contributions = []
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        try:
+            specs = impl.function() or []
+        except Exception as exc:
+            catalog.hook_errors.append(f"plugin {impl.plugin_name!r} failed in {hook_name}: {_short_error(exc)}")
+            continue
+        contributions.extend(Contribution(spec, impl.plugin_name) for spec in specs)
+    return contributions
+
+
+def _index(kind: str, contributions: list[Contribution], catalog: Catalog) -> dict[str, Contribution]:
+    table: dict[str, Contribution] = {}
+    for contribution in contributions:
+        name = contribution.spec.name
+        if name in table:
+            owners = catalog.conflicts.setdefault((kind, name), [table[name].plugin])
+            owners.append(contribution.plugin)
+            continue
+        table[name] = contribution
+    return table
+
+
+def build_catalog(pm: pluggy.PluginManager, plugins: list[PluginInfo]) -> Catalog:
+    """Call each contribution hook and index the results by name, recording conflicts and hook errors."""
+    catalog = Catalog(plugins=plugins)
+    catalog.methods = _index("method", _collect(pm, "adapterhub_methods", catalog), catalog)
+    catalog.quantizers = _index("quantizer", _collect(pm, "adapterhub_quantizers", catalog), catalog)
+    for contribution in _collect(pm, "adapterhub_kernels", catalog):
+        catalog.kernels.setdefault(contribution.spec.op, []).append(contribution)
+    return catalog
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded() -> tuple[pluggy.PluginManager, Catalog]:
+    pm, infos = load_plugins()
+    return pm, build_catalog(pm, infos)
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (entry points loaded once)."""
+    return _loaded()[0]
+
+
+def catalog() -> Catalog:
+    """The process-wide catalog of methods, quantizers and kernels."""
+    return _loaded()[1]
+
+
+def reload() -> Catalog:
+    """Forget loaded plugins and discover them again (after installing one at run time, and in tests)."""
+    _loaded.cache_clear()
+    importlib.invalidate_caches()
+    return catalog()

@@ -1,0 +1,183 @@
+"""``adapterhub registry ...``: the local adapter registry from the command line.
+
+The registry library (``adapterhub_registry``) knows files and records; this module adds what needs the
+core: mapping a PEFT directory's ``peft_type`` to an installed method and, with ``--base``, checking that
+an imported adapter actually loads onto that base before it is recorded against it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from adapterhub_registry import Registry
+
+_TASKS = {"SEQ_CLS": "seq-cls", "CAUSAL_LM": "causal-lm"}
+
+
+def _registry(ctx: click.Context) -> Registry:
+    return Registry(ctx.obj)
+
+
+def _print_records(records, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in records], indent=2, sort_keys=True))
+        return
+    if not records:
+        click.echo("no adapters")
+        return
+    for r in records:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items()) if isinstance(v, (int, float)))
+        tags = f" [{', '.join(r.tags)}]" if r.tags else ""
+        click.echo(f"{r.ref:<32} {r.method:<10} {r.size_bytes / 1024:>9.1f} KiB  {r.base_fingerprint or '-'}{tags}  {metrics}")
+
+
+@click.group("registry")
+@click.option("--root", default=None, envvar="ADAPTERHUB_REGISTRY", help="Registry root [$ADAPTERHUB_HOME/registry].")
+@click.pass_context
+def registry_group(ctx: click.Context, root: str | None) -> None:
+    """The local adapter registry: versions, tags, checksums, metrics, PEFT import/export."""
+    ctx.obj = root
+
+
+@registry_group.command("list")
+@click.option("--name", default=None)
+@click.option("--method", default=None)
+@click.option("--base", "base_fingerprint", default=None, help="Base fingerprint.")
+@click.option("--tag", default=None)
+@click.option("--all-versions", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_command(ctx, name, method, base_fingerprint, tag, all_versions, as_json) -> None:
+    """List adapters (latest version of each unless --all-versions)."""
+    records = _registry(ctx).list(name=name, method=method, base_fingerprint=base_fingerprint, tag=tag, all_versions=all_versions)
+    _print_records(records, as_json)
+
+
+@registry_group.command("search")
+@click.argument("query")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def search_command(ctx, query, as_json) -> None:
+    """Find adapters whose name, method, tags or description contain QUERY."""
+    _print_records(_registry(ctx).search(query), as_json)
+
+
+@registry_group.command("show")
+@click.argument("ref")
+@click.pass_context
+def show_command(ctx, ref) -> None:
+    """Everything recorded about REF (name, name@version or name:tag), as JSON."""
+    click.echo(json.dumps(_registry(ctx).resolve(ref).to_dict(), indent=2, sort_keys=True))
+
+
+@registry_group.command("tag")
+@click.argument("ref")
+@click.argument("tag")
+@click.pass_context
+def tag_command(ctx, ref, tag) -> None:
+    """Point TAG of the adapter's name at REF's version."""
+    click.echo(f"{tag} -> {_registry(ctx).tag(ref, tag).ref}")
+
+
+@registry_group.command("untag")
+@click.argument("name")
+@click.argument("tag")
+@click.pass_context
+def untag_command(ctx, name, tag) -> None:
+    """Remove TAG from adapter NAME."""
+    _registry(ctx).untag(name, tag)
+    click.echo(f"removed tag {tag} from {name}")
+
+
+@registry_group.command("delete")
+@click.argument("ref")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def delete_command(ctx, ref, yes) -> None:
+    """Delete REF (all versions for a bare name); blobs no longer used are removed."""
+    registry = _registry(ctx)
+    if not yes:
+        click.confirm(f"delete {ref}" + (" (all versions)" if "@" not in ref and ":" not in ref else "") + "?", abort=True)
+    for record in registry.delete(ref):
+        click.echo(f"deleted {record.ref}")
+
+
+@registry_group.command("verify")
+@click.option("--repair", is_flag=True, help="Remove orphan blobs and temp files left by interrupted writes.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def verify_command(ctx, repair, as_json) -> None:
+    """Re-hash every blob; report corrupt or missing ones by adapter. Exit 1 if any is corrupt."""
+    report = _registry(ctx).verify(repair=repair)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(f"checked {report.checked} adapter(s): {len(report.ok)} ok, {len(report.corrupt)} corrupt")
+        for ref, reason in report.corrupt:
+            click.echo(f"CORRUPT {ref}: {reason}")
+        for path in [*report.orphans, *report.temp_files]:
+            click.echo(f"{'removed' if report.repaired else 'leftover'}: {path}")
+    if not report.ok_all:
+        ctx.exit(1)
+
+
+@registry_group.command("pull")
+@click.argument("ref")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.pass_context
+def pull_command(ctx, ref, directory) -> None:
+    """Write REF (checked by sha256) to DIRECTORY as PEFT files plus adapterhub.json."""
+    click.echo(f"pulled {_registry(ctx).pull(ref, directory).ref} into {directory}")
+
+
+@registry_group.command("export-peft")
+@click.argument("ref")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True)
+@click.pass_context
+def export_command(ctx, ref, directory, overwrite) -> None:
+    """Write REF as a plain PEFT directory that peft.PeftModel.from_pretrained loads unchanged."""
+    path = _registry(ctx).export_peft(ref, directory, overwrite=overwrite)
+    click.echo(f"exported {ref} to {path}")
+
+
+@registry_group.command("import-peft")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("name")
+@click.option("--base", default=None, help="Base model the adapter belongs to: checked to load, and recorded.")
+@click.option("--tag", "tags", multiple=True)
+@click.option("--force", is_flag=True, help="Record against --base even if it does not match.")
+@click.pass_context
+def import_command(ctx, directory, name, base, tags, force) -> None:
+    """Import a PEFT adapter DIRECTORY (adapter_config.json + adapter_model.safetensors) as NAME."""
+    record = import_peft(_registry(ctx), Path(directory), name, base=base, tags=tags, force=force)
+    click.echo(f"imported {record.ref} ({record.method}, base {record.base_fingerprint or 'not recorded'})")
+
+
+def import_peft(registry: Registry, directory: Path, name: str, *, base: str | None = None, tags=(), force=False):
+    """Record a PEFT directory under ``name``; with ``base``, the adapter must load onto it first."""
+    from adapterhub import adapters, plugins
+    from adapterhub.base import load_base
+
+    peft_config, tensors, manifest = adapters.read_adapter_dir(directory)
+    method = plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"))
+    manifest = {"format": 1, **manifest, "method": method.name, "imported_from": "peft"}
+    fingerprint = None
+    if base is not None:
+        task = _TASKS.get(peft_config.get("task_type") or "", "causal-lm")
+        labels = (manifest.get("labels") or _labels_from_head(tensors)) if task == "seq-cls" else None
+        loaded = load_base(base, task=task, labels=labels)
+        adapters.load_adapter(loaded, peft_config, tensors, label=str(directory),
+                              adapter_base=(manifest.get("base") or {}).get("fingerprint"), force=force)  # fmt: skip
+        fingerprint = loaded.fingerprint_id
+        manifest.update(task=task, labels=loaded.labels, base=loaded.describe())
+    return registry.push(name, directory, method=method.name, base_fingerprint=fingerprint, manifest=manifest, tags=tags)
+
+
+def _labels_from_head(tensors: dict) -> list[str]:
+    """Class names for a classifier adapter imported without them: one per row of its saved head."""
+    heads = [t for key, t in tensors.items() if key.endswith(("classifier.weight", "score.weight", "out_proj.weight"))]
+    n = heads[0].shape[0] if heads else 2
+    return [f"LABEL_{i}" for i in range(n)]

@@ -1,0 +1,195 @@
+"""End-to-end jobs behind ``adapterhub train`` and ``adapterhub eval``, usable from Python as well.
+
+train: read data → load the frozen (optionally quantized) base → attach the method → train with
+per-epoch evaluation → save as PEFT + manifest → push to the registry with its metrics.
+eval: resolve a registry adapter → load the base it names → re-create the same held-out split → metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapterhub_registry import Registry
+from adapterhub_registry.names import validate_name
+
+from adapterhub import adapters, plugins
+from adapterhub.base import Base, load_base
+from adapterhub.batches import block_batches, classification_batches
+from adapterhub.data import (
+    ClassificationData,
+    load_classification,
+    load_text_blocks,
+    normalise,
+    split_blocks,
+    split_classification,
+)
+from adapterhub.errors import OptionError
+from adapterhub.evaluation import evaluate_batches
+from adapterhub.train import TrainResult, TrainSettings, seed_everything, train
+
+
+@dataclass
+class DataSpec:
+    """Where the data is and how to read and split it; recorded in the adapter so `eval` can rebuild the split."""
+
+    path: str
+    text_column: str = "text"
+    label_column: str = "label"
+    encoding: str = "utf-8"
+    dedupe: bool = False
+    test_split: float = 0.2
+    max_samples: int | None = None
+    seed: int = 0
+
+    def recorded(self) -> dict:
+        """The spec as stored in the manifest: file name and content hash instead of a machine-local path."""
+        info = dataclasses.asdict(self)
+        path = Path(self.path)
+        info["path"] = path.name
+        info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        return info
+
+
+@dataclass
+class TrainJob:
+    base: str
+    method: str
+    data: DataSpec
+    task: str = "seq-cls"
+    options: dict[str, Any] = field(default_factory=dict)
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    quantize: str | None = None
+    output: str | None = None
+    push: str | None = None
+    tags: list[str] = field(default_factory=list)
+    registry_root: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainOutcome:
+    result: TrainResult
+    adapter_dir: Path
+    manifest: dict
+    trainable_parameters: int
+    adapter_bytes: int
+    record: Any = None  # the registry record when pushed
+
+
+def _cap(data: ClassificationData, max_samples: int | None, seed: int) -> ClassificationData:
+    """A deterministic subset of ``max_samples`` examples (by hash order), identical in train and eval."""
+    if not max_samples or max_samples >= len(data.texts):
+        return data
+    keyed = sorted(range(len(data.texts)), key=lambda i: hashlib.sha256(f"{seed}|{normalise(data.texts[i])}".encode()).digest())
+    return data.subset(sorted(keyed[:max_samples]))
+
+
+def classification_split(spec: DataSpec, label_names: list[str] | None = None) -> tuple[ClassificationData, ClassificationData]:
+    data = load_classification(
+        spec.path, text_column=spec.text_column, label_column=spec.label_column,
+        encoding=spec.encoding, dedupe=spec.dedupe, label_names=label_names,
+    )  # fmt: skip
+    return split_classification(_cap(data, spec.max_samples, spec.seed), spec.test_split, spec.seed)
+
+
+def _batch_makers(base: Base, spec: DataSpec, settings: TrainSettings, label_names: list[str] | None):
+    """``(make_train(order), n_train, make_eval(), summary)`` for the base's task."""
+    tokenizer = base.tokenizer
+    if base.task == "seq-cls":
+        train_set, test_set = classification_split(spec, label_names)
+        if not train_set.texts or not test_set.texts:
+            raise OptionError(f"the split of {spec.path} left an empty train or test set; change --test-split")
+        summary = {"train_examples": len(train_set.texts), "test_examples": len(test_set.texts),
+                   "majority_baseline": test_set.majority_fraction()}  # fmt: skip
+        return (
+            lambda order: classification_batches(train_set, tokenizer, settings.batch_size, settings.max_length, order),
+            len(train_set.texts),
+            lambda: classification_batches(test_set, tokenizer, settings.eval_batch_size, settings.max_length),
+            summary,
+        )
+    blocks = load_text_blocks(spec.path, tokenizer, settings.block_size, spec.encoding)
+    train_blocks, test_blocks = split_blocks(blocks, spec.test_split, spec.seed)
+    pad = tokenizer.pad_token_id
+    return (
+        lambda order: block_batches(train_blocks, pad, settings.batch_size, order),
+        len(train_blocks),
+        (lambda: block_batches(test_blocks, pad, settings.eval_batch_size)) if test_blocks else None,
+        {"train_blocks": len(train_blocks), "test_blocks": len(test_blocks)},
+    )
+
+
+def labels_of(spec: DataSpec) -> list[str]:
+    return load_classification(
+        spec.path, text_column=spec.text_column, label_column=spec.label_column, encoding=spec.encoding, dedupe=spec.dedupe
+    ).label_names
+
+
+def train_adapter(job: TrainJob) -> TrainOutcome:
+    """Run one training job end to end; push to the registry when ``job.push`` names the adapter."""
+    registry = Registry(job.registry_root) if job.push else None
+    if job.push:
+        validate_name(job.push)  # fail on a bad name before training, not after
+    options = adapters.make_options(job.method, job.options)
+    seed_everything(job.settings.seed)
+    labels = labels_of(job.data) if job.task == "seq-cls" else None
+    base = load_base(job.base, task=job.task, quantize=job.quantize, labels=labels)
+    make_train, n_train, make_eval, summary = _batch_makers(base, job.data, job.settings, labels)
+    spec = plugins.catalog().method(job.method)
+    model = adapters.attach(base, job.method, options)
+    result = train(model, make_train, n_train, make_eval, base.task, job.settings, spec.on_train_step, job.progress)
+    manifest = adapters.build_manifest(
+        base, job.method, options,
+        data=job.data.recorded(), data_summary=summary,
+        training={**dataclasses.asdict(job.settings), "train_seconds": result.train_seconds, "steps": result.steps},
+    )  # fmt: skip
+    output = Path(job.output) if job.output else Path(tempfile.mkdtemp(prefix="adapterhub-"))
+    adapters.save_adapter(model, output, manifest)
+    outcome = TrainOutcome(
+        result, output, manifest, adapters.trainable_parameters(model), (output / adapters.WEIGHTS_FILE).stat().st_size
+    )
+    if registry is not None:
+        outcome.record = registry.push(
+            job.push, output, method=job.method, base_fingerprint=base.fingerprint_id,
+            metrics={**result.metrics, "train_seconds": result.train_seconds}, tags=job.tags,
+        )  # fmt: skip
+    return outcome
+
+
+def evaluate_adapter(
+    ref: str,
+    base_path: str,
+    data: DataSpec | None = None,
+    *,
+    quantize: str | None = None,
+    registry_root: str | None = None,
+    force: bool = False,
+    settings: TrainSettings | None = None,
+) -> dict:
+    """Metrics of a registry adapter on the held-out split of ``data`` (default: the data it was trained on,
+    read from the same path given again, split as recorded)."""
+    record, tensors = Registry(registry_root).load(ref)
+    manifest = record.manifest
+    base = load_base(base_path, task=manifest.get("task", "causal-lm"), quantize=quantize, labels=manifest.get("labels") or None)
+    model = adapters.load_adapter(
+        base, record.peft_config, tensors, adapter_base=record.base_fingerprint, label=record.ref, force=force
+    )
+    settings = settings or TrainSettings(**{k: v for k, v in manifest.get("training", {}).items() if k in TrainSettings.__dataclass_fields__})
+    if data is None:
+        raise OptionError("pass --data: the file the held-out split is taken from")
+    _, _, make_eval, summary = _batch_makers(base, data, settings, base.labels or None)
+    if make_eval is None:
+        raise OptionError(f"{data.path} gives no held-out examples; raise --test-split")
+    return {**evaluate_batches(model, make_eval(), base.task), **summary}
+
+
+def recorded_data_spec(manifest: dict, path: str, **overrides: Any) -> DataSpec:
+    """The DataSpec an adapter was trained with, pointed at ``path`` (a local copy of the same file)."""
+    recorded = {k: v for k, v in manifest.get("data", {}).items() if k in DataSpec.__dataclass_fields__}
+    recorded.update({k: v for k, v in overrides.items() if v is not None})
+    recorded["path"] = path
+    return DataSpec(**recorded)

@@ -1,0 +1,57 @@
+"""adapterhub method plugin: LoRA on peft.
+
+Only the mapping from our options to ``peft.LoraConfig`` lives here; attaching, training, saving and
+loading are shared by every method in the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import adapterhub
+from adapterhub.specs import MethodSpec
+
+
+@dataclass
+class LoraOptions:
+    """LoRA options. ``target_modules``: "all-linear" or module names (e.g. ``["q_proj", "v_proj"]``)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    rslora: bool = False
+    dora: bool = False
+    bias: str = "none"
+
+
+def build_config(options: LoraOptions, task: str):
+    from peft import LoraConfig
+
+    from adapterhub.adapters import peft_task_type
+
+    targets = options.target_modules
+    return LoraConfig(
+        task_type=peft_task_type(task),
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        use_rslora=options.rslora,
+        use_dora=options.dora,
+        bias=options.bias,
+    )
+
+
+@adapterhub.hookimpl
+def adapterhub_methods() -> list[MethodSpec]:
+    return [
+        MethodSpec(
+            name="lora",
+            description="Low-rank adaptation (LoRA; rsLoRA and DoRA options)",
+            peft_type="LORA",
+            options=LoraOptions,
+            build_config=build_config,
+            capabilities=frozenset({"mergeable", "slottable", "quantized-base"}),
+        )
+    ]

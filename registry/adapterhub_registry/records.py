@@ -1,0 +1,75 @@
+"""The values the registry hands back: one stored adapter version, and the result of `verify`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """One version of a named adapter as recorded in the index."""
+
+    name: str
+    version: int
+    method: str
+    base_fingerprint: str | None
+    peft_config: dict[str, Any]
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+    tags: tuple[str, ...]
+    blob_sha256: str
+    size_bytes: int
+    created_at: float
+
+    @property
+    def ref(self) -> str:
+        """The exact ref of this version, `name@version`."""
+        return f"{self.name}@{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (for `--json` output), including `ref`."""
+        return {
+            "ref": self.ref,
+            "name": self.name,
+            "version": self.version,
+            "method": self.method,
+            "base_fingerprint": self.base_fingerprint,
+            "peft_config": self.peft_config,
+            "manifest": self.manifest,
+            "metrics": self.metrics,
+            "tags": list(self.tags),
+            "blob_sha256": self.blob_sha256,
+            "size_bytes": self.size_bytes,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass
+class VerifyReport:
+    """What `Registry.verify` found: intact refs, damaged refs, and files nothing refers to."""
+
+    checked: int
+    ok: list[str] = field(default_factory=list)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (ref, reason)
+    orphans: list[Path] = field(default_factory=list)
+    temp_files: list[Path] = field(default_factory=list)
+    repaired: bool = False  # True when orphans and temp files listed above were removed
+
+    @property
+    def ok_all(self) -> bool:
+        """No damaged adapter, and no leftover files (or they were just removed)."""
+        leftovers = bool(self.orphans or self.temp_files)
+        return not self.corrupt and (self.repaired or not leftovers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "ok": list(self.ok),
+            "corrupt": [{"ref": ref, "reason": reason} for ref, reason in self.corrupt],
+            "orphans": [str(p) for p in self.orphans],
+            "temp_files": [str(p) for p in self.temp_files],
+            "repaired": self.repaired,
+            "ok_all": self.ok_all,
+        }

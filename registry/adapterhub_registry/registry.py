@@ -1,0 +1,245 @@
+"""`Registry`: the public face of the store — push, resolve, load, pull, export, list, tag, delete, verify.
+
+It ties together the blob store (bytes, content-addressed and hash-checked), the SQLite index (names,
+versions, tags, metadata) and the adapter-directory format. Ordering is what makes it crash-safe: a blob
+is fully on disk before the index row that points at it is committed, and a blob is removed only after
+no committed row points at it. Blob writes and removals happen while holding the index write lock, so a
+concurrent `push` can never reuse a blob that a concurrent `delete` is removing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+
+from adapterhub_registry.adapter_dir import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, manifest_bytes, read_adapter_dir, write_files
+from adapterhub_registry.blobs import BlobStore, sha256_hex
+from adapterhub_registry.errors import CorruptBlobError, InvalidNameError, NotFoundError, RegistryError
+from adapterhub_registry.index import Index
+from adapterhub_registry.names import Ref, parse_ref, validate_name, validate_tag
+from adapterhub_registry.records import AdapterRecord, VerifyReport
+from adapterhub_registry.safetensors_check import check_safetensors
+
+
+def default_root() -> Path:
+    """`$ADAPTERHUB_HOME/registry`, else `$XDG_DATA_HOME/adapterhub/registry` (default ~/.local/share)."""
+    home = os.environ.get("ADAPTERHUB_HOME")
+    if home:
+        return Path(home).expanduser() / "registry"
+    data_home = os.environ.get("XDG_DATA_HOME")
+    base = Path(data_home) if data_home and Path(data_home).is_absolute() else Path.home() / ".local" / "share"
+    return base / "adapterhub" / "registry"
+
+
+class Registry:
+    """A registry rooted at `root`: `root/blobs/sha256/<hex>` plus `root/index.sqlite`."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root).expanduser().absolute() if root is not None else default_root()
+        try:
+            self._blobs = BlobStore(self.root / "blobs" / "sha256")
+        except OSError as exc:
+            raise RegistryError(f"cannot create the registry at {self.root}: {exc.strerror}; pick a writable root") from exc
+        self._index = Index(self.root / "index.sqlite")
+        self._blobs.remove_stale_temp_files()
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.root)!r})"
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the index connection (it reopens on next use)."""
+        self._index.close()
+
+    def push(
+        self,
+        name: str,
+        adapter_dir: Path | str,
+        *,
+        method: str,
+        base_fingerprint: str | None = None,
+        manifest: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        tags: Sequence[str] = (),
+    ) -> AdapterRecord:
+        """Store the adapter in `adapter_dir` as the next version of `name`; `tags` then point at it."""
+        validate_name(name)
+        if isinstance(tags, str):
+            raise InvalidNameError(f"tags must be a list of strings, e.g. [{tags!r}], not a single string")
+        tag_list = list(dict.fromkeys(validate_tag(t) for t in tags))
+        if not isinstance(method, str) or not method.strip():
+            raise RegistryError("method must be a non-empty string naming the adapter method, e.g. 'lora'")
+        if base_fingerprint is not None and not isinstance(base_fingerprint, str):
+            raise RegistryError(f"base_fingerprint must be a string or None, got {type(base_fingerprint).__name__}")
+        files = read_adapter_dir(Path(adapter_dir))
+        check_safetensors(files.weights, str(files.weights_path))
+        digest = sha256_hex(files.weights)
+        with self._index.write() as writer:
+            self._blobs.store(files.weights, digest)
+            version = writer.add_version(
+                name=name, method=method, base_fingerprint=base_fingerprint, peft_config_text=files.config_text,
+                manifest={**files.manifest, **(manifest or {})}, metrics=dict(metrics or {}),
+                blob_sha256=digest, size_bytes=len(files.weights), created_at=time.time(),
+            )
+            for tag in tag_list:
+                writer.set_tag(name, tag, version)
+            return self._found(writer.find(Ref(name, version)), Ref(name, version))
+
+    def resolve(self, ref: str) -> AdapterRecord:
+        """`name` (latest version), `name@3` or `name:tag` -> its record."""
+        parsed = parse_ref(ref)
+        return self._found(self._index.find(parsed), parsed)
+
+    def load(self, ref: str) -> tuple[AdapterRecord, dict[str, torch.Tensor]]:
+        """The record and its tensors, after checking the blob's sha256."""
+        record = self.resolve(ref)
+        data = self._blobs.read(record.blob_sha256, record.size_bytes, record.ref)
+        try:
+            return record, load_safetensors(data)
+        except Exception as exc:  # hash matched yet unreadable: the file was bad when pushed by an older version
+            raise CorruptBlobError(f"adapter {record.ref}: blob {record.blob_sha256} is not loadable safetensors ({exc}); push it again") from exc
+
+    def pull(self, ref: str, dest_dir: Path | str) -> AdapterRecord:
+        """Write the adapter directory (PEFT files + adapterhub.json with the record's fields) into `dest_dir`."""
+        record = self.resolve(ref)
+        weights = self._blobs.read(record.blob_sha256, record.size_bytes, record.ref)
+        sidecar = {
+            **record.manifest,
+            "name": record.name, "version": record.version, "method": record.method,
+            "base_fingerprint": record.base_fingerprint, "metrics": record.metrics, "tags": list(record.tags),
+        }
+        write_files(Path(dest_dir), {
+            CONFIG_FILE: self._index.peft_config_text(record).encode("utf-8"),
+            WEIGHTS_FILE: weights,
+            MANIFEST_FILE: manifest_bytes(sidecar),
+        })
+        return record
+
+    def export_peft(self, ref: str, dest_dir: Path | str, *, overwrite: bool = False) -> Path:
+        """Write only the two PEFT files, byte for byte as pushed, so `PeftModel.from_pretrained(dest_dir)` loads them."""
+        record = self.resolve(ref)
+        dest = Path(dest_dir)
+        existing = [dest / f for f in (CONFIG_FILE, WEIGHTS_FILE) if (dest / f).exists() or (dest / f).is_symlink()]
+        if existing and not overwrite:
+            raise RegistryError(
+                f"{', '.join(map(str, existing))} already exist(s); choose an empty directory or pass overwrite=True"
+            )
+        weights = self._blobs.read(record.blob_sha256, record.size_bytes, record.ref)
+        # Temp file + rename replaces a symlink rather than following it, so nothing outside dest is written.
+        write_files(dest, {CONFIG_FILE: self._index.peft_config_text(record).encode("utf-8"), WEIGHTS_FILE: weights})
+        return dest
+
+    def list(
+        self,
+        *,
+        name: str | None = None,
+        method: str | None = None,
+        base_fingerprint: str | None = None,
+        tag: str | None = None,
+        all_versions: bool = False,
+        limit: int | None = None,
+    ) -> list[AdapterRecord]:
+        """Records matching every given filter, sorted by name; only each name's newest match unless `all_versions`."""
+        return self._index.query(
+            name=None if name is None else validate_name(name),
+            method=method,
+            base_fingerprint=base_fingerprint,
+            tag=None if tag is None else validate_tag(tag),
+            all_versions=all_versions,
+            limit=limit,
+        )
+
+    def search(self, query: str, *, limit: int | None = 50) -> list[AdapterRecord]:
+        """Newest versions whose name, method, tags or manifest "description" contain `query` (case-insensitive)."""
+        return self._index.search(query, limit)
+
+    def tag(self, ref: str, tag: str) -> AdapterRecord:
+        """Point `tag` at the version `ref` resolves to (moving it if it pointed elsewhere)."""
+        parsed, tag = parse_ref(ref), validate_tag(tag)
+        with self._index.write() as writer:
+            record = self._found(writer.find(parsed), parsed)
+            writer.set_tag(record.name, tag, record.version)
+            return self._found(writer.find(Ref(record.name, record.version)), parsed)
+
+    def untag(self, name: str, tag: str) -> None:
+        """Remove `tag` from `name`; the version it pointed at stays."""
+        validate_name(name)
+        validate_tag(tag)
+        with self._index.write() as writer:
+            if not writer.remove_tag(name, tag):
+                raise NotFoundError(f"tag {name}:{tag} does not exist; {self._index.describe_name(name)}")
+
+    def delete(self, ref: str) -> list[AdapterRecord]:
+        """Delete all versions (`name`) or one (`name@v`, `name:tag`), then the blobs nothing refers to any more."""
+        parsed = parse_ref(ref)
+        with self._index.write() as writer:
+            if parsed.version is None and parsed.tag is None:
+                deleted = writer.versions_of(parsed.name)
+            else:
+                deleted = [record] if (record := writer.find(parsed)) else []
+            if not deleted:
+                raise NotFoundError(f"nothing to delete for {ref}: {self._index.describe_name(parsed.name)}")
+            writer.delete(deleted)
+        # A second transaction: rows are gone for good before their blobs are, and holding the write lock
+        # stops a concurrent push from re-using a blob while it is removed.
+        with self._index.write() as writer:
+            self._blobs.remove({r.blob_sha256 for r in deleted} - writer.referenced_digests())
+        return deleted
+
+    def set_metrics(self, ref: str, metrics: dict[str, Any]) -> AdapterRecord:
+        """Merge `metrics` into the stored metrics of the version `ref` resolves to."""
+        parsed = parse_ref(ref)
+        if not isinstance(metrics, dict):
+            raise RegistryError(f"metrics must be a dict such as {{'accuracy': 0.9}}, got {type(metrics).__name__}")
+        with self._index.write() as writer:
+            record = self._found(writer.find(parsed), parsed)
+            writer.set_metrics(record.name, record.version, {**record.metrics, **metrics})
+            return self._found(writer.find(Ref(record.name, record.version)), parsed)
+
+    def verify(self, *, repair: bool = False) -> VerifyReport:
+        """Re-hash every blob; report damaged refs, orphan blobs and stale temp files.
+
+        `repair=True` removes orphans and temp files only. Damaged entries are reported, never dropped:
+        deleting them is the user's decision (`delete`, then push a good copy).
+        """
+        on_disk = self._blobs.all_digests()
+        usage = self._index.blob_usage()
+        report = VerifyReport(checked=len(usage))
+        problems: dict[str, str | None] = {}
+        for ref, digest, size in usage:
+            if digest not in problems:
+                try:
+                    problems[digest] = self._blobs.problem(digest, size)
+                except CorruptBlobError as exc:
+                    problems[digest] = str(exc)
+            if problems[digest] is None:
+                report.ok.append(ref)
+            else:
+                report.corrupt.append((ref, problems[digest]))
+        if repair:
+            with self._index.write() as writer:
+                orphans = self._blobs.all_digests() - writer.referenced_digests()
+                self._blobs.remove(orphans)
+                report.temp_files = self._blobs.remove_stale_temp_files()
+            report.repaired = True
+        else:
+            orphans = on_disk - {digest for _, digest, _ in usage}
+            report.temp_files = self._blobs.stale_temp_files()
+        report.orphans = sorted(self._blobs.path(d) for d in orphans)
+        return report
+
+    def _found(self, record: AdapterRecord | None, ref: Ref) -> AdapterRecord:
+        if record is None:
+            raise NotFoundError(f"adapter {ref} not found: {self._index.describe_name(ref.name)}")
+        return record
