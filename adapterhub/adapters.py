@@ -125,7 +125,10 @@ def load_adapter(
     plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"))
     config = PeftConfig.from_peft_type(**{k: v for k, v in peft_config.items() if k != "auto_mapping"})
     config.inference_mode = not trainable
-    model = get_peft_model(base.model, config)
+    try:
+        model = get_peft_model(base.model, config)
+    except ValueError as exc:  # peft's message names the target modules that the base lacks
+        raise AdapterHubError(f"{label} does not fit this base ({base.fingerprint_id}): {exc}") from None
     result = set_peft_model_state_dict(model, tensors)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -111,7 +112,8 @@ def train(
         record = {"epoch": epoch, "train_loss": loss_sum / steps_per_epoch}
         if make_eval_batches is not None:
             record.update(evaluate_batches(model, make_eval_batches(), task))
-            bar.write("epoch %d: %s" % (epoch, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")))
+            summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
+            bar.write(f"epoch {epoch}: {summary}", file=sys.stderr)  # stdout stays clean for --json
         result.history.append(record)
     bar.close()
     result.train_seconds = time.perf_counter() - started

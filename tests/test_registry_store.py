@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from test_registry_support import adapter, blob_files, registry, write_adapter  # noqa: F401  (fixtures)
 
-from adapterhub_registry import NotFoundError, Registry, RegistryError, default_root
+from adapterhub_registry import NotFoundError, RegistryError, default_root
 
 
 def test_push_assigns_increasing_versions_and_bare_name_resolves_latest(registry, adapter, tmp_path):
@@ -211,8 +211,10 @@ def test_default_root_follows_adapterhub_home_then_xdg(monkeypatch, tmp_path):
 
 def test_ten_thousand_entries_list_and_search_in_one_query(registry, adapter):
     template = registry.push("seed", adapter, method="lora")  # every row below re-uses this one blob
+    # A config the size of a real peft LoraConfig (~1 KB), so the timing reflects real rows.
+    config = json.dumps({**template.peft_config, **{f"option_{k}": [k, None, "value"] for k in range(40)}})
     rows = [
-        (f"adapter-{i:05d}", 1 + i % 2, "lora" if i % 3 else "ia3", f"fp-{i % 7}", json.dumps(template.peft_config),
+        (f"adapter-{i:05d}", 1 + i % 2, "lora" if i % 3 else "ia3", f"fp-{i % 7}", config,
          json.dumps({"description": f"task number {i}"}), json.dumps({"accuracy": i / 10_000}),
          template.blob_sha256, template.size_bytes, time.time())
         for i in range(10_000)

@@ -49,7 +49,8 @@ class BlobStore:
         except FileNotFoundError:
             raise CorruptBlobError(_message(ref, path, "is missing")) from None
         if len(data) != size:
-            raise CorruptBlobError(_message(ref, path, f"has {len(data)} bytes, expected {size} (truncated or overwritten)"))
+            what = f"has {len(data)} bytes, expected {size} (truncated or overwritten)"
+            raise CorruptBlobError(_message(ref, path, what))
         actual = sha256_hex(data)
         if actual != sha256:
             raise CorruptBlobError(_message(ref, path, f"content hashes to {actual}, not {sha256}"))

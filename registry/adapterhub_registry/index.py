@@ -119,8 +119,9 @@ class Index:
     def describe_name(self, name: str) -> str:
         """What exists under `name` (versions and tags), for not-found messages."""
         with self._lock:
-            versions = [row[0] for row in self._conn.execute("SELECT version FROM adapters WHERE name = ? ORDER BY version", (name,))]
-            tags = [f"{tag}->@{v}" for tag, v in self._conn.execute("SELECT tag, version FROM tags WHERE name = ? ORDER BY tag", (name,))]
+            conn = self._conn
+            versions = [v for (v,) in conn.execute("SELECT version FROM adapters WHERE name = ? ORDER BY version", (name,))]
+            tags = [f"{t}->@{v}" for t, v in conn.execute("SELECT tag, version FROM tags WHERE name = ? ORDER BY tag", (name,))]
         if not versions:
             return f"no adapter named {name!r} exists; run `list` to see the stored names"
         text = f"{name!r} has versions {', '.join(f'@{v}' for v in versions)}"
@@ -137,18 +138,14 @@ class Index:
         limit: int | None = None,
     ) -> list[AdapterRecord]:
         """Matching versions in one query; unless `all_versions`, only the newest matching version per name."""
-        where, params = [], []
-        for column, value in (("name", name), ("method", method), ("base_fingerprint", base_fingerprint)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if tag is not None:
-            where.append("EXISTS (SELECT 1 FROM tags t WHERE t.name = s.name AND t.version = s.version AND t.tag = ?)")
-            params.append(tag)
-        source = "SELECT s.* FROM adapters s" + (f" WHERE {' AND '.join(where)}" if where else "")
+        where, params = _filters("a", name, method, base_fingerprint, tag)
         if not all_versions:
-            source = f"SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY name ORDER BY version DESC) AS rn FROM ({source})) WHERE rn = 1"
-        sql = f"SELECT {_COLUMNS} FROM ({source}) a ORDER BY a.name, a.version LIMIT ?"
+            # Newest among the *matching* versions, so a filter never hides an older version that matches.
+            inner, inner_params = _filters("b", name, method, base_fingerprint, tag)
+            inner_where = " AND ".join(["b.name = a.name", *inner])
+            where.append(f"a.version = (SELECT max(b.version) FROM adapters b WHERE {inner_where})")
+            params += inner_params
+        sql = f"SELECT {_COLUMNS} FROM adapters a WHERE {' AND '.join(where) or '1'} ORDER BY a.name, a.version LIMIT ?"
         with self._lock:
             return _records(self._conn.execute(sql, (*params, _sql_limit(limit))))
 
@@ -156,13 +153,12 @@ class Index:
         """Newest versions whose name, method, a tag or manifest description contains `text` (ASCII case-insensitive)."""
         pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         sql = f"""
-            SELECT {_COLUMNS} FROM (
-                SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY name ORDER BY version DESC) AS rn FROM adapters)
-                WHERE rn = 1
-            ) a
-            WHERE a.name LIKE :p ESCAPE '\\' OR a.method LIKE :p ESCAPE '\\'
-               OR json_extract(a.manifest, '$.description') LIKE :p ESCAPE '\\'
-               OR EXISTS (SELECT 1 FROM tags t WHERE t.name = a.name AND t.version = a.version AND t.tag LIKE :p ESCAPE '\\')
+            SELECT {_COLUMNS} FROM adapters a
+            WHERE a.version = (SELECT max(b.version) FROM adapters b WHERE b.name = a.name)
+              AND (a.name LIKE :p ESCAPE '\\' OR a.method LIKE :p ESCAPE '\\'
+                   OR json_extract(a.manifest, '$.description') LIKE :p ESCAPE '\\'
+                   OR EXISTS (SELECT 1 FROM tags t
+                              WHERE t.name = a.name AND t.version = a.version AND t.tag LIKE :p ESCAPE '\\'))
             ORDER BY a.name LIMIT :limit
         """
         with self._lock:
@@ -291,14 +287,29 @@ def _find(conn: sqlite3.Connection, ref: Ref) -> AdapterRecord | None:
     return records[0] if records else None
 
 
+def _filters(
+    alias: str, name: str | None, method: str | None, base_fingerprint: str | None, tag: str | None
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions on table `alias` for the filters that are set, with their parameters."""
+    where, params = [], []
+    for column, value in (("name", name), ("method", method), ("base_fingerprint", base_fingerprint)):
+        if value is not None:
+            where.append(f"{alias}.{column} = ?")
+            params.append(value)
+    if tag is not None:
+        where.append(
+            f"EXISTS (SELECT 1 FROM tags t WHERE t.name = {alias}.name AND t.version = {alias}.version AND t.tag = ?)"
+        )
+        params.append(tag)
+    return where, params
+
+
 def _records(rows: Iterator[tuple[Any, ...]]) -> list[AdapterRecord]:
-    loads = json.loads
+    # JSON columns stay text until a caller reads them (see records.py); this keeps list() fast.
     return [
         AdapterRecord(
-            name=name, version=version, method=method, base_fingerprint=base,
-            peft_config=loads(config), manifest=loads(manifest), metrics=loads(metrics),
-            tags=tuple(sorted(tags.split(_TAG_SEP))) if tags else (),
-            blob_sha256=sha, size_bytes=size, created_at=created,
+            name, version, method, base, config, manifest, metrics,
+            tuple(sorted(tags.split(_TAG_SEP))) if tags else (), sha, size, created,
         )
         for name, version, method, base, config, manifest, metrics, sha, size, created, tags in rows
     ]
@@ -310,7 +321,9 @@ def _to_json(value: dict[str, Any], what: str) -> str:
     try:
         return json.dumps(value, sort_keys=True)
     except (TypeError, ValueError) as exc:
-        raise RegistryError(f"{what} is not JSON-serialisable ({exc}); pass only str, numbers, bools, lists and dicts") from exc
+        raise RegistryError(
+            f"{what} is not JSON-serialisable ({exc}); pass only str, numbers, bools, lists and dicts"
+        ) from exc
 
 
 def _advice(exc: sqlite3.Error) -> str:
@@ -337,7 +350,9 @@ def _retry_locked(operation: Callable[[], T], path: Path) -> T:
         except sqlite3.OperationalError as exc:
             message = str(exc).lower()
             if "locked" not in message and "busy" not in message:
-                raise RegistryError(f"registry index {path}: {exc}; run `verify`, or restore the file from a backup") from exc
+                raise RegistryError(
+                    f"registry index {path}: {exc}; check that the directory is writable and the disk is not full"
+                ) from exc
             if time.monotonic() > deadline:
                 raise RegistryError(
                     f"registry index {path} stayed locked by another process for {_LOCK_GIVE_UP_S:.0f} s; "

@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors
 
-from adapterhub_registry.adapter_dir import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, manifest_bytes, read_adapter_dir, write_files
+from adapterhub_registry.adapter_dir import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    manifest_bytes,
+    read_adapter_dir,
+    write_files,
+)
 from adapterhub_registry.blobs import BlobStore, sha256_hex
 from adapterhub_registry.errors import CorruptBlobError, InvalidNameError, NotFoundError, RegistryError
 from adapterhub_registry.index import Index
@@ -108,7 +115,10 @@ class Registry:
         try:
             return record, load_safetensors(data)
         except Exception as exc:  # hash matched yet unreadable: the file was bad when pushed by an older version
-            raise CorruptBlobError(f"adapter {record.ref}: blob {record.blob_sha256} is not loadable safetensors ({exc}); push it again") from exc
+            raise CorruptBlobError(
+                f"adapter {record.ref}: blob {record.blob_sha256} is not loadable safetensors ({exc}); "
+                f"delete {record.ref} and push it again"
+            ) from exc
 
     def pull(self, ref: str, dest_dir: Path | str) -> AdapterRecord:
         """Write the adapter directory (PEFT files + adapterhub.json with the record's fields) into `dest_dir`."""

@@ -44,7 +44,8 @@ def _parse_header(data: bytes, source: str) -> tuple[dict[str, Any], int]:
     (length,) = struct.unpack("<Q", data[:8])
     if length > _MAX_HEADER_BYTES or 8 + length > len(data):
         raise UnsafeFileError(
-            f"{source}: header length {length} goes beyond the file size {len(data)}; the file is truncated or not safetensors"
+            f"{source}: header length {length} goes beyond the file size {len(data)}; "
+            "the file is truncated or not safetensors"
         )
     try:
         header = json.loads(data[8 : 8 + length].decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
@@ -64,7 +65,7 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _check_layout(header: dict[str, Any], buffer_size: int, source: str) -> None:
     """Every tensor's byte range must match its shape x dtype, and the ranges must tile the buffer exactly."""
-    metadata = header.get("__metadata__", {})
+    metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise UnsafeFileError(f"{source}: __metadata__ must map strings to strings")
     spans = sorted(
@@ -90,7 +91,9 @@ def _tensor_span(name: str, entry: Any, source: str) -> tuple[int, int]:
     if dtype not in DTYPE_BITS:
         raise UnsafeFileError(f"{source}: tensor {name!r} has unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_BITS)}")
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise UnsafeFileError(f"{source}: tensor {name!r} has invalid shape {shape!r}; expected a list of non-negative ints")
+        raise UnsafeFileError(
+            f"{source}: tensor {name!r} has invalid shape {shape!r}; expected a list of non-negative ints"
+        )
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and o >= 0 for o in offsets)):
         raise UnsafeFileError(f"{source}: tensor {name!r} has invalid data_offsets {offsets!r}; expected [begin, end]")
     begin, end = offsets

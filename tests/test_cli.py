@@ -1,0 +1,97 @@
+"""The command line end to end, in a temp dir: train → registry → eval → export/import, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import peft
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from adapterhub.cli import main
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)``: run `adapterhub ...` in-process, assert success and return its stdout."""
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        status = main(list(args))
+        captured = capsys.readouterr()
+        assert status == 0, captured.err
+        return captured.out
+
+    return run
+
+
+@pytest.fixture
+def cli_json(cli):
+    return lambda *args: json.loads(cli(*args))
+
+
+def test_train_push_eval_export_import_round_trip(cli, cli_json, tiny_bert, sentiment_csv, tmp_path):
+    trained = cli_json("train", "--base", str(tiny_bert), "--method", "lora", "-o", "r=4", "-o", "target_modules=query,value",
+                  "--data", str(sentiment_csv), "--label-column", "sentiment", "--dedupe", "--epochs", "2",
+                  "--lr", "5e-3", "--push", "senti", "--tag", "prod", "--json", "--no-progress")  # fmt: skip
+    assert trained["pushed"] == "senti@1"
+    assert set(trained["metrics"]) >= {"accuracy", "f1_macro", "roc_auc", "train_loss"}
+    assert trained["data"]["train_examples"] + trained["data"]["test_examples"] == 200  # retweet copies dropped
+
+    listed = cli_json("registry", "list", "--json")
+    assert [(r["name"], r["version"], r["tags"]) for r in listed] == [("senti", 1, ["prod"])]
+    assert listed[0]["metrics"]["accuracy"] == trained["metrics"]["accuracy"]
+
+    evaluated = cli_json("eval", "senti:prod", "--base", str(tiny_bert), "--data", str(sentiment_csv), "--json")
+    assert evaluated["metrics"]["accuracy"] == trained["metrics"]["accuracy"]  # the same held-out split
+    assert evaluated["metrics"]["test_examples"] == trained["data"]["test_examples"]
+
+    cli("registry", "export-peft", "senti@1", str(tmp_path / "exported"))
+    plain = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    assert isinstance(peft.PeftModel.from_pretrained(plain, tmp_path / "exported"), peft.PeftModel)
+
+    out = cli("registry", "import-peft", str(tmp_path / "exported"), "senti-copy", "--base", str(tiny_bert))
+    assert "imported senti-copy@1 (lora, base bert-" in out
+    assert cli_json("registry", "show", "senti-copy")["blob_sha256"] == cli_json("registry", "show", "senti")["blob_sha256"]
+    assert [r["name"] for r in cli_json("registry", "search", "copy", "--json")] == ["senti-copy"]
+    assert "ok" in cli("registry", "verify")
+    cli("registry", "delete", "senti-copy", "--yes")
+    assert [r["name"] for r in cli_json("registry", "list", "--json")] == ["senti"]
+
+
+def test_causal_lm_qlora_train_and_reload_from_registry(cli_json, tiny_llama, text_file):
+    trained = cli_json("train", "--base", str(tiny_llama), "--task", "causal-lm", "--quantize", "nf4", "--method", "lora",
+                  "--data", str(text_file), "--block-size", "16", "--epochs", "1", "--push", "tiny-qlora",
+                  "--json", "--no-progress")  # fmt: skip
+    assert set(trained["metrics"]) >= {"loss", "perplexity"}
+    evaluated = cli_json("eval", "tiny-qlora", "--base", str(tiny_llama), "--quantize", "nf4", "--data", str(text_file), "--json")
+    assert abs(evaluated["metrics"]["loss"] - trained["metrics"]["loss"]) < 1e-5
+
+
+def test_bad_input_gives_one_line_errors(tiny_bert, sentiment_csv, capsys):
+    common = ["train", "--base", str(tiny_bert), "--data", str(sentiment_csv), "--label-column", "sentiment", "--no-progress"]
+    assert main([*common, "--method", "nope"]) == 1
+    assert "unknown method 'nope'; installed methods: " in capsys.readouterr().err
+    assert main([*common, "--method", "lora", "-o", "rank=3"]) == 1
+    assert "method 'lora' has no option 'rank'" in capsys.readouterr().err
+    assert main([*common, "--method", "lora", "--push", "../escape"]) == 1
+    assert "error:" in capsys.readouterr().err
+    assert main(["train", "--base", str(tiny_bert), "--data", str(sentiment_csv), "--method", "lora"]) == 1
+    assert "has no column 'label'" in capsys.readouterr().err
+    assert main(["registry", "show", "missing"]) == 1
+    assert "error:" in capsys.readouterr().err
+
+
+def test_console_script_runs_in_a_fresh_process(tmp_path):
+    executable = shutil.which("adapterhub")
+    assert executable, "the adapterhub console script is not installed"
+    result = subprocess.run(
+        [executable, "plugins", "--json"], capture_output=True, text=True,
+        env={**os.environ, "ADAPTERHUB_HOME": str(tmp_path)}, check=True,
+    )  # fmt: skip
+    names = {p["name"] for p in json.loads(result.stdout)["plugins"]}
+    assert {"lora", "bitsandbytes"} <= names

@@ -1,0 +1,123 @@
+"""Plugin discovery through real entry points, isolation of broken plugins, and name conflicts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from adapterhub import plugins
+from adapterhub.cli import main
+from adapterhub.errors import PluginError, UnknownNameError
+
+
+def install_fake_distribution(root: Path, dist: str, module: str, source: str) -> None:
+    """A real (if minimal) installed distribution: a module plus a .dist-info with an `adapterhub` entry point."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-0.3.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3.1\n")
+    (info / "entry_points.txt").write_text(f"[adapterhub]\n{module} = {module}\n")
+
+
+@pytest.fixture
+def site_dir(tmp_path, monkeypatch):
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    for name in [m for m in sys.modules if m.startswith("fakeplugin")]:
+        del sys.modules[name]
+    monkeypatch.undo()
+    plugins.reload()
+
+
+GOOD = """
+    from dataclasses import dataclass
+    import adapterhub
+    from adapterhub.specs import MethodSpec
+
+    @dataclass
+    class Options:
+        size: int = 1
+
+    @adapterhub.hookimpl
+    def adapterhub_methods():
+        return [MethodSpec("fake-method", "a method from a throw-away distribution", "FAKE", Options, lambda o, t: None)]
+"""
+
+
+def test_bundled_plugins_are_listed_with_their_contributions(capsys):
+    assert main(["plugins", "--json"]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
+    assert listed["lora"]["distribution"] == "adapterhub-lora" and listed["lora"]["methods"] == ["lora"]
+    assert listed["bitsandbytes"]["quantizers"] == ["int8", "nf4"]
+    assert listed["bitsandbytes"]["version"] == "0.1.0"
+
+
+def test_plugin_is_discovered_through_its_entry_point(site_dir):
+    install_fake_distribution(site_dir, "fakeplugin-good", "fakeplugin_good", GOOD)
+    catalog = plugins.reload()
+    assert catalog.method("fake-method").peft_type == "FAKE"
+    info = {p.name: p for p in catalog.plugins}["fakeplugin_good"]
+    assert (info.distribution, info.version, info.error) == ("fakeplugin-good", "0.3.1", None)
+
+
+def test_plugin_failing_at_import_is_reported_and_others_still_work(site_dir, capsys):
+    install_fake_distribution(site_dir, "fakeplugin-broken", "fakeplugin_broken", "raise RuntimeError('boom at import')")
+    catalog = plugins.reload()
+    broken = {p.name: p for p in catalog.plugins}["fakeplugin_broken"]
+    assert "RuntimeError: boom at import" in broken.error
+    assert catalog.method("lora").name == "lora"
+    assert main(["plugins"]) == 0
+    assert "FAILED TO LOAD: RuntimeError: boom at import" in capsys.readouterr().out
+
+
+def test_plugin_raising_inside_a_hook_is_reported_and_others_still_work(site_dir):
+    install_fake_distribution(site_dir, "fakeplugin-hook", "fakeplugin_hook", """
+        import adapterhub
+
+        @adapterhub.hookimpl
+        def adapterhub_methods():
+            raise ValueError("bad hook")
+    """)  # fmt: skip
+    catalog = plugins.reload()
+    assert any("fakeplugin_hook" in e and "ValueError: bad hook" in e for e in catalog.hook_errors)
+    assert catalog.method("lora").name == "lora"
+
+
+def test_two_plugins_claiming_one_name_give_an_error_naming_both(site_dir):
+    install_fake_distribution(site_dir, "fakeplugin-a", "fakeplugin_a", GOOD)
+    install_fake_distribution(site_dir, "fakeplugin-b", "fakeplugin_b", GOOD)
+    catalog = plugins.reload()
+    with pytest.raises(PluginError, match="fakeplugin_a and fakeplugin_b"):
+        catalog.method("fake-method")
+
+
+def test_unknown_method_lists_installed_methods():
+    with pytest.raises(UnknownNameError, match="installed methods: .*lora"):
+        plugins.catalog().method("nope")
+
+
+def test_plugin_can_add_a_cli_command(site_dir, capsys):
+    install_fake_distribution(site_dir, "fakeplugin-cmd", "fakeplugin_cmd", """
+        import click
+        import adapterhub
+
+        @adapterhub.hookimpl
+        def adapterhub_commands(cli):
+            @cli.command("hello")
+            def hello():
+                click.echo("hello from a plugin")
+    """)  # fmt: skip
+    plugins.reload()
+    from adapterhub.cli import cli
+
+    cli._plugins_added = False
+    assert main(["hello"]) == 0
+    assert "hello from a plugin" in capsys.readouterr().out
+    cli.commands.pop("hello")
+    cli._plugins_added = False
