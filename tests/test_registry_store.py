@@ -38,6 +38,12 @@ def test_push_merges_manifest_argument_over_sidecar(registry, adapter):
     assert record.manifest == {"task": "nli", "labels": ["a", "b"], "description": "Sentiment on SST-2"}
 
 
+def test_push_takes_base_fingerprint_from_the_manifest_when_not_given(registry, tmp_path):
+    directory = write_adapter(tmp_path / "a", manifest={"base": {"fingerprint": "fp-manifest", "name": "tiny"}})
+    assert registry.push("a", directory, method="lora").base_fingerprint == "fp-manifest"
+    assert registry.push("a", directory, method="lora", base_fingerprint="fp-arg").base_fingerprint == "fp-arg"
+
+
 def test_load_returns_the_pushed_tensors(registry, adapter):
     registry.push("sst2", adapter, method="lora")
     record, tensors = registry.load("sst2")

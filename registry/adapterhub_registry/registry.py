@@ -80,23 +80,33 @@ class Registry:
         metrics: dict[str, Any] | None = None,
         tags: Sequence[str] = (),
     ) -> AdapterRecord:
-        """Store the adapter in `adapter_dir` as the next version of `name`; `tags` then point at it."""
+        """Store the adapter in `adapter_dir` as the next version of `name`; `tags` then point at it.
+
+        `manifest` is merged over the directory's adapterhub.json. Without `base_fingerprint`, the merged
+        manifest's `base.fingerprint` is used when it has one.
+        """
         validate_name(name)
         if isinstance(tags, str):
             raise InvalidNameError(f"tags must be a list of strings, e.g. [{tags!r}], not a single string")
         tag_list = list(dict.fromkeys(validate_tag(t) for t in tags))
         if not isinstance(method, str) or not method.strip():
             raise RegistryError("method must be a non-empty string naming the adapter method, e.g. 'lora'")
-        if base_fingerprint is not None and not isinstance(base_fingerprint, str):
-            raise RegistryError(f"base_fingerprint must be a string or None, got {type(base_fingerprint).__name__}")
+        for label, value in (("manifest", manifest), ("metrics", metrics)):
+            if value is not None and not isinstance(value, dict):
+                raise RegistryError(f"{label} must be a dict or None, got {type(value).__name__}")
         files = read_adapter_dir(Path(adapter_dir))
         check_safetensors(files.weights, str(files.weights_path))
+        merged_manifest = {**files.manifest, **(manifest or {})}
+        if base_fingerprint is None and isinstance(merged_manifest.get("base"), dict):
+            base_fingerprint = merged_manifest["base"].get("fingerprint")
+        if base_fingerprint is not None and not isinstance(base_fingerprint, str):
+            raise RegistryError(f"base_fingerprint must be a string or None, got {type(base_fingerprint).__name__}")
         digest = sha256_hex(files.weights)
         with self._index.write() as writer:
             self._blobs.store(files.weights, digest)
             version = writer.add_version(
                 name=name, method=method, base_fingerprint=base_fingerprint, peft_config_text=files.config_text,
-                manifest={**files.manifest, **(manifest or {})}, metrics=dict(metrics or {}),
+                manifest=merged_manifest, metrics=dict(metrics or {}),
                 blob_sha256=digest, size_bytes=len(files.weights), created_at=time.time(),
             )
             for tag in tag_list:
@@ -114,7 +124,7 @@ class Registry:
         data = self._blobs.read(record.blob_sha256, record.size_bytes, record.ref)
         try:
             return record, load_safetensors(data)
-        except Exception as exc:  # hash matched yet unreadable: the file was bad when pushed by an older version
+        except Exception as exc:  # the bytes are as pushed, so only a file that slipped past validation gets here
             raise CorruptBlobError(
                 f"adapter {record.ref}: blob {record.blob_sha256} is not loadable safetensors ({exc}); "
                 f"delete {record.ref} and push it again"

@@ -1,0 +1,47 @@
+"""Reading and splitting data: dedupe of retweets, a split stable across runs, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapterhub.data import load_classification, normalise, split_classification
+from adapterhub.errors import DataError
+
+
+def test_retweets_are_deduplicated(sentiment_csv):
+    with_copies = load_classification(sentiment_csv, label_column="sentiment")
+    deduped = load_classification(sentiment_csv, label_column="sentiment", dedupe=True)
+    assert len(with_copies.texts) == 210 and len(deduped.texts) == 200
+    assert normalise("RT @someone: The Movie  http://x.co/a") == normalise("the movie")
+
+
+def test_split_is_stable_and_keeps_duplicates_on_one_side(sentiment_csv):
+    data = load_classification(sentiment_csv, label_column="sentiment")
+    train, test = split_classification(data, 0.25, seed=0)
+    again_train, again_test = split_classification(data, 0.25, seed=0)
+    assert test.texts == again_test.texts and train.texts == again_train.texts
+    assert 30 < len(test.texts) < 75
+    assert not {normalise(t) for t in train.texts} & {normalise(t) for t in test.texts}
+    _, other_seed = split_classification(data, 0.25, seed=1)
+    assert other_seed.texts != test.texts
+
+
+def test_jsonl_and_fixed_label_order(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"t{i}", "label": lab}) for i, lab in enumerate("bab")))
+    data = load_classification(path, label_names=["b", "a"])
+    assert data.labels == [0, 1, 0] and data.label_names == ["b", "a"]
+
+
+def test_missing_column_and_unknown_label_are_clear_errors(sentiment_csv, tmp_path):
+    with pytest.raises(DataError, match="no column 'label'; its columns are text, sentiment"):
+        load_classification(sentiment_csv)
+    with pytest.raises(DataError, match=r"labels \['neg'\] that the adapter does not know"):
+        load_classification(sentiment_csv, label_column="sentiment", label_names=["pos"])
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
+    with pytest.raises(DataError, match="pass --encoding"):
+        load_classification(latin)
+    assert load_classification(latin, encoding="latin-1").texts == ["café"]
