@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ def attach(base: Base, method: str, options: Any = None) -> PeftModel:
     """Wrap the frozen base with a new, trainable adapter of ``method``; only adapter weights require grad."""
     spec = plugins.catalog().method(method)
     options = options if options is not None else make_options(method)
-    config = spec.build_config(options, base.task)
+    config = spec.build_config(options, base)
     if base.quantization:
         from peft import prepare_model_for_kbit_training
 
@@ -151,10 +150,3 @@ def load_adapter_dir(base: Base, directory: str | os.PathLike, *, force: bool = 
     fingerprint = (manifest.get("base") or {}).get("fingerprint")
     return load_adapter(base, peft_config, tensors, adapter_base=fingerprint, label=str(directory), force=force)
 
-
-def copy_adapter_dir(source: Path, target: Path) -> None:
-    """Copy the PEFT files of one adapter directory to another."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE):
-        if (source / name).is_file():
-            shutil.copyfile(source / name, target / name)

@@ -20,7 +20,8 @@ class MethodSpec:
     """An adapter method.
 
     ``options`` is a dataclass whose fields (with defaults) are the method's user-facing options;
-    ``build_config(options, task)`` returns the ``peft.PeftConfig`` to attach. ``peft_type`` is the
+    ``build_config(options, base)`` returns the ``peft.PeftConfig`` to attach to ``base`` (an
+    ``adapterhub.base.Base``: its ``task``, ``model``, ``tokenizer`` and ``source`` are there to read). ``peft_type`` is the
     ``peft_type`` written in ``adapter_config.json`` so a PEFT directory can be imported to this method.
     ``on_train_step(model, step, total_steps)`` runs after every optimizer step (rank schedules).
     """
@@ -29,7 +30,7 @@ class MethodSpec:
     description: str
     peft_type: str
     options: type
-    build_config: Callable[[Any, str], Any]
+    build_config: Callable[[Any, Any], Any]
     capabilities: frozenset[str] = field(default_factory=frozenset)
     on_train_step: Callable[[Any, int, int], None] | None = None
 

@@ -25,14 +25,14 @@ class LoraOptions:
     bias: str = "none"
 
 
-def build_config(options: LoraOptions, task: str):
+def build_config(options: LoraOptions, base):
     from peft import LoraConfig
 
     from adapterhub.adapters import peft_task_type
 
     targets = options.target_modules
     return LoraConfig(
-        task_type=peft_task_type(task),
+        task_type=peft_task_type(base.task),
         r=options.r,
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,
