@@ -23,7 +23,8 @@ class MethodSpec:
     ``build_config(options, base)`` returns the ``peft.PeftConfig`` to attach to ``base`` (an
     ``adapterhub.base.Base``: its ``task``, ``model``, ``tokenizer`` and ``source`` are there to read). ``peft_type`` is the
     ``peft_type`` written in ``adapter_config.json`` so a PEFT directory can be imported to this method.
-    ``on_train_step(model, step, total_steps)`` runs after every optimizer step (rank schedules).
+    ``on_train_step(model, step, total_steps)`` runs after every optimizer step, before gradients are
+    cleared (rank schedules such as AdaLoRA's read them).
     """
 
     name: str

@@ -102,10 +102,10 @@ def train(
             torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             result.steps += 1
-            if on_step is not None:
+            if on_step is not None:  # before zero_grad: rank schedules (AdaLoRA) read the gradients
                 on_step(model, result.steps, total_steps)
+            optimizer.zero_grad(set_to_none=True)
             loss_sum += loss_value
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}")
