@@ -84,6 +84,11 @@ def _dequantized_gguf_dir(source: Path, gguf_file: str, content_sha256: str) -> 
     log.info("dequantizing %s once into %s so it can be re-quantized", gguf_file, target)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    # The weights are plain float tensors by now; transformers still marks the model "gguf-quantized"
+    # and refuses to save it, so drop that marker before writing.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     staging = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
