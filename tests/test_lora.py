@@ -26,6 +26,14 @@ def trained_lora(base, **options):
     return model
 
 
+def take_adamw_steps(model, steps: int) -> None:
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        model(input_ids=TOKENS, labels=TOKENS).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def test_options_reach_the_peft_config(tiny_llama):
     base = load_base(tiny_llama)
     options = adapters.make_options("lora", {"r": "16", "alpha": "8", "rslora": "true", "dora": "true",
@@ -51,11 +59,7 @@ def test_train_step_changes_only_adapter_weights(tiny_llama):
     adapter_before = {k: v.clone() for k, v in adapters.get_peft_model_state_dict(model).items()}
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        model(input_ids=TOKENS, labels=TOKENS).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    take_adamw_steps(model, 2)
     after = adapters.get_peft_model_state_dict(model)
     assert all(not torch.equal(adapter_before[k], after[k]) for k in after)
     for name, tensor in model.get_base_model().state_dict().items():
@@ -109,10 +113,6 @@ def test_lora_trains_on_an_nf4_base(tiny_llama):
     base = load_base(tiny_llama, quantize="nf4")
     model = adapters.attach(base, "lora", adapters.make_options("lora", {"r": 4}))
     before = {k: v.clone() for k, v in adapters.get_peft_model_state_dict(model).items()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        model(input_ids=TOKENS, labels=TOKENS).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    take_adamw_steps(model, 2)
     after = adapters.get_peft_model_state_dict(model)
     assert any(not torch.equal(before[k], after[k]) for k in after)
