@@ -57,10 +57,13 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 
 
 def build_manifest(base: Base, method: str, options: Any, **extra: Any) -> dict:
-    """What adapterhub records beside the PEFT files: method, options, task, labels and the base's identity."""
+    """What adapterhub records beside the PEFT files: method and the plugin distribution providing it (named
+    when a machine without it loads the adapter), options, task, labels and the base's identity."""
+    plugin = plugins.catalog().plugin_of_method(method)
     return {
         "format": 1,
         "method": method,
+        "plugin": {"name": plugin.name, "distribution": plugin.distribution, "version": plugin.version} if plugin else None,
         "options": dataclasses.asdict(options),
         "task": base.task,
         "labels": base.labels,
@@ -118,27 +121,34 @@ def load_adapter(
     label: str = "adapter",
     force: bool = False,
     trainable: bool = False,
+    manifest: dict | None = None,
 ) -> PeftModel:
-    """Attach an adapter given by its PEFT config and tensors to ``base``, exactly as saved."""
+    """Attach an adapter given by its PEFT config and tensors to ``base``, exactly as saved.
+
+    ``manifest`` (our ``adapterhub.json``) names the plugin that made the adapter, for the error when it is missing.
+    """
     check_base(base, adapter_base, label, force=force)
-    plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"))
+    spec = plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"), (manifest or {}).get("plugin"))
     config = PeftConfig.from_peft_type(**{k: v for k, v in peft_config.items() if k != "auto_mapping"})
     config.inference_mode = not trainable
     try:
         model = get_peft_model(base.model, config)
     except ValueError as exc:  # peft's message names the target modules that the base lacks
         raise AdapterHubError(f"{label} does not fit this base ({base.fingerprint_id}): {exc}") from None
-    result = set_peft_model_state_dict(model, tensors)
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    set_peft_model_state_dict(model, tensors)
+    # compared in saved-key form: peft's load result lists prompt-learning tensors (loaded separately) as unexpected
+    expected = set(get_peft_model_state_dict(model))
+    unexpected = sorted(set(tensors) - expected)
     if unexpected:
         raise AdapterHubError(
             f"{label} has tensors the base model has no place for (e.g. {unexpected[0]}): "
             f"it was made for a different architecture"
         )
-    expected = set(get_peft_model_state_dict(model))
     missing = sorted(expected - set(tensors))
     if missing:
         raise AdapterHubError(f"{label} lacks tensors the method needs (e.g. {missing[0]}): the file is incomplete")
+    if spec.after_load is not None:
+        spec.after_load(model)
     if not trainable:
         model.eval()
     return model
@@ -148,5 +158,7 @@ def load_adapter_dir(base: Base, directory: str | os.PathLike, *, force: bool = 
     """Load a saved adapter directory (ours or plain PEFT) onto ``base``."""
     peft_config, tensors, manifest = read_adapter_dir(directory)
     fingerprint = (manifest.get("base") or {}).get("fingerprint")
-    return load_adapter(base, peft_config, tensors, adapter_base=fingerprint, label=str(directory), force=force)
+    return load_adapter(
+        base, peft_config, tensors, adapter_base=fingerprint, label=str(directory), force=force, manifest=manifest
+    )
 

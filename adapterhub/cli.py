@@ -53,6 +53,10 @@ def plugins_command(as_json: bool) -> None:
          **({} if p.error else catalog.contributions_of(p.name))}
         for p in catalog.plugins
     ]  # fmt: skip
+    capabilities = {name: sorted(c.spec.capabilities) for name, c in catalog.methods.items()}
+    for row in rows:
+        if not row["error"]:
+            row["capabilities"] = {method: capabilities[method] for method in row["methods"]}
     problems = catalog.hook_errors + [
         f"{kind} {name!r} is claimed by {' and '.join(owners)}" for (kind, name), owners in catalog.conflicts.items()
     ]
@@ -67,6 +71,8 @@ def plugins_command(as_json: bool) -> None:
         for kind in ("methods", "quantizers", "kernels"):
             if row[kind]:
                 click.echo(f"  {kind}: {', '.join(row[kind])}")
+        for method, method_capabilities in row["capabilities"].items():
+            click.echo(f"  {method} capabilities: {', '.join(method_capabilities) or '-'}")
     for problem in problems:
         click.echo(f"problem: {problem}")
     if not rows:

@@ -58,14 +58,24 @@ class Catalog:
     def quantizer(self, name: str) -> QuantizerSpec:
         return self._lookup("quantizer", self.quantizers, name).spec
 
-    def method_for_peft_type(self, peft_type: str) -> MethodSpec:
+    def method_for_peft_type(self, peft_type: str, plugin: dict | None = None) -> MethodSpec:
+        """The method that loads ``peft_type``; ``plugin`` is the manifest's record of the plugin that made the
+        adapter (``{"distribution": ..., "version": ...}``), named in the error when it is not installed."""
         for contribution in self.methods.values():
             if contribution.spec.peft_type == peft_type:
                 return contribution.spec
+        wanted = (plugin or {}).get("distribution")
+        install = f"pip install {wanted}" if wanted else "pip install ..."
+        made_by = f"; it was made with the plugin {wanted} {plugin.get('version', '')}".rstrip() if wanted else ""
         raise UnknownNameError(
-            f"no installed method plugin handles PEFT type {peft_type!r}; installed methods: "
-            f"{self._names(self.methods)}. Install the plugin for that method (pip install ...) and retry."
+            f"no installed method plugin handles PEFT type {peft_type!r}{made_by}; installed methods: "
+            f"{self._names(self.methods)}. Install the plugin for that method ({install}) and retry."
         )
+
+    def plugin_of_method(self, name: str) -> PluginInfo | None:
+        """The installed plugin (distribution and version) that contributes method ``name``."""
+        owner = self._lookup("method", self.methods, name).plugin
+        return next((p for p in self.plugins if p.name == owner), None)
 
     def contributions_of(self, plugin: str) -> dict[str, list[str]]:
         """What one plugin contributes, e.g. ``{"methods": ["lora"], "quantizers": []}``."""

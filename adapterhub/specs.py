@@ -24,7 +24,12 @@ class MethodSpec:
     ``adapterhub.base.Base``: its ``task``, ``model``, ``tokenizer`` and ``source`` are there to read). ``peft_type`` is the
     ``peft_type`` written in ``adapter_config.json`` so a PEFT directory can be imported to this method.
     ``on_train_step(model, step, total_steps)`` runs after every optimizer step, before gradients are
-    cleared (rank schedules such as AdaLoRA's read them).
+    cleared (rank schedules such as AdaLoRA's read them). ``for_run(options, total_steps)`` returns the
+    options to attach with for a training run of ``total_steps`` optimizer steps; a method whose config
+    depends on the length of the run (AdaLoRA's budget schedule) fills it in there, before the adapter is
+    attached. ``after_load(model)`` runs after a stored adapter has been attached and its tensors loaded
+    (a method repairs peft state there that peft only sets up for training). ``capabilities`` are shown by ``adapterhub plugins`` (e.g. ``mergeable``, ``slottable``,
+    ``rank-schedule``, ``causal-lm-only``, ``quantized-base``).
     """
 
     name: str
@@ -34,6 +39,8 @@ class MethodSpec:
     build_config: Callable[[Any, Any], Any]
     capabilities: frozenset[str] = field(default_factory=frozenset)
     on_train_step: Callable[[Any, int, int], None] | None = None
+    for_run: Callable[[Any, int], Any] | None = None
+    after_load: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def total_steps(n_train: int, settings: TrainSettings) -> int:
+    """Optimizer steps of a run over ``n_train`` examples (the last batch of an epoch may be short)."""
+    return math.ceil(n_train / settings.batch_size) * settings.epochs
+
+
 def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     warmup = max(1, int(total_steps * warmup_ratio))
 
@@ -81,14 +86,14 @@ def train(
     if not parameters:
         raise ValueError("the model has no trainable parameters: attach an adapter first")
     steps_per_epoch = math.ceil(n_train / settings.batch_size)
-    total_steps = steps_per_epoch * settings.epochs
+    n_steps = total_steps(n_train, settings)
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, settings.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(n_steps, settings.warmup_ratio))
     generator = torch.Generator().manual_seed(settings.seed)
     device = parameters[0].device
     result = TrainResult()
     started = time.perf_counter()
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=n_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     for epoch in range(1, settings.epochs + 1):
         model.train()
         order = torch.randperm(n_train, generator=generator).tolist()
@@ -104,7 +109,7 @@ def train(
             scheduler.step()
             result.steps += 1
             if on_step is not None:  # before zero_grad: rank schedules (AdaLoRA) read the gradients
-                on_step(model, result.steps, total_steps)
+                on_step(model, result.steps, n_steps)
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss_value
             bar.update(1)

@@ -30,7 +30,7 @@ from adapterhub.data import (
 )
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
-from adapterhub.train import TrainResult, TrainSettings, seed_everything, train
+from adapterhub.train import TrainResult, TrainSettings, seed_everything, total_steps, train
 
 
 @dataclass
@@ -140,6 +140,8 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
     base = load_base(job.base, task=job.task, quantize=job.quantize, labels=labels)
     make_train, n_train, make_eval, summary = _batch_makers(base, job.data, job.settings, labels)
     spec = plugins.catalog().method(job.method)
+    if spec.for_run is not None:  # options that depend on the run's length (AdaLoRA's budget schedule)
+        options = spec.for_run(options, total_steps(n_train, job.settings))
     model = adapters.attach(base, job.method, options)
     result = train(model, make_train, n_train, make_eval, base.task, job.settings, spec.on_train_step, job.progress)
     manifest = adapters.build_manifest(
@@ -176,8 +178,9 @@ def evaluate_adapter(
     manifest = record.manifest
     base = load_base(base_path, task=manifest.get("task", "causal-lm"), quantize=quantize, labels=manifest.get("labels") or None)
     model = adapters.load_adapter(
-        base, record.peft_config, tensors, adapter_base=record.base_fingerprint, label=record.ref, force=force
-    )
+        base, record.peft_config, tensors, adapter_base=record.base_fingerprint, label=record.ref, force=force,
+        manifest=manifest,
+    )  # fmt: skip
     settings = settings or TrainSettings(**{k: v for k, v in manifest.get("training", {}).items() if k in TrainSettings.__dataclass_fields__})
     if data is None:
         raise OptionError("pass --data: the file the held-out split is taken from")

@@ -1,0 +1,101 @@
+"""adapterhub method plugin: bottleneck adapters (Houlsby and Pfeiffer) as a peft tuner.
+
+PEFT has no bottleneck adapters, so this package adds one (``config``, ``layer``, ``model``) and registers
+it with ``peft.register_peft_method`` on import: adapters save as safetensors through peft and load with
+``peft.PeftModel.from_pretrained`` once this package is imported. One method, ``bottleneck``, with a
+``variant`` option rather than two methods: both variants are the same tuner and peft type and differ only
+in where adapters go, so a PEFT directory imports to exactly one method.
+
+* ``houlsby``: an adapter after the attention output projection and after the feed-forward output.
+* ``pfeiffer``: an adapter after the feed-forward output only (half the parameters, similar accuracy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import adapterhub
+from adapterhub.errors import OptionError
+from adapterhub.specs import MethodSpec
+
+from .config import NON_LINEARITIES, PEFT_TYPE, BottleneckConfig
+from .registration import register
+
+register()
+
+VARIANTS = ("houlsby", "pfeiffer")
+_ENCODERS = ("bert", "roberta", "xlm-roberta", "electra")
+_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo")
+ATTENTION_OUTPUT = {
+    **{t: r"attention\.output\.dense" for t in _ENCODERS},
+    "distilbert": r"attention\.out_lin",
+    **{t: r"self_attn\.o_proj" for t in _DECODERS},
+}
+"""Per model type: regex of the attention output projection (a Houlsby adapter follows it)."""
+FFN_OUTPUT = {
+    **{t: r"layer\.\d+\.output\.dense" for t in _ENCODERS},
+    "distilbert": r"ffn\.lin2",
+    **{t: r"mlp\.down_proj" for t in _DECODERS},
+}
+"""Per model type: regex of the feed-forward output projection (both variants put an adapter after it)."""
+
+
+@dataclass
+class BottleneckOptions:
+    """Bottleneck adapter options.
+
+    ``variant``: "houlsby" (after attention and feed-forward) or "pfeiffer" (after feed-forward only).
+    ``reduction_factor``: hidden width / bottleneck width. ``target_modules``: regexes of output projections
+    to follow instead of the variant's defaults (for architectures not in the built-in table).
+    """
+
+    variant: str = "houlsby"
+    reduction_factor: int = 16
+    non_linearity: str = "relu"
+    init_std: float = 0.02
+    target_modules: list[str] = field(default_factory=list)
+
+
+def target_pattern(variant: str, model_type: str) -> str:
+    """One regex (matched by peft against full module names) for the output projections of ``variant``."""
+    if model_type not in FFN_OUTPUT:
+        raise OptionError(
+            f"method 'bottleneck' has no default placement for model type {model_type!r} (known: "
+            f"{', '.join(sorted(FFN_OUTPUT))}); pass -o target_modules=REGEX,... naming its output projections"
+        )
+    parts = [ATTENTION_OUTPUT[model_type], FFN_OUTPUT[model_type]] if variant == "houlsby" else [FFN_OUTPUT[model_type]]
+    return rf".*\.(?:{'|'.join(parts)})"
+
+
+def build_config(options: BottleneckOptions, base) -> BottleneckConfig:
+    from adapterhub.adapters import peft_task_type
+
+    if options.variant not in VARIANTS:
+        raise OptionError(f"method 'bottleneck' option 'variant': bad value {options.variant!r}; choose one of: {', '.join(VARIANTS)}")
+    if options.non_linearity not in NON_LINEARITIES:
+        raise OptionError(f"method 'bottleneck' option 'non_linearity': bad value {options.non_linearity!r}; choose one of: {', '.join(NON_LINEARITIES)}")
+    if options.reduction_factor < 1:
+        raise OptionError("method 'bottleneck' option 'reduction_factor' must be at least 1")
+    targets = options.target_modules
+    pattern = rf".*\.(?:{'|'.join(targets)})" if targets else target_pattern(options.variant, base.model.config.model_type)
+    return BottleneckConfig(
+        task_type=peft_task_type(base.task),
+        target_modules=pattern,
+        reduction_factor=options.reduction_factor,
+        non_linearity=options.non_linearity,
+        init_std=options.init_std,
+    )
+
+
+@adapterhub.hookimpl
+def adapterhub_methods() -> list[MethodSpec]:
+    return [
+        MethodSpec(
+            name="bottleneck",
+            description="Bottleneck adapters: Houlsby (after attention and FFN) or Pfeiffer (after FFN) variant",
+            peft_type=PEFT_TYPE,
+            options=BottleneckOptions,
+            build_config=build_config,
+            capabilities=frozenset({"quantized-base"}),
+        )
+    ]

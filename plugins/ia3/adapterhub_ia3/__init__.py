@@ -1,0 +1,49 @@
+"""adapterhub method plugin: IA3 on peft.
+
+IA3 learns one scaling vector per targeted projection (keys, values and the feed-forward input), so it
+trains very few parameters. Only the mapping from our options to ``peft.IA3Config`` lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import adapterhub
+from adapterhub.specs import MethodSpec
+
+
+@dataclass
+class IA3Options:
+    """IA3 options. Empty module lists mean peft's defaults for the architecture (e.g. k/v/down_proj on Llama).
+
+    ``feedforward_modules`` (a subset of ``target_modules``) are scaled on their input instead of their output.
+    """
+
+    target_modules: list[str] = field(default_factory=list)
+    feedforward_modules: list[str] = field(default_factory=list)
+
+
+def build_config(options: IA3Options, base):
+    from peft import IA3Config
+
+    from adapterhub.adapters import peft_task_type
+
+    return IA3Config(
+        task_type=peft_task_type(base.task),
+        target_modules=list(options.target_modules) or None,
+        feedforward_modules=list(options.feedforward_modules) or None,
+    )
+
+
+@adapterhub.hookimpl
+def adapterhub_methods() -> list[MethodSpec]:
+    return [
+        MethodSpec(
+            name="ia3",
+            description="IA3: learned scaling of keys, values and feed-forward activations",
+            peft_type="IA3",
+            options=IA3Options,
+            build_config=build_config,
+            capabilities=frozenset({"mergeable", "quantized-base"}),
+        )
+    ]
