@@ -60,8 +60,11 @@ def plugins_command(as_json: bool) -> None:
     problems = catalog.hook_errors + [
         f"{kind} {name!r} is claimed by {' and '.join(owners)}" for (kind, name), owners in catalog.conflicts.items()
     ]
+    from adapterhub.kernels import kernel_report
+
+    ops = kernel_report()
     if as_json:
-        _echo_json({"plugins": rows, "problems": problems})
+        _echo_json({"plugins": rows, "problems": problems, "ops": ops})
         return
     for row in rows:
         click.echo(f"{row['name']} ({row['distribution']} {row['version']})")
@@ -73,6 +76,9 @@ def plugins_command(as_json: bool) -> None:
                 click.echo(f"  {kind}: {', '.join(row[kind])}")
         for method, method_capabilities in row["capabilities"].items():
             click.echo(f"  {method} capabilities: {', '.join(method_capabilities) or '-'}")
+    for op in ops:
+        passed = "; ".join(f"{name}: {why}" for name, why in op["passed_over"].items())
+        click.echo(f"op {op['op']} on {op['device']}/{op['dtype']}: {op['active']}" + (f" (not: {passed})" if passed else ""))
     for problem in problems:
         click.echo(f"problem: {problem}")
     if not rows:

@@ -1,0 +1,155 @@
+"""Named ops of the runtime, their plain-torch references, and the choice among plugin kernels.
+
+The runtime (``adapterhub.runtime``) never calls a kernel directly: it asks ``select_kernel(op, device, dtype)``
+once per pool, and calls what comes back. A plugin contributes a faster implementation of an op with a
+``KernelSpec`` from its ``adapterhub_kernels()`` hook; the highest-priority spec whose ``supports(device, dtype)``
+returns None is chosen, else the torch reference below. A chosen kernel that raises is reported once as a
+warning and the torch reference takes over for that (op, device, dtype) from then on.
+
+The ops (exact contract a plugin kernel must follow; every tensor is on one device):
+
+``lora_forward(x, A, B, scale) -> delta``
+    One adapter for every row. ``x``: (..., d_in); ``A``: (r, d_in); ``B``: (d_out, r), possibly a
+    non-contiguous view (a rank slice of a padded slot); ``scale``: a Python float.
+    Returns ``delta``: (..., d_out) = ``scale * (x @ A.T) @ B.T`` in ``x``'s dtype.
+
+``lora_gather_forward(x, A_slots, B_slots, scales, slot_ids) -> delta``
+    One adapter per row, BGMV style. ``x``: (batch, *, d_in) (``*`` is the sequence, or nothing);
+    ``A_slots``: (slots, r_max, d_in); ``B_slots``: (slots, d_out, r_max) (ranks below ``r_max`` are
+    zero-padded); ``scales``: (slots,) float; ``slot_ids``: (batch,) int64, each in ``[0, slots)``
+    (the pool maps "no adapter" to a slot of zeros, so no masking is needed).
+    Returns ``delta``: (batch, *, d_out) with ``delta[b] = scales[s] * (x[b] @ A_slots[s].T) @ B_slots[s].T``
+    for ``s = slot_ids[b]``, in ``x``'s dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from adapterhub import plugins
+
+log = logging.getLogger(__name__)
+
+
+def lora_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
+    """Torch reference of ``lora_forward`` (see the module docstring for shapes)."""
+    hidden = torch.nn.functional.linear(x, A) * scale  # (..., r): scale the small tensor, not the output
+    return torch.nn.functional.linear(hidden, B)  # (..., d_out)
+
+
+def lora_gather_forward(
+    x: torch.Tensor, A_slots: torch.Tensor, B_slots: torch.Tensor, scales: torch.Tensor, slot_ids: torch.Tensor
+) -> torch.Tensor:
+    """Torch reference of ``lora_gather_forward``: gather each row's A/B, then two batched matmuls."""
+    batch, d_in = x.shape[0], x.shape[-1]
+    rows = x.reshape(batch, -1, d_in)  # (batch, seq, d_in)
+    A = A_slots.index_select(0, slot_ids)  # (batch, r_max, d_in)
+    B = B_slots.index_select(0, slot_ids)  # (batch, d_out, r_max)
+    hidden = torch.bmm(rows, A.transpose(1, 2))  # (batch, seq, r_max)
+    hidden = hidden * scales.index_select(0, slot_ids).to(hidden.dtype)[:, None, None]
+    delta = torch.bmm(hidden, B.transpose(1, 2))  # (batch, seq, d_out)
+    return delta.reshape(*x.shape[:-1], B_slots.shape[1])
+
+
+REFERENCES: dict[str, Callable[..., torch.Tensor]] = {
+    "lora_forward": lora_forward,
+    "lora_gather_forward": lora_gather_forward,
+}
+"""Every op the runtime uses, with the torch implementation that always runs."""
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """The implementation chosen for one op on one device and dtype, and why the others were passed over."""
+
+    op: str
+    name: str
+    plugin: str | None  # None for the torch reference
+    fn: Callable[..., torch.Tensor]
+    passed_over: dict[str, str] = field(default_factory=dict)  # "plugin:kernel" -> reason
+
+
+class _FallsBackToTorch:
+    """Calls a plugin kernel; the first time it raises, warns and uses the torch reference from then on."""
+
+    def __init__(self, op: str, label: str, fn: Callable[..., torch.Tensor]) -> None:
+        self.op, self.label, self.fn = op, label, fn
+        self.failed = False
+
+    def __call__(self, *args):
+        if not self.failed:
+            try:
+                return self.fn(*args)
+            except Exception as exc:  # a broken kernel must not take a request down
+                self.failed = True
+                log.warning("kernel %s for %s raised %s: %s; using the torch reference instead",
+                            self.label, self.op, type(exc).__name__, exc)  # fmt: skip
+        return REFERENCES[self.op](*args)
+
+
+def _device_type(device: torch.device | str) -> torch.device:
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
+def choose_kernel(catalog: plugins.Catalog, op: str, device: torch.device | str, dtype: torch.dtype) -> KernelChoice:
+    """Among ``catalog``'s kernels for ``op``, the highest-priority one that supports ``device`` and ``dtype``."""
+    if op not in REFERENCES:
+        raise KeyError(f"unknown op {op!r}; known ops: {', '.join(sorted(REFERENCES))}")
+    device = _device_type(device)
+    candidates = sorted(catalog.kernels.get(op, []), key=lambda c: -c.spec.priority)
+    passed_over: dict[str, str] = {}
+    for contribution in candidates:
+        label = f"{contribution.plugin}:{contribution.spec.name}"
+        try:
+            reason = contribution.spec.supports(device, dtype)
+        except Exception as exc:
+            reason = f"support check raised {type(exc).__name__}: {exc}"
+        if reason is None:
+            others = dict(passed_over)
+            for rest in candidates[candidates.index(contribution) + 1 :]:
+                others[f"{rest.plugin}:{rest.spec.name}"] = f"lower priority than {label}"
+            guarded = _FallsBackToTorch(op, label, contribution.spec.fn)
+            return KernelChoice(op, contribution.spec.name, contribution.plugin, guarded, others)
+        passed_over[label] = reason
+    return KernelChoice(op, "torch", None, REFERENCES[op], passed_over)
+
+
+class _Choices:
+    """Choices made from the current plugin catalog; made again once plugins are reloaded."""
+
+    def __init__(self) -> None:
+        self.catalog: plugins.Catalog | None = None
+        self.made: dict[tuple[str, torch.device, torch.dtype], KernelChoice] = {}
+
+    def get(self, op: str, device: torch.device, dtype: torch.dtype) -> KernelChoice:
+        catalog = plugins.catalog()
+        if catalog is not self.catalog:
+            self.catalog, self.made = catalog, {}
+        if (op, device, dtype) not in self.made:
+            self.made[(op, device, dtype)] = choose_kernel(catalog, op, device, dtype)
+        return self.made[(op, device, dtype)]
+
+
+_CHOICES = _Choices()
+
+
+def select_kernel(op: str, device: torch.device | str, dtype: torch.dtype) -> KernelChoice:
+    """The implementation of ``op`` to run on ``device`` with ``dtype`` among the installed plugins' kernels,
+    else the torch reference; chosen once per (op, device, dtype) and plugin catalog."""
+    return _CHOICES.get(op, _device_type(device), dtype)
+
+
+def kernel_report(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> list[dict]:
+    """For ``adapterhub plugins``: per op, the active implementation here and why each other one is not."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    report = []
+    for op in sorted(REFERENCES):
+        choice = select_kernel(op, device, dtype)
+        active = "torch (reference)" if choice.plugin is None else f"{choice.plugin}:{choice.name}"
+        report.append({"op": op, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                       "active": active, "passed_over": dict(choice.passed_over)})  # fmt: skip
+    return report

@@ -1,0 +1,141 @@
+"""Per-request adapters for whole batches: text generation (causal LMs) and classification (sequence classifiers).
+
+Called by the HTTP server's batcher and usable directly. Rows whose adapters are slottable run together in
+one forward (one gathered LoRA computation per layer, at most ``pool.slots`` distinct adapters per forward);
+rows of a non-slottable adapter run as their own group through peft. Results come back in row order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from adapterhub.runtime.pool import AdapterPool
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to continue a prompt; requests are batched together only when their settings are equal."""
+
+    max_new_tokens: int = 32
+    do_sample: bool = False  # False: greedy
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+    seed: int | None = None  # sampling seed for the batch
+
+    def generate_kwargs(self) -> dict:
+        if not self.do_sample:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or None}
+
+
+@dataclass
+class Generated:
+    text: str
+    tokens: int  # new tokens, up to and including an end-of-sequence token
+    adapter: str | None
+
+
+@dataclass
+class Classified:
+    label: str
+    scores: dict[str, float]
+    adapter: str | None
+
+
+def groups(pool: AdapterPool, adapters: Sequence[str | None]) -> list[tuple[list[int], str | None]]:
+    """Row indices that can run in one forward: ``(rows, None)`` for slotted/base rows (at most ``pool.slots``
+    distinct adapters each), ``(rows, ref)`` for each non-slottable adapter."""
+    slotted: list[int] = []
+    by_peft: dict[str, list[int]] = {}
+    for row, adapter in enumerate(adapters):
+        if adapter is not None and pool.kind(adapter) == "peft":
+            by_peft.setdefault(pool.key_of(adapter), []).append(row)
+        else:
+            slotted.append(row)
+    chunks: list[tuple[list[int], str | None]] = []
+    current: list[int] = []
+    seen: set[str] = set()
+    for row in slotted:
+        adapter = adapters[row]
+        if adapter is not None and adapter not in seen and len(seen) == pool.slots:
+            chunks.append((current, None))
+            current, seen = [], set()
+        current.append(row)
+        if adapter is not None:
+            seen.add(adapter)
+    if current:
+        chunks.append((current, None))
+    return chunks + [(rows, key) for key, rows in by_peft.items()]
+
+
+@contextlib.contextmanager
+def _running(pool: AdapterPool, rows: list[int], peft_key: str | None, adapters: Sequence[str | None]) -> Iterator:
+    if peft_key is None:
+        with pool.activate([adapters[i] for i in rows]):
+            yield pool.base.model
+    else:
+        with pool.peft_adapter(peft_key) as model:
+            yield model
+
+
+@torch.inference_mode()
+def generate(pool: AdapterPool, prompts: Sequence[str], adapters: Sequence[str | None],
+             settings: GenerationSettings = GenerationSettings()) -> list[Generated]:  # fmt: skip
+    """Continue each prompt with its own adapter (None: the base); greedy or sampled per ``settings``."""
+    if len(prompts) != len(adapters):
+        raise ValueError(f"{len(prompts)} prompts but {len(adapters)} adapters")
+    tokenizer = pool.base.tokenizer
+    results: list[Generated | None] = [None] * len(prompts)
+    for rows, peft_key in groups(pool, adapters):
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens must follow every prompt
+        try:
+            batch = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True).to(pool.device)
+        finally:
+            tokenizer.padding_side = side
+        with _running(pool, rows, peft_key, adapters) as model, _seeded(settings.seed):
+            output = model.generate(
+                **batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                **settings.generate_kwargs(),
+            )  # fmt: skip
+        new = output[:, batch["input_ids"].shape[1] :]  # (rows, new tokens)
+        for row, tokens in zip(rows, new.tolist()):
+            tokens = _until_eos(tokens, tokenizer.eos_token_id)
+            results[row] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), adapters[row])
+    return results
+
+
+@torch.inference_mode()
+def classify(pool: AdapterPool, texts: Sequence[str], adapters: Sequence[str | None], *,
+             max_length: int = 512) -> list[Classified]:  # fmt: skip
+    """Class scores for each text with its own adapter (None: the base head)."""
+    tokenizer = pool.base.tokenizer
+    labels = pool.base.labels or [pool.base.model.config.id2label[i] for i in range(pool.base.model.config.num_labels)]
+    results: list[Classified | None] = [None] * len(texts)
+    for rows, peft_key in groups(pool, adapters):
+        batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
+                          max_length=max_length).to(pool.device)  # fmt: skip
+        with _running(pool, rows, peft_key, adapters) as model:
+            probabilities = model(**batch).logits.float().softmax(-1)  # (rows, labels)
+        for row, scores in zip(rows, probabilities.tolist()):
+            best = max(range(len(scores)), key=scores.__getitem__)
+            results[row] = Classified(labels[best], dict(zip(labels, scores)), adapters[row])
+    return results
+
+
+def _until_eos(tokens: list[int], eos: int | None) -> list[int]:
+    return tokens[: tokens.index(eos) + 1] if eos is not None and eos in tokens else tokens
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,304 @@
+"""The adapter pool: a fixed number of resident LoRA slots on one loaded base, filled from the registry.
+
+``AdapterPool(base)`` gives every target linear of the base (``nn.Linear`` or a bitsandbytes quantized
+linear; all of them except the output head by default) its slot tensors once. Then:
+
+* ``load(ref)``: registry -> sha256 check -> base fingerprint check -> host memory -> a device slot
+  (a tensor copy). Adapters live in three tiers, each evicting least-recently-used: device slots,
+  host memory (pinned on CUDA), and the registry on disk.
+* ``activate(adapters)``: one adapter (or None for the base) per batch row; a context manager under which
+  the base model's forward adds each row's LoRA delta. Switching adapters is changing slot indices.
+
+Adapters that cannot be slotted (not a LoRA-family method, DoRA, trained biases, ...) load through peft
+instead (see ``fallback``); ``kind(key)`` says which way an adapter went and ``reason(key)`` why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from adapterhub_registry import Registry
+
+from adapterhub import kernels
+from adapterhub.adapters import check_base
+from adapterhub.base import Base
+from adapterhub.errors import AdapterHubError
+from adapterhub.runtime.fallback import PeftAttached
+from adapterhub.runtime.plan import NotSlottable, SlotPlan, plan_adapter
+from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, make_slotted, remove_slots
+
+log = logging.getLogger(__name__)
+HEAD_NAMES = ("classifier", "score")  # the heads peft saves whole for sequence classification
+
+
+@dataclass
+class PoolStats:
+    """Counters for /metrics: a hit found the adapter in a device slot, a miss had to copy it in."""
+
+    hits: int = 0
+    misses: int = 0
+    swaps: int = 0  # copies into a device slot
+    registry_loads: int = 0
+    device_evictions: int = 0
+    host_evictions: int = 0
+
+
+@dataclass
+class HostAdapter:
+    """An adapter held in host memory: its slot plan, or (not slottable) the PEFT config and tensors."""
+
+    key: str
+    method: str
+    manifest: dict
+    plan: SlotPlan | None = None
+    peft_config: dict = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    reason: str | None = None  # why it is not slottable
+
+    @property
+    def nbytes(self) -> int:
+        if self.plan is not None:
+            return self.plan.nbytes
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+class AdapterPool:
+    """Resident LoRA slots on one base model; see the module docstring."""
+
+    def __init__(self, base: Base, *, slots: int = 8, max_rank: int = 16, host_capacity: int = 64,
+                 targets: Sequence[str] | None = None, registry: Registry | None = None) -> None:  # fmt: skip
+        if slots < 1 or max_rank < 1:
+            raise AdapterHubError(f"an adapter pool needs at least one slot and rank 1 (got slots={slots}, max_rank={max_rank})")
+        self.base, self.slots, self.max_rank, self.host_capacity = base, slots, max_rank, host_capacity
+        self.registry = registry or Registry()
+        self.rows = ActiveRows()
+        self.stats = PoolStats()
+        self.peft = PeftAttached(base)
+        self.device = base.model.get_input_embeddings().weight.device
+        self.dtype = base.model.get_input_embeddings().weight.dtype
+        self.kernels = {op: kernels.select_kernel(op, self.device, self.dtype) for op in kernels.REFERENCES}
+        self.layers: dict[str, LayerSlots] = {}
+        self.heads: dict[str, HeadSlots] = {}
+        self._wrap(targets)
+        self._device: OrderedDict[str, int] = OrderedDict()  # key -> slot, least recently used first
+        self._host: OrderedDict[str, HostAdapter] = OrderedDict()
+        self._aliases: dict[str, str] = {}  # ref as asked ("name", "name:tag") -> key ("name@version")
+        self._pinned: set[str] = set()
+
+    # -- set-up -----------------------------------------------------------------------------------------
+    def _wrap(self, targets: Sequence[str] | None) -> None:
+        model = self.base.model
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        heads = {name for name in HEAD_NAMES if isinstance(getattr(model, name, None), torch.nn.Linear)}
+        if self.base.task != "seq-cls":
+            heads = set()
+        for name, module in list(model.named_modules()):
+            if not isinstance(module, torch.nn.Linear) or module is output:
+                continue
+            if name in heads:
+                self.heads[name] = HeadSlots(self.rows, module, self.slots)
+                make_slotted(module, self.heads[name])
+            elif targets is None or any(name == t or name.endswith("." + t) for t in targets):
+                self.layers[name] = LayerSlots(
+                    self.rows, module.in_features, module.out_features, self.slots, self.max_rank, self.dtype,
+                    self.device, self.kernels["lora_forward"], self.kernels["lora_gather_forward"],
+                )  # fmt: skip
+                make_slotted(module, self.layers[name])
+        if not self.layers:
+            raise AdapterHubError("the base has no linear layers to slot (check --targets)")
+
+    def close(self) -> None:
+        """Detach everything: the base model is exactly as loaded again."""
+        self.peft.detach()
+        for name, module in self.base.model.named_modules():
+            if name in self.layers or name in self.heads:
+                remove_slots(module)
+        self.layers.clear()
+        self.heads.clear()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the device slot tensors."""
+        return sum(s.nbytes for s in self.layers.values()) + sum(h.nbytes for h in self.heads.values())
+
+    @property
+    def host_nbytes(self) -> int:
+        return sum(a.nbytes for a in self._host.values())
+
+    # -- loading ----------------------------------------------------------------------------------------
+    def key_of(self, ref: str) -> str:
+        """The exact ``name@version`` of ``ref``; refs already loaded resolve without touching the registry."""
+        if ref in self._aliases:
+            return self._aliases[ref]
+        return self.registry.resolve(ref).ref
+
+    def load(self, ref: str, *, force: bool = False) -> str:
+        """Make ``ref`` resident (a device slot if slottable, else host memory for peft) and return its key.
+
+        ``ref`` is re-resolved against the registry, so loading ``name`` again picks up a newer version.
+        An adapter trained on another base is refused (``IncompatibleBaseError`` naming both) unless ``force``.
+        """
+        key = self.registry.resolve(ref).ref
+        self._fetch(key, force=force)
+        self._aliases[ref] = self._aliases[key] = key
+        if self._host[key].plan is not None:
+            self._to_slot(key)
+        return key
+
+    def unload(self, ref: str) -> str:
+        """Drop an adapter from device and host memory (it stays in the registry); returns its key."""
+        key = self.key_of(ref)
+        if key in self._pinned:
+            raise AdapterHubError(f"adapter {key} is in use by the running batch; unload it after the batch")
+        if key not in self._host and key not in self._device:
+            raise AdapterHubError(f"adapter {key} is not loaded")
+        self._free_slot(key)
+        self._host.pop(key, None)
+        if self.peft.key == key:
+            self.peft.detach()
+        self._aliases = {ref: k for ref, k in self._aliases.items() if k != key}
+        return key
+
+    def _fetch(self, key: str, *, force: bool = False) -> HostAdapter:
+        if key in self._host:
+            self._host.move_to_end(key)
+            return self._host[key]
+        record, tensors = self.registry.load(key)
+        self.stats.registry_loads += 1
+        check_base(self.base, record.base_fingerprint, key, force=force)
+        adapter = HostAdapter(key, record.method, record.manifest)
+        try:
+            plan = plan_adapter(record.peft_config, tensors, targets=set(self.layers), heads=set(self.heads),
+                                max_rank=self.max_rank)  # fmt: skip
+            adapter.plan = _to_host(plan)
+        except NotSlottable as exc:
+            adapter.peft_config, adapter.tensors, adapter.reason = record.peft_config, tensors, str(exc)
+            log.info("adapter %s is not slottable (%s); it swaps through peft", key, exc)
+        self._host[key] = adapter
+        while len(self._host) > self.host_capacity:
+            evicted = next((k for k in self._host if k not in self._device and k not in self._pinned), None)
+            if evicted is None:
+                break
+            del self._host[evicted]
+            self.stats.host_evictions += 1
+        return adapter
+
+    def _to_slot(self, key: str) -> int:
+        if key in self._device:
+            self._device.move_to_end(key)
+            self.stats.hits += 1
+            return self._device[key]
+        self.stats.misses += 1
+        plan = self._fetch(key).plan
+        slot = self._free_slot_index()
+        for name, layer in self.layers.items():
+            if name in plan.layers:
+                A, B, scale = plan.layers[name]
+                layer.write(slot, A, B, scale)
+            else:
+                layer.clear(slot)
+        for name, head in self.heads.items():
+            if name in plan.heads:
+                head.write(slot, plan.heads[name]["weight"], plan.heads[name].get("bias"))
+            else:
+                head.clear(slot)
+        self._device[key] = slot
+        self.stats.swaps += 1
+        return slot
+
+    def _free_slot_index(self) -> int:
+        used = set(self._device.values())
+        free = next((s for s in range(self.slots) if s not in used), None)
+        if free is not None:
+            return free
+        victim = next((k for k in self._device if k not in self._pinned), None)
+        if victim is None:
+            raise AdapterHubError(f"all {self.slots} slots are used by the running batch; use more --slots")
+        self.stats.device_evictions += 1
+        return self._device.pop(victim)  # its host copy stays; the slot is overwritten next
+
+    def _free_slot(self, key: str) -> None:
+        slot = self._device.pop(key, None)
+        if slot is not None:
+            for layer in self.layers.values():
+                layer.clear(slot)
+            for head in self.heads.values():
+                head.clear(slot)
+
+    # -- running ----------------------------------------------------------------------------------------
+    def kind(self, ref: str) -> str:
+        """``"slotted"`` or ``"peft"`` for a loaded adapter (loading it into host memory if needed)."""
+        return "slotted" if self._fetch(self.key_of(ref)).plan is not None else "peft"
+
+    def reason(self, ref: str) -> str | None:
+        """Why a loaded adapter is not slottable (None when it is)."""
+        return self._fetch(self.key_of(ref)).reason
+
+    @contextlib.contextmanager
+    def activate(self, adapters: Sequence[str | None]) -> Iterator[None]:
+        """Run the base with ``adapters[i]`` on row ``i`` (None: the base alone), all slottable.
+
+        A single-element list applies to every row. Misses are loaded (evicting the least recently used
+        slot not needed by this batch). Use ``peft_adapter`` for adapters that are not slottable.
+        """
+        keys = [None if a is None else self.key_of(a) for a in adapters]
+        distinct = {k for k in keys if k is not None}
+        if len(distinct) > self.slots:
+            raise AdapterHubError(f"a batch uses {len(distinct)} adapters but the pool has {self.slots} slots")
+        self._pinned = distinct
+        try:
+            slot_of = {k: self._slot_for(k) for k in distinct}
+            ids = [self.slots if k is None else slot_of[k] for k in keys]
+            if distinct:
+                self.rows.slot_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+                self.rows.single = ids[0] if len(set(ids)) == 1 else None
+            with self.peft.bypassed():
+                yield
+        finally:
+            self.rows.slot_ids, self.rows.single = None, None
+            self._pinned = set()
+
+    def _slot_for(self, key: str) -> int:
+        adapter = self._fetch(key)
+        if adapter.plan is None:
+            raise AdapterHubError(f"adapter {key} is not slottable ({adapter.reason}); run it with peft_adapter()")
+        return self._to_slot(key)
+
+    @contextlib.contextmanager
+    def peft_adapter(self, ref: str) -> Iterator[torch.nn.Module]:
+        """Attach a non-slottable adapter through peft (its own load path) and yield the model to run."""
+        adapter = self._fetch(self.key_of(ref))
+        if adapter.plan is not None:
+            raise AdapterHubError(f"adapter {adapter.key} is slottable; run it with activate()")
+        self._pinned = {adapter.key}
+        try:
+            yield self.peft.attach(adapter.key, adapter.peft_config, adapter.tensors, adapter.manifest)
+        finally:
+            self._pinned = set()
+
+    def describe(self) -> list[dict]:
+        """Every adapter in memory: key, method, tier (``device`` slot, ``host``, or ``peft``) and slot."""
+        rows = []
+        for key, adapter in self._host.items():
+            tier = "device" if key in self._device else ("peft" if adapter.plan is None else "host")
+            rows.append({"adapter": key, "method": adapter.method, "tier": tier, "slot": self._device.get(key),
+                         "bytes": adapter.nbytes, "not_slottable_because": adapter.reason})  # fmt: skip
+        return rows
+
+
+def _to_host(plan: SlotPlan) -> SlotPlan:
+    """Keep a plan's tensors contiguous in host memory (pinned when a GPU will copy them)."""
+    pin = torch.cuda.is_available()
+
+    def host(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().to("cpu").contiguous()
+        return t.pin_memory() if pin else t
+
+    layers = {name: (host(A), host(B), scale) for name, (A, B, scale) in plan.layers.items()}
+    heads = {name: {k: host(t) for k, t in head.items()} for name, head in plan.heads.items()}
+    return SlotPlan(layers, heads, plan.max_rank)

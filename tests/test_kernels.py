@@ -1,0 +1,83 @@
+"""The kernel hook: torch references of the runtime ops, and how a plugin kernel is chosen or passed over."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from adapterhub import kernels
+from adapterhub.plugins import Catalog, Contribution
+from adapterhub.specs import KernelSpec
+
+
+def _slots(slots=4, r_max=6, d_in=12, d_out=10, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    A = torch.randn(slots, r_max, d_in, generator=generator)
+    B = torch.randn(slots, d_out, r_max, generator=generator)
+    return A, B, torch.rand(slots, generator=generator) + 0.5
+
+
+def test_gathered_reference_equals_each_row_alone():
+    A, B, scales = _slots()
+    x = torch.randn(5, 3, 12)  # (batch, seq, d_in)
+    slot_ids = torch.tensor([2, 0, 2, 3, 1])
+    delta = kernels.lora_gather_forward(x, A, B, scales, slot_ids)
+    for row, slot in enumerate(slot_ids.tolist()):
+        alone = kernels.lora_forward(x[row], A[slot], B[slot], scales[slot].item())
+        torch.testing.assert_close(delta[row], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_gathered_reference_takes_rows_without_a_sequence_axis():
+    A, B, scales = _slots()
+    x = torch.randn(3, 12)  # (batch, d_in): a pooler's input
+    delta = kernels.lora_gather_forward(x, A, B, scales, torch.tensor([1, 1, 0]))
+    assert delta.shape == (3, 10)
+    torch.testing.assert_close(delta[2], kernels.lora_forward(x[2], A[0], B[0], scales[0].item()), rtol=1e-5, atol=1e-6)
+
+
+def _catalog(*specs: KernelSpec) -> Catalog:
+    catalog = Catalog()
+    for spec in specs:
+        catalog.kernels.setdefault(spec.op, []).append(Contribution(spec, "test-kernels"))
+    return catalog
+
+
+def _scaled_reference(*args):
+    return kernels.lora_gather_forward(*args)
+
+
+def test_highest_priority_supporting_kernel_wins_and_the_others_say_why():
+    def cuda_only(device, dtype):
+        return None if device.type == "cuda" else "needs a CUDA device"
+
+    catalog = _catalog(
+        KernelSpec("lora_gather_forward", "triton", _scaled_reference, cuda_only, priority=10),
+        KernelSpec("lora_gather_forward", "cpu-a", _scaled_reference, lambda d, t: None, priority=5),
+        KernelSpec("lora_gather_forward", "cpu-b", _scaled_reference, lambda d, t: None, priority=1),
+    )  # fmt: skip
+    choice = kernels.choose_kernel(catalog, "lora_gather_forward", "cpu", torch.float32)
+    assert choice.name == "cpu-a" and choice.plugin == "test-kernels"
+    assert choice.passed_over == {"test-kernels:triton": "needs a CUDA device",
+                                  "test-kernels:cpu-b": "lower priority than test-kernels:cpu-a"}  # fmt: skip
+    assert kernels.choose_kernel(_catalog(), "lora_gather_forward", "cpu", torch.float32).name == "torch"
+
+
+def test_kernel_that_raises_falls_back_to_torch_with_a_warning(caplog):
+    def broken(*args):
+        raise RuntimeError("illegal memory access")
+
+    catalog = _catalog(KernelSpec("lora_gather_forward", "broken", broken, lambda d, t: None))
+    choice = kernels.choose_kernel(catalog, "lora_gather_forward", "cpu", torch.float32)
+    A, B, scales = _slots()
+    x, ids = torch.randn(2, 3, 12), torch.tensor([0, 3])
+    with caplog.at_level(logging.WARNING, logger="adapterhub.kernels"):
+        delta = choice.fn(x, A, B, scales, ids)
+    torch.testing.assert_close(delta, kernels.lora_gather_forward(x, A, B, scales, ids))
+    assert "broken" in caplog.text and "illegal memory access" in caplog.text and "torch reference" in caplog.text
+
+
+def test_installed_plugins_leave_torch_active_on_cpu_and_the_report_names_each_op():
+    report = {row["op"]: row for row in kernels.kernel_report("cpu")}
+    assert set(report) == {"lora_forward", "lora_gather_forward"}
+    assert kernels.select_kernel("lora_gather_forward", "cpu", torch.float32).fn is not None
