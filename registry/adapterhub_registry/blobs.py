@@ -34,12 +34,18 @@ class BlobStore:
             raise CorruptBlobError(f"{sha256!r} is not a sha256 hex digest; the index is damaged, run `verify`")
         return self.directory / sha256
 
-    def store(self, data: bytes, sha256: str) -> None:
-        """Write `data` under `sha256` unless an intact copy is already there (a damaged copy is replaced)."""
+    def store(self, data: bytes, sha256: str) -> bool:
+        """Write `data` under `sha256` unless an intact copy is already there (a damaged copy is replaced).
+
+        Returns True when the blob file did not exist before, so a caller whose transaction then fails
+        can remove it again instead of leaving an orphan.
+        """
         path = self.path(sha256)
-        if path.is_file() and self.problem(sha256, len(data)) is None:
-            return
+        existed = path.is_file()
+        if existed and self.problem(sha256, len(data)) is None:
+            return False
         write_atomic(path, data)
+        return not existed
 
     def read(self, sha256: str, size: int, ref: str) -> bytes:
         """Return the blob's bytes after checking size and sha256; `ref` names the adapter in the error."""

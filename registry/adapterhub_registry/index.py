@@ -105,21 +105,30 @@ class Index:
                 yield Writer(conn)
                 _retry_locked(lambda: conn.execute("COMMIT"), self.path)
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite has already rolled back after some errors (e.g. SQLITE_FULL)
+                    conn.execute("ROLLBACK")
                 raise RegistryError(f"registry index {self.path}: {exc}; {_advice(exc)}") from exc
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
 
-    def find(self, ref: Ref) -> AdapterRecord | None:
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for one read, with SQLite errors (a damaged file) turned into `RegistryError`."""
         with self._lock:
-            return _find(self._conn, ref)
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise RegistryError(f"registry index {self.path}: {exc}; {_advice(exc)}") from exc
+
+    def find(self, ref: Ref) -> AdapterRecord | None:
+        with self._reading() as conn:
+            return _find(conn, ref)
 
     def describe_name(self, name: str) -> str:
         """What exists under `name` (versions and tags), for not-found messages."""
-        with self._lock:
-            conn = self._conn
+        with self._reading() as conn:
             versions = [v for (v,) in conn.execute("SELECT version FROM adapters WHERE name = ? ORDER BY version", (name,))]
             tags = [f"{t}->@{v}" for t, v in conn.execute("SELECT tag, version FROM tags WHERE name = ? ORDER BY tag", (name,))]
         if not versions:
@@ -146,8 +155,8 @@ class Index:
             where.append(f"a.version = (SELECT max(b.version) FROM adapters b WHERE {inner_where})")
             params += inner_params
         sql = f"SELECT {_COLUMNS} FROM adapters a WHERE {' AND '.join(where) or '1'} ORDER BY a.name, a.version LIMIT ?"
-        with self._lock:
-            return _records(self._conn.execute(sql, (*params, _sql_limit(limit))))
+        with self._reading() as conn:
+            return _records(conn.execute(sql, (*params, _sql_limit(limit))))
 
     def search(self, text: str, limit: int | None) -> list[AdapterRecord]:
         """Newest versions whose name, method, a tag or manifest description contains `text` (ASCII case-insensitive)."""
@@ -161,13 +170,13 @@ class Index:
                               WHERE t.name = a.name AND t.version = a.version AND t.tag LIKE :p ESCAPE '\\'))
             ORDER BY a.name LIMIT :limit
         """
-        with self._lock:
-            return _records(self._conn.execute(sql, {"p": pattern, "limit": _sql_limit(limit)}))
+        with self._reading() as conn:
+            return _records(conn.execute(sql, {"p": pattern, "limit": _sql_limit(limit)}))
 
     def peft_config_text(self, record: AdapterRecord) -> str:
         """adapter_config.json of `record` exactly as it was pushed."""
-        with self._lock:
-            row = self._conn.execute(
+        with self._reading() as conn:
+            row = conn.execute(
                 "SELECT peft_config FROM adapters WHERE name = ? AND version = ?", (record.name, record.version)
             ).fetchone()
         if row is None:
@@ -176,8 +185,8 @@ class Index:
 
     def blob_usage(self) -> list[tuple[str, str, int]]:
         """(ref, blob sha256, size) of every stored version, for `verify`."""
-        with self._lock:
-            rows = self._conn.execute("SELECT name, version, blob_sha256, size_bytes FROM adapters ORDER BY name, version")
+        with self._reading() as conn:
+            rows = conn.execute("SELECT name, version, blob_sha256, size_bytes FROM adapters ORDER BY name, version")
             return [(f"{name}@{version}", sha, size) for name, version, sha, size in rows]
 
 
@@ -329,6 +338,8 @@ def _to_json(value: dict[str, Any], what: str) -> str:
 def _advice(exc: sqlite3.Error) -> str:
     if "full" in str(exc).lower():
         return "the disk is full; free some space and try again (nothing was changed)"
+    if "not a database" in str(exc) or "malformed" in str(exc):
+        return "the index file is damaged; restore index.sqlite from a backup (the blobs are intact and verifiable)"
     return "nothing was changed; run `verify`, or restore the index from a backup if this persists"
 
 
@@ -347,8 +358,10 @@ def _retry_locked(operation: Callable[[], T], path: Path) -> T:
     while True:
         try:
             return operation()
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             message = str(exc).lower()
+            if not isinstance(exc, sqlite3.OperationalError):  # e.g. "file is not a database"
+                raise RegistryError(f"registry index {path}: {exc}; {_advice(exc)}") from exc
             if "locked" not in message and "busy" not in message:
                 raise RegistryError(
                     f"registry index {path}: {exc}; check that the directory is writable and the disk is not full"

@@ -54,7 +54,10 @@ class Registry:
         except OSError as exc:
             raise RegistryError(f"cannot create the registry at {self.root}: {exc.strerror}; pick a writable root") from exc
         self._index = Index(self.root / "index.sqlite")
-        self._blobs.remove_stale_temp_files()
+        try:
+            self._blobs.remove_stale_temp_files()
+        except OSError:
+            pass  # a read-only root: leftovers stay until `verify --repair` runs where it can write
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
@@ -102,16 +105,22 @@ class Registry:
         if base_fingerprint is not None and not isinstance(base_fingerprint, str):
             raise RegistryError(f"base_fingerprint must be a string or None, got {type(base_fingerprint).__name__}")
         digest = sha256_hex(files.weights)
-        with self._index.write() as writer:
-            self._blobs.store(files.weights, digest)
-            version = writer.add_version(
-                name=name, method=method, base_fingerprint=base_fingerprint, peft_config_text=files.config_text,
-                manifest=merged_manifest, metrics=dict(metrics or {}),
-                blob_sha256=digest, size_bytes=len(files.weights), created_at=time.time(),
-            )
-            for tag in tag_list:
-                writer.set_tag(name, tag, version)
-            return self._found(writer.find(Ref(name, version)), Ref(name, version))
+        created = False
+        try:
+            with self._index.write() as writer:
+                created = self._blobs.store(files.weights, digest)
+                version = writer.add_version(
+                    name=name, method=method, base_fingerprint=base_fingerprint, peft_config_text=files.config_text,
+                    manifest=merged_manifest, metrics=dict(metrics or {}),
+                    blob_sha256=digest, size_bytes=len(files.weights), created_at=time.time(),
+                )
+                for tag in tag_list:
+                    writer.set_tag(name, tag, version)
+                return self._found(writer.find(Ref(name, version)), Ref(name, version))
+        except Exception:
+            if created:  # the transaction failed (e.g. disk full at COMMIT): do not leave the new blob behind
+                self._remove_unreferenced({digest}, best_effort=True)
+            raise
 
     def resolve(self, ref: str) -> AdapterRecord:
         """`name` (latest version), `name@3` or `name:tag` -> its record."""
@@ -121,7 +130,7 @@ class Registry:
     def load(self, ref: str) -> tuple[AdapterRecord, dict[str, torch.Tensor]]:
         """The record and its tensors, after checking the blob's sha256."""
         record = self.resolve(ref)
-        data = self._blobs.read(record.blob_sha256, record.size_bytes, record.ref)
+        data = self._read_blob(record)
         try:
             return record, load_safetensors(data)
         except Exception as exc:  # the bytes are as pushed, so only a file that slipped past validation gets here
@@ -133,7 +142,7 @@ class Registry:
     def pull(self, ref: str, dest_dir: Path | str) -> AdapterRecord:
         """Write the adapter directory (PEFT files + adapterhub.json with the record's fields) into `dest_dir`."""
         record = self.resolve(ref)
-        weights = self._blobs.read(record.blob_sha256, record.size_bytes, record.ref)
+        weights = self._read_blob(record)
         sidecar = {
             **record.manifest,
             "name": record.name, "version": record.version, "method": record.method,
@@ -155,7 +164,7 @@ class Registry:
             raise RegistryError(
                 f"{', '.join(map(str, existing))} already exist(s); choose an empty directory or pass overwrite=True"
             )
-        weights = self._blobs.read(record.blob_sha256, record.size_bytes, record.ref)
+        weights = self._read_blob(record)
         # Temp file + rename replaces a symlink rather than following it, so nothing outside dest is written.
         write_files(dest, {CONFIG_FILE: self._index.peft_config_text(record).encode("utf-8"), WEIGHTS_FILE: weights})
         return dest
@@ -211,10 +220,8 @@ class Registry:
             if not deleted:
                 raise NotFoundError(f"nothing to delete for {ref}: {self._index.describe_name(parsed.name)}")
             writer.delete(deleted)
-        # A second transaction: rows are gone for good before their blobs are, and holding the write lock
-        # stops a concurrent push from re-using a blob while it is removed.
-        with self._index.write() as writer:
-            self._blobs.remove({r.blob_sha256 for r in deleted} - writer.referenced_digests())
+        # A second transaction: rows are gone for good before their blobs are.
+        self._remove_unreferenced({r.blob_sha256 for r in deleted})
         return deleted
 
     def set_metrics(self, ref: str, metrics: dict[str, Any]) -> AdapterRecord:
@@ -247,6 +254,12 @@ class Registry:
                 report.ok.append(ref)
             else:
                 report.corrupt.append((ref, problems[digest]))
+        if report.corrupt:
+            # A blob removed by a concurrent `delete` looks missing; only report refs that still use it.
+            current = set(self._index.blob_usage())
+            usage_by_ref = {ref: (digest, size) for ref, digest, size in usage}
+            report.corrupt = [(ref, why) for ref, why in report.corrupt if (ref, *usage_by_ref[ref]) in current]
+            report.checked = len(report.ok) + len(report.corrupt)
         if repair:
             with self._index.write() as writer:
                 orphans = self._blobs.all_digests() - writer.referenced_digests()
@@ -258,6 +271,30 @@ class Registry:
             report.temp_files = self._blobs.stale_temp_files()
         report.orphans = sorted(self._blobs.path(d) for d in orphans)
         return report
+
+    def _remove_unreferenced(self, digests: set[str], *, best_effort: bool = False) -> None:
+        """Remove those of `digests` no committed row refers to; the write lock stops a concurrent push from
+        re-using a blob while it is removed. `best_effort` leaves failures to `verify --repair`."""
+        try:
+            with self._index.write() as writer:
+                self._blobs.remove(digests - writer.referenced_digests())
+        except (RegistryError, OSError):
+            if not best_effort:
+                raise
+
+    def _read_blob(self, record: AdapterRecord) -> bytes:
+        """The record's blob, hash-checked; a blob that vanished because the entry was deleted meanwhile is
+        reported as not found (the entry is gone), not as damage."""
+        try:
+            return self._blobs.read(record.blob_sha256, record.size_bytes, record.ref)
+        except CorruptBlobError:
+            current = self._index.find(Ref(record.name, record.version))
+            if current is None or current.blob_sha256 != record.blob_sha256:
+                raise NotFoundError(
+                    f"adapter {record.ref} was deleted by another process while it was being read; "
+                    f"{self._index.describe_name(record.name)}"
+                ) from None
+            raise
 
     def _found(self, record: AdapterRecord | None, ref: Ref) -> AdapterRecord:
         if record is None:
