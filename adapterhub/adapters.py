@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from peft import PeftConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from adapterhub import plugins
@@ -75,17 +76,35 @@ def build_manifest(base: Base, method: str, options: Any, **extra: Any) -> dict:
 def save_adapter(model: PeftModel, directory: str | os.PathLike, manifest: dict) -> Path:
     """Write the adapter as a PEFT directory (safetensors + adapter_config.json) plus ``adapterhub.json``.
 
-    Files are written in a sibling temp directory and moved into place one by one, so an interrupted save
-    never leaves a half-written weights file under its final name.
+    Files are written in a temp directory inside ``directory``, flushed to disk, and only then moved into
+    place one by one, so an interrupted save (or a full disk) never leaves a half-written file under its
+    final name, and the temp directory is removed on any error.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        (Path(staging) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE):
-            os.replace(Path(staging) / name, directory / name)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            (Path(staging) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE):
+                _fsync(Path(staging) / name)
+            for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE):
+                os.replace(Path(staging) / name, directory / name)
+            _fsync(directory)
+    except (OSError, SafetensorError) as exc:  # SafetensorError wraps the I/O error of writing the weights
+        raise AdapterHubError(
+            f"could not save the adapter in {directory}: {exc}; free some disk space or choose a writable directory"
+        ) from exc
     return directory
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data (or a directory's renames) to disk, so a rename never exposes an empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_adapter_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:

@@ -14,6 +14,7 @@ import click
 
 from adapterhub import __version__, plugins
 from adapterhub.registry_cli import registry_group
+from adapterhub.server.command import serve_command
 
 
 def _echo_json(value) -> None:
@@ -189,6 +190,7 @@ def eval_command(ref, base, quantize, data_path, text_column, label_column, enco
 
 
 cli.add_command(registry_group)
+cli.add_command(serve_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,6 +137,8 @@ def load_plugins() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
         try:
             pm.register(entry_point.load(), name=entry_point.name)
         except Exception as exc:  # a broken plugin must never take the tool down
+            if pm.has_plugin(entry_point.name):  # pluggy keeps hooks registered before the one it rejected
+                pm.unregister(name=entry_point.name)
             infos.append(PluginInfo(entry_point.name, distribution, version, _short_error(exc)))
             continue
         infos.append(PluginInfo(entry_point.name, distribution, version))
@@ -153,6 +155,18 @@ def _collect(pm: pluggy.PluginManager, hook_name: str, catalog: Catalog) -> list
             continue
         contributions.extend(Contribution(spec, impl.plugin_name) for spec in specs)
     return contributions
+
+
+def add_plugin_commands(cli) -> list[str]:
+    """Let each plugin add its subcommands to ``cli``, one at a time; returns (and records) the failures."""
+    problems = []
+    for impl in plugin_manager().hook.adapterhub_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            problems.append(f"plugin {impl.plugin_name!r} failed in adapterhub_commands: {_short_error(exc)}")
+    catalog().hook_errors.extend(problems)
+    return problems
 
 
 def _index(kind: str, contributions: list[Contribution], catalog: Catalog) -> dict[str, Contribution]:
