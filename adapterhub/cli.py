@@ -25,9 +25,13 @@ class _Group(click.Group):
     """Lists plugin commands in ``--help``, loading plugins only when a command is looked up."""
 
     def _with_plugins(self) -> None:
-        if not getattr(self, "_plugins_added", False):
-            self._plugins_added = True
-            plugins.plugin_manager().hook.adapterhub_commands(cli=self)
+        # Each plugin is called on its own: one that raises is reported (here and by `adapterhub plugins`)
+        # and must not take `--help` or the other commands down with it.
+        if getattr(self, "_plugins_added", False):
+            return
+        self._plugins_added = True
+        for problem in plugins.add_plugin_commands(self):
+            click.echo(f"warning: {problem}; its commands may be unavailable", err=True)
 
     def list_commands(self, ctx):
         self._with_plugins()
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     from adapterhub.errors import AdapterHubError
 
     try:
-        cli.main(args=argv, prog_name="adapterhub", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="adapterhub", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     except (AdapterHubError, RegistryError, FloatingPointError) as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0  # `ctx.exit(n)` (e.g. `registry verify` finding damage)
 
 
 if __name__ == "__main__":
