@@ -15,6 +15,7 @@ import click
 from adapterhub import __version__, plugins
 from adapterhub.registry_cli import registry_group
 from adapterhub.server.command import serve_command
+from benchmarks.cli import bench_command
 
 
 def _echo_json(value) -> None:
@@ -195,6 +196,7 @@ def eval_command(ref, base, quantize, data_path, text_column, label_column, enco
 
 cli.add_command(registry_group)
 cli.add_command(serve_command)
+cli.add_command(bench_command)  # benchmarks/: adapterhub vs plain peft, results in benchmarks/results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,278 @@
+"""The measuring half of the benchmark harness: timing with warm-up and repeats, summary statistics, peak
+memory, fixed seeds, and the `Context` every suite receives.
+
+A suite calls `ctx.time(...)` for what runs in this process, or `ctx.record(...)` for samples it measured
+elsewhere (a child process, so that peak memory is not shared between the two sides). Everything a suite
+measures ends up in `ctx.measurements`; `report.py` turns them into JSON, markdown and a plot.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import statistics
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from tqdm.auto import tqdm
+
+OURS = "adapterhub"
+BASELINE = "peft"
+MB = 1024 * 1024
+
+
+@dataclass
+class Stats:
+    """Summary of repeated samples: median with inter-quartile range and min/max as the spread."""
+
+    n: int
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    mean: float
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Stats:
+        if not samples:
+            raise ValueError("no samples to summarise")
+        ordered = sorted(samples)
+        if len(ordered) >= 2:
+            q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+        else:
+            q1 = q3 = ordered[0]
+        return cls(len(ordered), statistics.median(ordered), q1, q3, ordered[0], ordered[-1], statistics.fmean(ordered))
+
+
+@dataclass
+class Measurement:
+    """One implementation (`impl`: adapterhub or the baseline) doing one `case` with given `params`."""
+
+    case: str
+    impl: str
+    what: str  # the call(s) timed, in words, e.g. "Registry.list()"
+    params: dict[str, Any]
+    unit: str
+    samples: list[float]
+    stats: Stats
+    memory: dict[str, float] = field(default_factory=dict)  # peak_rss_mb, rss_increase_mb, cuda_peak_mb
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Check:
+    """A target the suite states, e.g. "list at 10,000 adapters ≤ 50 ms", and whether this run met it."""
+
+    what: str
+    value: float
+    limit: float
+    unit: str
+
+    @property
+    def ok(self) -> bool:
+        return self.value <= self.limit
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy (if present) and torch, so both sides of a comparison see the same data."""
+    random.seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed)
+    except ImportError:
+        pass
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class PeakMemory:
+    """Peak resident set size of this process (sampled every few ms by a thread) and peak CUDA allocation
+    while the `with` block runs. RSS counts everything the process holds, including what was there before."""
+
+    def __init__(self, cuda: bool, interval_s: float = 0.005) -> None:
+        self.cuda = cuda
+        self.interval_s = interval_s
+        self.start = self.peak = 0
+        self.cuda_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        self.start = self.peak = rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        if self.cuda:
+            import torch
+
+            self.cuda_peak = torch.cuda.max_memory_allocated()
+
+    def summary(self) -> dict[str, float]:
+        result = {"peak_rss_mb": self.peak / MB, "rss_increase_mb": (self.peak - self.start) / MB}
+        if self.cuda:
+            result["cuda_peak_mb"] = self.cuda_peak / MB
+        return result
+
+
+@dataclass
+class Context:
+    """What a suite gets: its size (`quick`), device, optional `--model`, a scratch directory, repeat counts,
+    and the methods to time and record. `settings` and `notes` go into the report as written."""
+
+    suite: str
+    quick: bool
+    device: str
+    workdir: Path
+    model: str | None = None
+    repeats: int = 20
+    warmup: int = 3
+    seed: int = 0
+    progress: bool = True
+    measurements: list[Measurement] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def _synchronize(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def time(
+        self,
+        case: str,
+        impl: str,
+        fn: Callable[..., Any],
+        *,
+        what: str,
+        params: dict[str, Any] | None = None,
+        setup: Callable[[], Any] | None = None,
+        teardown: Callable[[Any], None] | None = None,
+        repeats: int | None = None,
+        warmup: int | None = None,
+        memory: bool = False,
+    ) -> Measurement:
+        """Run `fn` `warmup` times untimed, then `repeats` times timed (milliseconds per call). With `setup`,
+        `fn(setup())` is called; `teardown(state)` follows every call (state None without setup). Neither
+        setup nor teardown is timed."""
+        repeats = self.repeats if repeats is None else repeats
+        warmup = self.warmup if warmup is None else warmup
+        label = " ".join(filter(None, [f"{self.suite}: {case}", params_label(params), f"[{impl}]"]))
+        samples: list[float] = []
+        bar = tqdm(total=warmup + repeats, desc=label, unit="run", leave=False, disable=not self.progress, dynamic_ncols=True)
+        watch = PeakMemory(self.cuda) if memory else None
+        with bar, _frozen_gc():
+            for i in range(warmup + repeats):
+                if i == warmup and watch is not None:
+                    watch.__enter__()
+                state = setup() if setup is not None else None
+                self._synchronize()
+                started = time.perf_counter()
+                fn(state) if setup is not None else fn()
+                self._synchronize()
+                elapsed = time.perf_counter() - started
+                if teardown is not None:
+                    teardown(state)
+                if i >= warmup:
+                    samples.append(elapsed * 1000.0)
+                bar.update(1)
+        if watch is not None:
+            watch.__exit__(None, None, None)
+        return self.record(case, impl, samples, what=what, params=params, memory=watch.summary() if watch else None)
+
+    def record(
+        self,
+        case: str,
+        impl: str,
+        samples: list[float],
+        *,
+        what: str,
+        params: dict[str, Any] | None = None,
+        unit: str = "ms",
+        memory: dict[str, float] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Measurement:
+        """Add samples measured by the suite itself (e.g. per-step times from a child process)."""
+        measurement = Measurement(case, impl, what, dict(params or {}), unit, [round(s, 6) for s in samples],
+                                  Stats.of(samples), dict(memory or {}), dict(extra or {}))  # fmt: skip
+        self.measurements.append(measurement)
+        return measurement
+
+    def check(self, what: str, value: float, limit: float, unit: str = "ms") -> Check:
+        """State a target (value must be ≤ limit); reported, never fatal: timings on a shared machine vary."""
+        check = Check(what, value, limit, unit)
+        self.checks.append(check)
+        return check
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    @contextmanager
+    def scratch(self, name: str) -> Iterator[Path]:
+        """A fresh directory under the run's scratch space, removed afterwards."""
+        with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=self.workdir) as directory:
+            yield Path(directory)
+
+
+@contextmanager
+def _frozen_gc() -> Iterator[None]:
+    """Freeze the objects alive now (torch and transformers keep millions), so that a garbage collection
+    inside a timed call walks only new objects instead of adding a long pause at random."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def params_label(params: dict[str, Any] | None) -> str:
+    """`adapters=10000, r=8`: how parameters read in progress bars, tables and plots."""
+    return ", ".join(f"{k}={v}" for k, v in (params or {}).items())
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

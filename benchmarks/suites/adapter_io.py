@@ -1,0 +1,94 @@
+"""Adapter save/load latency: adapterhub (save_adapter, Registry push/load, load_adapter) vs peft on one base.
+
+Both sides work on the same loaded base model and the same LoRA adapter (r=16 on every linear layer):
+
+* save — `adapters.save_adapter` (PEFT files + adapterhub.json, staged and renamed into place) vs
+  `PeftModel.save_pretrained`;
+* save + push — `save_adapter` then `Registry.push` (hash, fsync, index) vs `save_pretrained` alone, which
+  is all plain peft does to keep an adapter;
+* load from registry — `Registry.load` (sha256-checked) + `adapters.load_adapter` (base check, attach,
+  set weights, completeness check) vs `PeftModel.from_pretrained(base, dir)`;
+* load from directory — `adapters.load_adapter_dir` vs `PeftModel.from_pretrained`.
+
+Each load is undone (`unload()`, untimed) so every run attaches to the bare base.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+
+from benchmarks import models
+from benchmarks.harness import BASELINE, OURS, Context
+
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"]}
+
+
+def run(ctx: Context) -> None:
+    import torch
+    from adapterhub_registry import Registry
+    from peft import PeftModel
+
+    from adapterhub import adapters
+    from adapterhub.base import load_base
+
+    path, label = models.model_for(ctx)
+    base = load_base(path, task="causal-lm")
+    base.model.to(ctx.device)
+    options = adapters.make_options("lora", LORA)
+    model = adapters.attach(base, "lora", options)
+    with torch.no_grad():  # lora_B starts at zero; give it values, as after training
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.02)
+    manifest = adapters.build_manifest(base, "lora", options)
+    size_mb = adapters.trainable_parameters(model) * 4 / 2**20
+    ctx.settings.update(model=label, lora=LORA, adapter_mb=round(size_mb, 2), trainable_parameters=adapters.trainable_parameters(model))
+    params = {"adapter_mb": round(size_mb, 1)}
+
+    with ctx.scratch("adapter-io") as root:
+        registry = Registry(root / "registry")
+        target = root / "out"
+
+        def clear() -> None:
+            shutil.rmtree(target, ignore_errors=True)
+
+        pushes = itertools.count()
+        ctx.time("save", OURS, lambda _: adapters.save_adapter(model, target, manifest), what="adapters.save_adapter(model, dir, manifest)",
+                 params=params, setup=clear)  # fmt: skip
+        ctx.time("save", BASELINE, lambda _: model.save_pretrained(target), what="PeftModel.save_pretrained(dir)", params=params, setup=clear)
+
+        def save_and_push(_) -> None:
+            adapters.save_adapter(model, target, manifest)
+            registry.push(f"bench-{next(pushes)}", target, method="lora", base_fingerprint=base.fingerprint_id)
+
+        ctx.time("save + push", OURS, save_and_push, what="save_adapter + Registry.push", params=params, setup=clear)
+        ctx.time("save + push", BASELINE, lambda _: model.save_pretrained(target), what="PeftModel.save_pretrained(dir) (no store)",
+                 params=params, setup=clear)  # fmt: skip
+
+        saved = adapters.save_adapter(model, root / "saved", manifest)
+        registry.push("bench-load", saved, method="lora", base_fingerprint=base.fingerprint_id)
+        model.unload()  # the base is bare again; each load below attaches anew and is unloaded after
+
+        def load_from_registry() -> PeftModel:
+            record, tensors = registry.load("bench-load")
+            return adapters.load_adapter(base, record.peft_config, tensors, adapter_base=record.base_fingerprint,
+                                         label=record.ref, manifest=record.manifest)  # fmt: skip
+
+        loaded: list[PeftModel] = []
+
+        def unload(_) -> None:
+            loaded.pop().unload()
+
+        for case, ours, what in (
+            ("load from registry", load_from_registry, "Registry.load(ref) + adapters.load_adapter(base, config, tensors)"),
+            ("load from directory", lambda: adapters.load_adapter_dir(base, saved), "adapters.load_adapter_dir(base, dir)"),
+        ):
+            ctx.time(case, OURS, lambda ours=ours: loaded.append(ours()), what=what, params=params, teardown=unload)
+            ctx.time(case, BASELINE, lambda: loaded.append(PeftModel.from_pretrained(base.model, saved)),
+                     what="PeftModel.from_pretrained(base, dir)", params=params, teardown=unload)  # fmt: skip
+        registry.close()
+    ctx.note(f"Base model: {label}, fp32, loaded once; both sides attach to the same module tree.")
+    ctx.note("adapterhub's load also checks the base fingerprint and that every expected tensor is present; "
+             "its registry path re-hashes the blob (sha256) on every read.")  # fmt: skip

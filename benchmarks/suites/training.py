@@ -1,0 +1,197 @@
+"""Training step time and peak memory, LoRA and QLoRA (NF4 base): adapterhub's loop vs peft + bitsandbytes.
+
+adapterhub side: `load_base(model, quantize=None | "nf4")`, `adapters.attach(base, "lora", ...)` and the
+real training loop `adapterhub.train.train`, timed per optimizer step through its `on_step` hook.
+peft side: transformers `from_pretrained` (with `BitsAndBytesConfig` NF4 + double quant for QLoRA) from the
+same weights (for a GGUF: adapterhub's dequantized copy), `prepare_model_for_kbit_training` for QLoRA,
+`get_peft_model(LoraConfig(...))` and the textbook loop (AdamW, linear warm-up schedule, grad clipping).
+
+Same LoRA settings, same seeded token blocks in the same order, same hyper-parameters. Each side runs in its
+own fresh process, so peak memory (RSS, CUDA) is that side's alone; the first steps are warm-up.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import resource
+import time
+import traceback
+from dataclasses import asdict, dataclass
+
+from benchmarks import models
+from benchmarks.harness import BASELINE, MB, OURS, Context, PeakMemory, seed_everything
+
+REQUIRES = {"bitsandbytes": "bitsandbytes"}
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["all-linear"]}
+LEARNING_RATE = 2e-4
+VARIANTS = (("lora", None), ("qlora", "nf4"))
+# Each side runs in a child forked from a clean server process that has imported the libraries once:
+# memory is not shared with us or the other side, CUDA is never initialised before the fork, and no
+# child pays the import time again.
+_processes = multiprocessing.get_context("forkserver")
+_processes.set_forkserver_preload(["torch", "transformers", "peft", "bitsandbytes", "adapterhub.train", "benchmarks.suites.training"])
+
+
+@dataclass
+class Job:
+    """What one side runs, sent to its child process."""
+
+    impl: str
+    quantize: str | None
+    model: str  # what adapterhub loads (a directory or .gguf)
+    hf_dir: str  # what plain transformers loads (the same weights)
+    device: str
+    batch_size: int
+    block_size: int
+    warmup: int
+    steps: int
+    seed: int
+
+
+def _rss_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _adapterhub_model(job: Job):
+    from adapterhub import adapters
+    from adapterhub.base import load_base
+
+    base = load_base(job.model, task="causal-lm", quantize=job.quantize)
+    if job.quantize is None:
+        base.model.to(job.device)  # a quantized base is placed by its loader
+    return adapters.attach(base, "lora", adapters.make_options("lora", LORA)), base.tokenizer.pad_token_id
+
+
+def _peft_model(job: Job):
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs = {"dtype": torch.float32}
+    if job.quantize == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32
+        )
+        kwargs["device_map"] = job.device
+    model = AutoModelForCausalLM.from_pretrained(job.hf_dir, **kwargs)
+    if job.quantize:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model.to(job.device)
+    config = LoraConfig(
+        task_type="CAUSAL_LM", r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear"
+    )
+    return get_peft_model(model, config), model.config.pad_token_id
+
+
+def _train_adapterhub(model, blocks, job: Job, on_step) -> None:
+    from adapterhub.batches import block_batches
+    from adapterhub.train import TrainSettings, train
+
+    rows = blocks.tolist()
+    settings = TrainSettings(epochs=1, batch_size=job.batch_size, learning_rate=LEARNING_RATE, seed=job.seed, block_size=job.block_size)
+    train(model, lambda order: block_batches(rows, 0, job.batch_size, order), len(rows), None, "causal-lm", settings,
+          on_step=lambda *_: on_step(), progress=False)  # fmt: skip
+
+
+def _train_peft(model, blocks, job: Job, on_step) -> None:
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    n_steps = -(-len(blocks) // job.batch_size)
+    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE)
+    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, int(0.06 * n_steps)), n_steps)
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(job.seed))  # the order adapterhub uses
+    model.train()
+    for start in range(0, len(blocks), job.batch_size):
+        input_ids = blocks[order[start : start + job.batch_size]].to(job.device)  # (batch, block)
+        loss = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=input_ids).loss
+        loss.item()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        on_step()
+
+
+def _run_side(job: Job, messages) -> None:
+    """Child process: load, train `warmup + steps` steps, report per-step times, memory and a few facts."""
+    try:
+        import torch
+
+        seed_everything(job.seed)
+        started = time.perf_counter()
+        model, _ = (_adapterhub_model if job.impl == OURS else _peft_model)(job)
+        load_s = time.perf_counter() - started
+        vocab = model.get_input_embeddings().num_embeddings
+        blocks = models.token_blocks(vocab, (job.warmup + job.steps) * job.batch_size, job.block_size, job.seed)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        stamps = [time.perf_counter()]
+
+        def on_step() -> None:
+            if job.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
+            messages.put(("step", len(stamps) - 1))
+
+        with PeakMemory(job.device.startswith("cuda")) as memory:
+            (_train_adapterhub if job.impl == OURS else _train_peft)(model, blocks, job, on_step)
+        step_ms = [(b - a) * 1000.0 for a, b in zip(stamps, stamps[1:])]
+        messages.put(("done", {
+            "step_ms": step_ms[job.warmup :], "warmup_ms": step_ms[: job.warmup], "load_s": load_s,
+            "trainable_parameters": trainable, "peak_rss_mb": _rss_peak_bytes() / MB, "memory": memory.summary(),
+        }))  # fmt: skip
+    except BaseException:
+        messages.put(("error", traceback.format_exc()))
+
+
+def _in_child(ctx: Context, job: Job, label: str) -> dict:
+    from tqdm.auto import tqdm
+
+    messages = _processes.Queue()
+    process = _processes.Process(target=_run_side, args=(job, messages), daemon=True)
+    process.start()
+    total = job.warmup + job.steps
+    with tqdm(total=total, desc=f"training: {label} (loading)", unit="step", leave=False, disable=not ctx.progress) as bar:
+        while True:
+            try:
+                kind, value = messages.get(timeout=5)
+            except queue.Empty:
+                if not process.is_alive():
+                    raise RuntimeError(f"the {label} benchmark process died (exit code {process.exitcode})") from None
+                continue
+            if kind == "step":
+                bar.set_description(f"training: {label}")
+                bar.update(value - bar.n)
+            elif kind == "error":
+                process.join()
+                raise RuntimeError(f"the {label} benchmark failed in its child process:\n{value}")
+            else:
+                process.join()
+                return value
+
+
+def run(ctx: Context) -> None:
+    path, label = models.model_for(ctx)
+    hf_dir = models.transformers_dir(path)
+    batch_size, block_size, steps, warmup = (4, 32, 6, 2) if ctx.quick else (2, 64, 8, 2)
+    ctx.settings.update(model=label, lora=LORA, learning_rate=LEARNING_RATE, batch_size=batch_size, block_size=block_size,
+                        timed_steps=steps, warmup_steps=warmup)  # fmt: skip
+    for variant, quantize in VARIANTS:
+        params = {"method": variant}
+        for impl in (OURS, BASELINE):
+            job = Job(impl, quantize, path, str(hf_dir), ctx.device, batch_size, block_size, warmup, steps, ctx.seed)
+            result = _in_child(ctx, job, f"{variant} [{impl}]")
+            memory = {**result["memory"], "peak_rss_mb": result["peak_rss_mb"]}
+            what = ("load_base + adapters.attach + adapterhub.train.train" if impl == OURS
+                    else "from_pretrained + get_peft_model + AdamW loop") + (" (NF4 base)" if quantize else "")  # fmt: skip
+            extra = {k: result[k] for k in ("warmup_ms", "load_s", "trainable_parameters")}
+            ctx.record("train step", impl, result["step_ms"], what=what, params=params, memory=memory, extra=extra)
+    ctx.note(f"{batch_size} sequences x {block_size} tokens per step (seeded random token ids); first {warmup} steps are warm-up, "
+             f"the next {steps} are timed. Each side runs in a fresh process.")  # fmt: skip
+    ctx.note("Peak RSS is the process maximum (includes loading the model); RSS increase is the training loop's peak "
+             "over the RSS after loading. On CPU, bitsandbytes dequantizes NF4 weights in every matmul, so QLoRA "
+             "saves memory and costs time.")  # fmt: skip
