@@ -154,7 +154,13 @@ def load_adapter(
         model = get_peft_model(base.model, config)
     except ValueError as exc:  # peft's message names the target modules that the base lacks
         raise AdapterHubError(f"{label} does not fit this base ({base.fingerprint_id}): {exc}") from None
-    set_peft_model_state_dict(model, tensors)
+    try:
+        set_peft_model_state_dict(model, tensors)
+    except RuntimeError as exc:  # torch's "size mismatch for <key>: copying a param with shape ..."
+        mismatch = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise AdapterHubError(
+            f"{label} does not fit this base ({base.fingerprint_id}): {mismatch}; it was made for a model of another size"
+        ) from None
     # compared in saved-key form: peft's load result lists prompt-learning tensors (loaded separately) as unexpected
     expected = set(get_peft_model_state_dict(model))
     unexpected = sorted(set(tensors) - expected)
