@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from adapterhub_registry.adapter_dir import PICKLE_SUFFIXES
 from peft import PeftConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -113,7 +114,7 @@ def read_adapter_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, torc
     if not (directory / CONFIG_FILE).is_file():
         raise AdapterHubError(f"{directory} has no {CONFIG_FILE}: it is not a PEFT adapter directory")
     if not (directory / WEIGHTS_FILE).is_file():
-        pickled = [p.name for p in directory.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+        pickled = sorted(p.name for p in directory.glob("*") if p.suffix in PICKLE_SUFFIXES)
         hint = f" (found {', '.join(pickled)}: pickle files are refused, re-save with safetensors)" if pickled else ""
         raise AdapterHubError(f"{directory} has no {WEIGHTS_FILE}{hint}")
     manifest_path = directory / MANIFEST_FILE
