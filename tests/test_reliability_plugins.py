@@ -70,3 +70,48 @@ def test_plugin_whose_command_hook_raises_does_not_break_help_or_other_commands(
     assert "no adapters" in capsys.readouterr().out
     assert main(["plugins", "--json"]) == 0
     assert "command hook exploded" in capsys.readouterr().out  # listed under "problems"
+
+
+BROKEN_KERNELS = """
+    import adapterhub
+    from adapterhub.specs import KernelSpec
+
+    calls = []
+
+    def crashing_kernel(*args):
+        calls.append(args)
+        raise RuntimeError("kernel exploded")
+
+    def crashing_check(device, dtype):
+        raise ValueError("cannot even tell")
+
+    @adapterhub.hookimpl
+    def adapterhub_kernels():
+        return [
+            KernelSpec("lora_forward", "crashing", crashing_kernel, lambda device, dtype: None, priority=100),
+            KernelSpec("lora_forward", "unsure", crashing_kernel, crashing_check, priority=200),
+        ]
+"""
+
+
+def test_plugin_kernel_that_raises_falls_back_to_torch_once_with_a_warning(site_dir, caplog):
+    import logging
+
+    import torch
+
+    from adapterhub import kernels
+
+    install_fake_distribution(site_dir, "fakeplugin-kernels", "fakeplugin_kernels", BROKEN_KERNELS)
+    plugins.reload()
+    choice = kernels.select_kernel("lora_forward", "cpu", torch.float32)
+    assert (choice.plugin, choice.name) == ("fakeplugin_kernels", "crashing")
+    assert "support check raised ValueError: cannot even tell" in choice.passed_over["fakeplugin_kernels:unsure"]
+    x, A, B = torch.randn(3, 8), torch.randn(2, 8), torch.randn(5, 2)
+    with caplog.at_level(logging.WARNING, logger="adapterhub.kernels"):
+        first, second = choice.fn(x, A, B, 0.5), choice.fn(x, A, B, 0.5)
+    expected = kernels.lora_forward(x, A, B, 0.5)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+    warnings = [r for r in caplog.records if "fakeplugin_kernels:crashing" in r.getMessage()]
+    assert len(warnings) == 1 and "kernel exploded" in warnings[0].getMessage()
+    assert len(__import__("fakeplugin_kernels").calls) == 1  # not retried after it failed
