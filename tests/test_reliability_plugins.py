@@ -1,12 +1,18 @@
 """Plugins that fail at registration or inside the CLI command hook are reported by name, and everything
-else keeps working. Failures at import and inside contribution hooks are covered in test_plugins.py."""
+else keeps working; a plugin kernel that raises falls back to torch. Failures at import and inside
+contribution hooks are in test_plugins.py; a raising kernel in a hand-built catalog in test_kernels.py (here
+it comes through a real entry point, beside a kernel whose support check raises)."""
 
 from __future__ import annotations
 
+import importlib
+import logging
+
 import pytest
+import torch
 from test_plugins import install_fake_distribution, site_dir  # noqa: F401  (fixture)
 
-from adapterhub import plugins
+from adapterhub import kernels, plugins
 from adapterhub.cli import cli, main
 
 # Valid command hook first (pluggy registers hookimpls in name order), then one pluggy rejects at register():
@@ -95,12 +101,6 @@ BROKEN_KERNELS = """
 
 
 def test_plugin_kernel_that_raises_falls_back_to_torch_once_with_a_warning(site_dir, caplog):
-    import logging
-
-    import torch
-
-    from adapterhub import kernels
-
     install_fake_distribution(site_dir, "fakeplugin-kernels", "fakeplugin_kernels", BROKEN_KERNELS)
     plugins.reload()
     choice = kernels.select_kernel("lora_forward", "cpu", torch.float32)
@@ -114,4 +114,4 @@ def test_plugin_kernel_that_raises_falls_back_to_torch_once_with_a_warning(site_
     torch.testing.assert_close(second, expected, rtol=0, atol=0)
     warnings = [r for r in caplog.records if "fakeplugin_kernels:crashing" in r.getMessage()]
     assert len(warnings) == 1 and "kernel exploded" in warnings[0].getMessage()
-    assert len(__import__("fakeplugin_kernels").calls) == 1  # not retried after it failed
+    assert len(importlib.import_module("fakeplugin_kernels").calls) == 1  # not retried after it failed
