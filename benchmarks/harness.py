@@ -1,9 +1,10 @@
 """The measuring half of the benchmark harness: timing with warm-up and repeats, summary statistics, peak
 memory, fixed seeds, and the `Context` every suite receives.
 
-A suite calls `ctx.time(...)` for what runs in this process, or `ctx.record(...)` for samples it measured
-elsewhere (a child process, so that peak memory is not shared between the two sides). Everything a suite
-measures ends up in `ctx.measurements`; `report.py` turns them into JSON, markdown and a plot.
+A suite calls `ctx.compare(case, Side(...), Side(...))` to time adapterhub and the baseline in alternation,
+`ctx.time(case, Side(...))` for one side alone, or `ctx.record(...)` for samples it measured elsewhere (e.g.
+in a child process, so that peak memory is not shared between the two sides). Everything a suite measures
+ends up in `ctx.measurements`; `report.py` turns them into JSON, markdown and a plot.
 """
 
 from __future__ import annotations
@@ -67,6 +68,18 @@ class Measurement:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Side:
+    """One side of a case: `fn` is timed, called as `fn()`, or as `fn(setup())` when `setup` is given;
+    `teardown(state)` follows every call (state None without setup). Setup and teardown are not timed."""
+
+    impl: str  # OURS, BASELINE, or another label
+    what: str  # the call(s) timed, in words
+    fn: Callable[..., Any]
+    setup: Callable[[], Any] | None = None
+    teardown: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -176,47 +189,73 @@ class Context:
 
             torch.cuda.synchronize()
 
+    def _once(self, side: Side) -> float:
+        """One call of `side`, in milliseconds; its setup and teardown run outside the timed region."""
+        state = side.setup() if side.setup is not None else None
+        self._synchronize()
+        started = time.perf_counter()
+        side.fn(state) if side.setup is not None else side.fn()
+        self._synchronize()
+        elapsed = time.perf_counter() - started
+        if side.teardown is not None:
+            side.teardown(state)
+        return elapsed * 1000.0
+
+    def _bar(self, label: str, total: int):
+        return tqdm(total=total, desc=label, unit="run", leave=False, disable=not self.progress, dynamic_ncols=True)
+
+    def compare(
+        self,
+        case: str,
+        *sides: Side,
+        params: dict[str, Any] | None = None,
+        repeats: int | None = None,
+        warmup: int | None = None,
+    ) -> list[Measurement]:
+        """Time `sides` (adapterhub and the baseline) in alternation, A B, B A, A B, ...: on a machine whose
+        load drifts, both sides then run under the same conditions. `warmup` untimed rounds first."""
+        repeats = self.repeats if repeats is None else repeats
+        warmup = self.warmup if warmup is None else warmup
+        samples: list[list[float]] = [[] for _ in sides]
+        label = " ".join(filter(None, [f"{self.suite}: {case}", params_label(params)]))
+        with self._bar(label, (warmup + repeats) * len(sides)) as bar, _frozen_gc():
+            for i in range(warmup + repeats):
+                order = list(enumerate(sides))
+                for k, side in order if i % 2 == 0 else reversed(order):
+                    elapsed = self._once(side)
+                    if i >= warmup:
+                        samples[k].append(elapsed)
+                    bar.update(1)
+        return [self.record(case, side.impl, times, what=side.what, params=params) for side, times in zip(sides, samples)]
+
     def time(
         self,
         case: str,
-        impl: str,
-        fn: Callable[..., Any],
+        side: Side,
         *,
-        what: str,
         params: dict[str, Any] | None = None,
-        setup: Callable[[], Any] | None = None,
-        teardown: Callable[[Any], None] | None = None,
         repeats: int | None = None,
         warmup: int | None = None,
         memory: bool = False,
     ) -> Measurement:
-        """Run `fn` `warmup` times untimed, then `repeats` times timed (milliseconds per call). With `setup`,
-        `fn(setup())` is called; `teardown(state)` follows every call (state None without setup). Neither
-        setup nor teardown is timed."""
+        """Time one side alone: `warmup` untimed calls, then `repeats` timed ones; with `memory`, also the
+        peak RSS (and CUDA allocation) over the timed calls. Prefer `compare` for the two sides of a case."""
         repeats = self.repeats if repeats is None else repeats
         warmup = self.warmup if warmup is None else warmup
-        label = " ".join(filter(None, [f"{self.suite}: {case}", params_label(params), f"[{impl}]"]))
         samples: list[float] = []
-        bar = tqdm(total=warmup + repeats, desc=label, unit="run", leave=False, disable=not self.progress, dynamic_ncols=True)
         watch = PeakMemory(self.cuda) if memory else None
-        with bar, _frozen_gc():
+        label = " ".join(filter(None, [f"{self.suite}: {case}", params_label(params), f"[{side.impl}]"]))
+        with self._bar(label, warmup + repeats) as bar, _frozen_gc():
             for i in range(warmup + repeats):
                 if i == warmup and watch is not None:
                     watch.__enter__()
-                state = setup() if setup is not None else None
-                self._synchronize()
-                started = time.perf_counter()
-                fn(state) if setup is not None else fn()
-                self._synchronize()
-                elapsed = time.perf_counter() - started
-                if teardown is not None:
-                    teardown(state)
+                elapsed = self._once(side)
                 if i >= warmup:
-                    samples.append(elapsed * 1000.0)
+                    samples.append(elapsed)
                 bar.update(1)
         if watch is not None:
             watch.__exit__(None, None, None)
-        return self.record(case, impl, samples, what=what, params=params, memory=watch.summary() if watch else None)
+        return self.record(case, side.impl, samples, what=side.what, params=params, memory=watch.summary() if watch else None)
 
     def record(
         self,

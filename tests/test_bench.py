@@ -16,9 +16,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
     output = tmp_path_factory.mktemp("bench")
-    result = CliRunner().invoke(
-        cli, ["bench", "registry", "adapter_io", "--quick", "--device", "cpu", "--no-progress", "--output", str(output)], catch_exceptions=False
-    )
+    arguments = ["bench", "registry", "adapter_io", "--quick", "--device", "cpu", "--no-progress", "--output", str(output)]
+    result = CliRunner().invoke(cli, arguments, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return output
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from pathlib import Path
 
 from benchmarks import models
-from benchmarks.harness import BASELINE, OURS, Context
+from benchmarks.harness import BASELINE, OURS, Context, Side
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"]}
 
@@ -55,17 +54,21 @@ def run(ctx: Context) -> None:
             shutil.rmtree(target, ignore_errors=True)
 
         pushes = itertools.count()
-        ctx.time("save", OURS, lambda _: adapters.save_adapter(model, target, manifest), what="adapters.save_adapter(model, dir, manifest)",
-                 params=params, setup=clear)  # fmt: skip
-        ctx.time("save", BASELINE, lambda _: model.save_pretrained(target), what="PeftModel.save_pretrained(dir)", params=params, setup=clear)
 
         def save_and_push(_) -> None:
             adapters.save_adapter(model, target, manifest)
             registry.push(f"bench-{next(pushes)}", target, method="lora", base_fingerprint=base.fingerprint_id)
 
-        ctx.time("save + push", OURS, save_and_push, what="save_adapter + Registry.push", params=params, setup=clear)
-        ctx.time("save + push", BASELINE, lambda _: model.save_pretrained(target), what="PeftModel.save_pretrained(dir) (no store)",
-                 params=params, setup=clear)  # fmt: skip
+        def save(_) -> None:
+            adapters.save_adapter(model, target, manifest)
+
+        def peft_save(_) -> None:
+            model.save_pretrained(target)
+
+        ctx.compare("save", Side(OURS, "adapters.save_adapter(model, dir, manifest)", save, clear),
+                    Side(BASELINE, "PeftModel.save_pretrained(dir)", peft_save, clear), params=params)  # fmt: skip
+        ctx.compare("save + push", Side(OURS, "save_adapter + Registry.push", save_and_push, clear),
+                    Side(BASELINE, "PeftModel.save_pretrained(dir) (no store)", peft_save, clear), params=params)  # fmt: skip
 
         saved = adapters.save_adapter(model, root / "saved", manifest)
         registry.push("bench-load", saved, method="lora", base_fingerprint=base.fingerprint_id)
@@ -81,13 +84,14 @@ def run(ctx: Context) -> None:
         def unload(_) -> None:
             loaded.pop().unload()
 
-        for case, ours, what in (
-            ("load from registry", load_from_registry, "Registry.load(ref) + adapters.load_adapter(base, config, tensors)"),
-            ("load from directory", lambda: adapters.load_adapter_dir(base, saved), "adapters.load_adapter_dir(base, dir)"),
-        ):
-            ctx.time(case, OURS, lambda ours=ours: loaded.append(ours()), what=what, params=params, teardown=unload)
-            ctx.time(case, BASELINE, lambda: loaded.append(PeftModel.from_pretrained(base.model, saved)),
-                     what="PeftModel.from_pretrained(base, dir)", params=params, teardown=unload)  # fmt: skip
+        def loading(impl: str, what: str, load) -> Side:
+            return Side(impl, what, lambda: loaded.append(load()), teardown=unload)
+
+        peft_load = loading(BASELINE, "PeftModel.from_pretrained(base, dir)", lambda: PeftModel.from_pretrained(base.model, saved))
+        ctx.compare("load from registry", loading(OURS, "Registry.load(ref) + adapters.load_adapter(base, config, tensors)",
+                                                  load_from_registry), peft_load, params=params)  # fmt: skip
+        ctx.compare("load from directory", loading(OURS, "adapters.load_adapter_dir(base, dir)",
+                                                   lambda: adapters.load_adapter_dir(base, saved)), peft_load, params=params)  # fmt: skip
         registry.close()
     ctx.note(f"Base model: {label}, fp32, loaded once; both sides attach to the same module tree.")
     ctx.note("adapterhub's load also checks the base fingerprint and that every expected tensor is present; "

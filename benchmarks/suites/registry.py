@@ -7,7 +7,9 @@ method). That folder is the baseline, filled with the same adapters as the regis
 * push — `Registry.push` (validate safetensors header, sha256, blob write + fsync + rename, one SQLite
   transaction) vs copying the saved adapter directory into the folder (`shutil.copytree`, no fsync);
 * pull — `Registry.pull` (hash-checked blob read, writes the PEFT directory) vs `shutil.copytree` back out;
-* list — `Registry.list()` (every name, newest version) vs scanning the folder and parsing every config;
+* list — `Registry.list()` (all 10,000 records, newest version each) vs scanning the folder and parsing
+  every config; list first 50 — `Registry.list(limit=50)` (one page) vs sorting the folder's names and
+  parsing 50 configs;
 * search — `Registry.search(q)` (name, method, tag or description, first 50) vs the same scan filtered.
 
 The pushed/pulled adapter is the size of a LoRA r=8 on q_proj/v_proj of SmolLM2-135M (1.8 MB); the
@@ -23,11 +25,12 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.harness import BASELINE, OURS, Context
+from benchmarks.harness import BASELINE, OURS, Context, Side
 
 SIZES = (10, 1_000, 10_000)
 QUICK_SIZES = (10, 100)
 TARGET_MS = 50.0
+PAGE = 50
 QUERY = "sentiment"
 TOPICS = ("sentiment", "news", "code", "legal", "medical", "chat", "math", "translate")
 METHODS = (("lora", "LORA"), ("ia3", "IA3"), ("adalora", "ADALORA"))
@@ -93,7 +96,14 @@ def _scan(folder: Path) -> list[tuple[str, dict]]:
     return sorted(found)
 
 
-def _scan_search(folder: Path, query: str, limit: int = 50) -> list[tuple[str, dict]]:
+def _page(folder: Path, limit: int = PAGE) -> list[tuple[str, dict]]:
+    """The first `limit` adapters by name: the names still have to be listed and sorted, but only `limit`
+    configs are parsed."""
+    names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    return [(name, json.loads((folder / name / "adapter_config.json").read_text())) for name in names[:limit]]
+
+
+def _scan_search(folder: Path, query: str, limit: int = PAGE) -> list[tuple[str, dict]]:
     query = query.lower()
     return [(n, c) for n, c in _scan(folder) if query in n.lower() or query in c.get("peft_type", "").lower()][:limit]
 
@@ -128,24 +138,51 @@ def run(ctx: Context) -> None:
             folder.mkdir()
             _populate(ctx, registry, folder, n, root / "staging")
             params = {"adapters": n}
-            listing = ctx.time("list", OURS, registry.list, what="Registry.list()", params=params)
-            ctx.time("list", BASELINE, lambda: _scan(folder), what="scan folder, parse every adapter_config.json", params=params)
-            found = ctx.time("search", OURS, lambda: registry.search(QUERY), what=f"Registry.search({QUERY!r}) (limit 50)", params=params)
-            ctx.time("search", BASELINE, lambda: _scan_search(folder, QUERY), what="scan folder, parse configs, filter (first 50)", params=params)
+            listing, _ = ctx.compare(
+                "list",
+                Side(OURS, "Registry.list()", registry.list),
+                Side(BASELINE, "scan folder, parse every adapter_config.json", lambda: _scan(folder)),
+                params=params,
+            )
+            page, _ = ctx.compare(
+                "list first 50",
+                Side(OURS, "Registry.list(limit=50)", lambda: registry.list(limit=PAGE)),
+                Side(BASELINE, "sort folder names, parse the first 50 configs", lambda: _page(folder)),
+                params=params,
+            )
+            found, _ = ctx.compare(
+                "search",
+                Side(OURS, f"Registry.search({QUERY!r}) (first 50)", lambda: registry.search(QUERY, limit=PAGE)),
+                Side(BASELINE, "scan folder, parse every config, filter (first 50)", lambda: _scan_search(folder, QUERY)),
+                params=params,
+            )
             if n == max(SIZES):
-                ctx.check(f"list at {n:,} adapters (median)", listing.stats.median, TARGET_MS)
-                ctx.check(f"search at {n:,} adapters (median)", found.stats.median, TARGET_MS)
+                for measured in (listing, page, found):
+                    ctx.check(f"{measured.case} at {n:,} adapters (median)", measured.stats.median, TARGET_MS)
 
-            ours_source, folder_source = _fresh_adapters(root / "staging", generator), _fresh_adapters(root / "staging", generator)
-            ctx.time("push", OURS, lambda s: registry.push(f"bench-push-{s[0]}", s[1], method="lora"),
-                     what="Registry.push(dir)", params=params, setup=ours_source, teardown=_drop_source)  # fmt: skip
-            ctx.time("push", BASELINE, lambda s: shutil.copytree(s[1], folder / f"bench-push-{s[0]}"),
-                     what="shutil.copytree(dir, folder/name)", params=params, setup=folder_source, teardown=_drop_source)  # fmt: skip
+            def push(state: tuple[int, Path]) -> None:
+                registry.push(f"bench-push-{state[0]}", state[1], method="lora")
+
+            def copy_in(state: tuple[int, Path]) -> None:
+                shutil.copytree(state[1], folder / f"bench-push-{state[0]}")
+
+            ctx.compare(
+                "push",
+                Side(OURS, "Registry.push(dir)", push, _fresh_adapters(root / "staging", generator), _drop_source),
+                Side(BASELINE, "shutil.copytree(dir, folder/name)", copy_in, _fresh_adapters(root / "staging", generator), _drop_source),
+                params=params,
+            )
             pulled = root / "pulled"
-            ctx.time("pull", OURS, lambda _: registry.pull("bench-push-0", pulled), what="Registry.pull(ref, dir)",
-                     params=params, setup=lambda: shutil.rmtree(pulled, ignore_errors=True))  # fmt: skip
-            ctx.time("pull", BASELINE, lambda _: shutil.copytree(folder / "bench-push-0", pulled), what="shutil.copytree(folder/name, dir)",
-                     params=params, setup=lambda: shutil.rmtree(pulled, ignore_errors=True))  # fmt: skip
+
+            def clear() -> None:
+                shutil.rmtree(pulled, ignore_errors=True)
+
+            ctx.compare(
+                "pull",
+                Side(OURS, "Registry.pull(ref, dir)", lambda _: registry.pull("bench-push-0", pulled), clear),
+                Side(BASELINE, "shutil.copytree(folder/name, dir)", lambda _: shutil.copytree(folder / "bench-push-0", pulled), clear),
+                params=params,
+            )
             registry.close()
             shutil.rmtree(registry.root)
             shutil.rmtree(folder)

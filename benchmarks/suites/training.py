@@ -17,7 +17,7 @@ import queue
 import resource
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from benchmarks import models
 from benchmarks.harness import BASELINE, MB, OURS, Context, PeakMemory, seed_everything
