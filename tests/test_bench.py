@@ -48,7 +48,7 @@ def test_quick_run_writes_json_markdown_and_png(quick_results, suite):
 
 def test_registry_quick_run_covers_every_operation(quick_results):
     document = json.loads((quick_results / "registry-cpu-quick.json").read_text())
-    assert {m["case"] for m in document["measurements"]} == {"list", "search", "push", "pull"}
+    assert {m["case"] for m in document["measurements"]} == {"list", "list first 50", "search", "push", "pull"}
     assert {m["params"]["adapters"] for m in document["measurements"]} == {10, 100}
 
 
