@@ -192,6 +192,8 @@ def run(ctx: Context) -> None:
             ctx.record("train step", impl, result["step_ms"], what=what, params=params, memory=memory, extra=extra)
     ctx.note(f"{batch_size} sequences x {block_size} tokens per step (seeded random token ids); first {warmup} steps are warm-up, "
              f"the next {steps} are timed. Each side runs in a fresh process.")  # fmt: skip
-    ctx.note("Peak RSS is the process maximum (includes loading the model); RSS increase is the training loop's peak "
-             "over the RSS after loading. On CPU, bitsandbytes dequantizes NF4 weights in every matmul, so QLoRA "
-             "saves memory and costs time.")  # fmt: skip
+    ctx.note("Peak RSS is the process maximum, loading included: compare it between the two sides. RSS increase is "
+             "the training loop's peak over the RSS after loading; it depends on what the load left in the allocator "
+             "(adapterhub reads the GGUF, peft the dequantized safetensors), so it does not compare across sides.")  # fmt: skip
+    ctx.note("On CPU, bitsandbytes dequantizes the NF4 weights in every matmul, so QLoRA steps are slower than LoRA; "
+             "its peak RSS is not lower here because loading reads the fp32 weights before packing them to NF4.")  # fmt: skip
