@@ -71,10 +71,10 @@ def test_lora_on_minilm_beats_the_majority_baseline_and_exports_to_peft(minilm, 
 
 def test_qlora_on_smollm2_gguf_trains_pushes_and_reloads(smollm2, tweets, tmp_path):
     corpus = tmp_path / "tweets.txt"
-    lines = tweets.read_text(encoding="latin-1").splitlines()[1:200]
+    lines = tweets.read_text(encoding="latin-1").splitlines()[1:100]
     corpus.write_text("\n".join(line.split(",", 2)[-1] for line in lines))
     data = DataSpec(str(corpus), test_split=0.1)
-    settings = TrainSettings(epochs=1, batch_size=4, learning_rate=1e-3, block_size=64)
+    settings = TrainSettings(epochs=1, batch_size=8, learning_rate=2e-3, block_size=64)
     job = TrainJob(str(smollm2), "lora", data, task="causal-lm", quantize="nf4",
                    options={"r": 8, "target_modules": "q_proj,v_proj"}, settings=settings, push="smol-qlora", progress=False)  # fmt: skip
     outcome = train_adapter(job)
