@@ -74,7 +74,7 @@ class ServerMetrics:
         self.batch_size = Histogram("adapterhub_batch_size", "Requests per model batch.",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)  # fmt: skip
         self.throughput = Gauge("adapterhub_throughput_requests_per_second",
-                                "Requests answered per second over the last minute.", registry=self.registry)  # fmt: skip
+                                "Requests answered per second over the last minute (counted among the last alert-window requests).", registry=self.registry)  # fmt: skip
         self.registry.register(_PoolCollector(pool))
         self._recent: deque[tuple[float, float]] = deque(maxlen=alerts.window)  # (finished at, seconds)
         self._alerting = {"p95": False, "memory": False}
