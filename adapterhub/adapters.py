@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from adapterhub import plugins
 from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError
+from adapterhub.lora_routing import route_fused_lora
 from adapterhub.options import build_options
 
 MANIFEST_FILE = "adapterhub.json"
@@ -51,7 +52,9 @@ def attach(base: Base, method: str, options: Any = None) -> PeftModel:
         from peft import prepare_model_for_kbit_training
 
         prepare_model_for_kbit_training(base.model, use_gradient_checkpointing=False)
-    return get_peft_model(base.model, config)
+    model = get_peft_model(base.model, config)
+    route_fused_lora(model)  # a plugin's fused LoRA kernel, where one supports this device and dtype
+    return model
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:

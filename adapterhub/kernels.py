@@ -20,6 +20,14 @@ The ops (exact contract a plugin kernel must follow; every tensor is on one devi
     (the pool maps "no adapter" to a slot of zeros, so no masking is needed).
     Returns ``delta``: (batch, *, d_out) with ``delta[b] = scales[s] * (x[b] @ A_slots[s].T) @ B_slots[s].T``
     for ``s = slot_ids[b]``, in ``x``'s dtype.
+
+``lora_linear(x, weight, bias, A, B, scale, x_lora=None) -> y``
+    A frozen linear plus one LoRA, differentiable in ``x``, ``A`` and ``B`` (training):
+    ``y = x @ weight.T + bias + scale * (x_lora @ A.T) @ B.T`` where ``x_lora`` (x after LoRA dropout)
+    defaults to ``x``. ``adapters.attach`` routes peft's LoRA layers through it (``lora_routing``).
+
+``nf4_linear(x, weight, quant_state, bias=None) -> y``
+    ``x @ dequantize_4bit(weight, quant_state).T + bias`` for a bitsandbytes NF4 weight.
 """
 
 from __future__ import annotations
@@ -55,9 +63,26 @@ def lora_gather_forward(
     return delta.reshape(*x.shape[:-1], B_slots.shape[1])
 
 
+def lora_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor,
+    scale: float, x_lora: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Torch reference of ``lora_linear``: frozen base plus LoRA delta (``x_lora``: x after LoRA dropout)."""
+    return torch.nn.functional.linear(x, weight, bias) + lora_forward(x if x_lora is None else x_lora, A, B, scale)
+
+
+def nf4_linear(x: torch.Tensor, weight: torch.Tensor, quant_state, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Torch reference of ``nf4_linear``: dequantize the bitsandbytes NF4 weight, then a plain linear."""
+    from bitsandbytes.functional import dequantize_4bit
+
+    return torch.nn.functional.linear(x, dequantize_4bit(weight, quant_state).to(x.dtype), bias)
+
+
 REFERENCES: dict[str, Callable[..., torch.Tensor]] = {
     "lora_forward": lora_forward,
     "lora_gather_forward": lora_gather_forward,
+    "lora_linear": lora_linear,
+    "nf4_linear": nf4_linear,
 }
 """Every op the runtime uses, with the torch implementation that always runs."""
 

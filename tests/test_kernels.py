@@ -9,6 +9,7 @@ import torch
 from adapterhub import kernels
 from adapterhub.plugins import Catalog, Contribution
 from adapterhub.specs import KernelSpec
+from test_plugins import install_fake_distribution, site_dir  # noqa: F401  (site_dir is a fixture)
 
 
 def _slots(slots=4, r_max=6, d_in=12, d_out=10, seed=0):
@@ -79,5 +80,53 @@ def test_kernel_that_raises_falls_back_to_torch_with_a_warning(caplog):
 
 def test_installed_plugins_leave_torch_active_on_cpu_and_the_report_names_each_op():
     report = {row["op"]: row for row in kernels.kernel_report("cpu")}
-    assert set(report) == {"lora_forward", "lora_gather_forward"}
+    assert set(report) == {"lora_forward", "lora_gather_forward", "lora_linear", "nf4_linear"}
     assert kernels.select_kernel("lora_gather_forward", "cpu", torch.float32).fn is not None
+
+
+FUSED_LORA_PLUGIN = """
+    import torch
+    import adapterhub
+    from adapterhub import kernels
+    from adapterhub.specs import KernelSpec
+
+    CALLS = []
+
+    def traced_lora_linear(*args):
+        CALLS.append(args[0].shape)
+        return kernels.lora_linear(*args)
+
+    @adapterhub.hookimpl
+    def adapterhub_kernels():
+        return [KernelSpec("lora_linear", "traced", traced_lora_linear, lambda device, dtype: None, 5)]
+"""
+
+
+def test_attach_routes_lora_training_through_a_plugin_fused_kernel(site_dir, tiny_llama):
+    """A plugin's lora_linear kernel is used by training wherever it supports the base; gradients equal peft's."""
+    import importlib
+
+    from adapterhub import adapters, plugins
+    from adapterhub.base import load_base
+
+    tokens = torch.tensor([[7, 8, 9, 10, 11]])
+    options = adapters.make_options("lora", {"r": 4, "dropout": 0, "target_modules": "q_proj,v_proj"})
+
+    def one_step_grads(base):
+        torch.manual_seed(0)
+        model = adapters.attach(base, "lora", options)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.1)
+        model(input_ids=tokens, labels=tokens).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    expected = one_step_grads(load_base(tiny_llama))
+    install_fake_distribution(site_dir, "fakeplugin-fused", "fakeplugin_fused", FUSED_LORA_PLUGIN)
+    plugins.reload()
+    routed = one_step_grads(load_base(tiny_llama))
+    calls = importlib.import_module("fakeplugin_fused").CALLS
+    assert len(calls) == 4  # 2 layers x (q_proj, v_proj)
+    assert routed.keys() == expected.keys()
+    for name in routed:
+        torch.testing.assert_close(routed[name], expected[name], rtol=1e-5, atol=1e-6)

@@ -12,6 +12,9 @@ import torch
 
 pytest.importorskip("triton")
 from adapterhub_triton.testing import import_kernels, kernel_device  # noqa: E402
+from adapterhub_triton.support import supports  # noqa: E402
+
+from adapterhub.lora_routing import patch_lora_model, unpatch_lora_model  # noqa: E402
 
 (fused,) = import_kernels("fused_lora")
 DEVICE = kernel_device()
@@ -123,7 +126,7 @@ def test_routed_peft_model_trains_like_peft(dropout, monkeypatch):
     model = peft_model(dropout)
     calls = []
     traced = lambda *args: calls.append(1) or adapterhub_triton.lora_linear(*args)  # noqa: E731
-    assert adapterhub_triton.patch_lora_model(model, traced) == 2
+    assert patch_lora_model(model, traced, supports) == 2
     loss, grads = loss_and_grads(model, x)
     assert len(calls) == 2
     assert_close(loss, expected_loss, torch.float32)
@@ -141,11 +144,11 @@ def test_routing_falls_back_to_peft_where_the_op_cannot_run(monkeypatch):
     x = torch.randn(2, 21)
     expected = model(x)
     calls = []
-    adapterhub_triton.patch_lora_model(model, lambda *args: calls.append(1))
+    patch_lora_model(model, lambda *args: calls.append(1), supports)
     assert torch.equal(model(x), expected) and not calls
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with model.disable_adapter():
         model(x)
     assert not calls
-    assert adapterhub_triton.unpatch_lora_model(model) == 2
+    assert unpatch_lora_model(model) == 2
     assert torch.equal(model(x), expected)

@@ -11,7 +11,7 @@ interpreter only); a mismatch stops the run. Cases, all bfloat16, r=16:
   (`adapterhub`), peft's LoRA `Linear` forward (`peft`). The fused kernel's overhead over the base alone is
   stated as a target (<= 15 %).
 * `train step` (4 LoRA linears of d x d, 8 x 512 tokens, AdamW): peft's layers vs the same layers routed
-  through the fused kernel by `adapterhub_triton.patch_lora_model`; step time and CUDA peak memory; lora
+  through the fused kernel by `adapterhub.lora_routing.patch_lora_model`; step time and CUDA peak memory; lora
   dropout 0 (fully fused) and 0.05 (dropout runs in torch, the shrink is precomputed).
 * `gather decode` (128 rows of one token) and `gather prefill` (16 rows of 64 tokens), 1, 8, 32 or 128
   distinct adapters: the Triton BGMV / SGMV op (`adapterhub`), peft's mixed-adapter batch (`adapter_names`,
@@ -124,12 +124,14 @@ def _train_step(ctx: Context, d: int, dropout: float, layers: int, tokens: tuple
     import torch
 
     import adapterhub_triton
+    from adapterhub.lora_routing import patch_lora_model
+    from adapterhub_triton.support import supports
 
     params = {"d": d, "layers": layers, "dropout": dropout}
     for impl in (BASELINE, OURS):
         model = _peft_layers(d, layers, dropout).train()
         if impl == OURS:
-            adapterhub_triton.patch_lora_model(model)
+            patch_lora_model(model, adapterhub_triton.lora_linear, supports)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         x = torch.randn(*tokens, d, device="cuda", dtype=torch.bfloat16)
 
@@ -138,7 +140,7 @@ def _train_step(ctx: Context, d: int, dropout: float, layers: int, tokens: tuple
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        what = "peft LoRA layers, fwd + bwd + AdamW" if impl == BASELINE else "the same, routed by patch_lora_model"
+        what = "peft LoRA layers, fwd + bwd + AdamW" if impl == BASELINE else "the same, routed by adapterhub.lora_routing"
         ctx.time("train step", impl, step, what=what, params=params, memory=True)
         del model, optimizer
         torch.cuda.empty_cache()

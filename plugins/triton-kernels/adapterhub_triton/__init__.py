@@ -7,7 +7,7 @@ Ops contributed through ``adapterhub_kernels()`` (the contracts of ``lora_forwar
 * ``lora_gather_forward(x, A_slots, B_slots, scales, slot_ids)``: one adapter per row of a mixed batch;
   BGMV for decode (one token per row), SGMV when rows carry a sequence (see ``bgmv`` and ``sgmv``).
 * ``lora_linear(x, weight, bias, A, B, scale, x_lora)``: the fused LoRA linear with a frozen base, with
-  autograd (training); ``patch_lora_model(model)`` routes peft's LoRA ``Linear`` layers through it.
+  autograd (training); the core (``adapterhub.lora_routing``) routes peft's LoRA layers through it.
 * ``nf4_linear(x, weight, quant_state, bias)``: a bitsandbytes NF4 weight dequantized on the fly inside
   the matmul, differentiable in x.
 
@@ -60,20 +60,6 @@ def nf4_linear(x, weight, quant_state, bias=None) -> torch.Tensor:
     from adapterhub_triton import nf4_matmul as kernel
 
     return kernel.nf4_linear(x, weight, quant_state, bias)
-
-
-def patch_lora_model(model: torch.nn.Module, op=None) -> int:
-    """Route the forward of every plain peft LoRA ``Linear`` in ``model`` through ``op`` (default: the
-    Triton ``lora_linear``); returns how many layers were routed. See ``peft_routing``."""
-    from adapterhub_triton import peft_routing
-
-    return peft_routing.patch_lora_model(model, op or lora_linear)
-
-
-def unpatch_lora_model(model: torch.nn.Module) -> int:
-    from adapterhub_triton import peft_routing
-
-    return peft_routing.unpatch_lora_model(model)
 
 
 @adapterhub.hookimpl

@@ -1,6 +1,7 @@
-"""Route peft's LoRA ``Linear`` layers through a fused ``lora_linear`` op, for training and inference.
+"""Route peft's LoRA ``Linear`` layers through a fused ``lora_linear`` kernel, for training and inference.
 
-``patch_lora_model(model, op)`` gives every ``peft.tuners.lora.layer.Linear`` in ``model`` an instance-level
+``adapters.attach`` calls ``route_fused_lora(model)``: when a plugin contributes a ``lora_linear`` kernel that
+supports the base's device and dtype (``adapterhub.kernels``), ``patch_lora_model(model, op, supports)`` gives every ``peft.tuners.lora.layer.Linear`` in ``model`` an instance-level
 ``forward`` that computes ``base(x) + scale * lora_B(lora_A(dropout(x)))`` as one
 ``op(x, W, bias, A, B, scale, x_lora)`` call whenever the layer is in the plain case the op covers, and
 calls peft's own forward otherwise, per call:
@@ -22,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from adapterhub_triton.support import supports as triton_supports
+from adapterhub import kernels
 
 _MARK = "_adapterhub_lora_linear_op"
 
@@ -54,7 +55,7 @@ def _routed_forward(layer, op: Callable, supports: Callable, x: torch.Tensor, *a
     return op(x, base.weight, base.bias, A, B, layer.scaling[name], x_lora)
 
 
-def patch_lora_model(model: torch.nn.Module, op: Callable, supports: Callable = triton_supports) -> int:
+def patch_lora_model(model: torch.nn.Module, op: Callable, supports: Callable) -> int:
     """Route every peft LoRA ``Linear`` of ``model`` through ``op`` where ``supports`` allows; returns the count."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
@@ -76,3 +77,18 @@ def unpatch_lora_model(model: torch.nn.Module) -> int:
             delattr(module, _MARK)
             count += 1
     return count
+
+
+def route_fused_lora(model: torch.nn.Module) -> kernels.KernelChoice:
+    """Route ``model``'s LoRA layers through the chosen ``lora_linear`` kernel when a plugin offers one for the
+    base's device and dtype; with none (e.g. no GPU) peft's own forward stays. Returns the choice made."""
+    weight = next(p for p in model.parameters() if not p.requires_grad)
+    choice = kernels.select_kernel("lora_linear", weight.device, weight.dtype)
+    if choice.plugin is not None:
+
+        def supports(device: torch.device, dtype: torch.dtype) -> str | None:
+            same = device.type == weight.device.type and dtype == weight.dtype
+            return None if same else f"the kernel was chosen for {weight.device.type}/{weight.dtype}"
+
+        patch_lora_model(model, choice.fn, supports)
+    return choice
