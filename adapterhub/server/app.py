@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Sequence
 
 from adapterhub_registry import InvalidNameError, NotFoundError, RegistryError
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +29,31 @@ from adapterhub.server.metrics import AlertThresholds, ServerMetrics
 
 log = logging.getLogger("adapterhub.server")
 
+
+
+class BodyLimit:
+    """ASGI middleware counting body bytes as they arrive, so a body sent without Content-Length (chunked)
+    cannot get past the size limit either; the 413 is raised inside the endpoint's body read."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted_receive, send)
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -135,6 +160,7 @@ def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings()) -
         await batcher.stop()
 
     app = FastAPI(title="adapterhub", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.pool, app.state.metrics, app.state.batcher = pool, metrics, batcher
     routes = {"/generate", "/classify", "/adapters", "/adapters/load", "/adapters/unload", "/health", "/metrics"}
 
