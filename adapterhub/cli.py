@@ -199,13 +199,14 @@ cli.add_command(serve_command)
 cli.add_command(bench_command)  # benchmarks/: adapterhub vs plain peft, results in benchmarks/results
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(command: click.Command, argv: list[str] | None, prog_name: str) -> int:
+    """Run a click command; errors we raise on purpose become one ``error:`` line and exit status 1."""
     from adapterhub_registry import RegistryError
 
     from adapterhub.errors import AdapterHubError
 
     try:
-        status = cli.main(args=argv, prog_name="adapterhub", standalone_mode=False)
+        status = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
@@ -216,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {exc}", err=True)
         return 1
     return status if isinstance(status, int) else 0  # `ctx.exit(n)` (e.g. `registry verify` finding damage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(cli, argv, "adapterhub")
 
 
 if __name__ == "__main__":

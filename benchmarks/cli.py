@@ -64,15 +64,9 @@ def bench_command(suite_names, list_only, quick, output, model, device, repeats,
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        bench_command.main(args=argv, prog_name="python -m benchmarks", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 1
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    return 0
+    from adapterhub.cli import run_command
+
+    return run_command(bench_command, argv, "python -m benchmarks")
 
 
 if __name__ == "__main__":

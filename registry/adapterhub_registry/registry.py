@@ -9,6 +9,7 @@ concurrent `push` can never reuse a blob that a concurrent `delete` is removing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -54,10 +55,9 @@ class Registry:
         except OSError as exc:
             raise RegistryError(f"cannot create the registry at {self.root}: {exc.strerror}; pick a writable root") from exc
         self._index = Index(self.root / "index.sqlite")
-        try:
+        # On a read-only root the leftovers stay until `verify --repair` runs where it can write.
+        with contextlib.suppress(OSError):
             self._blobs.remove_stale_temp_files()
-        except OSError:
-            pass  # a read-only root: leftovers stay until `verify --repair` runs where it can write
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
