@@ -141,7 +141,9 @@ def load_base(
     if quantize and gguf_file:
         load_from, load_gguf = _dequantized_gguf_dir(source, gguf_file, identity["content_sha256"]), None
     if quantize:
-        kwargs["device_map"] = kwargs.get("device_map") or ("cuda" if torch.cuda.is_available() else "cpu")
+        # under torchrun every rank quantizes onto its own GPU
+        gpu = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        kwargs["device_map"] = kwargs.get("device_map") or (gpu if torch.cuda.is_available() else "cpu")
     if load_gguf:
         kwargs["gguf_file"] = load_gguf
     if task == "seq-cls":

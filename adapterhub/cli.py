@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -105,6 +104,33 @@ def _data_options(function):
     return function
 
 
+def _monitor_options(function):
+    for option in reversed([
+        click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Evaluate every N steps [after each epoch]."),
+        click.option("--early-stopping", "early_metric", default=None, metavar="METRIC",
+                     help="Stop when this eval metric (accuracy, f1_macro, roc_auc, loss, perplexity) stops improving; keep the best weights."),
+        click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True, help="Evaluations without improvement before stopping."),
+        click.option("--min-delta", type=float, default=0.0, show_default=True, help="Smallest change that counts as an improvement."),
+        click.option("--alert", "alert_rules", multiple=True, metavar="RULE=THRESHOLD[:warn|stop]",
+                     help="Alert rule, repeatable: nan=stop, loss_spike=4, grad_norm=100, throughput_drop=0.5, memory_mb=8000 "
+                          "(defaults: nan=stop, loss_spike=4:warn)."),
+        click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Print the step monitor every N steps."),
+        click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append every step, eval and alert as JSON lines."),
+        click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None,
+                     help="Write TensorBoard event files here (pip install 'adapterhub[tensorboard]')."),
+    ]):  # fmt: skip
+        function = option(function)
+    return function
+
+
+def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir):
+    from adapterhub.alerts import parse_alert
+    from adapterhub.monitor import EarlyStopping, MonitorSettings
+
+    early = EarlyStopping(early_metric, patience, min_delta) if early_metric else None
+    return MonitorSettings(log_every, log_file, tensorboard_dir, [parse_alert(rule) for rule in alert_rules], eval_every, early)
+
+
 @cli.command("train")
 @click.option("--base", required=True, help="Local base model directory or .gguf file.")
 @click.option("--task", type=click.Choice(["seq-cls", "causal-lm"]), default="seq-cls", show_default=True)
@@ -122,12 +148,18 @@ def _data_options(function):
 @click.option("--push", default=None, metavar="NAME", help="Push the trained adapter to the registry under NAME.")
 @click.option("--tag", "tags", multiple=True, help="Tag for the pushed version, repeatable.")
 @click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY", help="Registry root [$ADAPTERHUB_HOME/registry].")
+@_monitor_options
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train_command(base, task, method, method_options, quantize, data_path, text_column, label_column, encoding, dedupe,
                   test_split, max_samples, epochs, batch_size, lr, max_length, block_size, seed, output, push, tags,
-                  registry_root, as_json, no_progress) -> None:  # fmt: skip
-    """Train an adapter on a frozen base, evaluate it each epoch and push it to the registry."""
+                  registry_root, eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file,
+                  tensorboard_dir, as_json, no_progress) -> None:  # fmt: skip
+    """Train an adapter on a frozen base, evaluate it each epoch and push it to the registry.
+
+    Under `torchrun --nproc_per_node N` or `accelerate launch` the same command trains data-parallel:
+    --batch-size is the global batch, metrics are combined over all ranks and only rank 0 pushes.
+    """
     from adapterhub.options import parse_pairs
     from adapterhub.train import TrainSettings
     from adapterhub.workflow import DataSpec, TrainJob, train_adapter
@@ -139,13 +171,25 @@ def train_command(base, task, method, method_options, quantize, data_path, text_
             setattr(data, name, value)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length,
                              block_size=block_size, seed=seed)  # fmt: skip
+    monitor = _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir)
     job = TrainJob(base, method, data, task, parse_pairs(list(method_options)), settings, quantize, output, push,
-                   list(tags), registry_root, progress=not no_progress)  # fmt: skip
+                   list(tags), registry_root, progress=not no_progress, monitor=monitor)  # fmt: skip
     outcome = train_adapter(job)
+    if not outcome.is_main:
+        return  # rank 0 reports for the whole data-parallel run
+    result = outcome.result
     summary = {
-        "metrics": outcome.result.metrics,
+        "metrics": result.metrics,
         "data": outcome.manifest["data_summary"],
-        "train_seconds": round(outcome.result.train_seconds, 2),
+        "train_seconds": round(result.train_seconds, 2),
+        "steps": result.steps,
+        "samples_per_s": round(result.samples_per_s, 2),
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "world_size": outcome.world_size,
+        "stopped_early": result.stopped_early,
+        "best_step": result.best_step,
+        "alerts": result.alerts,
         "trainable_parameters": outcome.trainable_parameters,
         "adapter_bytes": outcome.adapter_bytes,
         "adapter_dir": str(outcome.adapter_dir),
@@ -155,7 +199,7 @@ def train_command(base, task, method, method_options, quantize, data_path, text_
         _echo_json(summary)
         return
     for key, value in summary.items():
-        click.echo(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
+        click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 
 @cli.command("eval")
@@ -197,6 +241,7 @@ def eval_command(ref, base, quantize, data_path, text_column, label_column, enco
 cli.add_command(registry_group)
 cli.add_command(serve_command)
 cli.add_command(bench_command)  # benchmarks/: adapterhub vs plain peft, results in benchmarks/results
+from adapterhub.continual.command import continual_group; cli.add_command(continual_group)  # noqa: E402,E702
 
 
 def run_command(command: click.Command, argv: list[str] | None, prog_name: str) -> int:
@@ -213,7 +258,7 @@ def run_command(command: click.Command, argv: list[str] | None, prog_name: str) 
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except (AdapterHubError, RegistryError, FloatingPointError) as exc:
+    except (AdapterHubError, RegistryError) as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
     return status if isinstance(status, int) else 0  # `ctx.exit(n)` (e.g. `registry verify` finding damage)

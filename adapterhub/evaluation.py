@@ -37,8 +37,8 @@ def classification_metrics(logits: torch.Tensor, references: list[int]) -> dict[
 
 
 @torch.no_grad()
-def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict], task: str) -> dict[str, float]:
-    """Run ``model`` over ``batches`` in eval mode and compute the task's metrics."""
+def _collect(model: torch.nn.Module, batches: Iterable[dict], task: str) -> tuple:
+    """What the metrics need from this process's batches: (logits, references) or (loss sum, tokens)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -54,7 +54,22 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict], task: str)
             loss_sum += float(output.loss) * n
             tokens += n
     model.train(was_training)
+    return (logits, references) if task == "seq-cls" else (loss_sum, tokens)
+
+
+def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict], task: str, distributed=None) -> dict[str, float]:
+    """Run ``model`` over ``batches`` in eval mode and compute the task's metrics.
+
+    In a data-parallel run (``distributed``: an ``adapterhub.distributed.Distributed``) each rank evaluates
+    every N-th batch and the pieces are gathered, so every rank gets the metrics of the whole held-out set.
+    """
+    if distributed is not None and distributed.active:
+        mine = (b for i, b in enumerate(batches) if i % distributed.world_size == distributed.rank)
+        parts = distributed.gather(_collect(model, mine, task))
+    else:
+        parts = [_collect(model, batches, task)]
     if task == "seq-cls":
-        return classification_metrics(torch.cat(logits), references)
-    loss = loss_sum / max(tokens, 1)
+        logits = [chunk for part in parts for chunk in part[0]]
+        return classification_metrics(torch.cat(logits), [r for part in parts for r in part[1]])
+    loss = sum(part[0] for part in parts) / max(sum(part[1] for part in parts), 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

@@ -1,8 +1,11 @@
 """The training loop: AdamW on the adapter's parameters only, linear warm-up/decay, gradient clipping,
-a progress bar, evaluation after every epoch and the method's per-step hook (e.g. rank schedules).
+the method's per-step hook (e.g. rank schedules), evaluation after every epoch (or every N steps) with
+early stopping, and a monitor (loss, learning rate, gradient norm, throughput, memory; alert rules).
 
 Deliberately a short plain-torch loop rather than `transformers.Trainer`: a method plugin's
 ``on_train_step`` must run after each optimizer step, and the loop must stay readable top to bottom.
+Data parallelism comes from torchrun / accelerate (``adapterhub.distributed``); the loop only shares each
+global batch between ranks and combines the numbers it reports.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from typing import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from adapterhub.alerts import AlertChecker, TrainingStopped, merge_rules
+from adapterhub.distributed import Distributed
 from adapterhub.evaluation import evaluate_batches
+from adapterhub.monitor import EarlyStopper, MonitorSettings, StepRecord, TrainingLog, memory_mb, stderr_line
 
 
 @dataclass
@@ -38,12 +44,20 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
-    """Per-epoch history (train loss + eval metrics), the last eval metrics and the wall-clock training time."""
+    """History of evaluations (with the mean train loss since the previous one), the metrics of the adapter
+    kept (the last evaluation, or the best one under early stopping), and what the monitor saw."""
 
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     train_seconds: float = 0.0
     steps: int = 0
+    skipped_steps: int = 0  # steps dropped by a `nan=warn` alert
+    stopped_early: bool = False
+    best_step: int | None = None
+    alerts: list[str] = field(default_factory=list)
+    samples_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+    peak_memory_mb: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -67,6 +81,22 @@ def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     return factor
 
 
+def _loss_units(batch: dict[str, torch.Tensor], task: str) -> int:
+    """What the model's mean loss averages over: examples (classifier) or predicted tokens (causal LM)."""
+    if task == "seq-cls":
+        return len(batch["labels"])
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def _global_batches(n_train: int, settings: TrainSettings) -> Iterator[tuple[int, list[int], bool]]:
+    """``(epoch, rows, last_of_epoch)`` for every optimizer step; the order is reshuffled each epoch."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    for epoch in range(1, settings.epochs + 1):
+        order = torch.randperm(n_train, generator=generator).tolist()
+        for start in range(0, n_train, settings.batch_size):
+            yield epoch, order[start : start + settings.batch_size], start + settings.batch_size >= n_train
+
+
 def train(
     model: torch.nn.Module,
     make_train_batches: Callable[[list[int]], Iterator[dict]],
@@ -76,51 +106,130 @@ def train(
     settings: TrainSettings,
     on_step: Callable[[torch.nn.Module, int, int], None] | None = None,
     progress: bool = True,
+    *,
+    monitor: MonitorSettings | None = None,
+    distributed: Distributed | None = None,
 ) -> TrainResult:
     """Train the trainable (adapter) parameters of ``model``.
 
-    ``make_train_batches(order)`` yields batches for the examples in ``order`` (reshuffled every epoch with
-    a generator seeded from ``settings.seed``); ``make_eval_batches()`` yields the held-out batches.
+    ``make_train_batches(rows)`` yields batches of at most ``settings.batch_size`` of the examples ``rows``;
+    ``make_eval_batches()`` yields the held-out batches. Raises ``TrainingStopped`` when a stop alert fires.
+    Under early stopping the best weights are put back before returning.
     """
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
-        raise ValueError("the model has no trainable parameters: attach an adapter first")
-    steps_per_epoch = math.ceil(n_train / settings.batch_size)
-    n_steps = total_steps(n_train, settings)
-    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(n_steps, settings.warmup_ratio))
-    generator = torch.Generator().manual_seed(settings.seed)
-    device = parameters[0].device
-    result = TrainResult()
-    started = time.perf_counter()
-    bar = tqdm(total=n_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    for epoch in range(1, settings.epochs + 1):
-        model.train()
-        order = torch.randperm(n_train, generator=generator).tolist()
-        loss_sum = 0.0
-        for batch in make_train_batches(order):
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training loss became {loss_value} at step {result.steps + 1}; lower the learning rate")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            result.steps += 1
-            if on_step is not None:  # before zero_grad: rank schedules (AdaLoRA) read the gradients
-                on_step(model, result.steps, n_steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss_value
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}")
-        record = {"epoch": epoch, "train_loss": loss_sum / steps_per_epoch}
-        if make_eval_batches is not None:
-            record.update(evaluate_batches(model, make_eval_batches(), task))
-            summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
-            bar.write(f"epoch {epoch}: {summary}", file=sys.stderr)  # stdout stays clean for --json
-        result.history.append(record)
-    bar.close()
-    result.train_seconds = time.perf_counter() - started
-    result.metrics = {k: v for k, v in result.history[-1].items() if k != "epoch"}
-    return result
+    run = _TrainingRun(model, make_eval_batches, task, settings, on_step, progress, monitor or MonitorSettings(),
+                       distributed or Distributed.single(), total_steps(n_train, settings))  # fmt: skip
+    eval_every = run.monitor.eval_every
+    try:
+        for epoch, rows, last_of_epoch in _global_batches(n_train, settings):
+            run.step(epoch, rows, make_train_batches)
+            due = run.result.steps % eval_every == 0 if eval_every else last_of_epoch
+            if due and run.evaluate(epoch):
+                run.result.stopped_early = True
+                break
+        else:
+            if eval_every and run.losses:  # the steps after the last periodic evaluation
+                run.evaluate(settings.epochs)
+    finally:
+        run.close()
+    return run.finish()
+
+
+class _TrainingRun:
+    """The state of one call to ``train``: optimizer, schedule, monitor, alert rules and early stopping."""
+
+    def __init__(self, model, make_eval_batches, task, settings, on_step, progress, monitor, dist, n_steps) -> None:
+        self.model, self.make_eval_batches, self.task, self.settings = model, make_eval_batches, task, settings
+        self.on_step, self.monitor, self.dist, self.n_steps = on_step, monitor, dist, n_steps
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        if not self.parameters:
+            raise ValueError("the model has no trainable parameters: attach an adapter first")
+        self.wrapped = dist.prepare(model)  # may move the model to this rank's GPU
+        self.device = self.parameters[0].device
+        self.wrapped.train()
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(n_steps, settings.warmup_ratio))
+        self.bar = tqdm(total=n_steps, desc="train", unit="step", disable=not (progress and dist.is_main), dynamic_ncols=True)
+        self.log = TrainingLog(monitor, dist.is_main, (lambda line: self.bar.write(line, file=sys.stderr)) if progress else stderr_line)
+        self.checker = AlertChecker(merge_rules(monitor.alerts))
+        self.stopper = EarlyStopper(monitor.early_stopping) if monitor.early_stopping and make_eval_batches else None
+        self.result = TrainResult()
+        self.losses: list[float] = []  # step losses since the last evaluation
+        self.samples = self.tokens = self.seconds = 0.0
+        self.started = time.perf_counter()
+
+    def step(self, epoch: int, rows: list[int], make_train_batches) -> None:
+        """One optimizer step on the global batch ``rows``, of which this rank trains on its share."""
+        started = time.perf_counter()
+        mine = self.dist.shard(rows)
+        batch = next(iter(make_train_batches(mine or rows[:1])))  # a rank left without rows still joins DDP
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        units = _loss_units(batch, self.task) if mine else 0
+        loss = self.wrapped(**batch).loss
+        loss_value = loss.item()
+        global_units, non_finite = self.dist.sum([units, float(bool(mine) and not math.isfinite(loss_value))])
+        if non_finite:  # decided on numbers all ranks share, before backward starts DDP's all-reduce
+            self._skip_or_stop(loss_value)
+            return
+        # scaled so that DDP's average over ranks is the gradient of the whole global batch's mean loss
+        (loss * (self.dist.world_size * units / global_units) if self.dist.active else loss).backward()
+        grad_norm = float(self.dist.clip_grad_norm(self.parameters, self.settings.grad_clip))
+        self.optimizer.step()
+        learning_rate = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.result.steps += 1
+        if self.on_step is not None:  # before zero_grad: rank schedules (AdaLoRA) read the gradients
+            self.on_step(self.model, self.result.steps, self.n_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = int(batch["attention_mask"].sum()) if mine else 0
+        loss_sum, samples, tokens = self.dist.sum([loss_value * units, len(mine), tokens])
+        seconds, memory = self.dist.max([time.perf_counter() - started, memory_mb(self.device)])
+        record = StepRecord(self.result.steps, epoch, loss_sum / global_units, learning_rate, grad_norm,
+                            samples / seconds, tokens / seconds, memory)  # fmt: skip
+        self.samples, self.tokens, self.seconds = self.samples + samples, self.tokens + tokens, self.seconds + seconds
+        self.result.peak_memory_mb = max(self.result.peak_memory_mb, memory)
+        self.losses.append(record.loss)
+        self.log.step(record)
+        self.bar.update(1)
+        self.bar.set_postfix(epoch=epoch, loss=f"{record.loss:.4f}", samples_s=f"{record.samples_per_s:.1f}")
+        for alert in self.checker.check(record.step, record.loss, grad_norm, record.samples_per_s, memory):
+            self._raise_or_warn(alert.rule.action, alert.message)
+
+    def _skip_or_stop(self, loss_value: float) -> None:
+        alert = self.checker.nonfinite_loss(self.result.steps + 1, loss_value if not math.isfinite(loss_value) else math.nan)
+        self._raise_or_warn(alert.rule.action, alert.message + " (step skipped)")
+        self.result.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bar.update(1)
+
+    def _raise_or_warn(self, action: str, message: str) -> None:
+        if action == "stop":
+            raise TrainingStopped(f"{message}. Training stopped at step {self.result.steps}; nothing was saved or pushed.")
+        self.log.alert(message)
+
+    def evaluate(self, epoch: int) -> bool:
+        """Evaluate and record; ``True`` when early stopping ends the run."""
+        record = {"epoch": epoch, "step": self.result.steps, "train_loss": sum(self.losses) / max(len(self.losses), 1)}
+        self.losses.clear()
+        if self.make_eval_batches is not None:
+            metrics = evaluate_batches(self.model, self.make_eval_batches(), self.task, self.dist)
+            record.update(metrics)
+            self.log.evaluation(self.result.steps, epoch, metrics)
+        self.result.history.append(record)
+        return self.stopper is not None and self.stopper.update(metrics, self.result.steps, self.model)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.log.close()
+        self.result.alerts = [alert.message for alert in self.checker.fired]
+
+    def finish(self) -> TrainResult:
+        result = self.result
+        result.train_seconds = time.perf_counter() - self.started
+        result.samples_per_s = self.samples / max(self.seconds, 1e-9)
+        result.tokens_per_s = self.tokens / max(self.seconds, 1e-9)
+        if self.stopper is not None and self.stopper.best_state is not None:
+            self.stopper.restore_best(self.model)
+            result.best_step, result.metrics = self.stopper.best_step, dict(self.stopper.best_metrics)
+        elif result.history:
+            result.metrics = {k: v for k, v in result.history[-1].items() if k not in ("epoch", "step")}
+        return result

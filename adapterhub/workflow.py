@@ -28,8 +28,10 @@ from adapterhub.data import (
     split_blocks,
     split_classification,
 )
+from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
+from adapterhub.monitor import MonitorSettings
 from adapterhub.train import TrainResult, TrainSettings, seed_everything, total_steps, train
 
 
@@ -69,16 +71,22 @@ class TrainJob:
     tags: list[str] = field(default_factory=list)
     registry_root: str | None = None
     progress: bool = True
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
 
 @dataclass
 class TrainOutcome:
+    """What a run produced. In a data-parallel run only the main rank (``is_main``) saves and pushes; the
+    other ranks get the same result and metrics with no ``adapter_dir``."""
+
     result: TrainResult
-    adapter_dir: Path
+    adapter_dir: Path | None
     manifest: dict
     trainable_parameters: int
     adapter_bytes: int
     record: Any = None  # the registry record when pushed
+    world_size: int = 1
+    is_main: bool = True
 
 
 def _cap(data: ClassificationData, max_samples: int | None, seed: int) -> ClassificationData:
@@ -130,11 +138,16 @@ def labels_of(spec: DataSpec) -> list[str]:
 
 
 def train_adapter(job: TrainJob) -> TrainOutcome:
-    """Run one training job end to end; push to the registry when ``job.push`` names the adapter."""
-    registry = Registry(job.registry_root) if job.push else None
+    """Run one training job end to end; push to the registry when ``job.push`` names the adapter.
+
+    Started by ``torchrun`` / ``accelerate launch``, it trains data-parallel: ``job.settings.batch_size``
+    is the global batch, shared between the ranks, and only rank 0 writes the adapter and pushes it.
+    """
     if job.push:
         validate_name(job.push)  # fail on a bad name before training, not after
     options = adapters.make_options(job.method, job.options)
+    distributed = Distributed.from_environment()
+    registry = Registry(job.registry_root) if job.push and distributed.is_main else None  # a bad root fails now
     seed_everything(job.settings.seed)
     labels = labels_of(job.data) if job.task == "seq-cls" else None
     base = load_base(job.base, task=job.task, quantize=job.quantize, labels=labels)
@@ -143,23 +156,30 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
     if spec.for_run is not None:  # options that depend on the run's length (AdaLoRA's budget schedule)
         options = spec.for_run(options, total_steps(n_train, job.settings))
     model = adapters.attach(base, job.method, options)
-    result = train(model, make_train, n_train, make_eval, base.task, job.settings, spec.on_train_step, job.progress)
-    manifest = adapters.build_manifest(
-        base, job.method, options,
-        data=job.data.recorded(), data_summary=summary,
-        training={**dataclasses.asdict(job.settings), "train_seconds": result.train_seconds, "steps": result.steps},
-    )  # fmt: skip
+    result = train(model, make_train, n_train, make_eval, base.task, job.settings, spec.on_train_step, job.progress,
+                   monitor=job.monitor, distributed=distributed)  # fmt: skip
+    training = {**dataclasses.asdict(job.settings), "train_seconds": result.train_seconds, "steps": result.steps,
+                "world_size": distributed.world_size, "monitor": job.monitor.recorded(),
+                "stopped_early": result.stopped_early, "best_step": result.best_step}  # fmt: skip
+    manifest = adapters.build_manifest(base, job.method, options, data=job.data.recorded(), data_summary=summary, training=training)
+    outcome = TrainOutcome(result, None, manifest, adapters.trainable_parameters(model), 0,
+                           world_size=distributed.world_size, is_main=distributed.is_main)  # fmt: skip
+    if distributed.is_main:
+        _save_and_push(job, model, base, outcome, registry)
+    distributed.barrier()  # the other ranks exit only once the adapter is safely written
+    return outcome
+
+
+def _save_and_push(job: TrainJob, model, base: Base, outcome: TrainOutcome, registry: Registry | None) -> None:
     output = Path(job.output) if job.output else Path(tempfile.mkdtemp(prefix="adapterhub-"))
-    adapters.save_adapter(model, output, manifest)
-    outcome = TrainOutcome(
-        result, output, manifest, adapters.trainable_parameters(model), (output / adapters.WEIGHTS_FILE).stat().st_size
-    )
+    adapters.save_adapter(model, output, outcome.manifest)
+    outcome.adapter_dir, outcome.adapter_bytes = output, (output / adapters.WEIGHTS_FILE).stat().st_size
     if registry is not None:
+        result = outcome.result
         outcome.record = registry.push(
             job.push, output, method=job.method, base_fingerprint=base.fingerprint_id,
             metrics={**result.metrics, "train_seconds": result.train_seconds}, tags=job.tags,
         )  # fmt: skip
-    return outcome
 
 
 def evaluate_adapter(

@@ -4,6 +4,7 @@ isolated ADAPTERHUB_HOME per test so no test touches the user's registry. Nothin
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 from pathlib import Path
@@ -63,3 +64,23 @@ def adapterhub_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("ADAPTERHUB_HOME", str(home))
     monkeypatch.delenv("ADAPTERHUB_REGISTRY", raising=False)
     return home
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)``: run `adapterhub ...` in-process, assert success and return its stdout."""
+    from adapterhub.cli import main
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        status = main(list(args))
+        captured = capsys.readouterr()
+        assert status == 0, captured.err
+        return captured.out
+
+    return run
+
+
+@pytest.fixture
+def cli_json(cli):
+    return lambda *args: json.loads(cli(*args))

@@ -8,30 +8,10 @@ import shutil
 import subprocess
 
 import peft
-import pytest
-import torch
 from transformers import AutoModelForSequenceClassification
 
 from adapterhub.cli import main
 
-
-@pytest.fixture
-def cli(capsys):
-    """``cli(*args)``: run `adapterhub ...` in-process, assert success and return its stdout."""
-
-    def run(*args: str) -> str:
-        capsys.readouterr()
-        status = main(list(args))
-        captured = capsys.readouterr()
-        assert status == 0, captured.err
-        return captured.out
-
-    return run
-
-
-@pytest.fixture
-def cli_json(cli):
-    return lambda *args: json.loads(cli(*args))
 
 
 def test_train_push_eval_export_import_round_trip(cli, cli_json, tiny_bert, sentiment_csv, tmp_path):

@@ -42,11 +42,13 @@ def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def make_tiny_bert(directory: Path, seed: int = 0) -> Path:
+def make_tiny_bert(directory: Path, seed: int = 0, dropout: float = 0.1) -> Path:
+    """``dropout=0`` gives a deterministic model (e.g. to compare one process with several)."""
     torch.manual_seed(seed)
     config = BertConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         vocab_size=VOCAB_SIZE, max_position_embeddings=128, pad_token_id=0,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )  # fmt: skip
     BertModel(config).save_pretrained(directory)
     _tokenizer().save_pretrained(directory)
