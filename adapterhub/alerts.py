@@ -87,9 +87,12 @@ class AlertChecker:
         self._active: set[str] = set()  # warn rules currently firing: warned once, quiet until they clear
         self.fired: list[Alert] = []
 
-    def nonfinite_loss(self, step: int, loss: float) -> Alert:
-        """The alert for a NaN/inf loss; its action says whether to skip the step (warn) or stop."""
+    def nonfinite_loss(self, step: int, loss: float) -> Alert | None:
+        """The alert for a NaN/inf loss: its action says whether to skip the step (warn) or stop. A warn
+        rule reports the first such step only; the run's result counts the skipped ones."""
         rule = self.rules.get("nan", AlertRule("nan", None, "stop"))
+        if rule.action == "warn" and any(alert.rule.name == "nan" for alert in self.fired):
+            return None
         alert = Alert(rule, step, f"alert nan at step {step}: the loss is {loss}; lower the learning rate, check the "
                                   "data, or load the base in a wider dtype")  # fmt: skip
         self.fired.append(alert)

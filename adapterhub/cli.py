@@ -183,6 +183,7 @@ def train_command(base, task, method, method_options, quantize, data_path, text_
         "data": outcome.manifest["data_summary"],
         "train_seconds": round(result.train_seconds, 2),
         "steps": result.steps,
+        "skipped_steps": result.skipped_steps,
         "samples_per_s": round(result.samples_per_s, 2),
         "tokens_per_s": round(result.tokens_per_s, 1),
         "peak_memory_mb": round(result.peak_memory_mb, 1),

@@ -12,6 +12,7 @@ from typing import Iterable
 import torch
 
 METRICS_DIR = Path(__file__).parent / "metrics"
+TASK_METRICS = {"seq-cls": ("accuracy", "f1_macro", "roc_auc"), "causal-lm": ("loss", "perplexity")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -23,16 +24,26 @@ def load_metric(name: str):
 
 
 def classification_metrics(logits: torch.Tensor, references: list[int]) -> dict[str, float]:
-    """Accuracy, macro-F1 and ROC-AUC (one-vs-rest over softmax probabilities) for ``(n, classes)`` logits."""
-    predictions = logits.argmax(-1).tolist()
+    """Accuracy, macro-F1 and ROC-AUC (one-vs-rest over softmax probabilities) for ``(n, classes)`` logits.
+
+    Rows with NaN/inf logits (a model that diverged on some inputs) count as wrong predictions with
+    uniform scores, and their number is reported as ``non_finite_outputs``, instead of failing the run.
+    """
+    broken = ~torch.isfinite(logits).all(-1)
+    logits = logits.float().masked_fill(broken[:, None], 0.0)
+    predictions = logits.argmax(-1)
+    wrong = (torch.tensor(references) + 1) % logits.shape[-1]
+    predictions = torch.where(broken, wrong, predictions).tolist()
     metrics = {
         "accuracy": load_metric("accuracy").compute(predictions=predictions, references=references)["accuracy"],
         "f1_macro": load_metric("f1").compute(predictions=predictions, references=references, average="macro")["f1"],
     }
     present = sorted(set(references))
     if len(present) == logits.shape[-1] and len(present) > 1:  # AUC is undefined when a class never occurs
-        scores = torch.softmax(logits.float(), -1).tolist()
+        scores = torch.softmax(logits, -1).tolist()
         metrics["roc_auc"] = load_metric("roc_auc").compute(prediction_scores=scores, references=references)["roc_auc"]
+    if broken.any():
+        metrics["non_finite_outputs"] = int(broken.sum())
     return metrics
 
 

@@ -149,7 +149,10 @@ def stderr_line(text: str) -> None:
 class EarlyStopper:
     """Tracks the best value of the watched metric and keeps a CPU copy of the weights that scored it."""
 
-    def __init__(self, rule: EarlyStopping) -> None:
+    def __init__(self, rule: EarlyStopping, metrics: tuple[str, ...]) -> None:
+        if rule.metric not in metrics:  # checked before training starts, not at the first evaluation
+            raise OptionError(f"early stopping watches {rule.metric!r}, but evaluation gives {', '.join(metrics)}; "
+                              "pass one of those to --early-stopping")  # fmt: skip
         self.rule = rule
         self.best: float | None = None
         self.best_step = 0
@@ -159,11 +162,6 @@ class EarlyStopper:
 
     def update(self, metrics: dict[str, float], step: int, model: torch.nn.Module) -> bool:
         """Record an evaluation; ``True`` when training should stop."""
-        if self.rule.metric not in metrics:
-            raise OptionError(
-                f"early stopping watches {self.rule.metric!r}, but evaluation gives {', '.join(metrics)}; "
-                "pass one of those to --early-stopping"
-            )
         value = metrics[self.rule.metric]
         sign = -1.0 if self.rule.lower_is_better else 1.0
         if self.best is None or (math.isfinite(value) and sign * (value - self.best) > self.rule.min_delta):

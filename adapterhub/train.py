@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from adapterhub.alerts import AlertChecker, TrainingStopped, merge_rules
 from adapterhub.distributed import Distributed
-from adapterhub.evaluation import evaluate_batches
+from adapterhub.errors import OptionError
+from adapterhub.evaluation import TASK_METRICS, evaluate_batches
 from adapterhub.monitor import EarlyStopper, MonitorSettings, StepRecord, TrainingLog, memory_mb, stderr_line
 
 
@@ -151,7 +152,9 @@ class _TrainingRun:
         self.bar = tqdm(total=n_steps, desc="train", unit="step", disable=not (progress and dist.is_main), dynamic_ncols=True)
         self.log = TrainingLog(monitor, dist.is_main, (lambda line: self.bar.write(line, file=sys.stderr)) if progress else stderr_line)
         self.checker = AlertChecker(merge_rules(monitor.alerts))
-        self.stopper = EarlyStopper(monitor.early_stopping) if monitor.early_stopping and make_eval_batches else None
+        self.stopper = EarlyStopper(monitor.early_stopping, TASK_METRICS[task]) if monitor.early_stopping else None
+        if self.stopper is not None and make_eval_batches is None:
+            raise OptionError("early stopping needs held-out data, and this split has none; raise --test-split")
         self.result = TrainResult()
         self.losses: list[float] = []  # step losses since the last evaluation
         self.samples = self.tokens = self.seconds = 0.0
@@ -195,8 +198,10 @@ class _TrainingRun:
             self._raise_or_warn(alert.rule.action, alert.message)
 
     def _skip_or_stop(self, loss_value: float) -> None:
-        alert = self.checker.nonfinite_loss(self.result.steps + 1, loss_value if not math.isfinite(loss_value) else math.nan)
-        self._raise_or_warn(alert.rule.action, alert.message + " (step skipped)")
+        attempted = self.result.steps + self.result.skipped_steps + 1
+        alert = self.checker.nonfinite_loss(attempted, loss_value if not math.isfinite(loss_value) else math.nan)
+        if alert is not None:
+            self._raise_or_warn(alert.rule.action, alert.message + "; skipping such steps (the result counts them)")
         self.result.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.bar.update(1)
