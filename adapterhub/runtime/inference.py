@@ -112,9 +112,10 @@ def generate(pool: AdapterPool, prompts: Sequence[str], adapters: Sequence[str |
 @torch.inference_mode()
 def classify(pool: AdapterPool, texts: Sequence[str], adapters: Sequence[str | None], *,
              max_length: int = 512) -> list[Classified]:  # fmt: skip
-    """Class scores for each text with its own adapter (None: the base head)."""
+    """Class scores for each text with its own adapter (None: the base head), named by that adapter's labels
+    (adapters of different tasks share the head's shape, not the meaning of its outputs)."""
     tokenizer = pool.base.tokenizer
-    labels = pool.base.labels or [pool.base.model.config.id2label[i] for i in range(pool.base.model.config.num_labels)]
+    base_labels = pool.base.labels or [pool.base.model.config.id2label[i] for i in range(pool.base.model.config.num_labels)]
     results: list[Classified | None] = [None] * len(texts)
     for rows, peft_key in groups(pool, adapters):
         batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
@@ -122,6 +123,8 @@ def classify(pool: AdapterPool, texts: Sequence[str], adapters: Sequence[str | N
         with _running(pool, rows, peft_key, adapters) as model:
             probabilities = model(**batch).logits.float().softmax(-1)  # (rows, labels)
         for row, scores in zip(rows, probabilities.tolist()):
+            own = pool.labels(adapters[row]) if adapters[row] is not None else None
+            labels = own if own and len(own) == len(scores) else base_labels
             best = max(range(len(scores)), key=scores.__getitem__)
             results[row] = Classified(labels[best], dict(zip(labels, scores)), adapters[row])
     return results

@@ -239,6 +239,10 @@ class AdapterPool:
         """Why a loaded adapter is not slottable (None when it is)."""
         return self._fetch(self.key_of(ref)).reason
 
+    def labels(self, ref: str) -> list[str] | None:
+        """The class names a classifier adapter was trained with (recorded in its manifest), if any."""
+        return self._fetch(self.key_of(ref)).manifest.get("labels") or None
+
     @contextlib.contextmanager
     def activate(self, adapters: Sequence[str | None]) -> Iterator[None]:
         """Run the base with ``adapters[i]`` on row ``i`` (None: the base alone), all slottable.

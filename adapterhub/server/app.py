@@ -4,7 +4,9 @@ Endpoints: ``POST /generate`` (causal LM) or ``POST /classify`` (sequence classi
 ``POST /adapters/load``, ``POST /adapters/unload``, ``GET /health``, ``GET /metrics`` (Prometheus).
 Requests that arrive together are batched across adapters by ``Batcher``; everything that touches the pool
 runs on the batcher's one worker thread. Bad input gets a 4xx whose ``detail`` says what to fix; an
-unexpected failure answers 500 for that request only.
+unexpected failure answers 500 for that request only. With a continual-learning router (``--router``), a
+request may name a ``task`` of the sequence instead of an adapter, or ``"task": "auto"`` to have the router
+pick one from the input; the inputs of one batch are routed together, before the batch runs.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapterhub.continual.plan import AUTO
+from adapterhub.continual.router import Router, UnknownTaskError
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError
 from adapterhub.runtime import AdapterPool, GenerationSettings, classify, generate
 from adapterhub.server.batcher import Batcher
 from adapterhub.server.metrics import AlertThresholds, ServerMetrics
 
 log = logging.getLogger("adapterhub.server")
-
+TASK_FIELD = Field(default=None, description="A task of the server's --router sequence (its adapter is used), or 'auto': the router picks.")
 
 
 class BodyLimit:
@@ -55,6 +59,7 @@ class BodyLimit:
 
         await self.app(scope, counted_receive, send)
 
+
 @dataclass(frozen=True)
 class ServerSettings:
     max_batch_size: int = 16
@@ -72,6 +77,7 @@ class _Strict(BaseModel):
 class GenerateRequest(_Strict):
     prompt: str = Field(min_length=1)
     adapter: str | None = Field(default=None, description="Registry ref (name, name@version, name:tag); none: the base.")
+    task: str | None = TASK_FIELD
     max_new_tokens: int | None = Field(default=None, ge=1, description="Default: 32, or the server's limit if lower.")
     do_sample: bool = False
     temperature: float = Field(default=1.0, gt=0)
@@ -83,6 +89,7 @@ class GenerateRequest(_Strict):
 class ClassifyRequest(_Strict):
     text: str = Field(min_length=1)
     adapter: str | None = None
+    task: str | None = TASK_FIELD
 
 
 class AdapterRequest(_Strict):
@@ -100,6 +107,8 @@ def http_error(exc: Exception) -> HTTPError:
     """The status and message a caller gets for an error raised while serving its request."""
     if isinstance(exc, HTTPError):
         return exc
+    if isinstance(exc, UnknownTaskError):
+        return HTTPError(404, str(exc))
     if isinstance(exc, NotFoundError):
         return HTTPError(404, f"unknown adapter: {exc}. List loaded adapters with GET /adapters.")
     if isinstance(exc, InvalidNameError):
@@ -135,6 +144,32 @@ def _isolating(run: Callable[[AdapterPool, list, list], list], pool: AdapterPool
     return run_batch
 
 
+def _routing(run_batch: Callable[[Hashable, Sequence], list], router: Router,
+             text_of: Callable[[Any], str]) -> Callable[[Hashable, Sequence], list]:  # fmt: skip
+    """Route the batch's ``"task": "auto"`` requests in one forward of the bare base, then run the batch; every
+    answer to a request that named a task says which task and adapter served it."""
+
+    def run_batch_routed(key: Hashable, payloads: Sequence[Any]) -> list:
+        auto = [i for i, p in enumerate(payloads) if p.task == AUTO]
+        failed: Exception | None = None
+        if auto:
+            try:
+                for i, route in zip(auto, router.routes([text_of(payloads[i]) for i in auto])):
+                    payloads[i].adapter = route.task.ref
+            except Exception as exc:  # routing failed: those requests get the error, the others still run
+                failed = exc
+        ready = [i for i, p in enumerate(payloads) if failed is None or p.task != AUTO]
+        results: list[Any] = [failed] * len(payloads)
+        for i, result in zip(ready, run_batch(key, [payloads[i] for i in ready]) if ready else []):
+            task = payloads[i].task
+            if task is not None and isinstance(result, dict):
+                result = {**result, "task": router.task_of(payloads[i].adapter).name, "routed": task == AUTO}
+            results[i] = result
+        return results
+
+    return run_batch_routed
+
+
 def _run_generate(pool: AdapterPool, payloads: list[GenerateRequest], settings: GenerationSettings) -> list[dict]:
     outputs = generate(pool, [p.prompt for p in payloads], [p.adapter for p in payloads], settings)
     return [{"text": o.text, "tokens": o.tokens, "adapter": o.adapter} for o in outputs]
@@ -145,12 +180,15 @@ def _run_classify(pool: AdapterPool, payloads: list[ClassifyRequest], key: Hasha
     return [{"label": o.label, "scores": o.scores, "adapter": o.adapter} for o in outputs]
 
 
-def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings()) -> FastAPI:
-    """The FastAPI app serving ``pool``'s base for its task."""
+def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings(), router: Router | None = None) -> FastAPI:
+    """The FastAPI app serving ``pool``'s base for its task; ``router`` (bound to ``pool``) adds task routing."""
     task = pool.base.task
     metrics = ServerMetrics(pool, settings.alerts)
     run = _run_generate if task == "causal-lm" else _run_classify
-    batcher = Batcher(_isolating(run, pool), max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+    run_batch = _isolating(run, pool)
+    if router is not None:
+        run_batch = _routing(run_batch, router, (lambda p: p.prompt) if task == "causal-lm" else (lambda p: p.text))
+    batcher = Batcher(run_batch, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
                       on_batch=lambda size, seconds: metrics.batch_size.observe(size))  # fmt: skip
 
     @contextlib.asynccontextmanager
@@ -207,6 +245,20 @@ def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings()) -
         if ref is not None:
             await on_worker(lambda: pool.key_of(ref))  # unknown or malformed refs fail here, before batching
 
+    def choose_task(request: GenerateRequest | ClassifyRequest) -> None:
+        """A named task becomes its adapter now; ``auto`` is routed with the rest of its batch."""
+        if request.task is None:
+            return
+        if router is None:
+            raise HTTPError(400, "this server has no task router (start it with --router SEQUENCE); name an adapter instead")
+        if request.adapter is not None:
+            raise HTTPError(400, f"the request names both adapter {request.adapter!r} and task {request.task!r}; give one")
+        if request.task != AUTO:
+            try:
+                request.adapter = router.ref_for(request.task)
+            except UnknownTaskError as exc:
+                raise http_error(exc) from None
+
     @app.post("/generate")
     async def generate_endpoint(request: GenerateRequest) -> dict:
         if task != "causal-lm":
@@ -215,6 +267,7 @@ def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings()) -
         if request.max_new_tokens > settings.max_new_tokens:
             raise HTTPError(413, f"max_new_tokens {request.max_new_tokens} is over this server's limit of {settings.max_new_tokens}")
         check_input(request.prompt)
+        choose_task(request)
         await check_adapter(request.adapter)
         key = GenerationSettings(request.max_new_tokens, request.do_sample, request.temperature, request.top_p,
                                  request.top_k, request.seed)  # fmt: skip
@@ -227,6 +280,7 @@ def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings()) -
         if task != "seq-cls":
             raise HTTPError(400, f"this server runs a {task} base; use POST /generate")
         check_input(request.text)
+        choose_task(request)
         await check_adapter(request.adapter)
         return await submitted("classify", request)
 
@@ -248,8 +302,11 @@ def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings()) -
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "task": task, "base": pool.base.fingerprint_id, "quantization": pool.base.quantization,
-                "slots": pool.slots, "alerts": metrics.active_alerts()}  # fmt: skip
+        health = {"status": "ok", "task": task, "base": pool.base.fingerprint_id, "quantization": pool.base.quantization,
+                  "slots": pool.slots, "alerts": metrics.active_alerts()}  # fmt: skip
+        if router is not None:
+            health["router"] = {"sequence": router.sequence, "tasks": {t.name: t.ref for t in router.tasks}}
+        return health
 
     @app.get("/metrics")
     async def prometheus() -> Response:

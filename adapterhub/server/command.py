@@ -1,4 +1,5 @@
-"""``adapterhub serve``: load the base, create the adapter pool, preload adapters, run uvicorn."""
+"""``adapterhub serve``: load the base, create the adapter pool, preload adapters (and a sequence's task
+router with ``--router``), run uvicorn."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import click
 
 @click.command("serve")
 @click.option("--base", required=True, help="Local base model directory or .gguf file.")
-@click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), default="causal-lm", show_default=True)
+@click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), default=None, help="[causal-lm, or that of the --router sequence]")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
 @click.option("--labels", default=None, help="Comma-separated class names (seq-cls; default: from the first --load adapter).")
 @click.option("--slots", type=int, default=8, show_default=True, help="Adapters resident at once (per layer slots).")
 @click.option("--max-rank", type=int, default=16, show_default=True, help="Largest LoRA rank a slot holds.")
 @click.option("--host-cache", type=int, default=64, show_default=True, help="Adapters kept in host memory.")
 @click.option("--load", "preload", multiple=True, metavar="REF", help="Adapter to load at start, repeatable.")
+@click.option("--router", "sequence", default=None, metavar="SEQUENCE",
+              help="Route requests naming a task (or task 'auto') to the adapters of this continual-learning sequence.")
 @click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY", help="Registry root [$ADAPTERHUB_HOME/registry].")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
@@ -25,7 +28,7 @@ import click
 @click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Largest max_new_tokens a request may ask.")
 @click.option("--alert-p95-ms", type=float, default=None, help="Log a warning when the p95 latency goes above this.")
 @click.option("--alert-memory-mb", type=float, default=None, help="Log a warning when process memory goes above this.")
-def serve_command(base, task, quantize, labels, slots, max_rank, host_cache, preload, registry_root, host, port,
+def serve_command(base, task, quantize, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
                   max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens, alert_p95_ms,
                   alert_memory_mb) -> None:  # fmt: skip
     """Serve one base model over HTTP with per-request adapters from the registry, batched across adapters."""
@@ -33,21 +36,29 @@ def serve_command(base, task, quantize, labels, slots, max_rank, host_cache, pre
     from adapterhub_registry import Registry
 
     from adapterhub.base import load_base
+    from adapterhub.continual.router import Router
     from adapterhub.errors import OptionError
     from adapterhub.runtime import AdapterPool
     from adapterhub.server import AlertThresholds, ServerSettings, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = Registry(registry_root)
+    router = Router.from_registry(sequence, registry) if sequence else None
+    if router is not None and task not in (None, router.model_task):
+        raise OptionError(f"sequence {sequence!r} is a {router.model_task} sequence; drop --task or pass --task {router.model_task}")
+    task = task or (router.model_task if router else "causal-lm")
     label_list = labels.split(",") if labels else None
     if task == "seq-cls" and not label_list:
-        if not preload:
-            raise OptionError("a seq-cls server needs --labels or an adapter to --load (its labels are used)")
-        label_list = registry.resolve(preload[0]).manifest.get("labels") or None
+        if not preload and router is None:
+            raise OptionError("a seq-cls server needs --labels, an adapter to --load or a --router sequence (their labels are used)")
+        label_list = list(router.tasks[0].labels) if router else registry.resolve(preload[0]).manifest.get("labels") or None
     loaded = load_base(base, task=task, quantize=quantize, labels=label_list)
     pool = AdapterPool(loaded, slots=slots, max_rank=max_rank, host_capacity=host_cache, registry=registry)
-    for ref in preload:
+    for ref in list(preload) + ([t.ref for t in router.tasks] if router else []):
         click.echo(f"loaded {pool.load(ref)} ({pool.kind(ref)})")
+    if router is not None:
+        router.bind(pool)  # features of the pooled base with no adapter active
+        click.echo(f"routing sequence {sequence}: tasks {', '.join(router.names)}")
     settings = ServerSettings(max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens,
                               alerts=AlertThresholds(alert_p95_ms, alert_memory_mb))  # fmt: skip
-    uvicorn.run(create_app(pool, settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(pool, settings, router), host=host, port=port, log_level="info")

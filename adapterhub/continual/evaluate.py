@@ -1,0 +1,137 @@
+"""Evaluate a trained sequence on every task's held-out split: with oracle task ids and through the router.
+
+Oracle: each task's adapter on its own held-out split, through ``evaluate_batches`` with the batches
+``eval``/training build, so an adapter's figures equal those recorded when it was trained (adapters never
+change after training: zero forgetting by construction, and this is where it is checked). Routed: every
+held-out example goes to the adapter the router picks from the frozen base's features; a prediction is
+right when the picked adapter's label *name* equals the true one (an adapter of the wrong task can still
+name the right sentiment). Router accuracy: how often the picked task is the true one.
+``adapterhub continual eval`` and the continual benchmark call ``evaluate_sequence``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+from adapterhub_registry import Registry
+
+from adapterhub.adapters import check_base
+from adapterhub.batches import classification_batches
+from adapterhub.continual.plan import SequencePlan
+from adapterhub.continual.router import Router
+from adapterhub.continual.sequence import existing_adapter, load_plan_base
+from adapterhub.data import ClassificationData
+from adapterhub.errors import AdapterHubError
+from adapterhub.evaluation import evaluate_batches
+from adapterhub.runtime.fallback import PeftAttached
+from adapterhub.workflow import _batch_makers, classification_split
+
+
+@dataclass
+class TaskEvaluation:
+    task: str
+    adapter: str
+    examples: int
+    oracle: dict  # the task's own adapter on its held-out split (evaluate_batches metrics)
+    router_accuracy: float  # fraction of its examples routed to it
+    routed_accuracy: float | None = None  # seq-cls: accuracy with the routed adapters' predictions
+    routed_to: dict[str, int] = field(default_factory=dict)  # task -> examples of this task routed there
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SequenceEvaluation:
+    sequence: str
+    tasks: list[TaskEvaluation]
+
+    def average(self, metric: str = "accuracy") -> float:
+        """Mean over tasks of the oracle ``metric``."""
+        return statistics.fmean(t.oracle[metric] for t in self.tasks)
+
+    @property
+    def average_routed(self) -> float | None:
+        values = [t.routed_accuracy for t in self.tasks]
+        return None if None in values else statistics.fmean(values)
+
+    @property
+    def router_accuracy(self) -> float:
+        """Over all held-out examples of all tasks."""
+        return sum(t.router_accuracy * t.examples for t in self.tasks) / sum(t.examples for t in self.tasks)
+
+    def to_dict(self) -> dict:
+        metric = "accuracy" if "accuracy" in self.tasks[0].oracle else "loss"
+        return {"sequence": self.sequence, "tasks": [t.to_dict() for t in self.tasks], f"average_oracle_{metric}": self.average(metric),
+                "average_routed_accuracy": self.average_routed, "router_accuracy": self.router_accuracy}  # fmt: skip
+
+
+def evaluate_sequence(plan: SequencePlan, registry: Registry | None = None) -> SequenceEvaluation:
+    """Evaluate the adapters of ``plan``'s tasks (as tagged in the registry) on the plan's data."""
+    registry = registry or Registry()
+    base = load_plan_base(plan)
+    router = Router.from_registry(plan.sequence, registry, base=base)
+    records = {}
+    for task in plan.tasks:
+        record = existing_adapter(registry, plan, task.name)
+        if record is None:
+            raise AdapterHubError(f"task {task.name!r} of the plan has no adapter in {registry.root}; run adapterhub continual train PLAN")
+        recorded = record.manifest.get("data", {}).get("sha256")
+        if recorded != task.data.recorded()["sha256"]:
+            raise AdapterHubError(
+                f"task {task.name!r}: {task.data.path} is not the file {record.ref} was trained on (sha256 differs), "
+                f"so its held-out split would differ; point the plan at that file or retrain the task"
+            )
+        check_base(base, record.base_fingerprint, record.ref)
+        records[task.name] = record
+    makers = {t.name: _batch_makers(base, t.data, plan.settings, plan.labels.get(t.name)) for t in plan.tasks}
+    # Routing first, on the bare base: no adapter may be attached while its features are computed.
+    routes = {name: router.nearest(router.features.of_batches(make_eval())) for name, (_, _, make_eval, _) in makers.items()}
+    tests = {t.name: classification_split(t.data, plan.labels[t.name])[1] for t in plan.tasks} if plan.model_task == "seq-cls" else {}
+    predicted: dict[str, dict[int, str]] = {name: {} for name in makers}  # task -> example -> label name
+    attached = PeftAttached(base)
+    try:
+        evaluations = {}
+        for task in plan.tasks:
+            record, tensors = registry.load(records[task.name].ref)
+            model = attached.attach(record.ref, record.peft_config, tensors, record.manifest)
+            evaluations[task.name] = evaluate_batches(model, makers[task.name][2](), plan.model_task)
+            for source, test in tests.items():  # the examples of every task that the router sent here
+                rows = [i for i, r in enumerate(routes[source]) if r.task.name == task.name]
+                labels = list(record.manifest["labels"])
+                for row, index in zip(rows, _predict(model, base, test.subset(rows), plan.settings)):
+                    predicted[source][row] = labels[index]
+    finally:
+        attached.detach()
+    return SequenceEvaluation(plan.sequence, [
+        _task_evaluation(task.name, records[task.name].ref, evaluations[task.name], routes[task.name],
+                         tests.get(task.name), predicted[task.name])
+        for task in plan.tasks
+    ])  # fmt: skip
+
+
+@torch.no_grad()
+def _predict(model, base, data: ClassificationData, settings) -> list[int]:
+    """Predicted label index of each text (the batches as the held-out evaluation builds them)."""
+    if not data.texts:
+        return []
+    model.eval()
+    device = base.model.get_input_embeddings().weight.device
+    predictions: list[int] = []
+    for batch in classification_batches(data, base.tokenizer, settings.eval_batch_size, settings.max_length):
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        predictions.extend(logits.argmax(-1).tolist())
+    return predictions
+
+
+def _task_evaluation(name, ref, oracle, routes, test, predicted) -> TaskEvaluation:
+    routed_to: dict[str, int] = {}
+    for route in routes:
+        routed_to[route.task.name] = routed_to.get(route.task.name, 0) + 1
+    evaluation = TaskEvaluation(name, ref, len(routes), oracle, routed_to.get(name, 0) / len(routes), routed_to=routed_to)
+    if test is not None:
+        truth = [test.label_names[label] for label in test.labels]
+        evaluation.routed_accuracy = sum(predicted[i] == truth[i] for i in range(len(truth))) / len(truth)
+    return evaluation
