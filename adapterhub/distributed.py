@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from adapterhub.errors import OptionError
+
 
 def launched_world_size() -> int:
     """Processes in this run, as set by torchrun / accelerate launch (1 when started plainly)."""
@@ -44,6 +46,9 @@ class Distributed:
             return cls.single()
         from accelerate import Accelerator
 
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
+            raise OptionError("FSDP (from your accelerate config) needs GPUs and this machine has none; launch plain "
+                              "data-parallel instead: torchrun, or accelerate launch --multi_gpu without FSDP")  # fmt: skip
         # cpu=True is what makes accelerate pick the gloo backend on machines without a GPU; without it, it
         # treats a CPU process under torchrun as a lone process.
         accelerator = Accelerator(cpu=not torch.cuda.is_available())

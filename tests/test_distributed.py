@@ -81,3 +81,14 @@ def test_accelerate_launch_trains_a_causal_lm_like_one_process(tmp_path, text_fi
     assert parallel["world_size"] == 2
     _assert_same_adapter(tmp_path / "one", tmp_path / "two")  # loss weighted by each rank's predicted tokens
     assert parallel["metrics"]["loss"] == pytest.approx(single["metrics"]["loss"], rel=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without a GPU")
+def test_fsdp_config_without_a_gpu_is_a_clear_error(monkeypatch):
+    from adapterhub.distributed import Distributed
+    from adapterhub.errors import OptionError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(OptionError, match="FSDP .* needs GPUs .* torchrun, or accelerate launch --multi_gpu"):
+        Distributed.from_environment()
