@@ -92,3 +92,27 @@ def test_fsdp_config_without_a_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(OptionError, match="FSDP .* needs GPUs .* torchrun, or accelerate launch --multi_gpu"):
         Distributed.from_environment()
+
+
+@pytest.mark.slow
+def test_torchrun_on_minilm_and_real_tweets_matches_one_process(tmp_path):
+    """The real 22.7M-parameter BERT (dropout switched off so the runs can be compared) on 240 tweets."""
+    from shipped_assets import minilm_dir, tweets_csv
+
+    model = tmp_path / "minilm-no-dropout"
+    model.mkdir()
+    for item in minilm_dir().iterdir():
+        if item.name != "config.json":
+            (model / item.name).symlink_to(item)
+    config = json.loads((minilm_dir() / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    args = ["--base", str(model), "--method", "lora", "-o", "r=8", "-o", "dropout=0", "--data", str(tweets_csv()),
+            "--label-column", "sentiment", "--encoding", "latin-1", "--dedupe", "--max-samples", "300", "--epochs", "1",
+            "--batch-size", "16", "--max-length", "32", "--lr", "1e-3", "--no-progress", "--json"]  # fmt: skip
+    single = json.loads(_run([sys.executable], [*args, "--output", str(tmp_path / "one")], tmp_path / "home").stdout)
+    parallel = json.loads(_run(_torchrun(), [*args, "--output", str(tmp_path / "two")], tmp_path / "home").stdout)
+    assert parallel["world_size"] == 2 and parallel["steps"] == single["steps"]
+    one, two = load_file(tmp_path / "one" / "adapter_model.safetensors"), load_file(tmp_path / "two" / "adapter_model.safetensors")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert parallel["metrics"]["accuracy"] == pytest.approx(single["metrics"]["accuracy"], abs=1e-9)

