@@ -122,8 +122,8 @@ def train(
     eval_every = run.monitor.eval_every
     try:
         for epoch, rows, last_of_epoch in _global_batches(n_train, settings):
-            run.step(epoch, rows, make_train_batches)
-            due = run.result.steps % eval_every == 0 if eval_every else last_of_epoch
+            stepped = run.step(epoch, rows, make_train_batches)
+            due = (stepped and run.result.steps % eval_every == 0) if eval_every else last_of_epoch
             if due and run.evaluate(epoch):
                 run.result.stopped_early = True
                 break
@@ -160,8 +160,9 @@ class _TrainingRun:
         self.samples = self.tokens = self.seconds = 0.0
         self.started = time.perf_counter()
 
-    def step(self, epoch: int, rows: list[int], make_train_batches) -> None:
-        """One optimizer step on the global batch ``rows``, of which this rank trains on its share."""
+    def step(self, epoch: int, rows: list[int], make_train_batches) -> bool:
+        """One optimizer step on the global batch ``rows``, of which this rank trains on its share;
+        ``False`` when the step was skipped (a non-finite loss under ``nan=warn``)."""
         started = time.perf_counter()
         mine = self.dist.shard(rows)
         batch = next(iter(make_train_batches(mine or rows[:1])))  # a rank left without rows still joins DDP
@@ -172,7 +173,7 @@ class _TrainingRun:
         global_units, non_finite = self.dist.sum([units, float(bool(mine) and not math.isfinite(loss_value))])
         if non_finite:  # decided on numbers all ranks share, before backward starts DDP's all-reduce
             self._skip_or_stop(loss_value)
-            return
+            return False
         # scaled so that DDP's average over ranks is the gradient of the whole global batch's mean loss
         (loss * (self.dist.world_size * units / global_units) if self.dist.active else loss).backward()
         grad_norm = float(self.dist.clip_grad_norm(self.parameters, self.settings.grad_clip))
@@ -196,6 +197,7 @@ class _TrainingRun:
         self.bar.set_postfix(epoch=epoch, loss=f"{record.loss:.4f}", samples_s=f"{record.samples_per_s:.1f}")
         for alert in self.checker.check(record.step, record.loss, grad_norm, record.samples_per_s, memory):
             self._raise_or_warn(alert.rule.action, alert.message)
+        return True
 
     def _skip_or_stop(self, loss_value: float) -> None:
         attempted = self.result.steps + self.result.skipped_steps + 1
