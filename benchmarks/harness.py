@@ -178,6 +178,8 @@ class Context:
     checks: list[Check] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tables: list[dict] = field(default_factory=list)
+    plot: Callable[[dict, Path], None] | None = None  # the suite's own figure, drawn instead of the bar panels
 
     @property
     def cuda(self) -> bool:
@@ -283,6 +285,11 @@ class Context:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def table(self, title: str, columns: list[str], rows: list[list[Any]], note: str | None = None) -> None:
+        """A table of the suite's own (e.g. an accuracy matrix) that is not a timing: kept in the JSON, shown in
+        the markdown after the measurements. ``rows`` hold the cells; numbers are formatted, None shows as –."""
+        self.tables.append({"title": title, "columns": list(columns), "rows": [list(row) for row in rows], "note": note})
 
     @contextmanager
     def scratch(self, name: str) -> Iterator[Path]:

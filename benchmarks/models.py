@@ -48,6 +48,23 @@ def tiny_llama(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def tiny_bert(directory: Path, tokenizer_from: Path, seed: int = 0) -> Path:
+    """A 2-layer BERT (hidden 32) with random weights and the real tokenizer of ``tokenizer_from``, saved like
+    a local model: quick runs of classification suites go through the real data path on it."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    if (directory / "config.json").is_file():
+        return directory
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        vocab_size=tokenizer.vocab_size, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def model_for(ctx: Context) -> tuple[str, str]:
     """`(path, label)` of the base model a suite should load: --model, else a tiny Llama when quick, else SmolLM2."""
     if ctx.model:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from benchmarks.environment import summary_line
 from benchmarks.harness import BASELINE, OURS, Context, Measurement, params_label
@@ -66,6 +67,7 @@ def result_document(ctx: Context, description: str, environment: dict, started: 
         "measurements": [m.to_dict() for m in ctx.measurements],
         "comparisons": comparisons(ctx.measurements),
         "checks": [c.to_dict() for c in ctx.checks],
+        "tables": ctx.tables,
     }
 
 
@@ -120,6 +122,11 @@ def markdown(document: dict, measurements: list[Measurement], plot_name: str | N
                 f"| {m.case} | {params_label(m.params) or '–'} | {m.impl} | {m.memory['peak_rss_mb']:,.0f} MB | "
                 f"{m.memory.get('rss_increase_mb', 0):,.0f} MB | {'–' if cuda is None else f'{cuda:,.0f} MB'} |"
             )
+    for table in document.get("tables", []):
+        lines += ["", f"**{table['title']}**", "", "| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
+        lines += ["| " + " | ".join(_table_cell(cell) for cell in row) + " |" for row in table["rows"]]
+        if table["note"]:
+            lines += ["", table["note"]]
     if document["checks"]:
         lines += ["", "Targets:", ""]
         for check in document["checks"]:
@@ -135,6 +142,14 @@ def markdown(document: dict, measurements: list[Measurement], plot_name: str | N
     if plot_name:
         lines += ["", f"![{document['suite']} plot]({plot_name})"]
     return "\n".join(lines) + "\n"
+
+
+def _table_cell(cell) -> str:
+    if cell is None:
+        return "–"
+    if isinstance(cell, float):
+        return f"{cell:.3f}" if abs(cell) < 10 else _number(cell)
+    return str(cell)
 
 
 def plot(document: dict, measurements: list[Measurement], path: Path) -> None:
@@ -194,11 +209,16 @@ def _x_label(m: Measurement, kind: str) -> str:
     return f"{m.case}\n{label}" if kind == "memory" else label
 
 
-def write(document: dict, measurements: list[Measurement], directory: Path, stem: str) -> list[Path]:
-    """Write `<stem>.json`, `<stem>.md` and `<stem>.png` into `directory`; return their paths."""
+def write(document: dict, measurements: list[Measurement], directory: Path, stem: str,
+          suite_plot: Callable[[dict, Path], None] | None = None) -> list[Path]:  # fmt: skip
+    """Write `<stem>.json`, `<stem>.md` and `<stem>.png` into `directory`; return their paths. The PNG is the
+    suite's own figure when it drew one (`suite_plot(document, path)`), else the bar panels of `plot`."""
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = (directory / f"{stem}{suffix}" for suffix in (".json", ".md", ".png"))
     json_path.write_text(json.dumps(document, indent=1, sort_keys=False) + "\n")
-    plot(document, measurements, png_path)
+    if suite_plot is not None:
+        suite_plot(document, png_path)
+    else:
+        plot(document, measurements, png_path)
     md_path.write_text(markdown(document, measurements, png_path.name))
     return [json_path, md_path, png_path]

@@ -63,5 +63,6 @@ def run_suite(name: str, options: RunOptions) -> tuple[dict, list[Path]]:
         seed_everything(options.seed)
         suite.run(ctx)
     document = report.result_document(ctx, suite.description, machine, started, time.perf_counter() - clock)
-    paths = report.write(document, ctx.measurements, Path(options.output), result_stem(name, device.split(":")[0], options.quick))
+    stem = result_stem(name, device.split(":")[0], options.quick)
+    paths = report.write(document, ctx.measurements, Path(options.output), stem, suite_plot=ctx.plot)
     return document, paths

@@ -25,6 +25,8 @@ from adapterhub import adapters
 from adapterhub.base import Base, load_base
 from adapterhub.continual.features import FEATURES, BaseFeatures, encode_tensor, prototypes
 from adapterhub.continual.plan import SequencePlan, TaskPlan, sequence_tag, task_tag
+from adapterhub.distributed import launched_world_size
+from adapterhub.errors import AdapterHubError
 from adapterhub.workflow import TrainJob, _batch_makers, train_adapter
 
 
@@ -82,6 +84,8 @@ def train_sequence(
     log: Callable[[str], None] = lambda line: None,
 ) -> list[TaskRun]:
     """Train every task of ``plan`` in order that has no up-to-date adapter yet (all of them with ``retrain``)."""
+    if launched_world_size() > 1:  # every rank would compute prototypes and push; one process is what this supports
+        raise AdapterHubError("adapterhub continual train runs as one process; start it without torchrun / accelerate launch")
     registry = registry or Registry()
     base = load_plan_base(plan)  # kept bare: prototypes are features of the frozen base
     features = BaseFeatures(base, max_length=feature_length(plan))

@@ -61,7 +61,7 @@ prompts 3e-2 / 1e-2, full fine-tuning 1e-4, probe 2e-2; at 1e-3 AdaLoRA and bott
 def _package_dir(module: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise BenchmarkError(f"the methods suite needs the {module} package: pip install {REQUIRES[module]}")
+        raise BenchmarkError(f"this benchmark needs the {module} package: pip install {REQUIRES[module]}")
     return Path(spec.origin).parent
 
 

