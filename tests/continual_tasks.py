@@ -46,3 +46,13 @@ def write_plan(directory: Path, base: Path, tasks=tuple(TASKS), name: str = "pla
     path = directory / name
     path.write_text(json.dumps(plan, indent=1))
     return path
+
+
+def write_corpus(directory: Path, name: str, lines: int = 80, seed: int = 0) -> Path:
+    """A plain-text corpus of task ``name``'s words (for a causal-LM sequence): one short line each."""
+    filler, words = TASKS[name]
+    vocabulary = filler + [w for group in words.values() for w in group]
+    rng = random.Random(f"{name}-{seed}")
+    path = directory / f"{name}.txt"
+    path.write_text("\n".join(" ".join(rng.choices(vocabulary, k=6)) for _ in range(lines)) + "\n")
+    return path

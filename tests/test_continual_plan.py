@@ -67,9 +67,9 @@ def test_unknown_top_level_key_and_setting_are_named(plan_dir):
     assert "plan's settings" in message and "'epoch'" in message and "epochs" in message
 
 
-def test_unknown_method_option_is_named(plan_dir):
-    with pytest.raises(PlanError, match="'rank'"):
-        parse_plan({**raw_plan(plan_dir), "options": {"rank": 4}}, plan_dir)
+def test_unknown_method_option_and_quantizer_are_named(plan_dir):
+    assert "'rank'" in refused(plan_dir, options={"rank": 4})
+    assert "'nf5'" in refused(plan_dir, quantize="nf5")
 
 
 def test_missing_data_file_names_the_task_and_the_path(plan_dir):

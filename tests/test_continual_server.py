@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from adapterhub.base import load_base
 from adapterhub.cli import main
-from adapterhub.continual import Router, load_plan, train_sequence
-from adapterhub.runtime import AdapterPool, classify
+from adapterhub.continual import Router, evaluate_sequence, load_plan, parse_plan, train_sequence
+from adapterhub.runtime import AdapterPool, GenerationSettings, classify, generate
 from adapterhub.server import ServerSettings, create_app
-from continual_tasks import TASKS, write_plan
+from continual_tasks import TASKS, write_corpus, write_plan
 
 TEXTS = {"films": "the movie was awesome", "roads": "we drive the car slow", "talk": "i and you not that"}
 
@@ -93,3 +93,25 @@ def test_serve_with_an_unknown_router_sequence_fails_before_loading_anything(reg
     assert "no adapters of sequence 'nope'" in capsys.readouterr().err
     assert main(["serve", "--base", str(tiny_bert), "--router", "toy", "--task", "causal-lm", "--registry", str(registry.root)]) == 1
     assert "sequence 'toy' is a seq-cls sequence" in capsys.readouterr().err
+
+
+def test_generation_server_routes_prompts_of_a_causal_lm_sequence(tiny_llama, tmp_path):
+    for task in ("films", "roads"):
+        write_corpus(tmp_path, task)
+    plan = parse_plan({
+        "sequence": "lm", "base": str(tiny_llama), "model_task": "causal-lm", "method": "lora",
+        "options": {"r": 4, "target_modules": "q_proj,v_proj"}, "settings": {"epochs": 1, "block_size": 16, "batch_size": 8},
+        "router": {"prototypes": 2}, "tasks": [{"name": t, "path": f"{t}.txt"} for t in ("films", "roads")],
+    }, tmp_path)  # fmt: skip
+    registry = Registry(tmp_path / "registry")
+    train_sequence(plan, registry=registry, progress=False)
+    evaluation = evaluate_sequence(plan, registry)
+    assert evaluation.router_accuracy == 1.0 and all("perplexity" in t.oracle for t in evaluation.tasks)
+    pool = AdapterPool(load_base(tiny_llama), slots=2, max_rank=4, registry=registry)
+    router = Router.from_registry("lm", registry, base=pool)
+    with TestClient(create_app(pool, ServerSettings(max_new_tokens=4), router)) as client:
+        answer = client.post("/generate", json={"prompt": "we drive the car", "task": "auto", "max_new_tokens": 3})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["task"], body["adapter"], body["routed"]) == ("roads", "lm-roads@1", True)
+    assert body["text"] == generate(pool, ["we drive the car"], ["lm-roads@1"], GenerationSettings(max_new_tokens=3))[0].text

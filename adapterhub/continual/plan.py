@@ -26,7 +26,7 @@ from typing import Any
 from adapterhub_registry import InvalidNameError
 from adapterhub_registry.names import validate_name
 
-from adapterhub import adapters
+from adapterhub import adapters, plugins
 from adapterhub.errors import AdapterHubError, OptionError
 from adapterhub.options import build_options
 from adapterhub.specs import TASKS
@@ -131,9 +131,11 @@ def parse_plan(raw: Any, root: str | Path = ".") -> SequencePlan:
         raise PlanError(f"model_task {model_task!r} is unknown; choose one of: {', '.join(TASKS)}")
     options = dict(raw.get("options") or {})
     try:
-        adapters.make_options(raw["method"], options)  # unknown method or option: fail now, naming it
+        adapters.make_options(raw["method"], options)  # unknown method, option or quantizer: fail now, naming it
+        if raw.get("quantize") is not None:
+            plugins.catalog().quantizer(raw["quantize"])
     except AdapterHubError as exc:
-        raise PlanError(f"the plan's method and options: {exc}") from None
+        raise PlanError(f"the plan's method, options or quantize: {exc}") from None
     settings = _filled(TrainSettings, dict(raw.get("settings") or {}), "the plan's settings")
     router = dict(raw.get("router") or {})
     _no_unknown(router, ROUTER_KEYS, "the plan's router")
