@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 from adapterhub_registry import Registry
+from adapterhub_registry.records import AdapterRecord
 
 from adapterhub.adapters import check_base
+from adapterhub.base import Base
 from adapterhub.batches import classification_batches
-from adapterhub.continual.plan import SequencePlan
-from adapterhub.continual.router import Router
+from adapterhub.continual.plan import SequencePlan, TaskPlan
+from adapterhub.continual.router import Route, Router
 from adapterhub.continual.sequence import existing_adapter, load_plan_base
 from adapterhub.data import ClassificationData
 from adapterhub.errors import AdapterHubError
@@ -73,20 +75,11 @@ def evaluate_sequence(plan: SequencePlan, registry: Registry | None = None) -> S
     registry = registry or Registry()
     base = load_plan_base(plan)
     router = Router.from_registry(plan.sequence, registry, base=base)
-    records = {}
-    for task in plan.tasks:
-        record = existing_adapter(registry, plan, task.name)
-        if record is None:
-            raise AdapterHubError(f"task {task.name!r} of the plan has no adapter in {registry.root}; run adapterhub continual train PLAN")
-        recorded = record.manifest.get("data", {}).get("sha256")
-        if recorded != task.data.recorded()["sha256"]:
-            raise AdapterHubError(
-                f"task {task.name!r}: {task.data.path} is not the file {record.ref} was trained on (sha256 differs), "
-                f"so its held-out split would differ; point the plan at that file or retrain the task"
-            )
-        check_base(base, record.base_fingerprint, record.ref)
-        records[task.name] = record
+    records = {task.name: _trained_adapter(plan, task, registry, base) for task in plan.tasks}
     makers = {t.name: _batch_makers(base, t.data, plan.settings, plan.labels.get(t.name)) for t in plan.tasks}
+    for name, (_, _, make_eval, _) in makers.items():
+        if make_eval is None:
+            raise AdapterHubError(f"task {name!r}: its data gives no held-out examples to evaluate; raise its test_split")
     # Routing first, on the bare base: no adapter may be attached while its features are computed.
     routes = {name: router.nearest(router.features.of_batches(make_eval())) for name, (_, _, make_eval, _) in makers.items()}
     tests = {t.name: classification_split(t.data, plan.labels[t.name])[1] for t in plan.tasks} if plan.model_task == "seq-cls" else {}
@@ -112,6 +105,20 @@ def evaluate_sequence(plan: SequencePlan, registry: Registry | None = None) -> S
     ])  # fmt: skip
 
 
+def _trained_adapter(plan: SequencePlan, task: TaskPlan, registry: Registry, base: Base) -> AdapterRecord:
+    """The task's adapter, checked to come from the plan's data file (so the held-out split is the same) and base."""
+    record = existing_adapter(registry, plan, task.name)
+    if record is None:
+        raise AdapterHubError(f"task {task.name!r} of the plan has no adapter in {registry.root}; run adapterhub continual train PLAN")
+    if record.manifest.get("data", {}).get("sha256") != task.data.recorded()["sha256"]:
+        raise AdapterHubError(
+            f"task {task.name!r}: {task.data.path} is not the file {record.ref} was trained on (sha256 differs), "
+            f"so its held-out split would differ; point the plan at that file or retrain the task"
+        )
+    check_base(base, record.base_fingerprint, record.ref)
+    return record
+
+
 @torch.no_grad()
 def _predict(model, base, data: ClassificationData, settings) -> list[int]:
     """Predicted label index of each text (the batches as the held-out evaluation builds them)."""
@@ -126,7 +133,8 @@ def _predict(model, base, data: ClassificationData, settings) -> list[int]:
     return predictions
 
 
-def _task_evaluation(name, ref, oracle, routes, test, predicted) -> TaskEvaluation:
+def _task_evaluation(name: str, ref: str, oracle: dict, routes: list[Route], test: ClassificationData | None,
+                     predicted: dict[int, str]) -> TaskEvaluation:  # fmt: skip
     routed_to: dict[str, int] = {}
     for route in routes:
         routed_to[route.task.name] = routed_to.get(route.task.name, 0) + 1
