@@ -12,13 +12,11 @@ import sys
 import click
 
 from adapterhub import __version__, plugins
+from adapterhub.cli_output import echo_json
+from adapterhub.continual.command import continual_group
 from adapterhub.registry_cli import registry_group
 from adapterhub.server.command import serve_command
 from benchmarks.cli import bench_command
-
-
-def _echo_json(value) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 class _Group(click.Group):
@@ -69,7 +67,7 @@ def plugins_command(as_json: bool) -> None:
 
     ops = kernel_report()
     if as_json:
-        _echo_json({"plugins": rows, "problems": problems, "ops": ops})
+        echo_json({"plugins": rows, "problems": problems, "ops": ops})
         return
     for row in rows:
         click.echo(f"{row['name']} ({row['distribution']} {row['version']})")
@@ -197,7 +195,7 @@ def train_command(base, task, method, method_options, quantize, data_path, text_
         "pushed": outcome.record.ref if outcome.record else None,
     }
     if as_json:
-        _echo_json(summary)
+        echo_json(summary)
         return
     for key, value in summary.items():
         click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
@@ -232,7 +230,7 @@ def eval_command(ref, base, quantize, data_path, text_column, label_column, enco
     if save_metrics:
         registry.set_metrics(record.ref, {f"eval_{k}": v for k, v in metrics.items()})
     if as_json:
-        _echo_json({"adapter": record.ref, "metrics": metrics})
+        echo_json({"adapter": record.ref, "metrics": metrics})
         return
     click.echo(f"adapter: {record.ref}")
     for key, value in metrics.items():
@@ -242,7 +240,7 @@ def eval_command(ref, base, quantize, data_path, text_column, label_column, enco
 cli.add_command(registry_group)
 cli.add_command(serve_command)
 cli.add_command(bench_command)  # benchmarks/: adapterhub vs plain peft, results in benchmarks/results
-from adapterhub.continual.command import continual_group; cli.add_command(continual_group)  # noqa: E402,E702
+cli.add_command(continual_group)  # one adapter per task of a sequence, and a router between them
 
 
 def run_command(command: click.Command, argv: list[str] | None, prog_name: str) -> int:

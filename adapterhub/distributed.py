@@ -27,6 +27,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 (or the only one); readable before the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass
 class Distributed:
     """This process's place in the run. ``Distributed.single()`` is the plain one-process run."""

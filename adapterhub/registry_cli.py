@@ -7,11 +7,12 @@ an imported adapter actually loads onto that base before it is recorded against 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from adapterhub_registry import Registry
+
+from adapterhub.cli_output import echo_json
 
 _TASKS = {"SEQ_CLS": "seq-cls", "CAUSAL_LM": "causal-lm"}
 
@@ -22,7 +23,7 @@ def _registry(ctx: click.Context) -> Registry:
 
 def _print_records(records, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in records], indent=2, sort_keys=True))
+        echo_json([r.to_dict() for r in records])
         return
     if not records:
         click.echo("no adapters")
@@ -69,7 +70,7 @@ def search_command(ctx, query, as_json) -> None:
 @click.pass_context
 def show_command(ctx, ref) -> None:
     """Everything recorded about REF (name, name@version or name:tag), as JSON."""
-    click.echo(json.dumps(_registry(ctx).resolve(ref).to_dict(), indent=2, sort_keys=True))
+    echo_json(_registry(ctx).resolve(ref).to_dict())
 
 
 @registry_group.command("tag")
@@ -112,7 +113,7 @@ def verify_command(ctx, repair, as_json) -> None:
     """Re-hash every blob; report corrupt or missing ones by adapter. Exit 1 if any is corrupt."""
     report = _registry(ctx).verify(repair=repair)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True, default=str))
+        echo_json(report.to_dict())
     else:
         click.echo(f"checked {report.checked} adapter(s): {len(report.ok)} ok, {len(report.corrupt)} corrupt")
         for ref, reason in report.corrupt:

@@ -116,3 +116,21 @@ def test_torchrun_on_minilm_and_real_tweets_matches_one_process(tmp_path):
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
     assert parallel["metrics"]["accuracy"] == pytest.approx(single["metrics"]["accuracy"], abs=1e-9)
+
+
+def test_continual_train_under_torchrun_pushes_each_task_once_with_its_router_entry(deterministic_bert, tmp_path):
+    from continual_tasks import write_plan
+
+    plan = write_plan(tmp_path / "plan", deterministic_bert, tasks=("films", "roads"),
+                      settings={"epochs": 2, "batch_size": 16, "learning_rate": 0.05, "max_length": 16})  # fmt: skip
+    env = {**os.environ, "ADAPTERHUB_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*_torchrun(), "-m", "adapterhub.cli", "continual", "train", str(plan), "--json", "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = json.loads(done.stdout)  # rank 0 alone reports
+    assert [(t["task"], t["adapter"]) for t in output["tasks"]] == [("films", "toy-films@1"), ("roads", "toy-roads@1")]
+    assert done.stderr.count("films: training lora") == 1
+    registry = Registry(tmp_path / "home" / "registry")
+    assert [r.ref for r in registry.list(all_versions=True)] == ["toy-films@1", "toy-roads@1"]
+    for record in registry.list():
+        assert record.manifest["training"]["world_size"] == 2 and record.manifest["continual"]["router"]["prototypes"]

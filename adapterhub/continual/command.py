@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from adapterhub.cli_output import echo_json
 
 _REGISTRY = click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY",
                          help="Registry root [$ADAPTERHUB_HOME/registry].")  # fmt: skip
 _JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def _echo_json(value) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 def _registry(root):
@@ -43,12 +39,15 @@ def train_command(plan_path, registry_root, retrain, no_progress, as_json) -> No
     """
     from adapterhub.continual.plan import load_plan
     from adapterhub.continual.sequence import train_sequence
+    from adapterhub.distributed import launched_as_main
 
     plan = load_plan(plan_path)
     runs = train_sequence(plan, registry=_registry(registry_root), retrain=retrain, progress=not no_progress,
                           log=lambda line: click.echo(line, err=True))  # fmt: skip
+    if not launched_as_main():
+        return  # rank 0 reports for the whole data-parallel run
     if as_json:
-        _echo_json({"sequence": plan.sequence, "tasks": [run.to_dict() for run in runs]})
+        echo_json({"sequence": plan.sequence, "tasks": [run.to_dict() for run in runs]})
         return
     for run in runs:
         state = "trained" if run.trained else "kept"
@@ -68,7 +67,7 @@ def show_command(sequence, registry_root, as_json) -> None:
     rows = [{"task": t.name, "position": t.position, "adapter": t.ref, "labels": list(t.labels),
              "prototypes": len(t.prototypes), "metrics": registry.resolve(t.ref).metrics} for t in router.tasks]  # fmt: skip
     if as_json:
-        _echo_json({"sequence": sequence, "base": router.base_fingerprint, "tasks": rows})
+        echo_json({"sequence": sequence, "base": router.base_fingerprint, "tasks": rows})
         return
     click.echo(f"sequence {sequence} on base {router.base_fingerprint}")
     for row in rows:
@@ -93,7 +92,7 @@ def route_command(sequence, texts, base, quantize, registry_root, as_json) -> No
     routes = [{"text": text, "task": r.task.name, "adapter": r.task.ref, "similarity": round(r.similarity, 4)}
               for text, r in zip(texts, router.routes(list(texts)))]  # fmt: skip
     if as_json:
-        _echo_json(routes)
+        echo_json(routes)
         return
     for route in routes:
         click.echo(f"{route['task']:<20} {route['adapter']:<32} {route['similarity']:.3f}  {route['text']}")
@@ -111,7 +110,7 @@ def eval_command(plan_path, registry_root, as_json) -> None:
 
     result = evaluate_sequence(load_plan(plan_path), _registry(registry_root))
     if as_json:
-        _echo_json(result.to_dict())
+        echo_json(result.to_dict())
         return
     click.echo(f"{'task':<20} {'examples':>8} {'oracle':>8} {'routed':>8} {'router':>8}")
     for task in result.tasks:

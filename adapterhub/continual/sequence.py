@@ -23,10 +23,14 @@ from adapterhub_registry.records import AdapterRecord
 
 from adapterhub import adapters
 from adapterhub.base import Base, load_base
-from adapterhub.continual.features import FEATURES, BaseFeatures, encode_tensor, prototypes
+from adapterhub.continual.features import (
+    FEATURES,
+    BaseFeatures,
+    encode_tensor,
+    prototypes,
+)
 from adapterhub.continual.plan import SequencePlan, TaskPlan, sequence_tag, task_tag
-from adapterhub.distributed import launched_world_size
-from adapterhub.errors import AdapterHubError
+from adapterhub.distributed import launched_as_main
 from adapterhub.workflow import TrainJob, _batch_makers, train_adapter
 
 
@@ -83,10 +87,14 @@ def train_sequence(
     progress: bool = True,
     log: Callable[[str], None] = lambda line: None,
 ) -> list[TaskRun]:
-    """Train every task of ``plan`` in order that has no up-to-date adapter yet (all of them with ``retrain``)."""
-    if launched_world_size() > 1:  # every rank would compute prototypes and push; one process is what this supports
-        raise AdapterHubError("adapterhub continual train runs as one process; start it without torchrun / accelerate launch")
+    """Train every task of ``plan`` in order that has no up-to-date adapter yet (all of them with ``retrain``).
+
+    Under torchrun / accelerate launch each task trains data-parallel; only rank 0 computes the router
+    prototypes and pushes, and only rank 0 gets the list of runs (the other ranks get an empty list).
+    """
     registry = registry or Registry()
+    if not launched_as_main():
+        log = lambda line: None  # noqa: E731 - rank 0 reports for the whole run
     base = load_plan_base(plan)  # kept bare: prototypes are features of the frozen base
     features = BaseFeatures(base, max_length=feature_length(plan))
     runs: list[TaskRun] = []
@@ -101,6 +109,8 @@ def train_sequence(
         log(f"{where}: training {plan.method} on {task.data.path}")
         started = time.perf_counter()
         record = _train_task(plan, task, digest, base, features, registry, progress)
+        if record is None:  # not the main rank of a data-parallel run
+            continue
         runs.append(TaskRun(task.name, task.position, record, trained=True, seconds=time.perf_counter() - started))
         shown = ", ".join(f"{k} {v:.4f}" for k, v in record.metrics.items() if k in ("accuracy", "f1_macro", "loss"))
         log(f"{where}: pushed {record.ref} ({shown}) in {runs[-1].seconds:.1f} s")
@@ -108,12 +118,14 @@ def train_sequence(
 
 
 def _train_task(plan: SequencePlan, task: TaskPlan, digest: str, base: Base, features: BaseFeatures,
-                registry: Registry, progress: bool) -> AdapterRecord:  # fmt: skip
+                registry: Registry, progress: bool) -> AdapterRecord | None:  # fmt: skip
     output = tempfile.mkdtemp(prefix=f"adapterhub-{plan.adapter_name(task.name)}-")
     try:
         job = TrainJob(plan.base, plan.method, task.data, plan.model_task, dict(plan.options), plan.settings,
                        plan.quantize, output, progress=progress)  # fmt: skip
         outcome = train_adapter(job)  # not pushed by the job: the push below adds the sequence's manifest entry
+        if not outcome.is_main:
+            return None
         continual = {"sequence": plan.sequence, "task": task.name, "position": task.position, "digest": digest,
                      "router": _router_entry(plan, task, base, features)}  # fmt: skip
         return registry.push(
