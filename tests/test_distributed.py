@@ -134,3 +134,17 @@ def test_continual_train_under_torchrun_pushes_each_task_once_with_its_router_en
     assert [r.ref for r in registry.list(all_versions=True)] == ["toy-films@1", "toy-roads@1"]
     for record in registry.list():
         assert record.manifest["training"]["world_size"] == 2 and record.manifest["continual"]["router"]["prototypes"]
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, sentiment_csv):
+    from tiny_models import poison_embeddings
+
+    base = poison_embeddings(make_tiny_bert(tmp_path / "bert", dropout=0.0), ["boring"])
+    env = {**os.environ, "ADAPTERHUB_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    args = ["--base", str(base), "--method", "lora", "--data", str(sentiment_csv), "--label-column", "sentiment",
+            "--batch-size", "4", "--epochs", "1", "--no-progress", "--push", "never"]  # fmt: skip
+    done = subprocess.run([*_torchrun(), "-m", "adapterhub.cli", "train", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode != 0
+    stops = [line for line in done.stderr.splitlines() if line.startswith("error: alert nan at step")]
+    assert len(stops) == 2 and stops[0] == stops[1]  # both ranks, same step: neither waits for the other forever
+    assert Registry(tmp_path / "home" / "registry").list() == []

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from adapterhub_registry import Registry
-from safetensors.torch import load_file, save_file
-from tiny_models import SPECIALS, WORDS, make_tiny_bert
+from safetensors.torch import load_file
+from tiny_models import make_tiny_bert, poison_embeddings
 
 from adapterhub import adapters
 from adapterhub.alerts import AlertChecker, AlertRule, merge_rules, parse_alert
@@ -25,13 +25,7 @@ from adapterhub.workflow import DataSpec, _batch_makers, labels_of
 
 def _poisoned_bert(directory: Path, words: list[str] | None) -> Path:
     """A tiny BERT whose embedding rows for ``words`` (all rows when None) are NaN, saved as a real model."""
-    make_tiny_bert(directory)
-    weights = load_file(directory / "model.safetensors")
-    name = next(k for k in weights if "word_embeddings" in k)
-    rows = [len(SPECIALS) + WORDS.index(w) for w in words] if words else slice(None)
-    weights[name][rows] = float("nan")
-    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
-    return directory
+    return poison_embeddings(make_tiny_bert(directory), words)
 
 
 def _train_args(base: Path, data: Path, *extra: str) -> list[str]:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    BertConfig,
+    BertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 WORDS = (
     "the a movie film great good love awesome happy fun bad awful hate terrible sad boring "
@@ -52,4 +58,17 @@ def make_tiny_bert(directory: Path, seed: int = 0, dropout: float = 0.1) -> Path
     )  # fmt: skip
     BertModel(config).save_pretrained(directory)
     _tokenizer().save_pretrained(directory)
+    return directory
+
+
+def poison_embeddings(directory: Path, words: list[str] | None) -> Path:
+    """Make the embedding rows of ``words`` (all rows when None) NaN in a saved tiny model: a real model file
+    whose loss turns NaN exactly for batches holding those words."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(directory / "model.safetensors")
+    name = next(k for k in weights if "word_embeddings" in k or "embed_tokens" in k)
+    rows = [len(SPECIALS) + WORDS.index(w) for w in words] if words else slice(None)
+    weights[name][rows] = float("nan")
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
     return directory
