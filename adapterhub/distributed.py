@@ -13,6 +13,7 @@ batch does not split evenly.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,11 @@ from adapterhub.errors import OptionError
 def launched_world_size() -> int:
     """Processes in this run, as set by torchrun / accelerate launch (1 when started plainly)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _close_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def launched_as_main() -> bool:
@@ -57,6 +63,10 @@ class Distributed:
         # cpu=True is what makes accelerate pick the gloo backend on machines without a GPU; without it, it
         # treats a CPU process under torchrun as a lone process.
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        # Neither accelerate nor torch closes the group at exit, and a group torn down by interpreter shutdown
+        # can crash or hang one rank (pytorch#190489); every rank closes it itself, once, after its last barrier.
+        atexit.unregister(_close_process_group)  # registered once, however many runs this process starts
+        atexit.register(_close_process_group)
         return cls(accelerator.process_index, accelerator.num_processes, accelerator)
 
     @property
