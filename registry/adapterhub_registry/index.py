@@ -316,10 +316,10 @@ def _filters(
 def _records(rows: Iterator[tuple[Any, ...]]) -> list[AdapterRecord]:
     # JSON columns stay text until a caller reads them (see records.py); this keeps list() fast.
     return [
-        AdapterRecord(
-            name, version, method, base, config, manifest, metrics,
-            tuple(sorted(tags.split(_TAG_SEP))) if tags else (), sha, size, created,
-        )
+        AdapterRecord.from_index_row(
+            (name, version, method, base, config, manifest, metrics,
+             tuple(sorted(tags.split(_TAG_SEP))) if tags else (), sha, size, created)
+        )  # fmt: skip
         for name, version, method, base, config, manifest, metrics, sha, size, created, tags in rows
     ]
 
