@@ -8,6 +8,7 @@ of a data-parallel run writes anything.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -77,9 +78,15 @@ def memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated on ``device``, or this process's resident memory on CPU, in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    return _this_process().memory_info().rss / 2**20
+
+
+@functools.cache
+def _this_process():
+    """One psutil handle for the process, not a new one on every training step."""
     import psutil
 
-    return psutil.Process().memory_info().rss / 2**20
+    return psutil.Process()
 
 
 class TrainingLog:

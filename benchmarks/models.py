@@ -5,6 +5,7 @@ size, a tiny random Llama with `--quick`, or whatever `--model` names; and seede
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from benchmarks.harness import Context
@@ -104,3 +105,15 @@ def token_blocks(vocab_size: int, n_blocks: int, length: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     low = min(8, vocab_size - 1)
     return torch.randint(low, vocab_size, (n_blocks, length), generator=generator)
+
+
+def without_dropout(model: Path, directory: Path) -> Path:
+    """`model` with its files symlinked and a config.json that switches dropout off: training is then
+    deterministic, so 1 and 2 processes must train the same adapter."""
+    directory.mkdir()
+    for item in model.iterdir():
+        if item.name != "config.json":
+            (directory / item.name).symlink_to(item)
+    config = json.loads((model / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    return directory

@@ -99,13 +99,9 @@ def test_torchrun_on_minilm_and_real_tweets_matches_one_process(tmp_path):
     """The real 22.7M-parameter BERT (dropout switched off so the runs can be compared) on 240 tweets."""
     from shipped_assets import minilm_dir, tweets_csv
 
-    model = tmp_path / "minilm-no-dropout"
-    model.mkdir()
-    for item in minilm_dir().iterdir():
-        if item.name != "config.json":
-            (model / item.name).symlink_to(item)
-    config = json.loads((minilm_dir() / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    from benchmarks.models import without_dropout
+
+    model = without_dropout(minilm_dir(), tmp_path / "minilm-no-dropout")
     args = ["--base", str(model), "--method", "lora", "-o", "r=8", "-o", "dropout=0", "--data", str(tweets_csv()),
             "--label-column", "sentiment", "--encoding", "latin-1", "--dedupe", "--max-samples", "300", "--epochs", "1",
             "--batch-size", "16", "--max-length", "32", "--lr", "1e-3", "--no-progress", "--json"]  # fmt: skip

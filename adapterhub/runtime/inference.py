@@ -116,6 +116,7 @@ def classify(pool: AdapterPool, texts: Sequence[str], adapters: Sequence[str | N
     (adapters of different tasks share the head's shape, not the meaning of its outputs)."""
     tokenizer = pool.base.tokenizer
     base_labels = pool.base.labels or [pool.base.model.config.id2label[i] for i in range(pool.base.model.config.num_labels)]
+    own_labels = {ref: pool.labels(ref) for ref in set(adapters) if ref is not None}  # once per adapter, not per row
     results: list[Classified | None] = [None] * len(texts)
     for rows, peft_key in groups(pool, adapters):
         batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
@@ -123,7 +124,7 @@ def classify(pool: AdapterPool, texts: Sequence[str], adapters: Sequence[str | N
         with _running(pool, rows, peft_key, adapters) as model:
             probabilities = model(**batch).logits.float().softmax(-1)  # (rows, labels)
         for row, scores in zip(rows, probabilities.tolist()):
-            own = pool.labels(adapters[row]) if adapters[row] is not None else None
+            own = own_labels.get(adapters[row])
             labels = own if own and len(own) == len(scores) else base_labels
             best = max(range(len(scores)), key=scores.__getitem__)
             results[row] = Classified(labels[best], dict(zip(labels, scores)), adapters[row])

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.harness import BASELINE, MB, OURS, Context
+from benchmarks.models import without_dropout
 from benchmarks.suites import BenchmarkError
 from benchmarks.suites.methods import minilm, tweets
 
@@ -163,25 +164,13 @@ SIDES = {
 }
 
 
-def _without_dropout(model: Path, directory: Path) -> Path:
-    """`model` with its files symlinked and a config.json that switches dropout off: training is then
-    deterministic, so 1 and 2 processes must train the same adapter."""
-    directory.mkdir()
-    for item in model.iterdir():
-        if item.name != "config.json":
-            (directory / item.name).symlink_to(item)
-    config = json.loads((model / "config.json").read_text())
-    (directory / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
-    return directory
-
-
 def _adapter_difference(model: Path, size: Size, workdir: Path) -> float:
     """Max |difference| over every adapter tensor between adapterhub's 1- and 2-process adapters (no dropout)."""
     from safetensors.torch import load_file
 
     from adapterhub.adapters import WEIGHTS_FILE
 
-    deterministic = _without_dropout(model, workdir / "no-dropout")
+    deterministic = without_dropout(model, workdir / "no-dropout")
     tensors = []
     for processes in PROCESSES:
         output = workdir / f"no-dropout-adapter-{processes}"
