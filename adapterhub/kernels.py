@@ -3,8 +3,10 @@
 The runtime (``adapterhub.runtime``) never calls a kernel directly: it asks ``select_kernel(op, device, dtype)``
 once per pool, and calls what comes back. A plugin contributes a faster implementation of an op with a
 ``KernelSpec`` from its ``adapterhub_kernels()`` hook; the highest-priority spec whose ``supports(device, dtype)``
-returns None is chosen, else the torch reference below. A chosen kernel that raises is reported once as a
-warning and the torch reference takes over for that (op, device, dtype) from then on.
+returns None is chosen, else the torch reference below. A chosen kernel is still asked per call whether it
+``fits`` the call's shapes (a rank wider than its tiles, say); a call it does not fit runs the torch reference.
+A chosen kernel that raises is reported once as a warning and the torch reference takes over for that
+(op, device, dtype) from then on.
 
 The ops (exact contract a plugin kernel must follow; every tensor is on one device):
 
@@ -98,15 +100,18 @@ class KernelChoice:
     passed_over: dict[str, str] = field(default_factory=dict)  # "plugin:kernel" -> reason
 
 
-class _FallsBackToTorch:
-    """Calls a plugin kernel; the first time it raises, warns and uses the torch reference from then on."""
+class _GuardedKernel:
+    """Calls a plugin kernel where it fits the call's shapes, else the torch reference; the first time the kernel
+    raises, warns and uses the torch reference from then on."""
 
-    def __init__(self, op: str, label: str, fn: Callable[..., torch.Tensor]) -> None:
-        self.op, self.label, self.fn = op, label, fn
+    def __init__(self, op: str, label: str, fn: Callable[..., torch.Tensor],
+                 fits: Callable[..., str | None] | None) -> None:  # fmt: skip
+        self.op, self.label, self.fn, self.fits = op, label, fn, fits
         self.failed = False
+        self.unfit: set[str] = set()  # reasons already logged, so a shape the kernel refuses is reported once
 
     def __call__(self, *args):
-        if not self.failed:
+        if not self.failed and self._fits(args):
             try:
                 return self.fn(*args)
             except Exception as exc:  # a broken kernel must not take a request down
@@ -114,6 +119,14 @@ class _FallsBackToTorch:
                 log.warning("kernel %s for %s raised %s: %s; using the torch reference instead",
                             self.label, self.op, type(exc).__name__, exc)  # fmt: skip
         return REFERENCES[self.op](*args)
+
+    def _fits(self, args: tuple) -> bool:
+        reason = self.fits(*args) if self.fits is not None else None
+        if reason is not None and reason not in self.unfit:
+            self.unfit.add(reason)
+            log.info("kernel %s does not fit this %s call (%s); the torch reference runs it",
+                     self.label, self.op, reason)  # fmt: skip
+        return reason is None
 
 
 def _device_type(device: torch.device | str) -> torch.device:
@@ -137,7 +150,7 @@ def choose_kernel(catalog: plugins.Catalog, op: str, device: torch.device | str,
             others = dict(passed_over)
             for rest in candidates[candidates.index(contribution) + 1 :]:
                 others[f"{rest.plugin}:{rest.spec.name}"] = f"lower priority than {label}"
-            guarded = _FallsBackToTorch(op, label, contribution.spec.fn)
+            guarded = _GuardedKernel(op, label, contribution.spec.fn, contribution.spec.fits)
             return KernelChoice(op, contribution.spec.name, contribution.plugin, guarded, others)
         passed_over[label] = reason
     return KernelChoice(op, "torch", None, REFERENCES[op], passed_over)

@@ -64,6 +64,9 @@ class KernelSpec:
 
     ``supports(device, dtype)`` returns None when the kernel can run there, else the reason it cannot;
     among supporting kernels the highest ``priority`` wins, and the torch reference runs when none does.
+    ``fits(*args)``, when given, is asked on every call with the op's own arguments and returns None when the
+    kernel can compute that shape, else the reason it cannot (e.g. a rank wider than its tiles hold); that call
+    then runs the torch reference. It must be cheap: shapes and attributes only, no device synchronisation.
     """
 
     op: str
@@ -71,3 +74,4 @@ class KernelSpec:
     fn: Callable[..., Any]
     supports: Callable[[Any, Any], str | None]
     priority: int = 0
+    fits: Callable[..., str | None] | None = None

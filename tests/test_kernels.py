@@ -130,3 +130,23 @@ def test_attach_routes_lora_training_through_a_plugin_fused_kernel(site_dir, tin
     assert routed.keys() == expected.keys()
     for name in routed:
         torch.testing.assert_close(routed[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_kernel_that_does_not_fit_a_call_leaves_that_call_to_torch():
+    """``fits`` is asked per call: the kernel runs the shapes it takes, the reference the others, nothing fails."""
+    calls = []
+
+    def narrow(*args):
+        calls.append(args[1].shape[1])
+        return kernels.lora_gather_forward(*args)
+
+    def fits(x, A_slots, *rest):
+        return None if A_slots.shape[1] <= 8 else f"rank {A_slots.shape[1]} is above 8"
+
+    catalog = _catalog(KernelSpec("lora_gather_forward", "narrow", narrow, lambda d, t: None, fits=fits))
+    choice = kernels.choose_kernel(catalog, "lora_gather_forward", "cpu", torch.float32)
+    x, ids = torch.randn(2, 3, 12), torch.tensor([0, 3])
+    for r_max in (6, 9):
+        A, B, scales = _slots(r_max=r_max)
+        torch.testing.assert_close(choice.fn(x, A, B, scales, ids), kernels.lora_gather_forward(x, A, B, scales, ids))
+    assert calls == [6] and not choice.fn.failed

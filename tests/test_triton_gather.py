@@ -89,3 +89,34 @@ def test_plugin_op_matches_core_reference(shape):
     x = torch.randn(*shape, device=DEVICE)
     expected = kernels.lora_gather_forward(x, A, B, scales, slot_ids)
     assert_close(adapterhub_triton.lora_gather_forward(x, A, B, scales, slot_ids), expected, torch.float32)
+
+
+@pytest.mark.parametrize("rank", [1, 7, 16, 17, 64, 128])
+@pytest.mark.parametrize("kernel", ["bgmv", "sgmv"])
+def test_gather_is_right_at_every_rank_the_kernels_take(kernel, rank):
+    torch.manual_seed(4)
+    A, B, scales = random_slots(3, rank, 70, 90, torch.float32, ranks=[rank, max(1, rank // 2), 1])
+    slot_ids = torch.tensor([2, 0, 0, 1, 1, 1, 0, 2, 2], dtype=torch.int32, device=DEVICE)
+    x = torch.randn(9, 70, device=DEVICE)
+    assert_close(KERNELS[kernel](x, A, B, scales, slot_ids), bgmv.bgmv_reference(x, A, B, scales, slot_ids), torch.float32)
+
+
+def test_a_slot_rank_above_the_tiles_runs_in_torch_through_the_core(monkeypatch):
+    """The plugin's ``fits`` refuses the shape, so the chosen kernel hands that call to the torch reference."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the plugin supports the CPU through the interpreter
+    kernels = pytest.importorskip("adapterhub.kernels")
+    from adapterhub.plugins import Catalog, Contribution
+
+    import adapterhub_triton
+    from adapterhub_triton.support import MAX_GATHER_RANK, gather_fits
+
+    spec = next(s for s in adapterhub_triton.adapterhub_kernels() if s.op == "lora_gather_forward")
+    catalog = Catalog()
+    catalog.kernels["lora_gather_forward"] = [Contribution(spec, "adapterhub-triton-kernels")]
+    choice = kernels.choose_kernel(catalog, "lora_gather_forward", "cpu", torch.float32)
+    assert choice.plugin == "adapterhub-triton-kernels"
+    A, B, scales = random_slots(2, MAX_GATHER_RANK + 1, 20, 10, torch.float32)
+    x, ids = torch.randn(3, 4, 20, device=DEVICE), torch.tensor([0, 1, 0], device=DEVICE)
+    assert "above" in gather_fits(x, A, B, scales, ids)
+    assert torch.equal(choice.fn(x, A, B, scales, ids), kernels.lora_gather_forward(x, A, B, scales, ids))
+    assert not choice.fn.failed

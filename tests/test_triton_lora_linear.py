@@ -64,6 +64,46 @@ def test_fused_forward_and_backward_match_torch(dtype, bias):
         assert_close(actual, wanted, dtype)
 
 
+RANKS = [1, 7, 16, 17, 64, 65, 128]  # around the 16-wide dot tile and the in-register shrink limit (64)
+
+
+@pytest.mark.parametrize("rank", RANKS)
+def test_fused_forward_and_gradients_are_right_at_every_rank(rank):
+    """Rows, columns and inputs span several blocks (64 x 64 tiles, 32-wide K steps) and are multiples of none."""
+    inputs = make_inputs(torch.float32, bias=True, M=70, K=100, N=130, r=rank)
+    ours = outputs_and_grads(fused.lora_linear, *inputs, 0.5)
+    expected = outputs_and_grads(reference_in_float32, *inputs, 0.5)
+    for actual, wanted in zip(ours, expected):
+        assert_close(actual, wanted, torch.float32)
+
+
+@pytest.mark.parametrize("rank", [17, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_half_precision_is_right_above_one_dot_tile(rank, dtype):
+    inputs = make_inputs(dtype, bias=False, r=rank)
+    ours = outputs_and_grads(fused.lora_linear, *inputs, 0.25)
+    expected = outputs_and_grads(reference_in_float32, *inputs, 0.25)
+    for actual, wanted in zip(ours, expected):
+        assert_close(actual, wanted, dtype)
+
+
+@pytest.mark.parametrize("rank", RANKS)
+def test_lora_forward_is_right_at_every_rank(rank):
+    kernels = pytest.importorskip("adapterhub.kernels")
+    x, _, _, A, B = make_inputs(torch.float32, bias=False, M=70, K=100, N=130, r=rank)
+    assert_close(fused.lora_forward(x, A, B, 0.5), kernels.lora_forward(x, A, B, 0.5), torch.float32)
+
+
+@pytest.mark.parametrize("rank", [17, 128])
+def test_dropout_path_is_right_above_one_dot_tile(rank):
+    inputs = make_inputs(torch.float32, bias=True, r=rank)
+    mask = (torch.rand(inputs[0].shape, generator=torch.Generator().manual_seed(2)) > 0.3).float().to(DEVICE) / 0.7
+    ours = outputs_and_grads(fused.lora_linear, *inputs, 2.0, dropout_mask=mask)
+    expected = outputs_and_grads(fused.lora_linear_reference, *inputs, 2.0, dropout_mask=mask)
+    for actual, wanted in zip(ours, expected):
+        assert_close(actual, wanted, torch.float32)
+
+
 def test_dropout_input_gets_its_own_gradient():
     inputs = make_inputs(torch.float32, bias=True)
     mask = (torch.rand(inputs[0].shape, generator=torch.Generator().manual_seed(2)) > 0.3).float().to(DEVICE) / 0.7

@@ -56,3 +56,18 @@ def test_core_falls_back_to_torch_and_records_why(monkeypatch):
     choice = kernels.choose_kernel(plugins.catalog(), "lora_gather_forward", "cpu", torch.float32)
     assert choice.plugin is None
     assert "TRITON_INTERPRET=1" in choice.passed_over["triton_kernels:triton-bgmv-sgmv"]
+
+
+def test_kernels_benchmark_correctness_gate_covers_every_rank_and_passes():
+    """The GPU benchmark's gate (fused forward + gradients, BGMV, SGMV at r = 8, 16, 64, 128; NF4), run here in the
+    interpreter on small dims: it must pass on the right kernels and name every rank it checked."""
+    from adapterhub_triton.testing import import_kernels, kernel_device
+
+    import_kernels("bgmv", "sgmv", "fused_lora", "nf4_matmul")
+    from benchmarks.suites.kernels import GATE_RANKS, check_correctness
+
+    errors = check_correctness(kernel_device(), seed=0, dims=(21, 40, 36))
+    assert set(GATE_RANKS) == {8, 16, 64, 128}
+    for rank in GATE_RANKS:
+        for what in ("fused_lora_forward", "fused_lora_dx", "fused_lora_dA", "fused_lora_dB", "bgmv", "sgmv"):
+            assert f"max_error_{what}_r{rank}" in errors

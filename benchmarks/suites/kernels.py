@@ -5,7 +5,8 @@ Run on a machine with a CUDA GPU, after `pip install -e ./plugins/triton-kernels
 refuses: the Triton interpreter on a CPU is for correctness tests, not timing.
 
 Every kernel is first checked against its torch reference on the GPU (the tests normally run it in the
-interpreter only); a mismatch stops the run. Cases, all bfloat16, r=16:
+interpreter only) at r = 8, 16, 64 and 128, the fused kernel with its gradients; a mismatch stops the run.
+Timed cases, all bfloat16, r=16:
 
 * `lora forward` (d x d, 4096 tokens): `torch.nn.functional.linear` alone (`torch base`), the fused kernel
   (`adapterhub`), peft's LoRA `Linear` forward (`peft`). The fused kernel's overhead over the base alone is
@@ -41,7 +42,7 @@ def run(ctx: Context) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     dims = [1024] if ctx.quick else [2048, 4096]
     ctx.settings.update(dtype="bfloat16", rank=RANK, dims=dims, gpu=torch.cuda.get_device_name())
-    _check_correctness(ctx)
+    ctx.settings.update(check_correctness("cuda", ctx.seed))
     for d in dims:
         _lora_forward(ctx, d, tokens=512 if ctx.quick else 4096)
         for dropout in (0.0, 0.05):
@@ -56,34 +57,67 @@ def run(ctx: Context) -> None:
              "matmul alone; `torch gather` is adapterhub's torch fallback for mixed batches.")  # fmt: skip
 
 
-def _check_correctness(ctx: Context) -> None:
-    """The compiled kernels against their references, before any timing (bf16 tolerance 6e-2 on O(1) values)."""
+GATE_RANKS = (8, 16, 64, 128)  # both sides of the 16-wide dot tile and of the fused kernel's in-register shrink
+
+
+def check_correctness(device: str, seed: int, dims: tuple[int, int, int] = (300, 520, 700)) -> dict[str, float]:
+    """The kernels against their references at every rank of ``GATE_RANKS``, before any timing: fused LoRA forward
+    and its three gradients, BGMV, SGMV, NF4, in bfloat16 (tolerance 6e-2 relative to the largest value) on
+    ``dims`` = (tokens, d_in, d_out). Returns the max errors; raises ``BenchmarkError`` on a mismatch. (The tests
+    run it in the interpreter on small dims.)"""
     import torch
     from bitsandbytes.functional import quantize_4bit
 
     from adapterhub_triton import bgmv, fused_lora, nf4_matmul, sgmv
 
-    g = torch.Generator(device="cuda").manual_seed(ctx.seed)
-    rand = lambda *shape, s=0.2: (torch.randn(*shape, device="cuda", generator=g) * s).bfloat16()  # noqa: E731
-    x, W, A, B = rand(300, 520, s=1.0), rand(700, 520), rand(13, 520), rand(700, 13)
-    slots_A, slots_B = rand(9, 13, 520), rand(9, 700, 13)
-    scales = torch.rand(9, device="cuda") + 0.5
-    ids = torch.randint(-1, 9, (300,), device="cuda", generator=g)
-    packed, state = quantize_4bit(rand(700, 520), quant_type="nf4", compress_statistics=True)
-    pairs = {
-        "fused lora": (fused_lora.lora_linear(x, W, None, A, B, 0.5), fused_lora.lora_linear_reference(x, W, None, A, B, 0.5)),
-        "bgmv": (bgmv.bgmv(x, slots_A, slots_B, scales, ids), bgmv.bgmv_reference(x, slots_A, slots_B, scales, ids)),
-        "sgmv": (sgmv.sgmv(x, slots_A, slots_B, scales, ids.sort().values),
-                 bgmv.bgmv_reference(x, slots_A, slots_B, scales, ids.sort().values)),
-        "nf4": (nf4_matmul.nf4_linear(x, packed, state), nf4_matmul.nf4_linear_reference(x, packed, state)),
-    }  # fmt: skip
+    tokens, d_in, d_out = dims
+    g = torch.Generator(device=device).manual_seed(seed)
+    rand = lambda *shape, s=0.2: (torch.randn(*shape, device=device, generator=g) * s).bfloat16()  # noqa: E731
+    x, W = rand(tokens, d_in, s=1.0), rand(d_out, d_in)
+    ids = torch.randint(-1, 9, (tokens,), device=device, generator=g)
+    scales = torch.rand(9, device=device, generator=g) + 0.5
+    errors = {}
+    for rank in GATE_RANKS:
+        A, B = rand(rank, d_in), rand(d_out, rank)
+        slots_A, slots_B = rand(9, rank, d_in), rand(9, d_out, rank)
+        fused_out, reference_out = _fused_outputs_and_grads(fused_lora, x, W, A, B)
+        pairs = {f"fused lora {what} r={rank}": (ours, ref) for what, ours, ref in zip(
+            ("forward", "dx", "dA", "dB"), fused_out, reference_out)}  # fmt: skip
+        pairs[f"bgmv r={rank}"] = (bgmv.bgmv(x, slots_A, slots_B, scales, ids),
+                                   bgmv.bgmv_reference(x, slots_A, slots_B, scales, ids))  # fmt: skip
+        sorted_ids = ids.sort().values
+        pairs[f"sgmv r={rank}"] = (sgmv.sgmv(x, slots_A, slots_B, scales, sorted_ids),
+                                   bgmv.bgmv_reference(x, slots_A, slots_B, scales, sorted_ids))  # fmt: skip
+        errors.update(_gate(pairs))
+    packed, state = quantize_4bit(rand(d_out, d_in), quant_type="nf4", compress_statistics=True)
+    errors.update(_gate({"nf4": (nf4_matmul.nf4_linear(x, packed, state), nf4_matmul.nf4_linear_reference(x, packed, state))}))
+    return errors
+
+
+def _fused_outputs_and_grads(fused_lora, x, W, A, B):
+    """(y, dx, dA, dB) of the fused op in bfloat16 and of the reference in float32, for the loss ``(y * g).sum()``."""
+    import torch
+
+    g = torch.randn(x.shape[0], W.shape[0], device=x.device, generator=torch.Generator(device=x.device).manual_seed(1))
+    results = []
+    for fn, dtype in ((fused_lora.lora_linear, torch.bfloat16), (fused_lora.lora_linear_reference, torch.float32)):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (x, A, B)]
+        y = fn(leaves[0], W.to(dtype), None, leaves[1], leaves[2], 0.5)
+        (y.float() * g).sum().backward()
+        results.append([y.detach(), *(t.grad for t in leaves)])
+    return results
+
+
+def _gate(pairs: dict) -> dict[str, float]:
+    errors = {}
     for name, (ours, reference) in pairs.items():
         error = (ours.float() - reference.float()).abs().max().item()
         scale = reference.float().abs().max().item()
         if error > 6e-2 * max(1.0, scale):
-            raise BenchmarkError(f"the Triton {name} kernel disagrees with its torch reference on this GPU "
+            raise BenchmarkError(f"the Triton {name} kernel disagrees with its torch reference on this device "
                                  f"(max error {error:.3g} on values up to {scale:.3g}); fix it before timing")  # fmt: skip
-        ctx.settings[f"max_error_{name.replace(' ', '_')}"] = round(error, 6)
+        errors[f"max_error_{name.replace(' ', '_').replace('=', '')}"] = round(error, 6)
+    return errors
 
 
 def _peft_layers(d: int, layers: int, dropout: float, adapters: int = 1):

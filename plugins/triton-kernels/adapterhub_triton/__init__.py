@@ -3,9 +3,10 @@
 Ops contributed through ``adapterhub_kernels()`` (the contracts of ``lora_forward`` and
 ``lora_gather_forward`` are those of ``adapterhub.kernels``):
 
-* ``lora_forward(x, A, B, scale)``: one adapter for all rows, ``scale * (x A^T) B^T`` in one launch.
+* ``lora_forward(x, A, B, scale)``: one adapter for all rows, ``scale * (x A^T) B^T`` in one launch (any rank).
 * ``lora_gather_forward(x, A_slots, B_slots, scales, slot_ids)``: one adapter per row of a mixed batch;
-  BGMV for decode (one token per row), SGMV when rows carry a sequence (see ``bgmv`` and ``sgmv``).
+  BGMV for decode (one token per row), SGMV when rows carry a sequence (see ``bgmv`` and ``sgmv``); slot ranks
+  up to ``support.MAX_GATHER_RANK``, wider pools run in torch (``gather_fits``).
 * ``lora_linear(x, weight, bias, A, B, scale, x_lora)``: the fused LoRA linear with a frozen base, with
   autograd (training); the core (``adapterhub.lora_routing``) routes peft's LoRA layers through it.
 * ``nf4_linear(x, weight, quant_state, bias)``: a bitsandbytes NF4 weight dequantized on the fly inside
@@ -21,7 +22,7 @@ import torch
 
 import adapterhub
 from adapterhub.specs import KernelSpec
-from adapterhub_triton.support import supports
+from adapterhub_triton.support import gather_fits, nf4_fits, supports
 
 PRIORITY = 10
 
@@ -66,7 +67,7 @@ def nf4_linear(x, weight, quant_state, bias=None) -> torch.Tensor:
 def adapterhub_kernels() -> list[KernelSpec]:
     return [
         KernelSpec("lora_forward", "triton", lora_forward, supports, PRIORITY),
-        KernelSpec("lora_gather_forward", "triton-bgmv-sgmv", lora_gather_forward, supports, PRIORITY),
+        KernelSpec("lora_gather_forward", "triton-bgmv-sgmv", lora_gather_forward, supports, PRIORITY, gather_fits),
         KernelSpec("lora_linear", "triton-fused", lora_linear, supports, PRIORITY),
-        KernelSpec("nf4_linear", "triton-nf4", nf4_linear, supports, PRIORITY),
+        KernelSpec("nf4_linear", "triton-nf4", nf4_linear, supports, PRIORITY, nf4_fits),
     ]

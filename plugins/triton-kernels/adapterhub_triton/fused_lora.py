@@ -10,6 +10,11 @@ each a pass over an (M, N) or (M, K) tensor) the LoRA branch costs r/BLOCK_N ext
 pass over memory. When ``x_l`` is not ``x`` (dropout), ``xa`` is computed beforehand and loaded instead.
 The program of the first column block also stores ``xa``: the backward needs it.
 
+Any rank: the in-kernel shrink holds all of ``xa``'s ``r`` columns in one (BLOCK_M x BLOCK_R) register tile, so
+it runs for ``r <= MAX_SHRINK_RANK``; above that ``xa`` is one torch matmul beforehand and the epilogue walks
+the rank in BLOCK_R chunks (``acc += xa[:, r0:r0+BLOCK_R] B[:, r0:r0+BLOCK_R]^T``), which is also how every
+given ``xa`` (dropout, backward) is consumed. Ranks, rows and columns need not be multiples of any block.
+
 Backward (W frozen, so no dW): ``dxa = s * dy B``, ``dB = s * dy^T xa``, ``dA = dxa^T x_l`` are thin torch
 matmuls; ``dx = dy W + dxa A`` is the same kernel again (base GEMM with a rank-r epilogue) on ``W^T`` and
 ``A^T`` as strided views. ``lora_forward`` is the kernel with no base: ``s * (x A^T) B^T``.
@@ -24,6 +29,8 @@ import triton.language as tl
 from adapterhub_triton.support import dot_options
 
 MIN_DOT = 16  # tl.dot needs every dimension >= 16
+MAX_SHRINK_RANK = 64  # largest rank whose shrink ``x A^T`` is accumulated in registers inside the kernel
+RANK_CHUNK = 32  # BLOCK_R of the chunked epilogue that consumes a given ``xa``
 
 
 @triton.jit
@@ -71,23 +78,40 @@ def _fused_lora_kernel(
                     a_t = a_t.to(tl.float32)
                 xa += tl.dot(x, a_t, input_precision=PRECISION)
 
-    xa_tile = xa_ptr + offs_m[:, None] * stride_xam + offs_r[None, :] * stride_xar
-    xa_mask = (offs_m[:, None] < M) & (offs_r[None, :] < R)
-    if XA_GIVEN:
-        xa = tl.load(xa_tile, mask=xa_mask, other=0.0).to(tl.float32)
-    elif STORE_XA:
-        if pid_n == 0:
-            tl.store(xa_tile, xa.to(xa_ptr.dtype.element_ty), mask=xa_mask)
-
-    b_t = tl.load(
-        b_ptr + offs_r[:, None] * stride_br + offs_n[None, :] * stride_bn,
-        mask=(offs_r[:, None] < R) & (offs_n[None, :] < N),
-        other=0.0,
-    )  # (r, n)
-    low = xa.to(b_t.dtype)  # rounded to the input dtype, as the unfused matmuls round it
-    if UPCAST:
-        low, b_t = low.to(tl.float32), b_t.to(tl.float32)
-    acc += tl.dot(low, b_t, input_precision=PRECISION) * scale
+    if XA_GIVEN:  # the rank in chunks: xa (m, r0:r0+BLOCK_R) times B^T (r0:r0+BLOCK_R, n)
+        for r0 in range(0, R, BLOCK_R):
+            offs_rc = r0 + offs_r
+            xa_c = tl.load(
+                xa_ptr + offs_m[:, None] * stride_xam + offs_rc[None, :] * stride_xar,
+                mask=(offs_m[:, None] < M) & (offs_rc[None, :] < R),
+                other=0.0,
+            )  # (m, r), already in the input dtype
+            b_t = tl.load(
+                b_ptr + offs_rc[:, None] * stride_br + offs_n[None, :] * stride_bn,
+                mask=(offs_rc[:, None] < R) & (offs_n[None, :] < N),
+                other=0.0,
+            )  # (r, n)
+            xa_c = xa_c.to(b_t.dtype)
+            if UPCAST:
+                xa_c, b_t = xa_c.to(tl.float32), b_t.to(tl.float32)
+            acc += tl.dot(xa_c, b_t, input_precision=PRECISION) * scale
+    else:  # BLOCK_R >= R: the whole shrink is in registers
+        if STORE_XA:
+            if pid_n == 0:
+                tl.store(
+                    xa_ptr + offs_m[:, None] * stride_xam + offs_r[None, :] * stride_xar,
+                    xa.to(xa_ptr.dtype.element_ty),
+                    mask=(offs_m[:, None] < M) & (offs_r[None, :] < R),
+                )
+        b_t = tl.load(
+            b_ptr + offs_r[:, None] * stride_br + offs_n[None, :] * stride_bn,
+            mask=(offs_r[:, None] < R) & (offs_n[None, :] < N),
+            other=0.0,
+        )  # (r, n)
+        low = xa.to(b_t.dtype)  # rounded to the input dtype, as the unfused matmuls round it
+        if UPCAST:
+            low, b_t = low.to(tl.float32), b_t.to(tl.float32)
+        acc += tl.dot(low, b_t, input_precision=PRECISION) * scale
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     y_tile = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
@@ -117,12 +141,15 @@ def fused_lora_matmul(
     M, K = x.shape
     N, R = B.shape
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
-    keep_xa = store_xa and xa is None
-    xa_out = torch.empty(M, R, device=x.device, dtype=x.dtype) if keep_xa else None
     if M == 0 or N == 0:
-        return y.zero_(), xa_out.zero_() if keep_xa else xa
+        return y.zero_(), (x @ A.t() if store_xa and xa is None else xa)
+    if xa is None and R > MAX_SHRINK_RANK:
+        xa = x @ A.t()  # (M, r): too wide for the kernel's register tile; the epilogue walks it in chunks
+    keep_xa = store_xa and xa is None  # the kernel computes xa and stores it for the backward
+    xa_out = torch.empty(M, R, device=x.device, dtype=x.dtype) if keep_xa else None
     xa_arg = xa if xa is not None else (xa_out if keep_xa else y)  # y: a placeholder pointer, never read
     w = weight if weight is not None else x
+    block_r = _block(R, RANK_CHUNK) if xa is not None else max(MIN_DOT, triton.next_power_of_2(R))
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     _fused_lora_kernel[grid](
         x, w, bias if bias is not None else y, A, B, xa_arg, y,
@@ -130,7 +157,7 @@ def fused_lora_matmul(
         *x.stride(), *w.stride(), *A.stride(), *B.stride(), *xa_arg.stride()[-2:], *y.stride(),
         HAS_BASE=weight is not None, HAS_BIAS=bias is not None, XA_GIVEN=xa is not None, STORE_XA=keep_xa,
         BLOCK_M=_block(M, block_m), BLOCK_N=_block(N, block_n), BLOCK_K=_block(K, block_k),
-        BLOCK_R=_block(R, MIN_DOT), **dot_options(x.dtype, _fused_lora_kernel),
+        BLOCK_R=block_r, **dot_options(x.dtype, _fused_lora_kernel),
     )  # fmt: skip
     return y, xa_out if keep_xa else xa
 

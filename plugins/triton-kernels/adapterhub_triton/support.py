@@ -1,4 +1,5 @@
-"""Where the Triton kernels can run: the ``supports(device, dtype)`` check behind every ``KernelSpec``.
+"""Where the Triton kernels can run: the ``supports(device, dtype)`` check behind every ``KernelSpec``, and the
+per-call ``fits`` checks of the kernels that cannot take every shape.
 
 Triton compiles for CUDA GPUs; on a CPU it can only run through its interpreter (``TRITON_INTERPRET=1``,
 numpy underneath: correct but slow, meant for tests). Anything else gets a reason, which ``adapterhub
@@ -13,6 +14,7 @@ import os
 import torch
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_GATHER_RANK = 128  # BGMV/SGMV hold a slot's whole rank in one register tile; wider pools run in torch
 MIN_CAPABILITY = (7, 0)  # Volta: the oldest GPU Triton's tl.dot compiles for
 BF16_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores
 
@@ -52,6 +54,20 @@ def supports(device, dtype) -> str | None:
     if dtype == torch.bfloat16 and capability < BF16_CAPABILITY:
         return f"bfloat16 needs compute capability {BF16_CAPABILITY} or newer (this GPU: {capability})"
     return None
+
+
+def gather_fits(x, A_slots, B_slots, scales, slot_ids) -> str | None:
+    """Per-call shape check of ``lora_gather_forward``: the pool's padded rank must fit the kernels' rank tile."""
+    r_max = A_slots.shape[1]
+    if r_max > MAX_GATHER_RANK:
+        return f"slot rank {r_max} is above the {MAX_GATHER_RANK} the BGMV/SGMV tiles hold"
+    return None
+
+
+def nf4_fits(x, weight, quant_state, bias=None) -> str | None:
+    """Per-call check of ``nf4_linear``: the kernel decodes the NF4 table only (bitsandbytes' FP4 runs in torch)."""
+    quant_type = getattr(quant_state, "quant_type", None)
+    return None if quant_type == "nf4" else f"the weight is {quant_type!r}-quantized; the kernel decodes nf4 only"
 
 
 def dot_options(dtype: torch.dtype, kernel) -> dict:
