@@ -175,3 +175,36 @@ def test_slots_wrap_a_quantized_base_and_equal_peft_on_it(tiny_llama, tmp_path):
     # peft re-dispatches the 4-bit weights when it wraps them, which moves the *base* outputs of a layer by up
     # to one NF4 step (the LoRA deltas are bit-equal), hence the looser tolerance than on a float base.
     torch.testing.assert_close(ours, reference(TOKENS).logits, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("slots, host_capacity", [(2, 1), (3, 0)])
+def test_more_adapters_than_slots_and_host_cache_cycle_through_and_equal_peft(tiny_llama, tmp_path, slots, host_capacity):
+    base = load_base(tiny_llama)
+    names = [f"cycle{i}" for i in range(5)]
+    for seed, name in enumerate(names):
+        push_random_adapter(base, name, {"r": 2 + 2 * (seed % 2)}, tmp_path, seed)
+    pool = AdapterPool(base, slots=slots, max_rank=4, host_capacity=host_capacity)
+    reference = peft_reference(AutoModelForCausalLM, tiny_llama, tmp_path, names)
+    expected = {name: alone(reference, name, input_ids=TOKENS) for name in names}
+    for name in names + names[::-1]:  # every load past the first few evicts from the slots and from the host
+        pool.load(name)
+        with pool.activate([name]):
+            torch.testing.assert_close(base.model(TOKENS).logits, expected[name], rtol=1e-5, atol=1e-5)
+        tiers = [row["tier"] for row in pool.describe()]
+        assert tiers.count("device") <= slots and tiers.count("host") <= host_capacity
+    rows = names[-slots:]  # a mixed batch of adapters that were pushed out of the slots and the host
+    with pool.activate(rows):
+        mixed = base.model(TOKENS[:slots]).logits
+    for row, name in enumerate(rows):
+        torch.testing.assert_close(mixed[row], expected[name][row], rtol=1e-5, atol=1e-5)
+    assert pool.stats.host_evictions > 0 and pool.stats.device_evictions > 0
+
+
+@pytest.mark.parametrize("options", [{"r": 2}, {"r": 2, "dora": True}], ids=["slotted", "through peft"])
+def test_adapter_whose_head_has_another_number_of_labels_is_refused_naming_both(tiny_bert, tmp_path, options):
+    five = load_base(tiny_bert, task="seq-cls", labels=["1", "2", "3", "4", "5"])
+    push_random_adapter(five, "stars", options, tmp_path)
+    pool = AdapterPool(load_base(tiny_bert, task="seq-cls", labels=["neg", "neu", "pos"]), slots=2, max_rank=2)
+    with pytest.raises(IncompatibleBaseError, match="5 labels.* 3 labels"):
+        pool.load("stars")
+    assert pool.describe() == []

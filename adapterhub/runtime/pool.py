@@ -3,9 +3,11 @@
 ``AdapterPool(base)`` gives every target linear of the base (``nn.Linear`` or a bitsandbytes quantized
 linear; all of them except the output head by default) its slot tensors once. Then:
 
-* ``load(ref)``: registry -> sha256 check -> base fingerprint check -> host memory -> a device slot
-  (a tensor copy). Adapters live in three tiers, each evicting least-recently-used: device slots,
-  host memory (pinned on CUDA), and the registry on disk.
+* ``load(ref)``: registry -> sha256 check -> base fingerprint and head shape checks -> host memory -> a device
+  slot (a tensor copy). Adapters live in three tiers, each evicting least-recently-used: device slots,
+  host memory (pinned on CUDA), and the registry on disk. Every adapter in memory keeps its host copy (a slot
+  is refilled from it); ``host_capacity`` bounds the adapters held *besides* those in slots, so any capacity,
+  0 included, works with any number of slots.
 * ``activate(adapters)``: one adapter (or None for the base) per batch row; a context manager under which
   the base model's forward adds each row's LoRA delta. Switching adapters is changing slot indices.
 
@@ -27,9 +29,9 @@ from adapterhub_registry import Registry
 from adapterhub import kernels
 from adapterhub.adapters import check_base
 from adapterhub.base import Base
-from adapterhub.errors import AdapterHubError
+from adapterhub.errors import AdapterHubError, IncompatibleBaseError
 from adapterhub.runtime.fallback import PeftAttached
-from adapterhub.runtime.plan import NotSlottable, SlotPlan, plan_adapter
+from adapterhub.runtime.plan import PEFT_PREFIX, NotSlottable, SlotPlan, plan_adapter
 from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, make_slotted, remove_slots
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,9 @@ class AdapterPool:
 
     def __init__(self, base: Base, *, slots: int = 8, max_rank: int = 16, host_capacity: int = 64,
                  targets: Sequence[str] | None = None, registry: Registry | None = None) -> None:  # fmt: skip
-        if slots < 1 or max_rank < 1:
-            raise AdapterHubError(f"an adapter pool needs at least one slot and rank 1 (got slots={slots}, max_rank={max_rank})")
+        if slots < 1 or max_rank < 1 or host_capacity < 0:
+            raise AdapterHubError(f"an adapter pool needs slots >= 1, max_rank >= 1 and host_capacity >= 0 "
+                                  f"(got slots={slots}, max_rank={max_rank}, host_capacity={host_capacity})")  # fmt: skip
         self.base, self.slots, self.max_rank, self.host_capacity = base, slots, max_rank, host_capacity
         self.registry = registry or Registry()
         self.rows = ActiveRows()
@@ -144,9 +147,9 @@ class AdapterPool:
         An adapter trained on another base is refused (``IncompatibleBaseError`` naming both) unless ``force``.
         """
         key = self.registry.resolve(ref).ref
-        self._fetch(key, force=force)
+        adapter = self._fetch(key, force=force)
         self._aliases[ref] = self._aliases[key] = key
-        if self._host[key].plan is not None:
+        if adapter.plan is not None:
             self._to_slot(key)
         return key
 
@@ -171,6 +174,7 @@ class AdapterPool:
         record, tensors = self.registry.load(key)
         self.stats.registry_loads += 1
         check_base(self.base, record.base_fingerprint, key, force=force)
+        self._check_heads(key, tensors)
         adapter = HostAdapter(key, record.method, record.manifest)
         try:
             plan = plan_adapter(record.peft_config, tensors, targets=set(self.layers), heads=set(self.heads),
@@ -180,13 +184,30 @@ class AdapterPool:
             adapter.peft_config, adapter.tensors, adapter.reason = record.peft_config, tensors, str(exc)
             log.info("adapter %s is not slottable (%s); it swaps through peft", key, exc)
         self._host[key] = adapter
-        while len(self._host) > self.host_capacity:
-            evicted = next((k for k in self._host if k not in self._device and k not in self._pinned), None)
-            if evicted is None:
-                break
-            del self._host[evicted]
-            self.stats.host_evictions += 1
+        self._trim_host(keep=key)
         return adapter
+
+    def _check_heads(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Refuse an adapter whose saved classification head does not fit the head slots (another number of
+        labels): found at fetch time, it fails only its own request instead of the slot copy of a whole batch."""
+        for name, head in self.heads.items():
+            weight = tensors.get(PEFT_PREFIX + name + ".weight")
+            expected = tuple(head.W.shape[1:])  # (labels, hidden)
+            if weight is not None and tuple(weight.shape) != expected:
+                raise IncompatibleBaseError(
+                    f"adapter {key} has a {name} head for {weight.shape[0]} labels (shape {tuple(weight.shape)}), but the "
+                    f"loaded base classifies into {expected[0]} labels (shape {expected}). Load the base with the adapter's "
+                    f"{weight.shape[0]} labels (--labels) to serve it"
+                )  # fmt: skip
+
+    def _trim_host(self, keep: str) -> None:
+        """Evict the least recently used adapters held only in host memory beyond ``host_capacity``. Never
+        ``keep`` (just fetched: the caller is about to use it), one in a slot or one the running batch pinned."""
+        off_slot = [k for k in self._host if k not in self._device]
+        victims = [k for k in off_slot if k != keep and k not in self._pinned]
+        for victim in victims[: max(0, len(off_slot) - self.host_capacity)]:
+            del self._host[victim]
+            self.stats.host_evictions += 1
 
     def _to_slot(self, key: str) -> int:
         if key in self._device:
@@ -209,6 +230,7 @@ class AdapterPool:
                 head.clear(slot)
         self._device[key] = slot
         self.stats.swaps += 1
+        self._trim_host(keep=key)  # the adapter it evicted from its slot is now held in host memory only
         return slot
 
     def _free_slot_index(self) -> int:
