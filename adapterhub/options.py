@@ -1,17 +1,103 @@
-"""Turn user-given option values (CLI ``key=value`` strings or Python values) into a method's options dataclass.
+"""Turn user-given option values (CLI ``key=value`` strings or Python values) into an options dataclass,
+and check each value against the limits its field declares.
 
-The dataclass is the single source of truth: its field names are the valid options and its annotations
-give the types, so every method gets the same validation and the same error messages for free.
+The dataclass is the single source of truth: its field names are the valid options, its annotations give
+the types and ``limited(...)`` fields give the valid ranges and choices. Every method plugin, the training
+settings and the data spec get the same checks and messages from here, when the dataclass is built (as peft
+configs check themselves in ``__post_init__``), so a bad value fails before any model is loaded; ``click_type``
+turns the same limits into the type of a command-line flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
+from dataclasses import dataclass
 from typing import Any
 
+import click
+
 from adapterhub.errors import OptionError
+
+_LIMITS = "adapterhub.limits"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Valid values of one option: a range (``min``/``max`` inclusive, ``above``/``below`` exclusive), a set of
+    ``choices``, or, for a list, ``nonempty``. ``None`` (an option left unset) is always valid."""
+
+    min: float | None = None
+    above: float | None = None
+    max: float | None = None
+    below: float | None = None
+    choices: tuple[str, ...] = ()
+    nonempty: bool = False
+
+    def allows(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if self.choices:
+            return value in self.choices
+        if self.nonempty:
+            return len(value) > 0
+        return math.isfinite(value) and not (
+            (self.min is not None and value < self.min) or (self.above is not None and value <= self.above)
+            or (self.max is not None and value > self.max) or (self.below is not None and value >= self.below)
+        )  # fmt: skip
+
+    def describe(self, name: str) -> str:
+        """The valid values of option ``name`` in words, e.g. ``one of: none, all`` or ``0 <= dropout < 1``."""
+        if self.choices:
+            return f"one of: {', '.join(self.choices)}"
+        if self.nonempty:
+            return "at least one name"
+        low = (">=", self.min) if self.min is not None else (">", self.above) if self.above is not None else None
+        high = ("<=", self.max) if self.max is not None else ("<", self.below) if self.below is not None else None
+        if low and high:
+            return f"{low[1]:g} {low[0].replace('>', '<')} {name} {high[0]} {high[1]:g}"
+        bound = low or high
+        return f"{name} {bound[0]} {bound[1]:g}"
+
+
+def limited(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **limits: Any) -> Any:
+    """A dataclass field with :class:`Limits`: ``r: int = limited(8, min=1)``, ``bias: str = limited("none", choices=(...))``."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={_LIMITS: Limits(**limits)})
+
+
+class CheckedOptions:
+    """Base of an options dataclass whose ``limited`` fields are checked when it is built.
+
+    A subclass with rules between fields (e.g. AdaLoRA's ``target_r <= init_r``) overrides ``__post_init__``,
+    calls ``super().__post_init__()`` first, and raises ``OptionError`` naming the options.
+    """
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            limits, value = f.metadata.get(_LIMITS), getattr(self, f.name)
+            if limits is None:
+                continue
+            try:
+                allowed = limits.allows(value)
+            except TypeError:  # e.g. a string given from Python where a number belongs
+                allowed = False
+            if not allowed:
+                raise OptionError(f"option {f.name!r}: bad value {value!r}; valid values: {limits.describe(f.name)}")
+
+
+def click_type(options_class: type, name: str) -> click.ParamType:
+    """The click type of a flag that sets field ``name``: its limits as an ``IntRange``/``FloatRange``/``Choice``,
+    so the command line refuses a bad value (naming the flag) before anything runs."""
+    limits = next(f for f in dataclasses.fields(options_class) if f.name == name).metadata[_LIMITS]
+    if limits.choices:
+        return click.Choice(limits.choices)
+    annotation = typing.get_type_hints(options_class)[name]
+    number = int if int in (annotation, *typing.get_args(annotation)) else float
+    low, high = limits.min if limits.min is not None else limits.above, limits.max if limits.max is not None else limits.below
+    kind = click.IntRange if number is int else click.FloatRange
+    return kind(low, high, min_open=limits.above is not None, max_open=limits.below is not None)
 
 
 def parse_pairs(pairs: list[str]) -> dict[str, str]:
@@ -63,4 +149,7 @@ def build_options(options_class: type, values: dict[str, Any], owner: str) -> An
             converted[name] = _convert(name, value, hints[name])
         except (TypeError, ValueError, json.JSONDecodeError) as exc:
             raise OptionError(f"{owner} option {name!r}: bad value {value!r} ({exc})") from None
-    return options_class(**converted)
+    try:
+        return options_class(**converted)
+    except OptionError as exc:  # the dataclass's own checks (limits, rules between options)
+        raise OptionError(f"{owner} {exc}") from None

@@ -12,15 +12,16 @@ pulled adapter is rebuilt with exactly those ranks.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import adapterhub
 from adapterhub.errors import OptionError
+from adapterhub.options import CheckedOptions, limited
 from adapterhub.specs import MethodSpec
 
 
 @dataclass
-class AdaLoraOptions:
+class AdaLoraOptions(CheckedOptions):
     """AdaLoRA options.
 
     ``total_step``: length of the schedule in optimizer steps; 0 means "the training run's length" (filled
@@ -29,18 +30,42 @@ class AdaLoraOptions:
     steps. Empty ``target_modules`` means peft's default for the architecture (query/value projections).
     """
 
-    init_r: int = 12
-    target_r: int = 4
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=list)
-    total_step: int = 0
-    warmup_fraction: float = 0.1
-    final_fraction: float = 0.2
-    delta_t: int = 1
-    beta1: float = 0.85
-    beta2: float = 0.85
-    orth_reg_weight: float = 0.5
+    init_r: int = limited(12, min=1)
+    target_r: int = limited(4, min=1)
+    alpha: int = limited(16, above=0)
+    dropout: float = limited(0.05, min=0, below=1)
+    target_modules: list[str] = dataclasses.field(default_factory=list)
+    total_step: int = limited(0, min=0)
+    warmup_fraction: float = limited(0.1, min=0, below=1)
+    final_fraction: float = limited(0.2, min=0, below=1)
+    delta_t: int = limited(1, min=1)
+    beta1: float = limited(0.85, min=0, below=1)
+    beta2: float = limited(0.85, min=0, below=1)
+    orth_reg_weight: float = limited(0.5, min=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target_r > self.init_r:
+            raise OptionError(
+                f"option 'target_r': bad value {self.target_r}; valid values: 1 <= target_r <= init_r ({self.init_r})"
+            )
+        too_long = self.warmup_fraction + self.final_fraction >= 1
+        if too_long or (self.total_step and self.tinit >= self.total_step - self.tfinal):
+            raise OptionError(
+                f"options 'warmup_fraction' and 'final_fraction' leave no steps to reallocate ranks "
+                f"({self.warmup_fraction} + {self.final_fraction} of {self.total_step or 'any number of'} steps); "
+                f"lower them so they sum to well under 1, or train longer"
+            )
+
+    @property
+    def tinit(self) -> int:
+        """peft's ``tinit``: the warm-up steps at full rank."""
+        return int(self.warmup_fraction * self.total_step)
+
+    @property
+    def tfinal(self) -> int:
+        """peft's ``tfinal``: the last steps, with the final ranks fixed."""
+        return int(self.final_fraction * self.total_step)
 
 
 def for_run(options: AdaLoraOptions, total_steps: int) -> AdaLoraOptions:
@@ -57,15 +82,6 @@ def build_config(options: AdaLoraOptions, base):
             "method 'adalora' needs option 'total_step' (optimizer steps of the run) for its rank schedule; "
             "`adapterhub train` fills it in, from Python pass it (e.g. total_step=1000)"
         )
-    if not 0 < options.target_r <= options.init_r:
-        raise OptionError(f"method 'adalora' option 'target_r' must be between 1 and init_r ({options.init_r})")
-    tinit = int(options.warmup_fraction * options.total_step)
-    tfinal = int(options.final_fraction * options.total_step)
-    if tinit >= options.total_step - tfinal:
-        raise OptionError(
-            f"method 'adalora' options 'warmup_fraction' and 'final_fraction' leave no steps to reallocate ranks in a "
-            f"run of {options.total_step} steps; lower them or train longer"
-        )
     return AdaLoraConfig(
         task_type=peft_task_type(base.task),
         init_r=options.init_r,
@@ -74,8 +90,8 @@ def build_config(options: AdaLoraOptions, base):
         lora_dropout=options.dropout,
         target_modules=list(options.target_modules) or None,
         total_step=options.total_step,
-        tinit=tinit,
-        tfinal=tfinal,
+        tinit=options.tinit,
+        tfinal=options.tfinal,
         deltaT=options.delta_t,
         beta1=options.beta1,
         beta2=options.beta2,

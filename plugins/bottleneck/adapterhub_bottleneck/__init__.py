@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import adapterhub
 from adapterhub.errors import OptionError
+from adapterhub.options import CheckedOptions, limited
 from adapterhub.specs import MethodSpec
 
 from .config import NON_LINEARITIES, PEFT_TYPE, BottleneckConfig
@@ -41,7 +42,7 @@ FFN_OUTPUT = {
 
 
 @dataclass
-class BottleneckOptions:
+class BottleneckOptions(CheckedOptions):
     """Bottleneck adapter options.
 
     ``variant``: "houlsby" (after attention and feed-forward) or "pfeiffer" (after feed-forward only).
@@ -49,10 +50,10 @@ class BottleneckOptions:
     to follow instead of the variant's defaults (for architectures not in the built-in table).
     """
 
-    variant: str = "houlsby"
-    reduction_factor: int = 16
-    non_linearity: str = "relu"
-    init_std: float = 0.02
+    variant: str = limited("houlsby", choices=VARIANTS)
+    reduction_factor: int = limited(16, min=1)
+    non_linearity: str = limited("relu", choices=NON_LINEARITIES)
+    init_std: float = limited(0.02, above=0)
     target_modules: list[str] = field(default_factory=list)
 
 
@@ -70,12 +71,6 @@ def target_pattern(variant: str, model_type: str) -> str:
 def build_config(options: BottleneckOptions, base) -> BottleneckConfig:
     from adapterhub.adapters import peft_task_type
 
-    if options.variant not in VARIANTS:
-        raise OptionError(f"method 'bottleneck' option 'variant': bad value {options.variant!r}; choose one of: {', '.join(VARIANTS)}")
-    if options.non_linearity not in NON_LINEARITIES:
-        raise OptionError(f"method 'bottleneck' option 'non_linearity': bad value {options.non_linearity!r}; choose one of: {', '.join(NON_LINEARITIES)}")
-    if options.reduction_factor < 1:
-        raise OptionError("method 'bottleneck' option 'reduction_factor' must be at least 1")
     targets = options.target_modules
     pattern = rf".*\.(?:{'|'.join(targets)})" if targets else target_pattern(options.variant, base.model.config.model_type)
     return BottleneckConfig(

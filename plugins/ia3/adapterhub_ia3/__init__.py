@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import adapterhub
+from adapterhub.errors import OptionError
+from adapterhub.options import CheckedOptions
 from adapterhub.specs import MethodSpec
 
 
 @dataclass
-class IA3Options:
+class IA3Options(CheckedOptions):
     """IA3 options. Empty module lists mean peft's defaults for the architecture (e.g. k/v/down_proj on Llama).
 
     ``feedforward_modules`` (a subset of ``target_modules``) are scaled on their input instead of their output.
@@ -21,6 +23,15 @@ class IA3Options:
 
     target_modules: list[str] = field(default_factory=list)
     feedforward_modules: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        outside = sorted(set(self.feedforward_modules) - set(self.target_modules)) if self.target_modules else []
+        if outside:
+            raise OptionError(
+                f"option 'feedforward_modules': {', '.join(outside)} not in target_modules ({', '.join(self.target_modules)}); "
+                f"feed-forward modules must be a subset of the target modules"
+            )
 
 
 def build_config(options: IA3Options, base):

@@ -6,23 +6,24 @@ loading are shared by every method in the core.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import adapterhub
+from adapterhub.options import CheckedOptions, limited
 from adapterhub.specs import MethodSpec
 
 
 @dataclass
-class LoraOptions:
+class LoraOptions(CheckedOptions):
     """LoRA options. ``target_modules``: "all-linear" or module names (e.g. ``["q_proj", "v_proj"]``)."""
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    r: int = limited(8, min=1)
+    alpha: int = limited(16, above=0)
+    dropout: float = limited(0.05, min=0, below=1)
+    target_modules: list[str] = limited(default_factory=lambda: ["all-linear"], nonempty=True)
     rslora: bool = False
     dora: bool = False
-    bias: str = "none"
+    bias: str = limited("none", choices=("none", "all", "lora_only"))
 
 
 def build_config(options: LoraOptions, base):

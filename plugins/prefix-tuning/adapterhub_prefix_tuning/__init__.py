@@ -14,17 +14,18 @@ from dataclasses import dataclass
 
 import adapterhub
 from adapterhub.errors import OptionError
+from adapterhub.options import CheckedOptions, limited
 from adapterhub.specs import MethodSpec
 
 
 @dataclass
-class PrefixTuningOptions:
+class PrefixTuningOptions(CheckedOptions):
     """Prefix tuning options. ``projection``: reparameterise the prefix through a two-layer MLP of
     ``projection_hidden_size`` (more stable training, more parameters while training)."""
 
-    num_virtual_tokens: int = 20
+    num_virtual_tokens: int = limited(20, min=1)
     projection: bool = False
-    projection_hidden_size: int = 256
+    projection_hidden_size: int = limited(256, min=1)
 
 
 def _accepts_past_key_values(model) -> bool:
@@ -37,8 +38,6 @@ def build_config(options: PrefixTuningOptions, base):
 
     from adapterhub.adapters import peft_task_type
 
-    if options.num_virtual_tokens < 1:
-        raise OptionError("method 'prefix_tuning' option 'num_virtual_tokens' must be at least 1")
     if base.task == "seq-cls" and not _accepts_past_key_values(base.model):
         raise OptionError(
             f"prefix tuning for sequence classification needs a model whose forward takes `past_key_values`; "

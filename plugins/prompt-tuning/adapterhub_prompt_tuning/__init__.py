@@ -11,18 +11,24 @@ from dataclasses import dataclass
 
 import adapterhub
 from adapterhub.errors import OptionError
+from adapterhub.options import CheckedOptions, limited
 from adapterhub.specs import MethodSpec
 
 INITS = ("random", "text")
 
 
 @dataclass
-class PromptTuningOptions:
+class PromptTuningOptions(CheckedOptions):
     """Prompt tuning options. ``init``: "random" or "text" (then ``init_text`` is required)."""
 
-    num_virtual_tokens: int = 20
-    init: str = "random"
+    num_virtual_tokens: int = limited(20, min=1)
+    init: str = limited("random", choices=INITS)
     init_text: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init == "text" and not self.init_text.strip():
+            raise OptionError("option 'init_text' is required with init=text (e.g. -o init_text='Classify the sentiment')")
 
 
 def build_config(options: PromptTuningOptions, base):
@@ -30,14 +36,8 @@ def build_config(options: PromptTuningOptions, base):
 
     from adapterhub.adapters import peft_task_type
 
-    if options.init not in INITS:
-        raise OptionError(f"method 'prompt_tuning' option 'init': bad value {options.init!r}; choose one of: {', '.join(INITS)}")
-    if options.num_virtual_tokens < 1:
-        raise OptionError("method 'prompt_tuning' option 'num_virtual_tokens' must be at least 1")
     if options.init == "random":
         return PromptTuningConfig(task_type=peft_task_type(base.task), num_virtual_tokens=options.num_virtual_tokens)
-    if not options.init_text.strip():
-        raise OptionError("method 'prompt_tuning' option 'init_text' is required with init=text (e.g. -o init_text='Classify the sentiment')")
     return PromptTuningConfig(
         task_type=peft_task_type(base.task),
         num_virtual_tokens=options.num_virtual_tokens,
