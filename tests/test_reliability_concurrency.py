@@ -31,15 +31,16 @@ def test_eight_processes_at_once_lose_duplicate_and_corrupt_nothing(tmp_path):
 def deleted_while_reading(registry, adapter, monkeypatch):
     """`registry` whose next blob read first sees `a@1` deleted by another process (a second Registry)."""
     registry.push("a", adapter, method="lora")
-    read = BlobStore.read
+    for method in ("read", "reading"):  # pull and export_peft read bytes, load reads into a tensor
+        read = getattr(BlobStore, method)
 
-    def read_after_delete(self, *args, **kwargs):
-        with Registry(registry.root) as other:
-            other.delete("a@1")
-        monkeypatch.setattr(BlobStore, "read", read)
-        return read(self, *args, **kwargs)
+        def read_after_delete(self, *args, _read=read, _method=method, **kwargs):
+            with Registry(registry.root) as other:
+                other.delete("a@1")
+            monkeypatch.setattr(BlobStore, _method, _read)
+            return _read(self, *args, **kwargs)
 
-    monkeypatch.setattr(BlobStore, "read", read_after_delete)
+        monkeypatch.setattr(BlobStore, method, read_after_delete)
     return registry
 
 

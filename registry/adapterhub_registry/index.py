@@ -6,10 +6,19 @@ writer that finds the database locked retries with backoff instead of surfacing 
 Listing reads one query however many rows match, so `list`/`search` stay fast at tens of thousands of
 entries. Version numbers are never reused, even after a delete, so a pulled copy labelled `name@3` always
 means the same bytes.
+
+`blob_checksums` holds each blob's xxh3-128, the fast check of local loads (see blobs.py). It is keyed by
+the blob's sha256, so a row can never be wrong for the content it names, even one left behind by an older
+adapterhub-registry that deleted the blob without knowing the table. Adding the table is the whole
+migration of an older index: `CREATE TABLE IF NOT EXISTS` inside the `BEGIN IMMEDIATE` transaction every
+open runs, so concurrent openers add it once; older readers and writers never name it, so they keep
+working on a migrated index and the schema version that would lock them out stays 1. Blobs without a row
+are checked with sha256 on their next load, which then records the row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -59,6 +68,10 @@ CREATE TABLE IF NOT EXISTS version_counters (
     name TEXT PRIMARY KEY,
     last_version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blob_checksums (
+    blob_sha256 TEXT PRIMARY KEY,
+    xxh3_128 TEXT NOT NULL
+);
 """
 
 _COLUMNS = (
@@ -66,6 +79,8 @@ _COLUMNS = (
     "a.blob_sha256, a.size_bytes, a.created_at, "
     "(SELECT group_concat(t.tag, char(31)) FROM tags t WHERE t.name = a.name AND t.version = a.version) AS tags"
 )
+
+_SET_CHECKSUM = "INSERT OR REPLACE INTO blob_checksums (blob_sha256, xxh3_128) VALUES (?, ?)"
 
 T = TypeVar("T")
 
@@ -183,6 +198,22 @@ class Index:
             raise NotFoundError(f"adapter {record.ref} was deleted while it was being read; resolve the ref again")
         return row[0]
 
+    def checksum(self, blob_sha256: str) -> str | None:
+        """The recorded xxh3-128 of a blob, or None when no push or verified load has recorded it yet."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT xxh3_128 FROM blob_checksums WHERE blob_sha256 = ?", (blob_sha256,)).fetchone()
+        return row[0] if row else None
+
+    def remember_checksum(self, blob_sha256: str, checksum: str) -> None:
+        """Record a checksum found by a load, if the index can be written right now.
+
+        One statement, no retry loop beyond SQLite's busy timeout: a reader must not wait minutes on other
+        writers for what is only a speed-up, and a later load records it when this one could not (read-only
+        disk, a lock held too long).
+        """
+        with self._lock, contextlib.suppress(sqlite3.Error, RegistryError):
+            self._conn.execute(_SET_CHECKSUM, (blob_sha256, checksum))
+
     def blob_usage(self) -> list[tuple[str, str, int]]:
         """(ref, blob sha256, size) of every stored version, for `verify`."""
         with self._reading() as conn:
@@ -274,6 +305,13 @@ class Writer:
 
     def referenced_digests(self) -> set[str]:
         return {row[0] for row in self._conn.execute("SELECT DISTINCT blob_sha256 FROM adapters")}
+
+    def set_checksum(self, blob_sha256: str, checksum: str) -> None:
+        self._conn.execute(_SET_CHECKSUM, (blob_sha256, checksum))
+
+    def forget_checksums(self, digests: set[str]) -> None:
+        """Drop the checksums of blobs being removed (a row that stayed would still be right, just unused)."""
+        self._conn.executemany("DELETE FROM blob_checksums WHERE blob_sha256 = ?", [(d,) for d in digests])
 
 
 def _connect(path: Path) -> sqlite3.Connection:

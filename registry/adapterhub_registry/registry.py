@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors
 
 from adapterhub_registry.adapter_dir import (
     CONFIG_FILE,
@@ -27,12 +26,12 @@ from adapterhub_registry.adapter_dir import (
     read_adapter_dir,
     write_files,
 )
-from adapterhub_registry.blobs import BlobStore, sha256_hex
-from adapterhub_registry.errors import CorruptBlobError, InvalidNameError, NotFoundError, RegistryError
+from adapterhub_registry.blobs import BlobStore, fast_checksum, sha256_hex
+from adapterhub_registry.errors import CorruptBlobError, InvalidNameError, NotFoundError, RegistryError, UnsafeFileError
 from adapterhub_registry.index import Index
 from adapterhub_registry.names import Ref, parse_ref, validate_name, validate_tag
 from adapterhub_registry.records import AdapterRecord, VerifyReport
-from adapterhub_registry.safetensors_check import check_safetensors
+from adapterhub_registry.safetensors_check import check_safetensors, checked_header, header_size, tensor_views
 
 
 def default_root() -> Path:
@@ -104,11 +103,12 @@ class Registry:
             base_fingerprint = merged_manifest["base"].get("fingerprint")
         if base_fingerprint is not None and not isinstance(base_fingerprint, str):
             raise RegistryError(f"base_fingerprint must be a string or None, got {type(base_fingerprint).__name__}")
-        digest = sha256_hex(files.weights)
+        digest, checksum = sha256_hex(files.weights), fast_checksum(files.weights)
         created = False
         try:
             with self._index.write() as writer:
                 created = self._blobs.store(files.weights, digest)
+                writer.set_checksum(digest, checksum)
                 version = writer.add_version(
                     name=name, method=method, base_fingerprint=base_fingerprint, peft_config_text=files.config_text,
                     manifest=merged_manifest, metrics=dict(metrics or {}),
@@ -128,16 +128,25 @@ class Registry:
         return self._found(self._index.find(parsed), parsed)
 
     def load(self, ref: str) -> tuple[AdapterRecord, dict[str, torch.Tensor]]:
-        """The record and its tensors, after checking the blob's sha256."""
+        """The record and its tensors, after checking the blob's xxh3-128 (sha256 if none is recorded yet).
+
+        The tensors are views into one buffer holding the blob, read once from disk: nothing is copied
+        after the read. The header is parsed while the rest is read and checksummed; see blobs.py for
+        which check runs where.
+        """
         record = self.resolve(ref)
-        data = self._read_blob(record)
-        try:
-            return record, load_safetensors(data)
-        except Exception as exc:  # the bytes are as pushed, so only a file that slipped past validation gets here
-            raise CorruptBlobError(
-                f"adapter {record.ref}: blob {record.blob_sha256} is not loadable safetensors ({exc}); "
-                f"delete {record.ref} and push it again"
-            ) from exc
+        recorded = self._index.checksum(record.blob_sha256)
+        with self._deleted_meanwhile_is_not_found(record):
+            with self._blobs.reading(record.blob_sha256, record.size_bytes, record.ref, recorded, header_size) as read:
+                try:
+                    header, data_start = checked_header(memoryview(read.buffer.numpy()), f"blob {record.blob_sha256}")
+                except UnsafeFileError as exc:  # the bytes are as pushed (checked on leaving), so this slipped past push
+                    raise CorruptBlobError(
+                        f"adapter {record.ref}: {exc}; the blob is not loadable, delete {record.ref} and push it again"
+                    ) from exc
+        if read.checksum != recorded:
+            self._index.remember_checksum(record.blob_sha256, read.checksum)
+        return record, tensor_views(read.buffer, header, data_start)
 
     def pull(self, ref: str, dest_dir: Path | str) -> AdapterRecord:
         """Write the adapter directory (PEFT files + adapterhub.json with the record's fields) into `dest_dir`."""
@@ -264,6 +273,7 @@ class Registry:
             with self._index.write() as writer:
                 orphans = self._blobs.all_digests() - writer.referenced_digests()
                 self._blobs.remove(orphans)
+                writer.forget_checksums(orphans)
                 report.temp_files = self._blobs.remove_stale_temp_files()
             report.repaired = True
         else:
@@ -277,16 +287,24 @@ class Registry:
         re-using a blob while it is removed. `best_effort` leaves failures to `verify --repair`."""
         try:
             with self._index.write() as writer:
-                self._blobs.remove(digests - writer.referenced_digests())
+                unreferenced = digests - writer.referenced_digests()
+                self._blobs.remove(unreferenced)
+                writer.forget_checksums(unreferenced)
         except (RegistryError, OSError):
             if not best_effort:
                 raise
 
     def _read_blob(self, record: AdapterRecord) -> bytes:
-        """The record's blob, hash-checked; a blob that vanished because the entry was deleted meanwhile is
-        reported as not found (the entry is gone), not as damage."""
-        try:
+        """The record's blob, sha256-checked: for bytes that leave the registry (`pull`, `export_peft`)."""
+        with self._deleted_meanwhile_is_not_found(record):
             return self._blobs.read(record.blob_sha256, record.size_bytes, record.ref)
+
+    @contextlib.contextmanager
+    def _deleted_meanwhile_is_not_found(self, record: AdapterRecord) -> Iterator[None]:
+        """A blob that vanished because the entry was deleted meanwhile is reported as not found (the entry
+        is gone), not as damage."""
+        try:
+            yield
         except CorruptBlobError:
             current = self._index.find(Ref(record.name, record.version))
             if current is None or current.blob_sha256 != record.blob_sha256:
