@@ -35,8 +35,9 @@ def _print_suites() -> None:
 def bench_command(suite_names, list_only, quick, output, model, device, repeats, warmup, seed, no_progress, as_json) -> None:
     """Benchmark adapterhub against the plain peft baseline, side by side in one run.
 
-    SUITE is a suite name from --list, or 'all'. Results are written as JSON (every sample, environment),
-    a markdown table and a PNG plot.
+    SUITE is a suite name from --list, or 'all'. With several suites, those that cannot run here (a missing
+    package, a CUDA-only suite on a CPU) are skipped with one line each and the rest run. Results are written as JSON (every sample,
+    environment), a markdown table and a PNG plot.
     """
     if list_only:
         _print_suites()
@@ -49,7 +50,15 @@ def bench_command(suite_names, list_only, quick, output, model, device, repeats,
     options = RunOptions(quick, output, model, device, repeats, warmup, seed, progress=not no_progress)
     outcome = {}
     for name in selected:
-        document, paths = run_suite(name, options)
+        try:
+            document, paths = run_suite(name, options)
+        except suites.SuiteUnavailable as exc:
+            if len(selected) == 1:
+                raise
+            outcome[name] = {"skipped": exc.message}  # several suites: run what can run here, say what was left out
+            if not as_json:
+                click.echo(f"{name}: skipped — {exc.message}")
+            continue
         outcome[name] = {"files": [str(p) for p in paths], "comparisons": document["comparisons"], "checks": document["checks"]}
         if not as_json:
             click.echo(f"{name}: wrote {', '.join(str(p) for p in paths)}")

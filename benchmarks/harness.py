@@ -65,6 +65,7 @@ class Measurement:
     stats: Stats
     memory: dict[str, float] = field(default_factory=dict)  # peak_rss_mb, rss_increase_mb, cuda_peak_mb
     extra: dict[str, Any] = field(default_factory=dict)
+    warmup: int | None = None  # untimed runs before the samples, when the harness timed them; None: the suite measured
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -228,7 +229,7 @@ class Context:
                     if i >= warmup:
                         samples[k].append(elapsed)
                     bar.update(1)
-        return [self.record(case, side.impl, times, what=side.what, params=params) for side, times in zip(sides, samples)]
+        return [self.record(case, side.impl, times, what=side.what, params=params, warmup=warmup) for side, times in zip(sides, samples)]
 
     def time(
         self,
@@ -257,7 +258,8 @@ class Context:
                 bar.update(1)
         if watch is not None:
             watch.__exit__(None, None, None)
-        return self.record(case, side.impl, samples, what=side.what, params=params, memory=watch.summary() if watch else None)
+        return self.record(case, side.impl, samples, what=side.what, params=params, memory=watch.summary() if watch else None,
+                           warmup=warmup)  # fmt: skip
 
     def record(
         self,
@@ -270,10 +272,12 @@ class Context:
         unit: str = "ms",
         memory: dict[str, float] | None = None,
         extra: dict[str, Any] | None = None,
+        warmup: int | None = None,
     ) -> Measurement:
-        """Add samples measured by the suite itself (e.g. per-step times from a child process)."""
+        """Add samples measured by the suite itself (e.g. per-step times from a child process); ``warmup`` is
+        for `compare` and `time`, which know how many untimed runs came first."""
         measurement = Measurement(case, impl, what, dict(params or {}), unit, [round(s, 6) for s in samples],
-                                  Stats.of(samples), dict(memory or {}), dict(extra or {}))  # fmt: skip
+                                  Stats.of(samples), dict(memory or {}), dict(extra or {}), warmup)  # fmt: skip
         self.measurements.append(measurement)
         return measurement
 

@@ -8,6 +8,7 @@ adapterhub took less time (or memory).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -88,6 +89,24 @@ def _cell(m: Measurement | None) -> str:
     return f"**{_number(s.median)}** {m.unit} (IQR {_number(s.q1)}–{_number(s.q3)}; {_number(s.min)}–{_number(s.max)}; n={s.n})"
 
 
+def runs_line(measurements: list[Measurement]) -> str:
+    """How many runs the rows hold, from the rows themselves: a suite's own counts (one whole training run, a
+    derived value) are stated as they are, not as the harness defaults."""
+    counts = Counter((m.stats.n, m.warmup) for m in measurements)
+    parts = []
+    for (n, warmup), rows in sorted(counts.items(), key=lambda item: (-item[1], item[0][0])):
+        label = f"{rows} row{'s' if rows > 1 else ''}"
+        if warmup is not None:
+            parts.append(f"{label}: n={n} timed run{'s' if n > 1 else ''} after {warmup} untimed warm-up run{'s' if warmup != 1 else ''}")
+        elif n == 1:
+            parts.append(f"{label}: one measurement each (n=1; a whole run or a derived value, see the notes)")
+        else:
+            parts.append(f"{label}: n={n} samples the suite measured itself (see the notes)")
+    spread = " Cells with n > 1 show the **median**, the inter-quartile range and min–max." if any(
+        m.stats.n > 1 for m in measurements) else ""  # fmt: skip
+    return "Runs per row — " + "; ".join(parts) + "." + spread
+
+
 def markdown(document: dict, measurements: list[Measurement], plot_name: str | None) -> str:
     impls = _impls(measurements)
     compare = OURS in impls and BASELINE in impls
@@ -98,9 +117,8 @@ def markdown(document: dict, measurements: list[Measurement], plot_name: str | N
         document["description"],
         "",
         f"*Machine:* {summary_line(document['environment'])}.  ",
-        f"*Run:* {document['started']}, {document['duration_s']} s, commit {document['environment'].get('git_commit') or '?'}; "
-        f"{document['repeats']} timed runs after {document['warmup']} untimed warm-up runs per case unless the suite "
-        f"says otherwise (n = timed runs); **median**, with inter-quartile range and min–max as the spread.",
+        f"*Run:* {document['started']}, {document['duration_s']} s, commit {document['environment'].get('git_commit') or '?'}. "
+        f"{runs_line(measurements)}",
         "",
         "| case | parameters | " + " | ".join(impls) + (" | adapterhub / peft |" if compare else " |"),
         "|---|---|" + "---|" * len(impls) + ("---:|" if compare else ""),

@@ -37,14 +37,13 @@ def result_stem(suite: str, device: str, quick: bool) -> str:
 
 
 def run_suite(name: str, options: RunOptions) -> tuple[dict, list[Path]]:
-    """Run suite ``name``; return its result document and the JSON, markdown and PNG paths written."""
+    """Run suite ``name``; return its result document and the JSON, markdown and PNG paths written. Raises
+    `suites.SuiteUnavailable` before anything runs when the suite cannot run here."""
     suite = suites.load(name)
-    missing = suite.missing()
-    if missing:
-        raise suites.BenchmarkError(f"suite {name!r} needs packages that are not installed: pip install {' '.join(missing)}")
+    device = options.device or default_device()
+    suite.check_runnable(device)
     suites.require("matplotlib", "matplotlib", "the benchmark plots")
     suites.require("psutil", "psutil", "memory measurement")
-    device = options.device or default_device()
     if device.startswith("cuda"):
         import torch
 

@@ -14,12 +14,42 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def quick_results(tmp_path_factory):
+def quick_run(tmp_path_factory):
+    """registry and adapter_io run; kernels (CUDA only) is named too, and a CPU run must skip it and go on."""
     output = tmp_path_factory.mktemp("bench")
-    arguments = ["bench", "registry", "adapter_io", "--quick", "--device", "cpu", "--no-progress", "--output", str(output)]
+    arguments = ["bench", "kernels", "registry", "adapter_io", "--quick", "--device", "cpu", "--no-progress", "--output", str(output)]
     result = CliRunner().invoke(cli, arguments, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return output
+    return output, result.output
+
+
+@pytest.fixture(scope="module")
+def quick_results(quick_run):
+    return quick_run[0]
+
+
+def test_several_suites_skip_a_cuda_only_suite_on_cpu_with_one_line_and_run_the_rest(quick_run):
+    output, printed = quick_run
+    skipped = [line for line in printed.splitlines() if line.startswith("kernels:")]
+    assert skipped == ["kernels: skipped — suite 'kernels' runs on cuda only, and this run is on cpu; "
+                       "run it with --device cuda on a machine that has one"]  # fmt: skip
+    assert not list(output.glob("kernels-*"))
+    assert (output / "registry-cpu-quick.json").is_file() and (output / "adapter_io-cpu-quick.json").is_file()
+
+
+def test_a_cuda_only_suite_named_alone_on_cpu_is_an_error():
+    result = CliRunner().invoke(cli, ["bench", "kernels", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 1
+    assert "suite 'kernels' runs on cuda only, and this run is on cpu" in result.output
+
+
+def test_markdown_header_states_the_runs_each_row_holds(quick_results):
+    document = json.loads((quick_results / "registry-cpu-quick.json").read_text())
+    markdown = (quick_results / "registry-cpu-quick.md").read_text()
+    rows = len(document["measurements"])
+    assert {(m["stats"]["n"], m["warmup"]) for m in document["measurements"]} == {(5, 1)}
+    assert f"Runs per row — {rows} rows: n=5 timed runs after 1 untimed warm-up run." in markdown
+    assert "20 timed runs" not in markdown
 
 
 @pytest.mark.parametrize("suite", ["registry", "adapter_io"])
@@ -65,3 +95,16 @@ def test_list_shows_every_suite_with_its_description():
     lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
     assert {"registry", "adapter_io", "training"} <= set(lines)
     assert "latency" in lines["registry"]
+
+
+def test_markdown_header_says_when_rows_are_single_runs_the_suite_measured(tmp_path):
+    from benchmarks.harness import Context
+    from benchmarks.report import runs_line
+
+    ctx = Context(suite="methods", quick=True, device="cpu", workdir=tmp_path)
+    for method in ("lora", "ia3"):
+        ctx.record("accuracy", "adapterhub", [0.7], what="train_adapter", params={"method": method}, unit="")
+    ctx.record("train step", "adapterhub", [10.0, 12.0, 11.0], what="train", params={"method": "lora"})
+    line = runs_line(ctx.measurements)
+    assert line.startswith("Runs per row — 2 rows: one measurement each (n=1; a whole run or a derived value")
+    assert "1 row: n=3 samples the suite measured itself" in line

@@ -1,7 +1,8 @@
 """Suite discovery: every module in this package not starting with ``_`` is a suite named after its file.
 
 A suite module has a docstring (its first line is the description `--list` shows), a ``run(ctx)``
-function, and optionally ``REQUIRES``: importable module name -> pip requirement, checked before it runs.
+function, and optionally ``REQUIRES``: importable module name -> pip requirement, checked before it runs, and
+``DEVICES``: the device types it can run on (default cpu and cuda).
 Importing a suite module must be cheap; heavy imports belong inside ``run``. See benchmarks/README.md.
 """
 
@@ -22,16 +23,32 @@ class BenchmarkError(click.ClickException):
     """A benchmark cannot run as asked: unknown suite, missing dependency, missing model. One line, exit 1."""
 
 
+class SuiteUnavailable(BenchmarkError):
+    """The suite cannot run on this machine (a package missing, a device it does not run on): an error when
+    the suite is named, a one-line skip under `bench all`."""
+
+
 @dataclass
 class Suite:
     name: str
     description: str
     run: Callable[[Context], None]
     requires: dict[str, str]
+    devices: tuple[str, ...] = ("cpu", "cuda")
 
     def missing(self) -> list[str]:
         """pip requirements of this suite's modules that are not installed."""
         return [pip for module, pip in self.requires.items() if importlib.util.find_spec(module) is None]
+
+    def check_runnable(self, device: str) -> None:
+        """Raise `SuiteUnavailable` saying why, when this suite cannot run here on ``device``."""
+        missing = self.missing()
+        if missing:
+            raise SuiteUnavailable(f"suite {self.name!r} needs packages that are not installed: pip install {' '.join(missing)}")
+        kind = device.split(":")[0]
+        if kind not in self.devices:
+            raise SuiteUnavailable(f"suite {self.name!r} runs on {' or '.join(self.devices)} only, and this run is on {kind}; "
+                                   f"run it with --device {self.devices[0]} on a machine that has one")  # fmt: skip
 
 
 def names() -> list[str]:
@@ -48,7 +65,7 @@ def load(name: str) -> Suite:
     if not callable(run):
         raise BenchmarkError(f"benchmarks/suites/{name}.py has no run(ctx) function")
     description = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
-    return Suite(name, description, run, dict(getattr(module, "REQUIRES", {})))
+    return Suite(name, description, run, dict(getattr(module, "REQUIRES", {})), tuple(getattr(module, "DEVICES", ("cpu", "cuda"))))
 
 
 def require(module: str, pip: str, why: str) -> None:

@@ -28,6 +28,7 @@ from benchmarks.harness import BASELINE, OURS, Context
 from benchmarks.suites import BenchmarkError
 
 REQUIRES = {"triton": "triton", "adapterhub_triton": "-e ./plugins/triton-kernels", "bitsandbytes": "bitsandbytes"}
+DEVICES = ("cuda",)  # `bench all` skips this suite on a CPU with one line
 BASE = "torch base"
 TORCH_GATHER = "torch gather"
 RANK = 16
