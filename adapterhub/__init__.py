@@ -6,6 +6,10 @@ module for `hookimpl` and the spec dataclasses only.
 
 import pluggy
 
+from adapterhub.quiet import silence_known_noise
+
+silence_known_noise()  # before peft / transformers import bitsandbytes
+
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("adapterhub")

@@ -18,12 +18,13 @@ from typing import Any
 import torch
 from adapterhub_registry.adapter_dir import PICKLE_SUFFIXES
 from peft import PeftConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils.error import NoMatchingPeftModuleError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from adapterhub import plugins
 from adapterhub.base import Base
-from adapterhub.errors import AdapterHubError, IncompatibleBaseError
+from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
 from adapterhub.lora_routing import route_fused_lora
 from adapterhub.options import build_options
 
@@ -52,9 +53,21 @@ def attach(base: Base, method: str, options: Any = None) -> PeftModel:
         from peft import prepare_model_for_kbit_training
 
         prepare_model_for_kbit_training(base.model, use_gradient_checkpointing=False)
-    model = get_peft_model(base.model, config)
+    try:
+        model = get_peft_model(base.model, config)
+    except NoMatchingPeftModuleError:  # only the loaded base can tell that the names match none of its modules
+        raise OptionError(
+            f"method {method!r} option 'target_modules': {getattr(options, 'target_modules', None)} matches no module "
+            f"of this base; its linear modules include: {', '.join(linear_module_names(base.model))}"
+        ) from None
     route_fused_lora(model)  # a plugin's fused LoRA kernel, where one supports this device and dtype
     return model
+
+
+def linear_module_names(model: torch.nn.Module, limit: int = 8) -> list[str]:
+    """A few distinct short names of the model's linear layers (e.g. ``query``, ``v_proj``), for error messages."""
+    names = dict.fromkeys(name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    return list(names)[:limit]
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:

@@ -14,8 +14,11 @@ import click
 from adapterhub import __version__, plugins
 from adapterhub.cli_output import echo_json
 from adapterhub.continual.command import continual_group
+from adapterhub.options import click_type
 from adapterhub.registry_cli import registry_group
 from adapterhub.server.command import serve_command
+from adapterhub.train import TrainSettings
+from adapterhub.workflow import DataSpec
 from benchmarks.cli import bench_command
 
 
@@ -95,8 +98,8 @@ def _data_options(function):
         click.option("--label-column", default=None, help="Column holding the label [label]."),
         click.option("--encoding", default=None, help="File encoding [utf-8], e.g. latin-1."),
         click.option("--dedupe/--no-dedupe", default=None, help="Drop texts equal after normalisation (retweets)."),
-        click.option("--test-split", type=float, default=None, help="Held-out fraction, chosen by text hash [0.2]."),
-        click.option("--max-samples", type=int, default=None, help="Use a fixed subset of this many examples."),
+        click.option("--test-split", type=click_type(DataSpec, "test_split"), default=None, help="Held-out fraction, chosen by text hash [0.2]."),
+        click.option("--max-samples", type=click_type(DataSpec, "max_samples"), default=None, help="Use a fixed subset of this many examples."),
     ]):  # fmt: skip
         function = option(function)
     return function
@@ -108,7 +111,7 @@ def _monitor_options(function):
         click.option("--early-stopping", "early_metric", default=None, metavar="METRIC",
                      help="Stop when this eval metric (accuracy, f1_macro, roc_auc, loss, perplexity) stops improving; keep the best weights."),
         click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True, help="Evaluations without improvement before stopping."),
-        click.option("--min-delta", type=float, default=0.0, show_default=True, help="Smallest change that counts as an improvement."),
+        click.option("--min-delta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Smallest change that counts as an improvement."),
         click.option("--alert", "alert_rules", multiple=True, metavar="RULE=THRESHOLD[:warn|stop]",
                      help="Alert rule, repeatable: nan=stop, loss_spike=4, grad_norm=100, throughput_drop=0.5, memory_mb=8000 "
                           "(defaults: nan=stop, loss_spike=4:warn)."),
@@ -136,11 +139,11 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 @click.option("-o", "--option", "method_options", multiple=True, metavar="KEY=VALUE", help="Method option, repeatable (e.g. -o r=16).")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
 @_data_options
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--max-length", type=int, default=128, show_default=True, help="Max tokens per text (classification).")
-@click.option("--block-size", type=int, default=128, show_default=True, help="Tokens per block (causal LM).")
+@click.option("--epochs", type=click_type(TrainSettings, "epochs"), default=3, show_default=True)
+@click.option("--batch-size", type=click_type(TrainSettings, "batch_size"), default=16, show_default=True)
+@click.option("--lr", type=click_type(TrainSettings, "learning_rate"), default=5e-4, show_default=True)
+@click.option("--max-length", type=click_type(TrainSettings, "max_length"), default=128, show_default=True, help="Max tokens per text (classification).")
+@click.option("--block-size", type=click_type(TrainSettings, "block_size"), default=128, show_default=True, help="Tokens per block (causal LM).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", type=click.Path(file_okay=False), default=None, help="Also keep the adapter in this directory.")
 @click.option("--push", default=None, metavar="NAME", help="Push the trained adapter to the registry under NAME.")
@@ -148,7 +151,7 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 @click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY", help="Registry root [$ADAPTERHUB_HOME/registry].")
 @_monitor_options
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars (training, and loading the base).")
 def train_command(base, task, method, method_options, quantize, data_path, text_column, label_column, encoding, dedupe,
                   test_split, max_samples, epochs, batch_size, lr, max_length, block_size, seed, output, push, tags,
                   registry_root, eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file,
@@ -159,14 +162,16 @@ def train_command(base, task, method, method_options, quantize, data_path, text_
     --batch-size is the global batch, metrics are combined over all ranks and only rank 0 pushes.
     """
     from adapterhub.options import parse_pairs
-    from adapterhub.train import TrainSettings
-    from adapterhub.workflow import DataSpec, TrainJob, train_adapter
+    from adapterhub.workflow import TrainJob, train_adapter
 
-    data = DataSpec(data_path, seed=seed)
-    for name, value in dict(text_column=text_column, label_column=label_column, encoding=encoding, dedupe=dedupe,
-                            test_split=test_split, max_samples=max_samples).items():  # fmt: skip
-        if value is not None:
-            setattr(data, name, value)
+    if no_progress:  # the base's "Loading weights" bar as well as ours
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+    given = dict(text_column=text_column, label_column=label_column, encoding=encoding, dedupe=dedupe,
+                 test_split=test_split, max_samples=max_samples)  # fmt: skip
+    data = DataSpec(data_path, seed=seed, **{name: value for name, value in given.items() if value is not None})
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length,
                              block_size=block_size, seed=seed)  # fmt: skip
     monitor = _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir)
@@ -254,6 +259,10 @@ def run_command(command: click.Command, argv: list[str] | None, prog_name: str) 
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
+    except click.UsageError as exc:  # one line naming the flag and its valid values, not click's usage block
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

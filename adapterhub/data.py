@@ -8,6 +8,7 @@ and duplicated texts (e.g. retweets) can never straddle train and test.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -15,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapterhub.errors import DataError
+from adapterhub.errors import DataError, OptionError
 
 _RETWEET = re.compile(r"^(rt\s+)?(@\w+:?\s*)+", re.IGNORECASE)
 _URL = re.compile(r"https?://\S+")
@@ -45,6 +46,23 @@ def normalise(text: str) -> str:
     return _SPACE.sub(" ", _URL.sub("", _RETWEET.sub("", text.strip()))).strip().lower()
 
 
+def check_encoding(encoding: str) -> None:
+    """Refuse an encoding name Python does not know, before any file is opened with it."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise OptionError(
+            f"--encoding {encoding!r} is not an encoding Python knows; pass a codec name such as utf-8, latin-1 or cp1252"
+        ) from None
+
+
+def _not_decodable(path: Path, encoding: str, exc: UnicodeDecodeError) -> DataError:
+    return DataError(
+        f"{path} is not valid {encoding} (byte {exc.object[exc.start]:#04x} at offset {exc.start}: {exc.reason}); "
+        f"pass --encoding with the file's encoding (e.g. --encoding latin-1)"
+    )
+
+
 def _read_rows(path: Path, encoding: str) -> list[dict]:
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} not found")
@@ -54,7 +72,7 @@ def _read_rows(path: Path, encoding: str) -> list[dict]:
                 return [json.loads(line) for line in handle if line.strip()]
             return list(csv.DictReader(handle))
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not valid {encoding} ({exc.reason}); pass --encoding (e.g. latin-1)") from None
+        raise _not_decodable(path, encoding, exc) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
 
@@ -115,12 +133,20 @@ def split_classification(data: ClassificationData, test_fraction: float, seed: i
     )
 
 
-def load_text_blocks(path: str | Path, tokenizer, block_size: int, encoding: str = "utf-8") -> list[list[int]]:
-    """Tokenise a text file and cut it into blocks of ``block_size`` tokens (the last partial block kept if long enough)."""
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """The whole text file; a missing file or one not in ``encoding`` is a ``DataError`` naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"text file {str(path)!r} not found")
-    ids = tokenizer(path.read_text(encoding=encoding), add_special_tokens=False)["input_ids"]
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise _not_decodable(path, encoding, exc) from None
+
+
+def load_text_blocks(path: str | Path, tokenizer, block_size: int, encoding: str = "utf-8") -> list[list[int]]:
+    """Tokenise a text file and cut it into blocks of ``block_size`` tokens (the last partial block kept if long enough)."""
+    ids = tokenizer(read_text(path, encoding), add_special_tokens=False)["input_ids"]
     blocks = [ids[i : i + block_size] for i in range(0, len(ids), block_size)]
     blocks = [b for b in blocks if len(b) >= max(2, block_size // 4)]
     if not blocks:

@@ -22,9 +22,11 @@ from adapterhub.base import Base, load_base
 from adapterhub.batches import block_batches, classification_batches
 from adapterhub.data import (
     ClassificationData,
+    check_encoding,
     load_classification,
     load_text_blocks,
     normalise,
+    read_text,
     split_blocks,
     split_classification,
 )
@@ -32,11 +34,12 @@ from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
 from adapterhub.monitor import MonitorSettings
+from adapterhub.options import CheckedOptions, limited
 from adapterhub.train import TrainResult, TrainSettings, seed_everything, total_steps, train
 
 
 @dataclass
-class DataSpec:
+class DataSpec(CheckedOptions):
     """Where the data is and how to read and split it; recorded in the adapter so `eval` can rebuild the split."""
 
     path: str
@@ -44,9 +47,13 @@ class DataSpec:
     label_column: str = "label"
     encoding: str = "utf-8"
     dedupe: bool = False
-    test_split: float = 0.2
-    max_samples: int | None = None
+    test_split: float = limited(0.2, min=0, below=1)
+    max_samples: int | None = limited(None, min=1)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_encoding(self.encoding)
 
     def recorded(self) -> dict:
         """The spec as stored in the manifest: file name and content hash instead of a machine-local path."""
@@ -150,6 +157,8 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
     registry = Registry(job.registry_root) if job.push and distributed.is_main else None  # a bad root fails now
     seed_everything(job.settings.seed)
     labels = labels_of(job.data) if job.task == "seq-cls" else None
+    if job.task == "causal-lm":
+        read_text(job.data.path, job.data.encoding)  # a missing or mis-encoded file fails before the slow base load
     base = load_base(job.base, task=job.task, quantize=job.quantize, labels=labels)
     make_train, n_train, make_eval, summary = _batch_makers(base, job.data, job.settings, labels)
     spec = plugins.catalog().method(job.method)
