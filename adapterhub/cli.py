@@ -91,12 +91,25 @@ def plugins_command(as_json: bool) -> None:
         click.echo("no plugins installed (pip install adapterhub-lora, ...)")
 
 
+def _known_encoding(ctx, param, value: str | None) -> str | None:
+    """Checks --encoding while parsing, so `eval` refuses it before resolving the adapter."""
+    from adapterhub.data import check_encoding
+    from adapterhub.errors import OptionError
+
+    try:
+        if value is not None:
+            check_encoding(value)
+    except OptionError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _data_options(function):
     for option in reversed([
         click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="CSV/JSONL (text, label) or a text file (causal LM)."),
         click.option("--text-column", default=None, help="Column holding the text [text]."),
         click.option("--label-column", default=None, help="Column holding the label [label]."),
-        click.option("--encoding", default=None, help="File encoding [utf-8], e.g. latin-1."),
+        click.option("--encoding", default=None, callback=_known_encoding, help="File encoding [utf-8], e.g. latin-1."),
         click.option("--dedupe/--no-dedupe", default=None, help="Drop texts equal after normalisation (retweets)."),
         click.option("--test-split", type=click_type(DataSpec, "test_split"), default=None, help="Held-out fraction, chosen by text hash [0.2]."),
         click.option("--max-samples", type=click_type(DataSpec, "max_samples"), default=None, help="Use a fixed subset of this many examples."),

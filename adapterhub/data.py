@@ -52,7 +52,7 @@ def check_encoding(encoding: str) -> None:
         codecs.lookup(encoding)
     except LookupError:
         raise OptionError(
-            f"--encoding {encoding!r} is not an encoding Python knows; pass a codec name such as utf-8, latin-1 or cp1252"
+            f"encoding {encoding!r} is not one Python knows; pass a codec name such as utf-8, latin-1 or cp1252"
         ) from None
 
 
