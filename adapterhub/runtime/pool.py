@@ -3,7 +3,7 @@
 ``AdapterPool(base)`` gives every target linear of the base (``nn.Linear`` or a bitsandbytes quantized
 linear; all of them except the output head by default) its slot tensors once. Then:
 
-* ``load(ref)``: registry -> sha256 check -> base fingerprint and head shape checks -> host memory -> a device
+* ``load(ref)``: registry -> xxh3 check -> base fingerprint and head shape checks -> host memory -> a device
   slot (a tensor copy). Adapters live in three tiers, each evicting least-recently-used: device slots,
   host memory (pinned on CUDA), and the registry on disk. Every adapter in memory keeps its host copy (a slot
   is refilled from it); ``host_capacity`` bounds the adapters held *besides* those in slots, so any capacity,
@@ -322,6 +322,8 @@ def _to_host(plan: SlotPlan) -> SlotPlan:
     pin = torch.cuda.is_available()
 
     def host(t: torch.Tensor) -> torch.Tensor:
+        if not pin and t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad:
+            return t  # e.g. a view into the buffer the registry read the blob into: already a host copy
         t = t.detach().to("cpu").contiguous()
         return t.pin_memory() if pin else t
 

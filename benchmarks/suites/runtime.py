@@ -6,8 +6,9 @@ Both sides run on the same loaded base (SmolLM2-135M, fp32) with the same rank-1
 * swap from host memory — `pool.activate([ref])` cycling through 9 adapters on 8 slots, so every call
   copies an adapter already in host memory into a device slot, vs peft
   `hotswap_adapter_from_state_dict` with the state dict in memory;
-* swap from the registry — `pool.load(ref)` after an untimed `pool.unload(ref)` (read, sha256, base check,
-  copy into a slot) vs peft `hotswap_adapter(model, dir)` (reads the directory);
+* swap from the registry — `pool.load(ref)` after an untimed `pool.unload(ref)` (read, xxh3-128 check
+  against the checksum recorded at push, base check, copy into a slot) vs peft `hotswap_adapter(model, dir)`
+  (reads the directory); the blob is in the page cache, as for any adapter served more than once;
 * switch between resident adapters — `pool.activate([ref])` with both resident vs `set_adapter(name)`;
 * forward with one unmerged adapter, as a ratio to the bare base forward (the same tokens, measured first);
 * a batch whose 8 rows use 8 different adapters, as a throughput ratio to the same batch with one adapter
@@ -152,7 +153,7 @@ def run(ctx: Context) -> None:
         timed("swap from host memory", OURS, lambda: activate(names[next(cycle) % ADAPTERS]),
                  what="pool.activate([ref]), 9 adapters cycling through 8 slots: a host-to-slot copy each call", repeats=swap_repeats)  # fmt: skip
         timed("swap from registry/disk", OURS, lambda ref: pool.load(ref), setup=lambda: unloaded(names[0]),
-                 what="pool.load(ref): registry read, sha256, base check, copy into a slot", repeats=swap_repeats)  # fmt: skip
+                 what="pool.load(ref): registry read, xxh3-128 check, base check, copy into a slot", repeats=swap_repeats)  # fmt: skip
         mixed_rows = names[1:9]
         ours_one, ours_off = ctx.compare(
             "forward: one adapter vs none",
@@ -181,10 +182,11 @@ def run(ctx: Context) -> None:
     what = "median time, 8 distinct adapters / same batch one adapter (1 / throughput ratio)"
     ours_mix = _ratio(ctx, "ratio: mixed batch time / one-adapter batch time", OURS, ours_mixed, ours_same, what)
     _ratio(ctx, "ratio: mixed batch time / one-adapter batch time", BASELINE, peft_mixed, peft_same, what)
-    swap = next(m for m in ctx.measurements if m.case == "swap from host memory" and m.impl == OURS)
-    switch_ours = next(m for m in ctx.measurements if m.case == "switch between resident adapters" and m.impl == OURS)
-    ctx.check("swap a host-resident adapter into a slot (median)", swap.stats.median, 10.0)
-    ctx.check("switch between resident adapters (median)", switch_ours.stats.median, 0.1)
+    ours = {m.case: m for m in ctx.measurements if m.impl == OURS}
+    # Each target is judged on the case it names: the 10 ms swap is a registry adapter into a slot (disk read
+    # and integrity check included); the host-memory swap is a part of it and has no target of its own.
+    ctx.check("swap a registry adapter into a slot, pool.load (median)", ours["swap from registry/disk"].stats.median, 10.0)
+    ctx.check("switch between resident adapters (median)", ours["switch between resident adapters"].stats.median, 0.1)
     ctx.check("forward one adapter / base forward", ours_overhead, 1.10, unit="x")
     ctx.check("mixed 8-adapter batch time / one-adapter batch time (≤ 1.11 is throughput ≥ 0.90×)", ours_mix, 1 / 0.9, unit="x")
     ctx.note(f"Base model: {label}, fp32; LoRA r=16 on every linear layer; forward = one prefill of {batch}×{length} tokens under inference_mode.")
@@ -192,3 +194,6 @@ def run(ctx: Context) -> None:
              "a side, 'adapter' and 'no adapter' (and 'mixed' and 'one adapter') forwards alternate, so each side's ratio "
              "is taken under the same load; the bare-base ratio uses one bare forward measured first and is noisier.")
     ctx.note("peft keeps 8 adapters in one PeftModel; adapterhub's pool has 8 slots padded to rank 16.")
+    ctx.note(f"Swap from host memory (a host-to-slot copy, part of a registry swap) has no target of its own: "
+             f"{ours['swap from host memory'].stats.median:.3g} ms median. The registry swap's integrity check is "
+             "xxh3-128 of the whole blob, recorded at push; sha256 is checked on push, pull, export and verify.")

@@ -43,6 +43,7 @@ from adapterhub_registry.files import fsync_dir, stale_temp_files, write_atomic
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
+_THREAD_MIN_BYTES = 1 << 20  # below this, starting a thread costs more than the read and checksum it would overlap
 
 
 def sha256_hex(data: bytes | memoryview) -> str:
@@ -127,11 +128,13 @@ class BlobStore:
             first = _fill(handle, data[:8])
             head = first + _fill(handle, data[first : max(first, min(size, head_size(data[:first])))])
             rest = _Rest(handle, data, head)
-            rest.start()
+            threaded = size - head >= _THREAD_MIN_BYTES
+            rest.start() if threaded else rest.run()
             try:
                 yield read
             finally:
-                rest.join()
+                if threaded:
+                    rest.join()
                 read.checksum = _check(rest, data, path, sha256, size, ref, checksum)
 
     def problem(self, sha256: str, size: int) -> str | None:
