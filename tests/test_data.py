@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from adapterhub.data import load_classification, normalise, split_classification
-from adapterhub.errors import DataError
+from adapterhub.data import load_classification, normalise, read_text, split_classification
+from adapterhub.errors import DataError, OptionError
+from adapterhub.workflow import DataSpec
 
 
 def test_retweets_are_deduplicated(sentiment_csv):
@@ -45,3 +47,22 @@ def test_missing_column_and_unknown_label_are_clear_errors(sentiment_csv, tmp_pa
     with pytest.raises(DataError, match="pass --encoding"):
         load_classification(latin)
     assert load_classification(latin, encoding="latin-1").texts == ["café"]
+
+
+def test_text_not_in_the_encoding_names_the_byte_and_reads_with_the_right_one(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("café au lait".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.txt is not valid utf-8 \(byte 0xe9 at offset 3.*--encoding latin-1"):
+        read_text(path)
+    assert read_text(path, "latin-1") == "café au lait"
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [({"test_split": 1.0}, "option 'test_split': bad value 1.0; valid values: 0 <= test_split < 1"),
+     ({"max_samples": 0}, "option 'max_samples': bad value 0; valid values: max_samples >= 1"),
+     ({"encoding": "utf-9"}, "encoding 'utf-9' is not one Python knows")],
+)  # fmt: skip
+def test_data_spec_refuses_bad_values_when_built(values, message, sentiment_csv):
+    with pytest.raises(OptionError, match=re.escape(message)):
+        DataSpec(str(sentiment_csv), **values)
