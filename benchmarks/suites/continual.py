@@ -129,9 +129,13 @@ def record(ctx: Context, plan, matrices: dict, final, train_seconds: dict) -> No
 
     names = [t.name for t in plan.tasks]
     splits = [classification_split(t.data, plan.labels[t.name]) for t in plan.tasks]
-    ctx.table("Tasks", ["task", "labels", "train examples", "held-out examples", "held-out majority class"],
-              [[t.name, ", ".join(plan.labels[t.name]), len(train.texts), len(test.texts), test.majority_fraction()]
-               for t, (train, test) in zip(plan.tasks, splits)])  # fmt: skip
+    ctx.table("Tasks", ["task", "labels", "train examples (per label)", "held-out examples", "held-out majority class"],
+              [[t.name, ", ".join(plan.labels[t.name]), f"{len(train.texts)} ({_per_label(train, plan.labels[t.name])})",
+                len(test.texts), test.majority_fraction()] for t, (train, test) in zip(plan.tasks, splits)])  # fmt: skip
+    for name, (_, test), accuracy in zip(names, splits, matrices[ORACLE][-1]):
+        verdict = "beats" if accuracy > test.majority_fraction() else "DOES NOT beat"
+        ctx.note(f"{name}: its adapter (oracle id) scores {accuracy:.3f}, and {verdict} the held-out majority class "
+                 f"({test.majority_fraction():.3f}).")  # fmt: skip
     for approach in APPROACHES:
         last = matrices[approach][-1]
         what = "adapterhub.continual train_sequence + evaluate_sequence" if approach in (ORACLE, ROUTED) else \
@@ -159,6 +163,10 @@ def record(ctx: Context, plan, matrices: dict, final, train_seconds: dict) -> No
              "task can still be right (the three sentiment tasks share label names).")  # fmt: skip
     transfer = {approach: backward_transfer(matrices[approach]) for approach in APPROACHES}
     ctx.plot = lambda document, path: draw(document, path, names, {a: matrices[a] for a in APPROACHES}, transfer)
+
+
+def _per_label(data, labels: list[str]) -> str:
+    return ", ".join(f"{label} {data.labels.count(i)}" for i, label in enumerate(labels))
 
 
 def time_routing(ctx: Context, plan, registry) -> None:
