@@ -32,7 +32,7 @@ from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError
 from adapterhub.runtime.fallback import PeftAttached
 from adapterhub.runtime.plan import PEFT_PREFIX, NotSlottable, SlotPlan, plan_adapter
-from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, make_slotted, remove_slots
+from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, remove_slots
 
 log = logging.getLogger(__name__)
 HEAD_NAMES = ("classifier", "score")  # the heads peft saves whole for sequence classification
@@ -217,12 +217,14 @@ class AdapterPool:
         self.stats.misses += 1
         plan = self._fetch(key).plan
         slot = self._free_slot_index()
+        copies = []
         for name, layer in self.layers.items():
             if name in plan.layers:
                 A, B, scale = plan.layers[name]
-                layer.write(slot, A, B, scale)
+                copies += layer.stage(slot, A, B, scale)
             else:
                 layer.clear(slot)
+        copy_all(copies)
         for name, head in self.heads.items():
             if name in plan.heads:
                 head.write(slot, plan.heads[name]["weight"], plan.heads[name].get("bias"))

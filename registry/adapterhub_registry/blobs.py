@@ -94,13 +94,12 @@ class BlobStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise CorruptBlobError(damage_message(ref, path, "is missing")) from None
+            raise CorruptBlobError(_message(ref, path, "is missing")) from None
         if len(data) != size:
-            what = f"has {len(data)} bytes, expected {size} (truncated or overwritten)"
-            raise CorruptBlobError(damage_message(ref, path, what))
+            raise _wrong_size(ref, path, len(data), size)
         actual = sha256_hex(data)
         if actual != sha256:
-            raise CorruptBlobError(damage_message(ref, path, f"content hashes to {actual}, not {sha256}"))
+            raise CorruptBlobError(_message(ref, path, f"content hashes to {actual}, not {sha256}"))
         return data
 
     @contextmanager
@@ -118,11 +117,11 @@ class BlobStore:
         try:
             handle = open(path, "rb", buffering=0)  # closed below, once the worker is done with it
         except FileNotFoundError:
-            raise CorruptBlobError(damage_message(ref, path, "is missing")) from None
+            raise CorruptBlobError(_message(ref, path, "is missing")) from None
         with handle:
             found = os.fstat(handle.fileno()).st_size
             if found != size:
-                raise CorruptBlobError(damage_message(ref, path, f"has {found} bytes, expected {size} (truncated or overwritten)"))
+                raise _wrong_size(ref, path, found, size)
             read = CheckedRead(torch.empty(size, dtype=torch.uint8))
             data = memoryview(read.buffer.numpy())
             first = _fill(handle, data[:8])
@@ -201,9 +200,9 @@ def _check(rest: _Rest, data: memoryview, path: Path, sha256: str, size: int, re
     if rest.error is not None:
         raise rest.error
     if rest.length != size:
-        raise CorruptBlobError(damage_message(ref, path, f"has {rest.length} bytes, expected {size} (truncated or overwritten)"))
+        raise _wrong_size(ref, path, rest.length, size)
     if rest.checksum != checksum and (digest := sha256_hex(data)) != sha256:
-        raise CorruptBlobError(damage_message(ref, path, f"content hashes to {digest}, not {sha256}"))
+        raise CorruptBlobError(_message(ref, path, f"content hashes to {digest}, not {sha256}"))
     return rest.checksum
 
 
@@ -215,7 +214,11 @@ def _fill(handle: BinaryIO, data: memoryview) -> int:
     return length
 
 
-def damage_message(ref: str, path: Path, what: str) -> str:
+def _wrong_size(ref: str, path: Path, found: int, size: int) -> CorruptBlobError:
+    return CorruptBlobError(_message(ref, path, f"has {found} bytes, expected {size} (truncated or overwritten)"))
+
+
+def _message(ref: str, path: Path, what: str) -> str:
     return (
         f"adapter {ref}: blob {path} {what}. The stored adapter is damaged; "
         f"run `verify` to see every affected ref, then delete {ref} and push it again from a good copy"

@@ -144,9 +144,12 @@ class Registry:
                     raise CorruptBlobError(
                         f"adapter {record.ref}: {exc}; the blob is not loadable, delete {record.ref} and push it again"
                     ) from exc
+                tensors, pending = tensor_views(read.buffer, header, data_start)
+        for destination, source in pending:
+            destination.copy_(source)
         if read.checksum != recorded:
             self._index.remember_checksum(record.blob_sha256, read.checksum)
-        return record, tensor_views(read.buffer, header, data_start)
+        return record, tensors
 
     def pull(self, ref: str, dest_dir: Path | str) -> AdapterRecord:
         """Write the adapter directory (PEFT files + adapterhub.json with the record's fields) into `dest_dir`."""
