@@ -157,6 +157,8 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 @click.option("--lr", type=click_type(TrainSettings, "learning_rate"), default=5e-4, show_default=True)
 @click.option("--max-length", type=click_type(TrainSettings, "max_length"), default=128, show_default=True, help="Max tokens per text (classification).")
 @click.option("--block-size", type=click_type(TrainSettings, "block_size"), default=128, show_default=True, help="Tokens per block (causal LM).")
+@click.option("--class-weights", type=click_type(TrainSettings, "class_weights"), default="none", show_default=True,
+              help="balanced: weigh each label's loss by n / (labels x its count), for skewed classes (classification).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", type=click.Path(file_okay=False), default=None, help="Also keep the adapter in this directory.")
 @click.option("--push", default=None, metavar="NAME", help="Push the trained adapter to the registry under NAME.")
@@ -166,8 +168,8 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars (training, and loading the base).")
 def train_command(base, task, method, method_options, quantize, data_path, text_column, label_column, encoding, dedupe,
-                  test_split, max_samples, epochs, batch_size, lr, max_length, block_size, seed, output, push, tags,
-                  registry_root, eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file,
+                  test_split, max_samples, epochs, batch_size, lr, max_length, block_size, class_weights, seed, output,
+                  push, tags, registry_root, eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file,
                   tensorboard_dir, as_json, no_progress) -> None:  # fmt: skip
     """Train an adapter on a frozen base, evaluate it each epoch and push it to the registry.
 
@@ -186,7 +188,7 @@ def train_command(base, task, method, method_options, quantize, data_path, text_
                  test_split=test_split, max_samples=max_samples)  # fmt: skip
     data = DataSpec(data_path, seed=seed, **{name: value for name, value in given.items() if value is not None})
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length,
-                             block_size=block_size, seed=seed)  # fmt: skip
+                             block_size=block_size, class_weights=class_weights, seed=seed)  # fmt: skip
     monitor = _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir)
     job = TrainJob(base, method, data, task, parse_pairs(list(method_options)), settings, quantize, output, push,
                    list(tags), registry_root, progress=not no_progress, monitor=monitor)  # fmt: skip

@@ -42,6 +42,15 @@ class TrainSettings(CheckedOptions):
     block_size: int = limited(128, min=2)  # a causal-LM block predicts its tokens after the first
     eval_batch_size: int = limited(64, min=1)
     seed: int = 0
+    # "balanced" weighs each class's cross-entropy by n / (classes * n_class) of the training split (scikit-learn's
+    # class_weight="balanced"), so a rare class is not drowned out by a dominant one; classifiers only
+    class_weights: str = limited("none", choices=("none", "balanced"))
+
+
+def balanced_class_weights(labels: list[int], n_classes: int) -> list[float]:
+    """``n / (n_classes * count(c))`` per class ``c`` (a class absent from ``labels`` gets weight 0: it adds no loss)."""
+    counts = [labels.count(c) for c in range(n_classes)]
+    return [len(labels) / (n_classes * count) if count else 0.0 for count in counts]
 
 
 @dataclass
@@ -111,15 +120,19 @@ def train(
     *,
     monitor: MonitorSettings | None = None,
     distributed: Distributed | None = None,
+    class_weights: list[float] | None = None,
 ) -> TrainResult:
     """Train the trainable (adapter) parameters of ``model``.
 
     ``make_train_batches(rows)`` yields batches of at most ``settings.batch_size`` of the examples ``rows``;
     ``make_eval_batches()`` yields the held-out batches. Raises ``TrainingStopped`` when a stop alert fires.
-    Under early stopping the best weights are put back before returning.
+    Under early stopping the best weights are put back before returning. ``class_weights`` (a classifier's,
+    one per label) make the loss a weighted cross-entropy instead of the model's own mean.
     """
     run = _TrainingRun(model, make_eval_batches, task, settings, on_step, progress, monitor or MonitorSettings(),
                        distributed or Distributed.single(), total_steps(n_train, settings))  # fmt: skip
+    if class_weights is not None:
+        run.class_weights = torch.tensor(class_weights, dtype=torch.float32, device=run.device)
     eval_every = run.monitor.eval_every
     try:
         for epoch, rows, last_of_epoch in _global_batches(n_train, settings):
@@ -157,6 +170,7 @@ class _TrainingRun:
         if self.stopper is not None and make_eval_batches is None:
             raise OptionError("early stopping needs held-out data, and this split has none; raise --test-split")
         self.result = TrainResult()
+        self.class_weights: torch.Tensor | None = None
         self.losses: list[float] = []  # step losses since the last evaluation
         self.samples = self.tokens = self.seconds = 0.0
         self.started = time.perf_counter()
@@ -169,7 +183,7 @@ class _TrainingRun:
         batch = next(iter(make_train_batches(mine or rows[:1])))  # a rank left without rows still joins DDP
         batch = {k: v.to(self.device) for k, v in batch.items()}
         units = _loss_units(batch, self.task) if mine else 0
-        loss = self.wrapped(**batch).loss
+        loss = self._loss(batch)
         loss_value = loss.item()
         global_units, non_finite = self.dist.sum([units, float(bool(mine) and not math.isfinite(loss_value))])
         if non_finite:  # decided on numbers all ranks share, before backward starts DDP's all-reduce
@@ -199,6 +213,13 @@ class _TrainingRun:
         for alert in self.checker.check(record.step, record.loss, grad_norm, record.samples_per_s, memory):
             self._raise_or_warn(alert.rule.action, alert.message)
         return True
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's own loss, or with class weights the weighted mean cross-entropy of the batch's rows."""
+        if self.class_weights is None:
+            return self.wrapped(**batch).loss
+        logits = self.wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (batch, classes)
+        return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=self.class_weights)
 
     def _skip_or_stop(self, loss_value: float) -> None:
         attempted = self.result.steps + self.result.skipped_steps + 1

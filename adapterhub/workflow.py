@@ -35,7 +35,7 @@ from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
 from adapterhub.monitor import MonitorSettings
 from adapterhub.options import CheckedOptions, limited
-from adapterhub.train import TrainResult, TrainSettings, seed_everything, total_steps, train
+from adapterhub.train import TrainResult, TrainSettings, balanced_class_weights, seed_everything, total_steps, train
 
 
 @dataclass
@@ -120,7 +120,10 @@ def _batch_makers(base: Base, spec: DataSpec, settings: TrainSettings, label_nam
         if not train_set.texts or not test_set.texts:
             raise OptionError(f"the split of {spec.path} left an empty train or test set; change --test-split")
         summary = {"train_examples": len(train_set.texts), "test_examples": len(test_set.texts),
-                   "majority_baseline": test_set.majority_fraction()}  # fmt: skip
+                   "majority_baseline": test_set.majority_fraction(),
+                   "train_label_counts": [train_set.labels.count(c) for c in range(len(train_set.label_names))]}  # fmt: skip
+        if settings.class_weights == "balanced":
+            summary["class_weights"] = balanced_class_weights(train_set.labels, len(train_set.label_names))
         return (
             lambda order: classification_batches(train_set, tokenizer, settings.batch_size, settings.max_length, order),
             len(train_set.texts),
@@ -153,6 +156,8 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
     if job.push:
         validate_name(job.push)  # fail on a bad name before training, not after
     options = adapters.make_options(job.method, job.options)
+    if job.settings.class_weights != "none" and job.task != "seq-cls":
+        raise OptionError("--class-weights weighs a classifier's labels; a causal-LM run has none (leave it at none)")
     distributed = Distributed.from_environment()
     registry = Registry(job.registry_root) if job.push and distributed.is_main else None  # a bad root fails now
     seed_everything(job.settings.seed)
@@ -166,7 +171,7 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
         options = spec.for_run(options, total_steps(n_train, job.settings))
     model = adapters.attach(base, job.method, options)
     result = train(model, make_train, n_train, make_eval, base.task, job.settings, spec.on_train_step, job.progress,
-                   monitor=job.monitor, distributed=distributed)  # fmt: skip
+                   monitor=job.monitor, distributed=distributed, class_weights=summary.get("class_weights"))  # fmt: skip
     training = {**dataclasses.asdict(job.settings), "train_seconds": result.train_seconds, "steps": result.steps,
                 "world_size": distributed.world_size, "monitor": job.monitor.recorded(),
                 "stopped_early": result.stopped_early, "best_step": result.best_step}  # fmt: skip
