@@ -1,5 +1,6 @@
 """`adapterhub serve` on a real loopback socket under many concurrent clients sending good and bad requests:
-every request gets an answer, bad input a 4xx, nothing a 5xx, and the server stays up.
+every request gets an answer, bad input a 4xx, a damaged registry entry (the server's fault) a 500 and nothing
+else a 5xx, no request fails another one batched with it, and the server stays up.
 
 The per-request 4xx answers themselves (malformed JSON, unknown adapter, oversized input, wrong base) are
 in test_server.py; here they arrive together, over HTTP, with a damaged adapter among them.
@@ -61,7 +62,7 @@ KINDS = {
     "deeply nested": (lambda r: {"content": b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": {"content-type": "application/json"}}, {400, 422}),
     "unknown adapter": (lambda r: {"json": {"prompt": "the movie", "adapter": "nope"}}, {404}),
     "hostile adapter name": (lambda r: {"json": {"prompt": "the movie", "adapter": "../../etc/passwd"}}, {400}),
-    "damaged adapter": (lambda r: {"json": {"prompt": "the movie", "adapter": "broken"}}, {400}),
+    "damaged adapter": (lambda r: {"json": {"prompt": "the movie", "adapter": "broken"}}, {500}),
     "too many tokens": (lambda r: {"json": {"prompt": " ".join(["the"] * 50)}}, {413}),
     "body over the limit": (lambda r: {"content": b"x" * (128 << 10), "headers": {"content-type": "application/json"}}, {413}),
 }

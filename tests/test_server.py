@@ -1,19 +1,31 @@
 """The HTTP server on tiny models: per-request adapters batched together, adapter management, metrics,
-and clear 4xx answers to bad input without the server going down."""
+clear 4xx answers to bad input without the server going down, one failing request never failing the others
+of its batch, and `adapterhub serve` itself (bad flags in one line; more adapters than slots and host cache)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
+from adapterhub_registry import Registry
 from fastapi.testclient import TestClient
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from adapterhub.base import load_base
-from adapterhub.runtime import AdapterPool, GenerationSettings, generate
+from adapterhub.cli import main
+from adapterhub.runtime import AdapterPool, GenerationSettings, classify, generate
 from adapterhub.server import AlertThresholds, ServerSettings, create_app
 from test_runtime import push_random_adapter
 from tiny_models import make_tiny_llama
+
+SENTIMENT = ["neg", "neu", "pos"]
 
 
 @pytest.fixture
@@ -108,3 +120,146 @@ def test_classification_server_answers_labels_per_adapter(tiny_bert, tmp_path):
         answer = client.post("/classify", json={"text": "great movie", "adapter": "sent"}).json()
         assert answer["label"] in ("neg", "pos") and sum(answer["scores"].values()) == pytest.approx(1.0)
         assert client.post("/generate", json={"prompt": "x"}).status_code == 400
+
+
+def concurrently(client, path: str, bodies: list[dict]) -> list:
+    with ThreadPoolExecutor(len(bodies)) as threads:
+        return list(threads.map(lambda body: client.post(path, json=body), bodies))
+
+
+def batches_run(client) -> float:
+    metrics = client.get("/metrics").text
+    return float(next(line for line in metrics.splitlines() if line.startswith("adapterhub_batch_size_count")).split()[-1])
+
+
+@pytest.fixture
+def bert_server(tiny_bert, tmp_path):
+    """A 3-label classification server; `sent-a` and `sent-b` are 3-label adapters, `stars` a 5-label one."""
+    base = load_base(tiny_bert, task="seq-cls", labels=SENTIMENT)
+    push_random_adapter(base, "sent-a", {"r": 2}, tmp_path, seed=1)
+    push_random_adapter(base, "sent-b", {"r": 2, "target_modules": "query,value"}, tmp_path, seed=2)
+    push_random_adapter(load_base(tiny_bert, task="seq-cls", labels=list("12345")), "stars", {"r": 2}, tmp_path, seed=3)
+    pool = AdapterPool(load_base(tiny_bert, task="seq-cls", labels=SENTIMENT), slots=2, max_rank=2)
+    with TestClient(create_app(pool, ServerSettings(max_batch_size=8, max_wait_ms=300))) as client:
+        yield client, pool
+
+
+def test_an_adapter_with_another_number_of_labels_gets_409_and_its_batch_mates_their_answers(bert_server):
+    client, pool = bert_server
+    requests = [("great movie", "sent-a"), ("so boring", "stars"), ("i hate this", "sent-b"), ("fun film", None)]
+    answers = concurrently(client, "/classify", [{"text": text, "adapter": adapter} for text, adapter in requests])
+    assert [a.status_code for a in answers] == [200, 409, 200, 200]
+    assert "5 labels" in answers[1].json()["detail"] and " 3 labels" in answers[1].json()["detail"]
+    assert batches_run(client) < len(requests)  # the bad request shared a batch with good ones
+    for (text, adapter), answer in zip(requests, answers):
+        if adapter != "stars":
+            alone = classify(pool, [text], [adapter])[0]
+            assert answer.json()["label"] == alone.label and answer.json()["adapter"] == adapter
+            assert answer.json()["scores"] == pytest.approx(alone.scores, abs=1e-5)
+    assert client.post("/adapters/load", json={"ref": "stars"}).status_code == 409
+
+
+def narrow_llama(directory, tiny_llama):
+    """A llama like tiny_llama at half the width: its adapters' LoRA factors do not fit tiny_llama's layers."""
+    config = LlamaConfig.from_pretrained(tiny_llama).to_dict()
+    LlamaForCausalLM(LlamaConfig(**{**config, "hidden_size": 32, "intermediate_size": 64, "head_dim": 8})).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(directory)
+    return directory
+
+
+def test_a_request_that_fails_inside_its_batch_fails_alone_and_the_others_get_their_answers(llama_server, tiny_llama, tmp_path):
+    client, pool = llama_server
+    push_random_adapter(load_base(narrow_llama(tmp_path / "narrow", tiny_llama)), "narrow", {"r": 2}, tmp_path)
+    (tmp_path / "narrow" / "adapterhub.json").unlink()  # a plain PEFT adapter: no base recorded to refuse it by
+    Registry().push("unrecorded", tmp_path / "narrow", method="lora")
+    requests = [("the movie was", "a"), ("so fun", "unrecorded"), ("i love this film", "b"), ("they drive", None)]
+    answers = concurrently(client, "/generate", [{"prompt": p, "adapter": a, "max_new_tokens": 5} for p, a in requests])
+    assert [a.status_code for a in answers] == [200, 500, 200, 200]
+    assert batches_run(client) < len(requests)
+    for (prompt, adapter), answer in zip(requests, answers):
+        if adapter != "unrecorded":
+            alone = generate(pool, [prompt], [adapter], GenerationSettings(max_new_tokens=5))[0]
+            assert answer.json() == {"text": alone.text, "tokens": alone.tokens, "adapter": adapter}
+
+
+def test_a_damaged_blob_is_a_server_fault_naming_the_entry_and_verify(llama_server, tiny_llama, tmp_path):
+    client, _ = llama_server
+    broken = push_random_adapter(load_base(tiny_llama), "broken", {"r": 2}, tmp_path, seed=3)
+    blob = Registry().root / "blobs" / "sha256" / broken.blob_sha256
+    blob.write_bytes(blob.read_bytes()[:-4])
+    answers = concurrently(client, "/generate", [{"prompt": "the movie", "adapter": "broken"}, {"prompt": "the movie", "adapter": "a"}])
+    assert [a.status_code for a in answers] == [500, 200]
+    loaded = client.post("/adapters/load", json={"ref": "broken"})
+    for detail in (answers[0].json()["detail"], loaded.json()["detail"]):
+        assert "broken@1" in detail and "`adapterhub registry verify`" in detail
+    assert loaded.status_code == 500
+
+
+BAD_FLAGS = {
+    "--slots": ["0", "-2", "many"], "--max-rank": ["0"], "--host-cache": ["-1"], "--port": ["0", "70000"],
+    "--max-batch-size": ["0"], "--max-wait-ms": ["-1", "nan", "1e9"], "--max-input-tokens": ["0"],
+    "--max-new-tokens": ["0"], "--alert-p95-ms": ["-5"], "--alert-memory-mb": ["-1"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("option, value", [(o, v) for o, values in BAD_FLAGS.items() for v in values])
+def test_serve_refuses_an_out_of_range_flag_in_one_line_naming_it(option, value, tiny_llama, capsys):
+    assert main(["serve", "--base", str(tiny_llama), option, value]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: Invalid value for '{option}'"), err
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_serve(log, *args: str) -> subprocess.Popen:
+    """`adapterhub serve ARGS` in a fresh process (this test's registry), its output to the file ``log``."""
+    executable = shutil.which("adapterhub")
+    assert executable, "the adapterhub console script is not installed"
+    return subprocess.Popen([executable, "serve", *args], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+
+
+def test_serve_console_script_refuses_a_bad_flag_in_one_line_without_traceback(tiny_llama):
+    server = run_serve(subprocess.PIPE, "--base", str(tiny_llama), "--slots", "0")
+    output = server.communicate(timeout=120)[0].decode()
+    assert server.returncode == 1 and "Traceback" not in output
+    assert output.strip().splitlines() == ["error: Invalid value for '--slots': 0 is not in the range x>=1. See `adapterhub serve --help`."]
+
+
+def test_serve_with_more_adapters_than_slots_and_host_cache_answers_each_as_alone(tiny_llama, tmp_path):
+    base = load_base(tiny_llama)
+    names = [f"n{i}" for i in range(4)]
+    for seed, name in enumerate(names):
+        push_random_adapter(base, name, {"r": 2}, tmp_path, seed)
+    port = free_port()
+    preload = [arg for name in names[:3] for arg in ("--load", name)]  # three loads into 2 slots + 1 host entry
+    log = (tmp_path / "serve.log").open("w")
+    server = run_serve(log, "--base", str(tiny_llama), "--slots", "2", "--host-cache", "1", "--max-rank", "2", *preload,
+                       "--port", str(port))  # fmt: skip
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()
+                assert time.monotonic() < deadline, "the server did not start"
+                try:
+                    client.get("/health")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            answers = [client.post("/generate", json={"prompt": "the movie was", "adapter": name, "max_new_tokens": 4})
+                       for name in names + names[::-1]]  # fmt: skip
+            tiers = [a["tier"] for a in client.get("/adapters").json()["adapters"]]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    assert [a.status_code for a in answers] == [200] * 8
+    pool = AdapterPool(load_base(tiny_llama), slots=4, max_rank=2)
+    for name, answer in zip(names + names[::-1], answers):
+        alone = generate(pool, ["the movie was"], [name], GenerationSettings(max_new_tokens=4))[0]
+        assert answer.json() == {"text": alone.text, "tokens": alone.tokens, "adapter": name}
+    assert tiers.count("device") == 2 and tiers.count("host") == 1

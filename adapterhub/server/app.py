@@ -3,10 +3,11 @@
 Endpoints: ``POST /generate`` (causal LM) or ``POST /classify`` (sequence classifier), ``GET /adapters``,
 ``POST /adapters/load``, ``POST /adapters/unload``, ``GET /health``, ``GET /metrics`` (Prometheus).
 Requests that arrive together are batched across adapters by ``Batcher``; everything that touches the pool
-runs on the batcher's one worker thread. Bad input gets a 4xx whose ``detail`` says what to fix; an
-unexpected failure answers 500 for that request only. With a continual-learning router (``--router``), a
-request may name a ``task`` of the sequence instead of an adapter, or ``"task": "auto"`` to have the router
-pick one from the input; the inputs of one batch are routed together, before the batch runs.
+runs on the batcher's one worker thread. Bad input gets a 4xx whose ``detail`` says what to fix; a damaged
+registry entry, a fault of the server's storage, a 500 naming the entry; an unexpected failure a 500. Any of
+these fails only its own request, never the others batched with it. With a continual-learning router
+(``--router``), a request may name a ``task`` of the sequence instead of an adapter, or ``"task": "auto"`` to
+have the router pick one from the input; the inputs of one batch are routed together, before the batch runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Sequence
 
-from adapterhub_registry import InvalidNameError, NotFoundError, RegistryError
+from adapterhub_registry import CorruptBlobError, InvalidNameError, NotFoundError, RegistryError
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -115,6 +116,10 @@ def http_error(exc: Exception) -> HTTPError:
         return HTTPError(400, str(exc))
     if isinstance(exc, IncompatibleBaseError):
         return HTTPError(409, str(exc))
+    if isinstance(exc, CorruptBlobError):  # the server's own storage is damaged: not the caller's fault
+        log.error("damaged registry entry: %s", exc)
+        return HTTPError(500, f"{exc}. This is a fault of the server's registry: its operator should run "
+                              f"`adapterhub registry verify` there")  # fmt: skip
     if isinstance(exc, (AdapterHubError, RegistryError)):
         return HTTPError(400, str(exc))
     log.exception("request failed unexpectedly", exc_info=exc)
@@ -122,7 +127,8 @@ def http_error(exc: Exception) -> HTTPError:
 
 
 def _isolating(run: Callable[[AdapterPool, list, list], list], pool: AdapterPool) -> Callable[[Hashable, Sequence], list]:
-    """Run a batch after loading each distinct adapter on its own, so one bad adapter fails only its requests."""
+    """Run a batch so that one request's failure fails only that request: each distinct adapter is fetched on its
+    own first (registry, sha256, base and head checks), and a batch that still fails runs again request by request."""
 
     def run_batch(key: Hashable, payloads: Sequence[Any]) -> list:
         results: list[Any] = [None] * len(payloads)
@@ -136,12 +142,31 @@ def _isolating(run: Callable[[AdapterPool, list, list], list], pool: AdapterPool
         for i, p in enumerate(payloads):
             if p.adapter in failed:
                 results[i] = failed[p.adapter]
-        if ok:
-            for i, result in zip(ok, run(pool, [payloads[i] for i in ok], key)):
-                results[i] = result
+        for i, result in zip(ok, _each_alone_if_failed(run, pool, [payloads[i] for i in ok], key)):
+            results[i] = result
         return results
 
     return run_batch
+
+
+def _each_alone_if_failed(run: Callable[[AdapterPool, list, list], list], pool: AdapterPool, payloads: list,
+                          key: Hashable) -> list:  # fmt: skip
+    """The batch's results; when the batch raises, each request's own result or error, from running it alone."""
+    if not payloads:
+        return []
+    try:
+        return run(pool, payloads, key)
+    except Exception as exc:
+        if len(payloads) == 1:
+            return [exc]
+        log.warning("a batch of %d requests failed (%s: %s); running them one by one", len(payloads), type(exc).__name__, exc)
+    results: list[Any] = []
+    for payload in payloads:
+        try:
+            results += run(pool, [payload], key)
+        except Exception as exc:
+            results.append(exc)
+    return results
 
 
 def _routing(run_batch: Callable[[Hashable, Sequence], list], router: Router,

@@ -4,30 +4,58 @@ router with ``--router``), run uvicorn."""
 from __future__ import annotations
 
 import logging
+import math
 
 import click
 
+from adapterhub.errors import OptionError
 
-@click.command("serve")
+POSITIVE = click.IntRange(min=1)
+
+
+class NumberRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan, which compares false with both bounds and so passes it."""
+
+    def convert(self, value, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number ({self})", param, ctx)
+        return number
+
+
+class ServeCommand(click.Command):
+    """``serve`` refuses a bad flag (out of range, wrong type, unknown) with one ``error:`` line naming the option
+    and its valid values, as it refuses everything else, instead of click's usage block: the line is what ends up
+    in the log of a service manager or a container."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise OptionError(f"{exc.format_message()} See `adapterhub serve --help`.") from None
+
+
+@click.command("serve", cls=ServeCommand)
 @click.option("--base", required=True, help="Local base model directory or .gguf file.")
 @click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), default=None, help="[causal-lm, or that of the --router sequence]")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
 @click.option("--labels", default=None, help="Comma-separated class names (seq-cls; default: from the first --load adapter).")
-@click.option("--slots", type=int, default=8, show_default=True, help="Adapters resident at once (per layer slots).")
-@click.option("--max-rank", type=int, default=16, show_default=True, help="Largest LoRA rank a slot holds.")
-@click.option("--host-cache", type=int, default=64, show_default=True, help="Adapters kept in host memory.")
+@click.option("--slots", type=POSITIVE, default=8, show_default=True, help="Adapters resident at once (per layer slots).")
+@click.option("--max-rank", type=POSITIVE, default=16, show_default=True, help="Largest LoRA rank a slot holds.")
+@click.option("--host-cache", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Adapters kept in host memory besides those in slots (0: only those in slots).")
 @click.option("--load", "preload", multiple=True, metavar="REF", help="Adapter to load at start, repeatable.")
 @click.option("--router", "sequence", default=None, metavar="SEQUENCE",
               help="Route requests naming a task (or task 'auto') to the adapters of this continual-learning sequence.")
 @click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY", help="Registry root [$ADAPTERHUB_HOME/registry].")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--max-batch-size", type=int, default=16, show_default=True)
-@click.option("--max-wait-ms", type=float, default=5.0, show_default=True, help="How long a request waits for others to batch with.")
-@click.option("--max-input-tokens", type=int, default=512, show_default=True)
-@click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Largest max_new_tokens a request may ask.")
-@click.option("--alert-p95-ms", type=float, default=None, help="Log a warning when the p95 latency goes above this.")
-@click.option("--alert-memory-mb", type=float, default=None, help="Log a warning when process memory goes above this.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--max-batch-size", type=POSITIVE, default=16, show_default=True)
+@click.option("--max-wait-ms", type=NumberRange(0, 60_000), default=5.0, show_default=True, help="How long a request waits for others to batch with.")
+@click.option("--max-input-tokens", type=POSITIVE, default=512, show_default=True)
+@click.option("--max-new-tokens", type=POSITIVE, default=256, show_default=True, help="Largest max_new_tokens a request may ask.")
+@click.option("--alert-p95-ms", type=NumberRange(min=0), default=None, help="Log a warning when the p95 latency goes above this.")
+@click.option("--alert-memory-mb", type=NumberRange(min=0), default=None, help="Log a warning when process memory goes above this.")
 def serve_command(base, task, quantize, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
                   max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens, alert_p95_ms,
                   alert_memory_mb) -> None:  # fmt: skip
@@ -37,7 +65,6 @@ def serve_command(base, task, quantize, labels, slots, max_rank, host_cache, pre
 
     from adapterhub.base import load_base
     from adapterhub.continual.router import Router
-    from adapterhub.errors import OptionError
     from adapterhub.runtime import AdapterPool
     from adapterhub.server import AlertThresholds, ServerSettings, create_app
 
