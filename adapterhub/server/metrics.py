@@ -41,7 +41,7 @@ class _PoolCollector:
             ("adapterhub_pool_hits", stats.hits, "Adapter requests served from a resident device slot."),
             ("adapterhub_pool_misses", stats.misses, "Adapter requests that had to copy the adapter into a slot."),
             ("adapterhub_adapter_swaps", stats.swaps + self.pool.peft.swaps, "Adapters copied into a slot or attached through peft."),
-            ("adapterhub_registry_loads", stats.registry_loads, "Adapters read (and sha256-checked) from the registry."),
+            ("adapterhub_registry_loads", stats.registry_loads, "Adapters read (and integrity-checked) from the registry."),
             ("adapterhub_device_evictions", stats.device_evictions, "Adapters evicted from a device slot to host memory."),
             ("adapterhub_host_evictions", stats.host_evictions, "Adapters evicted from host memory (back to the registry only)."),
         ):  # fmt: skip
