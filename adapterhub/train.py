@@ -48,7 +48,9 @@ class TrainSettings(CheckedOptions):
 
 
 def balanced_class_weights(labels: list[int], n_classes: int) -> list[float]:
-    """``n / (n_classes * count(c))`` per class ``c`` (a class absent from ``labels`` gets weight 0: it adds no loss)."""
+    """``n / (n_classes * count(c))`` per class ``c`` (a class absent from ``labels`` gets weight 0: it adds no loss).
+    scikit-learn's ``compute_class_weight("balanced")`` computes the same but refuses a class absent from the
+    training split, which a small or hash-cut split can have."""
     counts = [labels.count(c) for c in range(n_classes)]
     return [len(labels) / (n_classes * count) if count else 0.0 for count in counts]
 
@@ -130,9 +132,7 @@ def train(
     one per label) make the loss a weighted cross-entropy instead of the model's own mean.
     """
     run = _TrainingRun(model, make_eval_batches, task, settings, on_step, progress, monitor or MonitorSettings(),
-                       distributed or Distributed.single(), total_steps(n_train, settings))  # fmt: skip
-    if class_weights is not None:
-        run.class_weights = torch.tensor(class_weights, dtype=torch.float32, device=run.device)
+                       distributed or Distributed.single(), total_steps(n_train, settings), class_weights)  # fmt: skip
     eval_every = run.monitor.eval_every
     try:
         for epoch, rows, last_of_epoch in _global_batches(n_train, settings):
@@ -152,7 +152,8 @@ def train(
 class _TrainingRun:
     """The state of one call to ``train``: optimizer, schedule, monitor, alert rules and early stopping."""
 
-    def __init__(self, model, make_eval_batches, task, settings, on_step, progress, monitor, dist, n_steps) -> None:
+    def __init__(self, model, make_eval_batches, task, settings, on_step, progress, monitor, dist, n_steps,
+                 class_weights: list[float] | None = None) -> None:  # fmt: skip
         self.model, self.make_eval_batches, self.task, self.settings = model, make_eval_batches, task, settings
         self.on_step, self.monitor, self.dist, self.n_steps = on_step, monitor, dist, n_steps
         self.parameters = [p for p in model.parameters() if p.requires_grad]
@@ -170,7 +171,7 @@ class _TrainingRun:
         if self.stopper is not None and make_eval_batches is None:
             raise OptionError("early stopping needs held-out data, and this split has none; raise --test-split")
         self.result = TrainResult()
-        self.class_weights: torch.Tensor | None = None
+        self.class_weights = None if class_weights is None else torch.tensor(class_weights, device=self.device)
         self.losses: list[float] = []  # step losses since the last evaluation
         self.samples = self.tokens = self.seconds = 0.0
         self.started = time.perf_counter()

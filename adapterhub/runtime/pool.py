@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
-from adapterhub_registry import Registry
+from adapterhub_registry import AdapterRecord, Registry
 
 from adapterhub import kernels
 from adapterhub.adapters import check_base
@@ -146,8 +146,9 @@ class AdapterPool:
         ``ref`` is re-resolved against the registry, so loading ``name`` again picks up a newer version.
         An adapter trained on another base is refused (``IncompatibleBaseError`` naming both) unless ``force``.
         """
-        key = self.registry.resolve(ref).ref
-        adapter = self._fetch(key, force=force)
+        record = self.registry.resolve(ref)
+        key = record.ref
+        adapter = self._fetch(key, force=force, record=record)
         self._aliases[ref] = self._aliases[key] = key
         if adapter.plan is not None:
             self._to_slot(key)
@@ -167,11 +168,12 @@ class AdapterPool:
         self._aliases = {ref: k for ref, k in self._aliases.items() if k != key}
         return key
 
-    def _fetch(self, key: str, *, force: bool = False) -> HostAdapter:
+    def _fetch(self, key: str, *, force: bool = False, record: AdapterRecord | None = None) -> HostAdapter:
+        """The host copy of ``key``, read from the registry on a miss (``record``: ``key`` already resolved)."""
         if key in self._host:
             self._host.move_to_end(key)
             return self._host[key]
-        record, tensors = self.registry.load(key)
+        record, tensors = self.registry.load_record(record) if record is not None else self.registry.load(key)
         self.stats.registry_loads += 1
         check_base(self.base, record.base_fingerprint, key, force=force)
         self._check_heads(key, tensors)

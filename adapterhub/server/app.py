@@ -128,7 +128,8 @@ def http_error(exc: Exception) -> HTTPError:
 
 def _isolating(run: Callable[[AdapterPool, list, list], list], pool: AdapterPool) -> Callable[[Hashable, Sequence], list]:
     """Run a batch so that one request's failure fails only that request: each distinct adapter is fetched on its
-    own first (registry, sha256, base and head checks), and a batch that still fails runs again request by request."""
+    own first (registry read and integrity check, base and head checks), and a batch that still fails runs
+    again request by request."""
 
     def run_batch(key: Hashable, payloads: Sequence[Any]) -> list:
         results: list[Any] = [None] * len(payloads)

@@ -134,7 +134,10 @@ class Registry:
         after the read. The header is parsed while the rest is read and checksummed; see blobs.py for
         which check runs where.
         """
-        record = self.resolve(ref)
+        return self.load_record(self.resolve(ref))
+
+    def load_record(self, record: AdapterRecord) -> tuple[AdapterRecord, dict[str, torch.Tensor]]:
+        """``load`` of a record already resolved (the pool resolves a ref once and keeps its exact key)."""
         recorded = self._index.checksum(record.blob_sha256)
         with self._deleted_meanwhile_is_not_found(record):
             with self._blobs.reading(record.blob_sha256, record.size_bytes, record.ref, recorded, header_size) as read:
