@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from adapterhub_registry.adapter_dir import PICKLE_SUFFIXES
+from adapterhub_registry import RegistryError
+from adapterhub_registry.adapter_dir import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, AdapterFiles, read_adapter_dir
 from peft import PeftConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils.error import NoMatchingPeftModuleError
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load
 
 from adapterhub import plugins
 from adapterhub.base import Base
@@ -28,9 +29,6 @@ from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionErro
 from adapterhub.lora_routing import route_fused_lora
 from adapterhub.options import build_options
 
-MANIFEST_FILE = "adapterhub.json"
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 _TASK_TYPES = {"seq-cls": TaskType.SEQ_CLS, "causal-lm": TaskType.CAUSAL_LM}
 
 
@@ -124,18 +122,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def read_adapter_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """``(peft_config, tensors, manifest)`` from a PEFT directory; pickle weights are refused."""
-    directory = Path(directory)
-    if not (directory / CONFIG_FILE).is_file():
-        raise AdapterHubError(f"{directory} has no {CONFIG_FILE}: it is not a PEFT adapter directory")
-    if not (directory / WEIGHTS_FILE).is_file():
-        pickled = sorted(p.name for p in directory.glob("*") if p.suffix in PICKLE_SUFFIXES)
-        hint = f" (found {', '.join(pickled)}: pickle files are refused, re-save with safetensors)" if pickled else ""
-        raise AdapterHubError(f"{directory} has no {WEIGHTS_FILE}{hint}")
-    manifest_path = directory / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    return json.loads((directory / CONFIG_FILE).read_text()), load_file(directory / WEIGHTS_FILE), manifest
+def read_adapter(directory: str | os.PathLike) -> tuple[AdapterFiles, dict[str, torch.Tensor]]:
+    """An adapter directory as the registry reads it (pickle weights refused with a fix-it message), and its
+    weights as tensors."""
+    try:
+        files = read_adapter_dir(Path(directory))
+    except RegistryError as exc:
+        raise AdapterHubError(str(exc)) from None
+    try:
+        return files, load(files.weights)
+    except SafetensorError as exc:
+        raise AdapterHubError(f"{files.weights_path} is not a readable safetensors file ({exc}); save the adapter again") from None
 
 
 def check_base(base: Base, adapter_base: str | None, adapter: str, *, force: bool = False) -> None:
@@ -198,9 +195,9 @@ def load_adapter(
 
 def load_adapter_dir(base: Base, directory: str | os.PathLike, *, force: bool = False) -> PeftModel:
     """Load a saved adapter directory (ours or plain PEFT) onto ``base``."""
-    peft_config, tensors, manifest = read_adapter_dir(directory)
-    fingerprint = (manifest.get("base") or {}).get("fingerprint")
+    files, tensors = read_adapter(directory)
+    fingerprint = (files.manifest.get("base") or {}).get("fingerprint")
     return load_adapter(
-        base, peft_config, tensors, adapter_base=fingerprint, label=str(directory), force=force, manifest=manifest
+        base, files.peft_config, tensors, adapter_base=fingerprint, label=str(directory), force=force, manifest=files.manifest
     )
 

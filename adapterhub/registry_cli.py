@@ -162,7 +162,8 @@ def import_peft(registry: Registry, directory: Path, name: str, *, base: str | N
     from adapterhub import adapters, plugins
     from adapterhub.base import load_base
 
-    peft_config, tensors, manifest = adapters.read_adapter_dir(directory)
+    files, tensors = adapters.read_adapter(directory)
+    peft_config, manifest = files.peft_config, files.manifest
     method = plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"))
     manifest = {"format": 1, **manifest, "method": method.name, "imported_from": "peft"}
     fingerprint = None

@@ -146,7 +146,8 @@ def test_push_refuses_safetensors_that_lie_about_shape_dtype_or_size(registry, a
 def test_tensors_of_the_wrong_shape_for_the_base_are_refused_with_the_tensor_named(tiny_llama, tmp_path):
     base = load_base(tiny_llama)
     adapters.save_adapter(adapters.attach(base, "lora"), tmp_path / "a", {"format": 1})
-    config, tensors, _ = adapters.read_adapter_dir(tmp_path / "a")
+    files, tensors = adapters.read_adapter(tmp_path / "a")
+    config = files.peft_config
     key = sorted(tensors)[0]
     tensors[key] = torch.zeros(tensors[key].shape[0], tensors[key].shape[1] + 3)
     with pytest.raises(AdapterHubError, match=r"does not fit this base .*size mismatch for .*lora_A"):
