@@ -9,7 +9,6 @@ tensors + config (registry), refusing an adapter trained on another base.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 from adapterhub_registry import RegistryError
-from adapterhub_registry.adapter_dir import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, AdapterFiles, read_adapter_dir
+from adapterhub_registry.adapter_dir import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, AdapterFiles, manifest_bytes, read_adapter_dir
 from peft import PeftConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils.error import NoMatchingPeftModuleError
 from safetensors import SafetensorError
@@ -26,6 +25,7 @@ from safetensors.torch import load
 from adapterhub import plugins
 from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
+from adapterhub.manifest import BaseIdentity, Manifest, PluginIdentity
 from adapterhub.lora_routing import route_fused_lora
 from adapterhub.options import build_options
 
@@ -72,23 +72,23 @@ def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_manifest(base: Base, method: str, options: Any, **extra: Any) -> dict:
+def build_manifest(base: Base, method: str, options: Any, **fields: Any) -> Manifest:
     """What adapterhub records beside the PEFT files: method and the plugin distribution providing it (named
-    when a machine without it loads the adapter), options, task, labels and the base's identity."""
+    when a machine without it loads the adapter), options, model task, labels and the base's identity;
+    ``fields`` sets more of the manifest's fields (``data``, ``data_summary``, ``training``)."""
     plugin = plugins.catalog().plugin_of_method(method)
-    return {
-        "format": 1,
-        "method": method,
-        "plugin": {"name": plugin.name, "distribution": plugin.distribution, "version": plugin.version} if plugin else None,
-        "options": dataclasses.asdict(options),
-        "task": base.task,
-        "labels": base.labels,
-        "base": base.describe(),
-        **extra,
-    }
+    return Manifest(
+        method=method,
+        plugin=PluginIdentity(plugin.name, plugin.distribution, plugin.version) if plugin else None,
+        options=dataclasses.asdict(options),
+        model_task=base.task,
+        labels=base.labels,
+        base=BaseIdentity.from_dict(base.describe()),
+        **fields,
+    )
 
 
-def save_adapter(model: PeftModel, directory: str | os.PathLike, manifest: dict) -> Path:
+def save_adapter(model: PeftModel, directory: str | os.PathLike, manifest: Manifest) -> Path:
     """Write the adapter as a PEFT directory (safetensors + adapter_config.json) plus ``adapterhub.json``.
 
     Files are written in a temp directory inside ``directory``, flushed to disk, and only then moved into
@@ -100,7 +100,7 @@ def save_adapter(model: PeftModel, directory: str | os.PathLike, manifest: dict)
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as staging:
             model.save_pretrained(staging, safe_serialization=True)
-            (Path(staging) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            (Path(staging) / MANIFEST_FILE).write_bytes(manifest_bytes(manifest.to_dict()))
             for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE):
                 _fsync(Path(staging) / name)
             for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE):
@@ -158,10 +158,12 @@ def load_adapter(
 ) -> PeftModel:
     """Attach an adapter given by its PEFT config and tensors to ``base``, exactly as saved.
 
-    ``manifest`` (our ``adapterhub.json``) names the plugin that made the adapter, for the error when it is missing.
+    ``manifest`` (our ``adapterhub.json`` as stored) names the plugin that made the adapter, for the error when
+    it is missing.
     """
     check_base(base, adapter_base, label, force=force)
-    spec = plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"), (manifest or {}).get("plugin"))
+    plugin = Manifest.from_dict(manifest or {}).plugin
+    spec = plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"), plugin.to_dict() if plugin else None)
     config = PeftConfig.from_peft_type(**{k: v for k, v in peft_config.items() if k != "auto_mapping"})
     config.inference_mode = not trainable
     try:
@@ -196,8 +198,8 @@ def load_adapter(
 def load_adapter_dir(base: Base, directory: str | os.PathLike, *, force: bool = False) -> PeftModel:
     """Load a saved adapter directory (ours or plain PEFT) onto ``base``."""
     files, tensors = read_adapter(directory)
-    fingerprint = (files.manifest.get("base") or {}).get("fingerprint")
     return load_adapter(
-        base, files.peft_config, tensors, adapter_base=fingerprint, label=str(directory), force=force, manifest=files.manifest
-    )
+        base, files.peft_config, tensors, adapter_base=Manifest.from_dict(files.manifest).base_fingerprint,
+        label=str(directory), force=force, manifest=files.manifest,
+    )  # fmt: skip
 

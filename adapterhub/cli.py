@@ -198,7 +198,7 @@ def train_command(base, task, method, method_options, quantize, data_path, text_
     result = outcome.result
     summary = {
         "metrics": result.metrics,
-        "data": outcome.manifest["data_summary"],
+        "data": outcome.manifest.data_summary,
         "train_seconds": round(result.train_seconds, 2),
         "steps": result.steps,
         "skipped_steps": result.skipped_steps,

@@ -33,6 +33,7 @@ from adapterhub.data import (
 from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
+from adapterhub.manifest import Manifest
 from adapterhub.monitor import MonitorSettings
 from adapterhub.options import CheckedOptions, limited
 from adapterhub.train import TrainResult, TrainSettings, balanced_class_weights, seed_everything, total_steps, train
@@ -88,7 +89,7 @@ class TrainOutcome:
 
     result: TrainResult
     adapter_dir: Path | None
-    manifest: dict
+    manifest: Manifest
     trainable_parameters: int
     adapter_bytes: int
     record: Any = None  # the registry record when pushed
@@ -209,13 +210,13 @@ def evaluate_adapter(
     """Metrics of a registry adapter on the held-out split of ``data`` (default: the data it was trained on,
     read from the same path given again, split as recorded)."""
     record, tensors = Registry(registry_root).load(ref)
-    manifest = record.manifest
-    base = load_base(base_path, task=manifest.get("task", "causal-lm"), quantize=quantize, labels=manifest.get("labels") or None)
+    manifest = Manifest.from_dict(record.manifest)
+    base = load_base(base_path, task=manifest.model_task or "causal-lm", quantize=quantize, labels=manifest.labels or None)
     model = adapters.load_adapter(
         base, record.peft_config, tensors, adapter_base=record.base_fingerprint, label=record.ref, force=force,
-        manifest=manifest,
+        manifest=record.manifest,
     )  # fmt: skip
-    settings = settings or TrainSettings(**{k: v for k, v in manifest.get("training", {}).items() if k in TrainSettings.__dataclass_fields__})
+    settings = settings or TrainSettings(**{k: v for k, v in (manifest.training or {}).items() if k in TrainSettings.__dataclass_fields__})
     if data is None:
         raise OptionError("pass --data: the file the held-out split is taken from")
     _, _, make_eval, summary = _batch_makers(base, data, settings, base.labels or None)
@@ -225,8 +226,9 @@ def evaluate_adapter(
 
 
 def recorded_data_spec(manifest: dict, path: str, **overrides: Any) -> DataSpec:
-    """The DataSpec an adapter was trained with, pointed at ``path`` (a local copy of the same file)."""
-    recorded = {k: v for k, v in manifest.get("data", {}).items() if k in DataSpec.__dataclass_fields__}
+    """The DataSpec an adapter was trained with (``manifest`` as the registry stores it), pointed at ``path``
+    (a local copy of the same file)."""
+    recorded = {k: v for k, v in (Manifest.from_dict(manifest).data or {}).items() if k in DataSpec.__dataclass_fields__}
     recorded.update({k: v for k, v in overrides.items() if v is not None})
     recorded["path"] = path
     return DataSpec(**recorded)

@@ -22,7 +22,7 @@ def test_ranks_are_reallocated_in_training_and_rebuilt_exactly_from_the_registry
         settings=settings, push="ada", registry_root=str(tmp_path), progress=False,
     ))  # fmt: skip
     steps = outcome.result.steps
-    assert outcome.manifest["options"]["total_step"] == steps  # filled in from the run's length
+    assert outcome.manifest.options["total_step"] == steps  # filled in from the run's length
 
     record, tensors = Registry(tmp_path).load("ada")
     pattern = record.peft_config["rank_pattern"]

@@ -43,7 +43,7 @@ def test_lora_on_minilm_beats_the_majority_baseline_and_exports_to_peft(minilm, 
     settings = TrainSettings(epochs=2, batch_size=32, learning_rate=1e-3, max_length=48)
     job = TrainJob(str(minilm), "lora", data, options={"r": 8}, settings=settings, push="tweets-lora", progress=False)
     outcome = train_adapter(job)
-    baseline = outcome.manifest["data_summary"]["majority_baseline"]
+    baseline = outcome.manifest.data_summary["majority_baseline"]
     assert outcome.result.metrics["accuracy"] > baseline + 0.05
     assert outcome.record.ref == "tweets-lora@1"
 

@@ -6,6 +6,7 @@ failures are also injected by patching, so the behaviour is checked everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
@@ -184,5 +185,5 @@ def test_save_adapter_failing_midway_keeps_the_previous_adapter_whole(tiny_lora,
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", half_then_full)
     with pytest.raises(AdapterHubError, match="No space left on device"):
-        adapters.save_adapter(model, tmp_path / "adapter", {**manifest, "changed": True})
+        adapters.save_adapter(model, tmp_path / "adapter", dataclasses.replace(manifest, extra={"changed": True}))
     assert _listing(tmp_path / "adapter") == before

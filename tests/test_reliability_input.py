@@ -24,6 +24,7 @@ from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.cli import main
 from adapterhub.errors import AdapterHubError
+from adapterhub.manifest import Manifest
 from adapterhub_registry import InvalidNameError, RegistryError, UnsafeFileError
 from adapterhub_registry.names import parse_ref, validate_name
 
@@ -145,7 +146,7 @@ def test_push_refuses_safetensors_that_lie_about_shape_dtype_or_size(registry, a
 
 def test_tensors_of_the_wrong_shape_for_the_base_are_refused_with_the_tensor_named(tiny_llama, tmp_path):
     base = load_base(tiny_llama)
-    adapters.save_adapter(adapters.attach(base, "lora"), tmp_path / "a", {"format": 1})
+    adapters.save_adapter(adapters.attach(base, "lora"), tmp_path / "a", Manifest())
     files, tensors = adapters.read_adapter(tmp_path / "a")
     config = files.peft_config
     key = sorted(tensors)[0]

@@ -27,6 +27,7 @@ from adapterhub.continual.sequence import existing_adapter, load_plan_base
 from adapterhub.data import ClassificationData
 from adapterhub.errors import AdapterHubError
 from adapterhub.evaluation import evaluate_batches
+from adapterhub.manifest import Manifest
 from adapterhub.runtime.fallback import PeftAttached
 from adapterhub.workflow import _batch_makers, classification_split
 
@@ -91,9 +92,9 @@ def evaluate_sequence(plan: SequencePlan, registry: Registry | None = None) -> S
             record, tensors = registry.load(records[task.name].ref)
             model = attached.attach(record.ref, record.peft_config, tensors, record.manifest)
             evaluations[task.name] = evaluate_batches(model, makers[task.name][2](), plan.model_task)
+            labels = Manifest.from_dict(record.manifest).labels
             for source, test in tests.items():  # the examples of every task that the router sent here
                 rows = [i for i, r in enumerate(routes[source]) if r.task.name == task.name]
-                labels = list(record.manifest["labels"])
                 for row, index in zip(rows, _predict(model, base, test.subset(rows), plan.settings)):
                     predicted[source][row] = labels[index]
     finally:
@@ -110,7 +111,7 @@ def _trained_adapter(plan: SequencePlan, task: TaskPlan, registry: Registry, bas
     record = existing_adapter(registry, plan, task.name)
     if record is None:
         raise AdapterHubError(f"task {task.name!r} of the plan has no adapter in {registry.root}; run adapterhub continual train PLAN")
-    if record.manifest.get("data", {}).get("sha256") != task.data.recorded()["sha256"]:
+    if Manifest.from_dict(record.manifest).data_sha256 != task.data.recorded()["sha256"]:
         raise AdapterHubError(
             f"task {task.name!r}: {task.data.path} is not the file {record.ref} was trained on (sha256 differs), "
             f"so its held-out split would differ; point the plan at that file or retrain the task"

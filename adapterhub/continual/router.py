@@ -26,6 +26,7 @@ from adapterhub.base import Base, load_base
 from adapterhub.continual.features import BaseFeatures, decode_tensor
 from adapterhub.continual.plan import sequence_tag
 from adapterhub.errors import AdapterHubError
+from adapterhub.manifest import Manifest
 
 
 class UnknownTaskError(AdapterHubError):
@@ -75,21 +76,22 @@ class Router:
         the features of inputs to route; without it, only ``ref_for`` (explicit task ids) works.
         """
         registry = registry or Registry()
-        records = [r for r in registry.list(tag=sequence_tag(sequence)) if r.manifest.get("continual", {}).get("sequence") == sequence]
+        tagged = [(r, Manifest.from_dict(r.manifest)) for r in registry.list(tag=sequence_tag(sequence))]
+        records = [(r, m) for r, m in tagged if m.continual is not None and m.continual.sequence == sequence]
         if not records:
             raise AdapterHubError(
                 f"the registry at {registry.root} has no adapters of sequence {sequence!r} (tag {sequence_tag(sequence)}); "
                 f"train it first: adapterhub continual train PLAN"
             )
         tasks, lengths, fingerprints, model_tasks = [], set(), set(), set()
-        for record in records:
-            entry = record.manifest["continual"]
-            router = entry.get("router") or {}
+        for record, manifest in records:
+            entry = manifest.continual
+            router = entry.router or {}
             prototypes = decode_tensor(router.get("prototypes") or {}, f"adapter {record.ref}")
-            tasks.append(RoutedTask(entry["task"], entry["position"], record.ref, tuple(record.manifest.get("labels") or ()), prototypes))
+            tasks.append(RoutedTask(entry.task, entry.position, record.ref, tuple(manifest.labels or ()), prototypes))
             lengths.add(router.get("max_length"))
             fingerprints.add(record.base_fingerprint)
-            model_tasks.add(record.manifest.get("task", "seq-cls"))
+            model_tasks.add(manifest.model_task or "seq-cls")
         if len(fingerprints) != 1 or len(lengths) != 1 or len(model_tasks) != 1:
             raise AdapterHubError(
                 f"the adapters of sequence {sequence!r} were trained on different bases or settings "

@@ -31,6 +31,7 @@ from adapterhub.continual.features import (
 )
 from adapterhub.continual.plan import SequencePlan, TaskPlan, sequence_tag, task_tag
 from adapterhub.distributed import launched_as_main
+from adapterhub.manifest import ContinualEntry, Manifest
 from adapterhub.workflow import TrainJob, _batch_makers, train_adapter
 
 
@@ -102,7 +103,7 @@ def train_sequence(
         where = f"[{task.position + 1}/{len(plan.tasks)}] {task.name}"
         digest = task_digest(plan, task, base.fingerprint_id)
         current = existing_adapter(registry, plan, task.name)
-        if current is not None and not retrain and current.manifest.get("continual", {}).get("digest") == digest:
+        if current is not None and not retrain and _digest_of(current) == digest:
             log(f"{where}: up to date ({current.ref}), not retrained")
             runs.append(TaskRun(task.name, task.position, current, trained=False))
             continue
@@ -126,16 +127,20 @@ def _train_task(plan: SequencePlan, task: TaskPlan, digest: str, base: Base, fea
         outcome = train_adapter(job)  # not pushed by the job: the push below adds the sequence's manifest entry
         if not outcome.is_main:
             return None
-        continual = {"sequence": plan.sequence, "task": task.name, "position": task.position, "digest": digest,
-                     "router": _router_entry(plan, task, base, features)}  # fmt: skip
+        continual = ContinualEntry(plan.sequence, task.name, task.position, digest, _router_entry(plan, task, base, features))
         return registry.push(
             plan.adapter_name(task.name), outcome.adapter_dir, method=plan.method,
-            base_fingerprint=outcome.manifest["base"]["fingerprint"], manifest={"continual": continual},
+            base_fingerprint=outcome.manifest.base_fingerprint, manifest={"continual": continual.to_dict()},
             metrics={**outcome.result.metrics, "train_seconds": outcome.result.train_seconds},
             tags=[task_tag(task.name), sequence_tag(plan.sequence)],
         )  # fmt: skip
     finally:
         shutil.rmtree(output, ignore_errors=True)
+
+
+def _digest_of(record: AdapterRecord) -> str | None:
+    continual = Manifest.from_dict(record.manifest).continual
+    return continual.digest if continual is not None else None
 
 
 def _router_entry(plan: SequencePlan, task: TaskPlan, base: Base, features: BaseFeatures) -> dict[str, Any]:
