@@ -26,7 +26,7 @@ The ops (exact contract a plugin kernel must follow; every tensor is on one devi
 ``lora_linear(x, weight, bias, A, B, scale, x_lora=None) -> y``
     A frozen linear plus one LoRA, differentiable in ``x``, ``A`` and ``B`` (training):
     ``y = x @ weight.T + bias + scale * (x_lora @ A.T) @ B.T`` where ``x_lora`` (x after LoRA dropout)
-    defaults to ``x``. ``adapters.attach`` routes peft's LoRA layers through it (``lora_routing``).
+    defaults to ``x``. the LoRA plugin sends peft's LoRA layers to it (``adapterhub_lora.dispatch``).
 
 ``nf4_linear(x, weight, quant_state, bias=None) -> y``
     ``x @ dequantize_4bit(weight, quant_state).T + bias`` for a bitsandbytes NF4 weight.

@@ -9,7 +9,10 @@ being re-implemented by every plugin.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # specs stay import-light: plugins and the CLI import them without torch
+    import torch
 
 TASKS = ("seq-cls", "causal-lm")
 """Tasks a base model can be loaded for: sequence classification and causal language modelling."""
@@ -28,8 +31,21 @@ class MethodSpec:
     options to attach with for a training run of ``total_steps`` optimizer steps; a method whose config
     depends on the length of the run (AdaLoRA's budget schedule) fills it in there, before the adapter is
     attached. ``after_load(model)`` runs after a stored adapter has been attached and its tensors loaded
-    (a method repairs peft state there that peft only sets up for training). ``capabilities`` are shown by ``adapterhub plugins`` (e.g. ``mergeable``, ``slottable``,
-    ``rank-schedule``, ``causal-lm-only``, ``quantized-base``).
+    (a method repairs peft state there that peft only sets up for training). ``capabilities`` are shown by
+    ``adapterhub plugins`` (e.g. ``mergeable``, ``slottable``, ``rank-schedule``, ``causal-lm-only``,
+    ``quantized-base``).
+
+    The two seams to the runtime, both optional:
+
+    * ``slot_plan(peft_config, modules, layout)`` says how a stored adapter becomes slot contents, so the
+      adapter pool can serve it from resident slots in mixed batches. ``modules`` maps each slotted module
+      the adapter touches to its tensors, keyed by what follows the module name in the PEFT file (the core
+      never reads a method's key names). It returns ``{module: SlotContents}`` or raises ``NotSlottable``
+      naming why (the adapter then swaps through peft). A method with a ``slot_plan`` has the capability
+      ``slottable``; the catalog checks the two agree.
+    * ``dispatch(model)`` runs after ``adapters.attach`` has wrapped the base: the method routes its peft
+      layers to a kernel of ``adapterhub.kernels`` where one is chosen for the base's device and dtype
+      (LoRA sends its layers to the fused ``lora_linear`` op), and leaves peft's forward where none is.
     """
 
     name: str
@@ -41,6 +57,55 @@ class MethodSpec:
     on_train_step: Callable[[Any, int, int], None] | None = None
     for_run: Callable[[Any, int], Any] | None = None
     after_load: Callable[[Any], None] | None = None
+    slot_plan: Callable[[dict, dict[str, dict[str, Any]], "SlotLayout"], dict[str, "SlotContents"]] | None = None
+    dispatch: Callable[[Any], None] | None = None
+
+
+class NotSlottable(Exception):
+    """The adapter is valid but cannot live in a slot; the message says why (it loads through peft instead)."""
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """What an adapter pool offers a method's ``slot_plan``: its slotted linear layers and their limits.
+
+    ``shapes`` maps each slotted module name to ``(d_in, d_out)``; ``max_rank`` is the widest low-rank pair a slot
+    holds; ``weight(module)`` returns that module's frozen base weight ``(d_out, d_in)`` in float32, dequantized
+    when the base is quantized, and ``bias(module)`` its bias or None (for methods whose slot contents depend on
+    them, such as DoRA's column norms).
+    """
+
+    shapes: dict[str, tuple[int, int]]
+    max_rank: int
+    weight: Callable[[str], "torch.Tensor"]
+    bias: Callable[[str], "torch.Tensor | None"]
+
+
+@dataclass
+class SlotContents:
+    """One adapter's contents for one slotted layer. With ``base(x)`` the layer's frozen output, a row of this
+    adapter computes::
+
+        y = out_scale * (base(in_scale * x) + scale * (x @ A.T) @ B.T) + out_shift
+
+    Every part is optional (None: absent), so LoRA and rsLoRA fill ``A``/``B``/``scale``, DoRA adds its
+    per-column ``out_scale`` and ``out_shift``, and IA3 fills ``out_scale`` (or ``in_scale`` on feed-forward
+    layers) alone. ``A``: (r, d_in); ``B``: (d_out, r); vectors: (d_in,) or (d_out,).
+    """
+
+    A: "torch.Tensor | None" = None
+    B: "torch.Tensor | None" = None
+    scale: float = 0.0
+    in_scale: "torch.Tensor | None" = None
+    out_scale: "torch.Tensor | None" = None
+    out_shift: "torch.Tensor | None" = None
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.A is None else self.A.shape[0]
+
+    def tensors(self) -> list["torch.Tensor"]:
+        return [t for t in (self.A, self.B, self.in_scale, self.out_scale, self.out_shift) if t is not None]
 
 
 @dataclass(frozen=True)

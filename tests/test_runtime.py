@@ -113,14 +113,14 @@ def test_adapter_for_another_base_is_refused_naming_both(tiny_llama, tmp_path):
     assert pool.describe() == []
 
 
-def test_dora_is_not_slottable_and_swaps_through_peft(llama_pool, tiny_llama, tmp_path):
-    push_random_adapter(llama_pool.base, "dora", {"r": 4, "dora": True}, tmp_path, seed=7)
-    llama_pool.load("dora")
-    assert llama_pool.kind("dora") == "peft" and "DoRA" in llama_pool.reason("dora")
-    reference = peft_reference(AutoModelForCausalLM, tiny_llama, tmp_path, ["dora", "plain"])
-    with llama_pool.peft_adapter("dora") as model:
+def test_lora_with_trained_biases_is_not_slottable_and_swaps_through_peft(llama_pool, tiny_llama, tmp_path):
+    push_random_adapter(llama_pool.base, "biased", {"r": 4, "bias": "lora_only"}, tmp_path, seed=7)
+    llama_pool.load("biased")
+    assert llama_pool.kind("biased") == "peft" and "bias" in llama_pool.reason("biased")
+    reference = peft_reference(AutoModelForCausalLM, tiny_llama, tmp_path, ["biased", "plain"])
+    with llama_pool.peft_adapter("biased") as model:
         ours = model(TOKENS).logits
-    torch.testing.assert_close(ours, alone(reference, "dora", input_ids=TOKENS), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, alone(reference, "biased", input_ids=TOKENS), rtol=1e-5, atol=1e-5)
     with llama_pool.activate(["plain"]):  # slotted adapters still run while the peft adapter stays attached
         torch.testing.assert_close(llama_pool.base.model(TOKENS).logits, alone(reference, "plain", input_ids=TOKENS),
                                    rtol=1e-5, atol=1e-5)  # fmt: skip
@@ -200,7 +200,7 @@ def test_more_adapters_than_slots_and_host_cache_cycle_through_and_equal_peft(ti
     assert pool.stats.host_evictions > 0 and pool.stats.device_evictions > 0
 
 
-@pytest.mark.parametrize("options", [{"r": 2}, {"r": 2, "dora": True}], ids=["slotted", "through peft"])
+@pytest.mark.parametrize("options", [{"r": 2}, {"r": 2, "bias": "lora_only"}], ids=["slotted", "through peft"])
 def test_adapter_whose_head_has_another_number_of_labels_is_refused_naming_both(tiny_bert, tmp_path, options):
     five = load_base(tiny_bert, task="seq-cls", labels=["1", "2", "3", "4", "5"])
     push_random_adapter(five, "stars", options, tmp_path)

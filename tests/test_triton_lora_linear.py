@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 from adapterhub_triton.testing import import_kernels, kernel_device  # noqa: E402
 from adapterhub_triton.support import supports  # noqa: E402
 
-from adapterhub.lora_routing import patch_lora_model, unpatch_lora_model  # noqa: E402
+from adapterhub_lora.dispatch import patch_lora_model, unpatch_lora_model  # noqa: E402
 
 (fused,) = import_kernels("fused_lora")
 DEVICE = kernel_device()

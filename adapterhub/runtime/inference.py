@@ -1,7 +1,7 @@
 """Per-request adapters for whole batches: text generation (causal LMs) and classification (sequence classifiers).
 
 Called by the HTTP server's batcher and usable directly. Rows whose adapters are slottable run together in
-one forward (one gathered LoRA computation per layer, at most ``pool.slots`` distinct adapters per forward);
+one forward (one gathered low-rank computation per layer, at most ``pool.slots`` distinct adapters per forward);
 rows of a non-slottable adapter run as their own group through peft. Results come back in row order.
 """
 

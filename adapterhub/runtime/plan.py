@@ -1,95 +1,96 @@
-"""Turn a stored LoRA adapter (PEFT config + tensors) into what the slots need, or say why it cannot be slotted.
+"""Turn a stored adapter (PEFT config + tensors) into what the slots need, or say why it cannot be slotted.
 
-Called by ``AdapterPool`` when an adapter comes out of the registry, before it is cached in host memory: the
-per-layer ``(A, B, scale)`` with scale ``alpha / r`` (rsLoRA: ``alpha / sqrt(r)``, per-module alpha and rank
-patterns honoured exactly as peft does), plus the classification head a sequence classifier saves whole.
+Called by ``AdapterPool`` when an adapter comes out of the registry, before it is cached in host memory. The
+core knows no method's tensor names: it sorts the adapter's tensors into the whole classification heads a
+sequence classifier saves (peft's ``modules_to_save``, the same for every method) and, per slotted module, the
+tensors under that module's name; the method plugin's ``slot_plan`` turns the latter into ``SlotContents``
+(``adapterhub.specs``) or raises ``NotSlottable``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
-from peft.utils.other import get_pattern_key
 
 from adapterhub import plugins
+from adapterhub.specs import NotSlottable, SlotContents, SlotLayout
 
 PEFT_PREFIX = "base_model.model."
-_LORA_KEYS = (".lora_A.weight", ".lora_B.weight")
 
 
 @dataclass
 class SlotPlan:
-    """One adapter, ready to copy into a slot: LoRA factors per target module and whole head weights."""
+    """One adapter, ready to copy into a slot: contents per slotted module and whole head weights."""
 
-    layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # module name -> (A (r, d_in), B (d_out, r), scale)
+    layers: dict[str, SlotContents]  # module name -> what this adapter puts in that layer's slot
     heads: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # head name -> {"weight", "bias"}
-    max_rank: int = 0
+
+    @property
+    def max_rank(self) -> int:
+        return max((c.rank for c in self.layers.values()), default=0)
 
     @property
     def nbytes(self) -> int:
-        factors = sum(A.nbytes + B.nbytes for A, B, _ in self.layers.values())
-        return factors + sum(t.nbytes for head in self.heads.values() for t in head.values())
+        layers = sum(t.nbytes for contents in self.layers.values() for t in contents.tensors())
+        return layers + sum(t.nbytes for head in self.heads.values() for t in head.values())
 
 
-class NotSlottable(Exception):
-    """The adapter is valid but cannot live in a slot; the message says why (it loads through peft instead)."""
+def _by_module(tensors: dict[str, torch.Tensor], modules: set[str]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """``{module: {rest of the key: tensor}}`` for keys under a slotted module, and the keys under none."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    leftover = []
+    for key, tensor in tensors.items():
+        path = key.removeprefix(PEFT_PREFIX)
+        module, _, rest = path.rpartition(".")
+        while module and module not in modules:  # walk up: "q_proj.<method key>.weight" is under "q_proj"
+            module, _, head = module.rpartition(".")
+            rest = f"{head}.{rest}"
+        if module:
+            grouped.setdefault(module, {})[rest] = tensor
+        else:
+            leftover.append(key)
+    return grouped, leftover
 
 
-def _unsupported_config(peft_config: dict) -> str | None:
-    peft_type = str(peft_config.get("peft_type", "?")).removeprefix("PeftType.")
-    method = plugins.catalog().method_for_peft_type(peft_type)
-    if "slottable" not in method.capabilities:
-        return f"method {method.name!r} is not slottable (only LoRA-family methods are)"
-    if peft_config.get("use_dora"):
-        return "DoRA rescales the whole weight per column, so its delta is not a low-rank product"
-    if peft_config.get("fan_in_fan_out"):
-        return "fan_in_fan_out (Conv1D) weights are not supported by the slots"
-    if peft_config.get("bias", "none") != "none" or peft_config.get("lora_bias"):
-        return "trained biases are not part of a slot"
-    return None
-
-
-def plan_adapter(peft_config: dict, tensors: dict[str, torch.Tensor], *, targets: set[str], heads: set[str],
-                 max_rank: int) -> SlotPlan:  # fmt: skip
-    """The ``SlotPlan`` of an adapter for a pool with slotted modules ``targets`` and heads ``heads``.
+def plan_adapter(peft_config: dict, tensors: dict[str, torch.Tensor], layout: SlotLayout, heads: set[str]) -> SlotPlan:
+    """The ``SlotPlan`` of an adapter for a pool with slotted layers ``layout`` and head slots ``heads``.
 
     Raises ``NotSlottable`` naming the reason when the adapter must load through peft instead.
     """
-    reason = _unsupported_config(peft_config)
-    if reason:
-        raise NotSlottable(reason)
-    alpha, use_rslora = peft_config.get("lora_alpha", 8), bool(peft_config.get("use_rslora"))
-    alpha_pattern = peft_config.get("alpha_pattern") or {}
+    peft_type = str(peft_config.get("peft_type", "?")).removeprefix("PeftType.")
+    method = plugins.catalog().method_for_peft_type(peft_type)
+    if method.slot_plan is None:
+        raise NotSlottable(f"method {method.name!r} has no slot plan (its plugin does not make it slottable)")
     plan = SlotPlan(layers={})
-    consumed = set()
-    for key in tensors:
-        if not key.endswith(".lora_A.weight"):
-            continue
-        module = key[: -len(".lora_A.weight")].removeprefix(PEFT_PREFIX)
-        b_key = key[: -len(".lora_A.weight")] + ".lora_B.weight"
-        if module not in targets:
-            raise NotSlottable(f"it adapts {module}, which is not a slotted linear layer of this pool")
-        if b_key not in tensors:
-            raise NotSlottable(f"it has no lora_B for {module}")
-        A, B = tensors[key], tensors[b_key]
-        rank = A.shape[0]
-        if rank > max_rank:
-            raise NotSlottable(f"its rank {rank} (at {module}) exceeds the pool's max rank {max_rank}")
-        module_alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), alpha)
-        scale = module_alpha / math.sqrt(rank) if use_rslora else module_alpha / rank
-        plan.layers[module] = (A, B, scale)
-        plan.max_rank = max(plan.max_rank, rank)
-        consumed.update((key, b_key))
+    rest = dict(tensors)
     for head in heads:
         weight, bias = PEFT_PREFIX + head + ".weight", PEFT_PREFIX + head + ".bias"
-        if weight in tensors:
-            plan.heads[head] = {"weight": tensors[weight], **({"bias": tensors[bias]} if bias in tensors else {})}
-            consumed.update((weight, bias))
-    leftover = sorted(set(tensors) - consumed)
+        if weight in rest:
+            plan.heads[head] = {"weight": rest.pop(weight), **({"bias": rest.pop(bias)} if bias in rest else {})}
+    grouped, leftover = _by_module(rest, set(layout.shapes))
     if leftover:
-        raise NotSlottable(f"it has tensors the slots have no place for (e.g. {leftover[0]})")
+        raise NotSlottable(f"it has tensors outside the pool's slotted linear layers (e.g. {sorted(leftover)[0]})")
+    plan.layers = method.slot_plan(peft_config, grouped, layout) if grouped else {}
     if not plan.layers and not plan.heads:
-        raise NotSlottable("it has no LoRA tensors")
+        raise NotSlottable("it has no tensors for the slotted layers")
+    for module, contents in plan.layers.items():
+        _check_contents(module, contents, layout)
     return plan
+
+
+def _check_contents(module: str, contents: SlotContents, layout: SlotLayout) -> None:
+    """A plugin's slot contents must fit the layer: shapes are checked here once, not in every forward."""
+    if module not in layout.shapes:
+        raise NotSlottable(f"it adapts {module}, which is not a slotted linear layer of this pool")
+    d_in, d_out = layout.shapes[module]
+    if contents.rank > layout.max_rank:
+        raise NotSlottable(f"its rank {contents.rank} (at {module}) exceeds the pool's max rank {layout.max_rank}")
+    expected = {"A": (contents.rank, d_in), "B": (d_out, contents.rank), "in_scale": (d_in,), "out_scale": (d_out,),
+                "out_shift": (d_out,)}  # fmt: skip
+    for name, shape in expected.items():
+        tensor = getattr(contents, name)
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise NotSlottable(f"its {name} at {module} has shape {tuple(tensor.shape)}, the layer needs {shape}")
+    if (contents.A is None) != (contents.B is None):
+        raise NotSlottable(f"it has one half of a low-rank pair at {module}")

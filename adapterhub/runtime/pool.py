@@ -1,4 +1,4 @@
-"""The adapter pool: a fixed number of resident LoRA slots on one loaded base, filled from the registry.
+"""The adapter pool: a fixed number of resident adapter slots on one loaded base, filled from the registry.
 
 ``AdapterPool(base)`` gives every target linear of the base (``nn.Linear`` or a bitsandbytes quantized
 linear; all of them except the output head by default) its slot tensors once. Then:
@@ -9,10 +9,12 @@ linear; all of them except the output head by default) its slot tensors once. Th
   is refilled from it); ``host_capacity`` bounds the adapters held *besides* those in slots, so any capacity,
   0 included, works with any number of slots.
 * ``activate(adapters)``: one adapter (or None for the base) per batch row; a context manager under which
-  the base model's forward adds each row's LoRA delta. Switching adapters is changing slot indices.
+  the base model's forward applies each row's slot contents. Switching adapters is changing slot indices.
 
-Adapters that cannot be slotted (not a LoRA-family method, DoRA, trained biases, ...) load through peft
-instead (see ``fallback``); ``kind(key)`` says which way an adapter went and ``reason(key)`` why.
+What a slot holds comes from the adapter's method plugin (``MethodSpec.slot_plan``: LoRA, rsLoRA and DoRA
+as a low-rank pair with DoRA's column scales, IA3 as scaling vectors), so one batch mixes methods row by row.
+Adapters whose method has no slot plan, or that it refuses (trained biases, ...), load through peft instead
+(see ``fallback``); ``kind(key)`` says which way an adapter went and ``reason(key)`` why.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from adapterhub.adapters import check_base
 from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError
 from adapterhub.runtime.fallback import PeftAttached
-from adapterhub.runtime.plan import PEFT_PREFIX, NotSlottable, SlotPlan, plan_adapter
+from adapterhub.runtime.plan import PEFT_PREFIX, SlotPlan, plan_adapter
 from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, remove_slots
+from adapterhub.specs import NotSlottable, SlotContents, SlotLayout
 
 log = logging.getLogger(__name__)
 HEAD_NAMES = ("classifier", "score")  # the heads peft saves whole for sequence classification
@@ -70,7 +73,7 @@ class HostAdapter:
 
 
 class AdapterPool:
-    """Resident LoRA slots on one base model; see the module docstring."""
+    """Resident adapter slots on one base model; see the module docstring."""
 
     def __init__(self, base: Base, *, slots: int = 8, max_rank: int = 16, host_capacity: int = 64,
                  targets: Sequence[str] | None = None, registry: Registry | None = None) -> None:  # fmt: skip
@@ -88,6 +91,10 @@ class AdapterPool:
         self.layers: dict[str, LayerSlots] = {}
         self.heads: dict[str, HeadSlots] = {}
         self._wrap(targets)
+        self.layout = SlotLayout(
+            shapes={name: (m.in_features, m.out_features) for name, m in self._slotted_modules()},
+            max_rank=max_rank, weight=self._float_weight, bias=lambda name: self.base.model.get_submodule(name).bias,
+        )  # fmt: skip
         self._device: OrderedDict[str, int] = OrderedDict()  # key -> slot, least recently used first
         self._host: OrderedDict[str, HostAdapter] = OrderedDict()
         self._aliases: dict[str, str] = {}  # ref as asked ("name", "name:tag") -> key ("name@version")
@@ -114,6 +121,15 @@ class AdapterPool:
                 make_slotted(module, self.layers[name])
         if not self.layers:
             raise AdapterHubError("the base has no linear layers to slot (check --targets)")
+
+    def _slotted_modules(self) -> Iterator[tuple[str, torch.nn.Module]]:
+        return ((name, m) for name, m in self.base.model.named_modules() if name in self.layers)
+
+    def _float_weight(self, name: str) -> torch.Tensor:
+        """The frozen weight of slotted layer ``name`` in float32, dequantized when the base is quantized."""
+        from peft.utils.integrations import dequantize_module_weight
+
+        return dequantize_module_weight(self.base.model.get_submodule(name)).detach().float()
 
     def close(self) -> None:
         """Detach everything: the base model is exactly as loaded again."""
@@ -179,9 +195,7 @@ class AdapterPool:
         self._check_heads(key, tensors)
         adapter = HostAdapter(key, record.method, record.manifest)
         try:
-            plan = plan_adapter(record.peft_config, tensors, targets=set(self.layers), heads=set(self.heads),
-                                max_rank=self.max_rank)  # fmt: skip
-            adapter.plan = _to_host(plan)
+            adapter.plan = _to_host(plan_adapter(record.peft_config, tensors, self.layout, set(self.heads)))
         except NotSlottable as exc:
             adapter.peft_config, adapter.tensors, adapter.reason = record.peft_config, tensors, str(exc)
             log.info("adapter %s is not slottable (%s); it swaps through peft", key, exc)
@@ -222,8 +236,7 @@ class AdapterPool:
         copies = []
         for name, layer in self.layers.items():
             if name in plan.layers:
-                A, B, scale = plan.layers[name]
-                copies += layer.stage(slot, A, B, scale)
+                copies += layer.stage(slot, plan.layers[name])
             else:
                 layer.clear(slot)
         copy_all(copies)
@@ -287,10 +300,11 @@ class AdapterPool:
             if distinct:
                 self.rows.slot_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
                 self.rows.single = ids[0] if len(set(ids)) == 1 else None
+                self.rows.slots = tuple(set(ids))
             with self.peft.bypassed():
                 yield
         finally:
-            self.rows.slot_ids, self.rows.single = None, None
+            self.rows.slot_ids, self.rows.single, self.rows.slots = None, None, ()
             self._pinned = set()
 
     def _slot_for(self, key: str) -> int:
@@ -331,6 +345,10 @@ def _to_host(plan: SlotPlan) -> SlotPlan:
         t = t.detach().to("cpu").contiguous()
         return t.pin_memory() if pin else t
 
-    layers = {name: (host(A), host(B), scale) for name, (A, B, scale) in plan.layers.items()}
+    def contents(c: SlotContents) -> SlotContents:
+        return SlotContents(*(None if t is None else host(t) for t in (c.A, c.B)), c.scale,
+                            *(None if t is None else host(t) for t in (c.in_scale, c.out_scale, c.out_shift)))  # fmt: skip
+
+    layers = {name: contents(c) for name, c in plan.layers.items()}
     heads = {name: {k: host(t) for k, t in head.items()} for name, head in plan.heads.items()}
-    return SlotPlan(layers, heads, plan.max_rank)
+    return SlotPlan(layers, heads)

@@ -1,11 +1,11 @@
-"""Slotted linear layers: the per-layer LoRA slot tensors and the forward that adds each row's delta.
+"""Slotted linear layers: the per-layer slot tensors and the forward that applies each row's slot contents.
 
 ``make_slotted(module, ...)`` turns a target linear (``nn.Linear``, bitsandbytes ``Linear4bit`` /
 ``Linear8bitLt``, ...) into a slotted layer once, when the pool is created: the module keeps its identity,
-weights and state dict, and its class becomes a subclass of its own class whose ``forward`` adds the LoRA
-delta of the active slots. Being still an instance of its original class is what lets the non-slottable
-methods (DoRA, IA3, ...) attach through peft on top of it, and keeps quantized weights where bitsandbytes
-expects them. Loading an adapter afterwards is ``LayerSlots.stage`` and ``copy_all`` (tensor copies),
+weights and state dict, and its class becomes a subclass of its own class whose ``forward`` applies the
+active slots' contents (a low-rank delta, input and output scales: ``SlotContents``). Being still an instance
+of its original class is what lets the non-slottable methods (prefix tuning, bottleneck adapters, ...)
+attach through peft on top of it, and keeps quantized weights where bitsandbytes expects them. Loading an adapter afterwards is ``LayerSlots.stage`` and ``copy_all`` (tensor copies),
 switching is changing ``ActiveRows`` (an index): no module is replaced again.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from adapterhub.kernels import KernelChoice
+from adapterhub.specs import SlotContents
 
 
 @dataclass
@@ -23,17 +24,23 @@ class ActiveRows:
     """Which slot each row of the running batch uses; shared by every slotted layer of one pool.
 
     ``slot_ids`` is None when no row uses an adapter (the base runs untouched); ``single`` is the one slot
-    when all rows share it (a plain two-matmul path), else None (the gathered kernel).
+    when all rows share it (a plain two-matmul path), else None (the gathered kernel); ``slots`` are the
+    distinct slots of the batch (a layer checks them for scaling vectors before paying for a gather).
     """
 
     slot_ids: torch.Tensor | None = None  # (batch,) int64
     single: int | None = None
+    slots: tuple[int, ...] = ()
 
 
 class LayerSlots:
-    """The slots of one layer: ``A[slots + 1, r_max, d_in]``, ``B[slots + 1, d_out, r_max]``, ``scales[slots + 1]``.
+    """The slots of one layer: ``A[slots + 1, r_max, d_in]``, ``B[slots + 1, d_out, r_max]``, ``scales[slots + 1]``,
+    and the scaling vectors ``in_scale[slots + 1, d_in]``, ``out_scale`` and ``out_shift[slots + 1, d_out]``
+    (``SlotContents`` says what each does).
 
-    The last slot stays zero: rows without an adapter gather it, so the gathered kernel needs no mask.
+    The last slot stays empty (no low-rank pair, unit scales): rows without an adapter gather it, so the
+    gathered kernel needs no mask. A slot's vectors are only applied when some row of the batch uses a slot
+    that has them, so a batch of plain LoRA adapters pays nothing for them.
     """
 
     def __init__(self, rows: ActiveRows, d_in: int, d_out: int, slots: int, max_rank: int, dtype: torch.dtype,
@@ -42,8 +49,13 @@ class LayerSlots:
         self.A = torch.zeros(slots + 1, max_rank, d_in, dtype=dtype, device=device)
         self.B = torch.zeros(slots + 1, d_out, max_rank, dtype=dtype, device=device)
         self.scales = torch.zeros(slots + 1, dtype=torch.float32, device=device)
+        self.in_scale = torch.ones(slots + 1, d_in, dtype=dtype, device=device)
+        self.out_scale = torch.ones(slots + 1, d_out, dtype=dtype, device=device)
+        self.out_shift = torch.zeros(slots + 1, d_out, dtype=dtype, device=device)
         self.scale_values = [0.0] * (slots + 1)  # the same, as floats, for the single-slot path
         self.ranks = [0] * (slots + 1)
+        self.scales_in = [False] * (slots + 1)  # slot has an input scale
+        self.scales_out = [False] * (slots + 1)  # slot has an output scale / shift
         self.single_kernel, self.gather_kernel = single.fn, gather.fn
         # Each slot's views, made once: a swap writes every layer (210 in SmolLM2), and indexing
         # `A[slot, :rank]` anew in each write took a third of the swap's time on a CPU.
@@ -51,33 +63,80 @@ class LayerSlots:
 
     @property
     def nbytes(self) -> int:
-        return self.A.nbytes + self.B.nbytes + self.scales.nbytes
+        vectors = self.in_scale.nbytes + self.out_scale.nbytes + self.out_shift.nbytes
+        return self.A.nbytes + self.B.nbytes + self.scales.nbytes + vectors
 
-    def stage(self, slot: int, A: torch.Tensor, B: torch.Tensor, scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Put one adapter's ``A`` (r, d_in) and ``B`` (d_out, r) in ``slot``, all but the two copies, which come
-        back as (slot view, source) pairs: a swap fills every layer, then makes all ~400 copies of a model in
-        one ``copy_all`` call. Padding ranks stay zero."""
-        rank = A.shape[0]
+    def stage(self, slot: int, contents: SlotContents) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Put one adapter's contents in ``slot``, all but the tensor copies, which come back as (slot view,
+        source) pairs: a swap fills every layer, then makes all ~400 copies of a model in one ``copy_all`` call.
+        Padding ranks stay zero."""
+        rank = contents.rank
         slot_A, slot_B, slot_scale = self._slot_views[slot]
-        if rank < slot_A.shape[0]:
-            if self.ranks[slot] > rank:
-                slot_A[rank:].zero_()
-                slot_B[:, rank:].zero_()
-            slot_A, slot_B = slot_A[:rank], slot_B[:, :rank]
-        slot_scale.fill_(scale)
-        self.scale_values[slot], self.ranks[slot] = scale, rank
-        return [(slot_A, A), (slot_B, B)]
+        if self.ranks[slot] > rank:
+            slot_A[rank:].zero_()
+            slot_B[:, rank:].zero_()
+        slot_scale.fill_(contents.scale if rank else 0.0)
+        self.scale_values[slot], self.ranks[slot] = (contents.scale if rank else 0.0), rank
+        copies = [(slot_A[:rank], contents.A), (slot_B[:, :rank], contents.B)] if rank else []
+        had_in, had_out = self.scales_in[slot], self.scales_out[slot]
+        copies += self._stage_vector(self.in_scale[slot], contents.in_scale, 1.0, had_in)
+        copies += self._stage_vector(self.out_scale[slot], contents.out_scale, 1.0, had_out)
+        copies += self._stage_vector(self.out_shift[slot], contents.out_shift, 0.0, had_out)
+        self.scales_in[slot] = contents.in_scale is not None
+        self.scales_out[slot] = contents.out_scale is not None or contents.out_shift is not None
+        return copies
+
+    @staticmethod
+    def _stage_vector(view: torch.Tensor, source: torch.Tensor | None, identity: float, was_set: bool) -> list:
+        if source is None:
+            if was_set:  # a slot without vectors already holds the identity: no write on a plain LoRA swap
+                view.fill_(identity)
+            return []
+        return [(view, source)]
 
     def clear(self, slot: int) -> None:
         """Forget what ``slot`` holds (an adapter that does not target this layer, or an unload)."""
         if self.ranks[slot]:
             self.A[slot].zero_()
             self.B[slot].zero_()
+        if self.scales_in[slot]:
+            self.in_scale[slot].fill_(1.0)
+        if self.scales_out[slot]:
+            self.out_scale[slot].fill_(1.0)
+            self.out_shift[slot].zero_()
         self.scales[slot] = 0.0
         self.scale_values[slot], self.ranks[slot] = 0.0, 0
+        self.scales_in[slot] = self.scales_out[slot] = False
+
+    def _per_row(self, vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Each row's vector, shaped to broadcast over ``like`` (batch, *, features)."""
+        rows = self.rows
+        if rows.single is not None:
+            return vectors[rows.single]
+        gathered = vectors.index_select(0, rows.slot_ids)  # (batch, features)
+        return gathered.reshape(gathered.shape[0], *([1] * (like.dim() - 2)), gathered.shape[-1])
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` scaled per row by the active slots' input scales (IA3 on feed-forward layers), or ``x``."""
+        rows = self.rows
+        if rows.slot_ids is None or not any(self.scales_in[s] for s in rows.slots):
+            return x
+        return x * self._per_row(self.in_scale, x).to(x.dtype)
+
+    def finish(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """The layer's output: the base ``result`` plus each row's low-rank delta, then its output scale and shift."""
+        delta = self.delta(x)
+        if delta is not None:
+            result = result + delta.to(result.dtype)
+        rows = self.rows
+        if rows.slot_ids is None or not any(self.scales_out[s] for s in rows.slots):
+            return result
+        scale = self._per_row(self.out_scale, result).to(result.dtype)
+        shift = self._per_row(self.out_shift, result).to(result.dtype)
+        return torch.addcmul(shift, result, scale)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The LoRA delta of the active rows for input ``x`` (batch, *, d_in), or None when there is none."""
+        """The low-rank delta of the active rows for input ``x`` (batch, *, d_in), or None when there is none."""
         rows = self.rows
         if rows.slot_ids is None:
             return None
@@ -88,6 +147,8 @@ class LayerSlots:
                 return None
             A, B = self.A[slot, :rank], self.B[slot, :, :rank]
             return self.single_kernel(x.to(A.dtype), A, B, self.scale_values[slot])
+        if not any(self.ranks[s] for s in rows.slots):
+            return None
         return self.gather_kernel(x.to(self.A.dtype), self.A, self.B, self.scales, rows.slot_ids)
 
 
@@ -136,25 +197,24 @@ class HeadSlots:
 
 
 class SlottedLayer:
-    """Mixin put in front of a linear's own class: its forward plus the active slots' LoRA delta."""
+    """Mixin put in front of a linear's own class: its forward, adapted by each row's slot contents."""
 
-    lora_slots: LayerSlots
+    adapter_slots: LayerSlots
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        result = super().forward(x, *args, **kwargs)
-        delta = self.lora_slots.delta(x)
-        return result if delta is None else result + delta.to(result.dtype)
+        slots = self.adapter_slots
+        return slots.finish(x, super().forward(slots.scale_input(x), *args, **kwargs))
 
 
 class SlottedHead:
     """Mixin for a classification head: each row goes through its adapter's copy of the head."""
 
-    lora_slots: HeadSlots
+    adapter_slots: HeadSlots
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.lora_slots.rows.slot_ids is None:
+        if self.adapter_slots.rows.slot_ids is None:
             return super().forward(x, *args, **kwargs)
-        return self.lora_slots.forward(x.to(self.lora_slots.W.dtype))
+        return self.adapter_slots.forward(x.to(self.adapter_slots.W.dtype))
 
 
 _SLOTTED_CLASSES: dict[tuple[type, type], type] = {}
@@ -171,7 +231,7 @@ def make_slotted(module: torch.nn.Module, slots: LayerSlots | HeadSlots) -> None
     if isinstance(module, (SlottedLayer, SlottedHead)):
         raise ValueError(f"{type(module).__name__} already has adapter slots (one pool per base)")
     mixin = SlottedHead if isinstance(slots, HeadSlots) else SlottedLayer
-    module.lora_slots = slots
+    module.adapter_slots = slots
     module.__class__ = _slotted_class(mixin, type(module))
 
 
@@ -179,4 +239,4 @@ def remove_slots(module: torch.nn.Module) -> None:
     """Undo ``make_slotted``: the module is exactly its original class again."""
     if isinstance(module, (SlottedLayer, SlottedHead)):
         module.__class__ = type(module).__mro__[2]
-        del module.lora_slots
+        del module.adapter_slots

@@ -12,7 +12,7 @@ Timed cases, all bfloat16, r=16:
   (`adapterhub`), peft's LoRA `Linear` forward (`peft`). The fused kernel's overhead over the base alone is
   stated as a target (<= 15 %).
 * `train step` (4 LoRA linears of d x d, 8 x 512 tokens, AdamW): peft's layers vs the same layers routed
-  through the fused kernel by `adapterhub.lora_routing.patch_lora_model`; step time and CUDA peak memory; lora
+  through the fused kernel by `adapterhub_lora.dispatch.patch_lora_model`; step time and CUDA peak memory; lora
   dropout 0 (fully fused) and 0.05 (dropout runs in torch, the shrink is precomputed).
 * `gather decode` (128 rows of one token) and `gather prefill` (16 rows of 64 tokens), 1, 8, 32 or 128
   distinct adapters: the Triton BGMV / SGMV op (`adapterhub`), peft's mixed-adapter batch (`adapter_names`,
@@ -159,7 +159,7 @@ def _train_step(ctx: Context, d: int, dropout: float, layers: int, tokens: tuple
     import torch
 
     import adapterhub_triton
-    from adapterhub.lora_routing import patch_lora_model
+    from adapterhub_lora.dispatch import patch_lora_model
     from adapterhub_triton.support import supports
 
     params = {"d": d, "layers": layers, "dropout": dropout}
@@ -175,7 +175,7 @@ def _train_step(ctx: Context, d: int, dropout: float, layers: int, tokens: tuple
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        what = "peft LoRA layers, fwd + bwd + AdamW" if impl == BASELINE else "the same, routed by adapterhub.lora_routing"
+        what = "peft LoRA layers, fwd + bwd + AdamW" if impl == BASELINE else "the same, dispatched by adapterhub_lora.dispatch"
         ctx.time("train step", impl, step, what=what, params=params, memory=True)
         del model, optimizer
         torch.cuda.empty_cache()

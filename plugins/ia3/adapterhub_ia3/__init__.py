@@ -1,7 +1,8 @@
 """adapterhub method plugin: IA3 on peft.
 
 IA3 learns one scaling vector per targeted projection (keys, values and the feed-forward input), so it
-trains very few parameters. Only the mapping from our options to ``peft.IA3Config`` lives here.
+trains very few parameters. Here: the mapping from our options to ``peft.IA3Config``, and (in ``slots``,
+imported on first use) how a stored IA3 adapter becomes slot contents, so it mixes with LoRA rows in a batch.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def build_config(options: IA3Options, base):
     )
 
 
+def slot_plan(peft_config, modules, layout):
+    from adapterhub_ia3.slots import slot_plan as plan
+
+    return plan(peft_config, modules, layout)
+
+
 @adapterhub.hookimpl
 def adapterhub_methods() -> list[MethodSpec]:
     return [
@@ -55,6 +62,7 @@ def adapterhub_methods() -> list[MethodSpec]:
             peft_type="IA3",
             options=IA3Options,
             build_config=build_config,
-            capabilities=frozenset({"mergeable", "quantized-base"}),
+            capabilities=frozenset({"mergeable", "slottable", "quantized-base"}),
+            slot_plan=slot_plan,
         )
     ]

@@ -1,7 +1,9 @@
-"""adapterhub method plugin: LoRA on peft.
+"""adapterhub method plugin: LoRA on peft (rsLoRA and DoRA options).
 
-Only the mapping from our options to ``peft.LoraConfig`` lives here; attaching, training, saving and
-loading are shared by every method in the core.
+Here: the mapping from our options to ``peft.LoraConfig``, and the method's two seams to the runtime, each in
+its own module and imported on first use (this module stays import-light for the CLI): ``slots`` (a stored
+adapter as slot contents, DoRA included) and ``dispatch`` (peft's LoRA layers sent to a fused kernel).
+Attaching, training, saving and loading are shared by every method in the core.
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ def build_config(options: LoraOptions, base):
     )
 
 
+def slot_plan(peft_config, modules, layout):
+    from adapterhub_lora.slots import slot_plan as plan
+
+    return plan(peft_config, modules, layout)
+
+
+def dispatch(model) -> None:
+    from adapterhub_lora.dispatch import dispatch_fused_lora
+
+    dispatch_fused_lora(model)
+
+
 @adapterhub.hookimpl
 def adapterhub_methods() -> list[MethodSpec]:
     return [
@@ -54,5 +68,7 @@ def adapterhub_methods() -> list[MethodSpec]:
             options=LoraOptions,
             build_config=build_config,
             capabilities=frozenset({"mergeable", "slottable", "quantized-base"}),
+            slot_plan=slot_plan,
+            dispatch=dispatch,
         )
     ]

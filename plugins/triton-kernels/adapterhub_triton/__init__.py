@@ -8,7 +8,7 @@ Ops contributed through ``adapterhub_kernels()`` (the contracts of ``lora_forwar
   BGMV for decode (one token per row), SGMV when rows carry a sequence (see ``bgmv`` and ``sgmv``); slot ranks
   up to ``support.MAX_GATHER_RANK``, wider pools run in torch (``gather_fits``).
 * ``lora_linear(x, weight, bias, A, B, scale, x_lora)``: the fused LoRA linear with a frozen base, with
-  autograd (training); the core (``adapterhub.lora_routing``) routes peft's LoRA layers through it.
+  autograd (training); the LoRA plugin (``adapterhub_lora.dispatch``) sends peft's LoRA layers through it.
 * ``nf4_linear(x, weight, quant_state, bias)``: a bitsandbytes NF4 weight dequantized on the fly inside
   the matmul, differentiable in x.
 

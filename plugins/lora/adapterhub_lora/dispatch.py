@@ -1,7 +1,9 @@
-"""Route peft's LoRA ``Linear`` layers through a fused ``lora_linear`` kernel, for training and inference.
+"""Dispatch peft's LoRA ``Linear`` layers to a fused ``lora_linear`` kernel, for training and inference.
 
-``adapters.attach`` calls ``route_fused_lora(model)``: when a plugin contributes a ``lora_linear`` kernel that
-supports the base's device and dtype (``adapterhub.kernels``), ``patch_lora_model(model, op, supports)`` gives every ``peft.tuners.lora.layer.Linear`` in ``model`` an instance-level
+The LoRA method's ``MethodSpec.dispatch``, called by ``adapters.attach`` after peft has wrapped the base:
+``dispatch_fused_lora(model)`` asks the core for the ``lora_linear`` kernel chosen for the base's device and
+dtype (``adapterhub.kernels``); when a plugin contributes one, ``patch_lora_model(model, op, supports)`` gives
+every ``peft.tuners.lora.layer.Linear`` in ``model`` an instance-level
 ``forward`` that computes ``base(x) + scale * lora_B(lora_A(dropout(x)))`` as one
 ``op(x, W, bias, A, B, scale, x_lora)`` call whenever the layer is in the plain case the op covers, and
 calls peft's own forward otherwise, per call:
@@ -44,7 +46,7 @@ def _fusable(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
     return name
 
 
-def _routed_forward(layer, op: Callable, supports: Callable, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+def _dispatched_forward(layer, op: Callable, supports: Callable, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     name = _fusable(layer, x, args, kwargs)
     if name is None or supports(x.device, x.dtype) is not None:
         return type(layer).forward(layer, x, *args, **kwargs)
@@ -62,14 +64,14 @@ def patch_lora_model(model: torch.nn.Module, op: Callable, supports: Callable) -
     count = 0
     for module in model.modules():
         if type(module) is LoraLinear:
-            module.forward = functools.partial(_routed_forward, module, op, supports)
+            module.forward = functools.partial(_dispatched_forward, module, op, supports)
             setattr(module, _MARK, op)
             count += 1
     return count
 
 
 def unpatch_lora_model(model: torch.nn.Module) -> int:
-    """Give every routed layer peft's own forward back; returns how many were routed."""
+    """Give every dispatched layer peft's own forward back; returns how many were dispatched."""
     count = 0
     for module in model.modules():
         if hasattr(module, _MARK):
@@ -79,8 +81,8 @@ def unpatch_lora_model(model: torch.nn.Module) -> int:
     return count
 
 
-def route_fused_lora(model: torch.nn.Module) -> kernels.KernelChoice:
-    """Route ``model``'s LoRA layers through the chosen ``lora_linear`` kernel when a plugin offers one for the
+def dispatch_fused_lora(model: torch.nn.Module) -> kernels.KernelChoice:
+    """Send ``model``'s LoRA layers to the chosen ``lora_linear`` kernel when a plugin offers one for the
     base's device and dtype; with none (e.g. no GPU) peft's own forward stays. Returns the choice made."""
     weight = next(p for p in model.parameters() if not p.requires_grad)
     choice = kernels.select_kernel("lora_linear", weight.device, weight.dtype)
