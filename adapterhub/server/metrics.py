@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import psutil
@@ -63,8 +64,11 @@ def memory_bytes(pool: AdapterPool) -> dict[str, int]:
 
 
 class ServerMetrics:
-    def __init__(self, pool: AdapterPool, alerts: AlertThresholds = AlertThresholds()) -> None:
-        self.pool, self.alerts = pool, alerts
+    """The app's metrics; requests are counted by endpoint, those to any path not in ``endpoints`` as "other"
+    (so requests to made-up paths cannot grow the label set without bound)."""
+
+    def __init__(self, pool: AdapterPool, alerts: AlertThresholds = AlertThresholds(), endpoints: Collection[str] = ()) -> None:
+        self.pool, self.alerts, self.endpoints = pool, alerts, frozenset(endpoints)
         self.registry = CollectorRegistry()
         self.latency = Histogram("adapterhub_request_latency_seconds", "Request latency, queueing included.",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
@@ -79,7 +83,8 @@ class ServerMetrics:
         self._recent: deque[tuple[float, float]] = deque(maxlen=alerts.window)  # (finished at, seconds)
         self._alerting = {"p95": False, "memory": False}
 
-    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        endpoint = path if path in self.endpoints else "other"
         self.requests.labels(endpoint, str(status)).inc()
         if status < 400:
             self.latency.labels(endpoint).observe(seconds)

@@ -1,0 +1,108 @@
+"""What the ``Batcher`` runs on each batch of ``/generate`` or ``/classify`` requests, on its worker thread.
+
+``batch_runner(pool, router)`` composes it: the model call for the base's task (``generate`` or ``classify``
+over the mixed-adapter batch), wrapped so that one request's failure fails only that request, and, with a task
+router, preceded by routing the batch's ``"task": "auto"`` requests in one forward of the bare base.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Hashable, Sequence
+
+from adapterhub.continual.plan import AUTO
+from adapterhub.continual.router import Router
+from adapterhub.runtime import AdapterPool, GenerationSettings, classify, generate
+from adapterhub.server.batcher import RunBatch
+from adapterhub.server.schemas import ClassifyRequest, GenerateRequest
+
+log = logging.getLogger("adapterhub.server")
+RunModel = Callable[[AdapterPool, list, Hashable], list]
+"""``run(pool, payloads, key) -> results``: one model call over the whole batch."""
+
+
+def batch_runner(pool: AdapterPool, router: Router | None = None) -> RunBatch:
+    """The batch function of a server of ``pool``'s base; ``router`` (bound to ``pool``) routes ``auto`` requests."""
+    causal = pool.base.task == "causal-lm"
+    run_batch = _isolating(_run_generate if causal else _run_classify, pool)
+    if router is None:
+        return run_batch
+    return _routing(run_batch, router, (lambda p: p.prompt) if causal else (lambda p: p.text))
+
+
+def _run_generate(pool: AdapterPool, payloads: list[GenerateRequest], settings: GenerationSettings) -> list[dict]:
+    outputs = generate(pool, [p.prompt for p in payloads], [p.adapter for p in payloads], settings)
+    return [{"text": o.text, "tokens": o.tokens, "adapter": o.adapter} for o in outputs]
+
+
+def _run_classify(pool: AdapterPool, payloads: list[ClassifyRequest], key: Hashable) -> list[dict]:
+    outputs = classify(pool, [p.text for p in payloads], [p.adapter for p in payloads])
+    return [{"label": o.label, "scores": o.scores, "adapter": o.adapter} for o in outputs]
+
+
+def _isolating(run: RunModel, pool: AdapterPool) -> RunBatch:
+    """Run a batch so that one request's failure fails only that request: each distinct adapter is fetched on its
+    own first (registry read and integrity check, base and head checks), and a batch that still fails runs
+    again request by request."""
+
+    def run_batch(key: Hashable, payloads: Sequence[Any]) -> list:
+        results: list[Any] = [None] * len(payloads)
+        failed: dict[str, Exception] = {}
+        for adapter in {p.adapter for p in payloads if p.adapter is not None}:
+            try:
+                pool.kind(adapter)  # fetch it now: registry, integrity and base fingerprint checks
+            except Exception as exc:
+                failed[adapter] = exc
+        ok = [i for i, p in enumerate(payloads) if p.adapter not in failed]
+        for i, p in enumerate(payloads):
+            if p.adapter in failed:
+                results[i] = failed[p.adapter]
+        for i, result in zip(ok, _each_alone_if_failed(run, pool, [payloads[i] for i in ok], key)):
+            results[i] = result
+        return results
+
+    return run_batch
+
+
+def _each_alone_if_failed(run: RunModel, pool: AdapterPool, payloads: list, key: Hashable) -> list:
+    """The batch's results; when the batch raises, each request's own result or error, from running it alone."""
+    if not payloads:
+        return []
+    try:
+        return run(pool, payloads, key)
+    except Exception as exc:
+        if len(payloads) == 1:
+            return [exc]
+        log.warning("a batch of %d requests failed (%s: %s); running them one by one", len(payloads), type(exc).__name__, exc)
+    results: list[Any] = []
+    for payload in payloads:
+        try:
+            results += run(pool, [payload], key)
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def _routing(run_batch: RunBatch, router: Router, text_of: Callable[[Any], str]) -> RunBatch:
+    """Route the batch's ``"task": "auto"`` requests in one forward of the bare base, then run the batch; every
+    answer to a request that named a task says which task and adapter served it."""
+
+    def run_batch_routed(key: Hashable, payloads: Sequence[Any]) -> list:
+        auto = [i for i, p in enumerate(payloads) if p.task == AUTO]
+        failed: Exception | None = None
+        if auto:
+            try:
+                for i, route in zip(auto, router.routes([text_of(payloads[i]) for i in auto])):
+                    payloads[i].adapter = route.task.ref
+            except Exception as exc:  # routing failed: those requests get the error, the others still run
+                failed = exc
+        ready = [i for i, p in enumerate(payloads) if failed is None or p.task != AUTO]
+        results: list[Any] = [failed] * len(payloads)
+        for i, result in zip(ready, run_batch(key, [payloads[i] for i in ready]) if ready else []):
+            task = payloads[i].task
+            if task is not None and isinstance(result, dict):
+                result = {**result, "task": router.task_of(payloads[i].adapter).name, "routed": task == AUTO}
+            results[i] = result
+        return results
+
+    return run_batch_routed
