@@ -52,7 +52,7 @@ def slot_plan(peft_config, modules, layout):
     return plan(peft_config, modules, layout)
 
 
-def dispatch(model) -> None:
+def dispatch_layers(model) -> None:  # not `dispatch`: importing the submodule would rebind that name
     from adapterhub_lora.dispatch import dispatch_fused_lora
 
     dispatch_fused_lora(model)
@@ -69,6 +69,6 @@ def adapterhub_methods() -> list[MethodSpec]:
             build_config=build_config,
             capabilities=frozenset({"mergeable", "slottable", "quantized-base"}),
             slot_plan=slot_plan,
-            dispatch=dispatch,
+            dispatch=dispatch_layers,
         )
     ]
