@@ -21,6 +21,8 @@ log = logging.getLogger("adapterhub.server")
 
 
 class HTTPError(Exception):
+    """A request's answer as an error: raised by handlers (or made by ``http_error``), answered as its ``detail``."""
+
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status, self.detail = status, detail
