@@ -1,9 +1,14 @@
 """The whole plugin contract: every hook a plugin can implement.
 
 A plugin is a module (usually its own pip distribution) registered under the entry point group
-``adapterhub``; it implements any of these with ``@adapterhub.hookimpl``. Each hook returns a list of
-plain spec dataclasses from ``adapterhub.specs`` so the core can check names for conflicts and show
-what each plugin contributes.
+``adapterhub``; it implements any of these with ``@adapterhub.hookimpl``. Each contribution hook returns a
+list of plain spec dataclasses from ``adapterhub.specs`` so the core can check names for conflicts and show
+what each plugin contributes. The core checks the contract when it loads plugins: a ``hookimpl`` whose
+name is not one of these hooks refuses the whole plugin (``adapterhub plugins`` shows why), and a hook that
+returns anything but a list of its spec type is reported and ignored.
+
+Plugin modules are imported whenever the CLI lists its commands, so keep their top level import-light: import
+torch, peft or triton inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -15,19 +20,19 @@ hookspec = pluggy.HookspecMarker("adapterhub")
 
 @hookspec
 def adapterhub_methods() -> list:
-    """Return ``MethodSpec`` objects: adapter methods (LoRA, IA3, ...) the plugin provides."""
+    """Return ``list[MethodSpec]``: adapter methods (LoRA, IA3, ...) the plugin provides."""
 
 
 @hookspec
 def adapterhub_kernels() -> list:
-    """Return ``KernelSpec`` objects: accelerated implementations of named ops, each with a support check."""
+    """Return ``list[KernelSpec]``: accelerated implementations of named ops, each with a support check."""
 
 
 @hookspec
 def adapterhub_quantizers() -> list:
-    """Return ``QuantizerSpec`` objects: ways to load the frozen base quantized (nf4, int8, ...)."""
+    """Return ``list[QuantizerSpec]``: ways to load the frozen base quantized (nf4, int8, ...)."""
 
 
 @hookspec
 def adapterhub_commands(cli) -> None:
-    """Add subcommands to the ``adapterhub`` click group passed in as ``cli``."""
+    """Add subcommands to the ``adapterhub`` click group passed in as ``cli``; returns nothing."""

@@ -2,9 +2,12 @@
 
 Plugins are modules registered under the entry point group ``adapterhub``. We load entry points one by
 one instead of with pluggy's ``load_setuptools_entrypoints``, because that stops at the first plugin that
-fails to import; here a broken plugin is recorded with its error and skipped, never fatal. Hooks are
-likewise called one implementation at a time, so a plugin that raises inside a hook is reported and the
-others still contribute.
+fails to import; here a broken plugin is recorded with its error and skipped, never fatal. A plugin whose
+hook implementations do not all match a hook of ``hookspecs`` (a misspelled ``adapterhub_method``) is refused
+at registration (pluggy's ``check_pending``), so the typo shows in ``adapterhub plugins`` instead of silently
+contributing nothing. Hooks are likewise called one implementation at a time, and what each returns is
+checked against the contract (a list of the hook's spec type), so a plugin that raises or returns the wrong
+thing is reported and the others still contribute.
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ def load_plugins() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
             continue  # the same distribution seen twice on sys.path
         try:
             pm.register(entry_point.load(), name=entry_point.name)
+            pm.check_pending()  # every earlier plugin passed, so a hook without a spec is this plugin's
         except Exception as exc:  # a broken plugin must never take the tool down
             if pm.has_plugin(entry_point.name):  # pluggy keeps hooks registered before the one it rejected
                 pm.unregister(name=entry_point.name)
@@ -145,13 +149,38 @@ def load_plugins() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
     return pm, infos
 
 
+SPEC_TYPES = {"adapterhub_methods": MethodSpec, "adapterhub_kernels": KernelSpec, "adapterhub_quantizers": QuantizerSpec}
+"""What each contribution hook returns a list of."""
+
+
+def _contract_problem(hook_name: str, specs: object) -> str | None:
+    """Why a hook's return value breaks the contract of ``hookspecs``, or None when it keeps it."""
+    expected = SPEC_TYPES[hook_name]
+    if not isinstance(specs, (list, tuple)):
+        return f"returned {repr(specs)[:80]}, not a list of {expected.__name__}"
+    for spec in specs:
+        if not isinstance(spec, expected):
+            return f"returned a {type(spec).__name__} in its list, not a {expected.__name__}"
+        if not isinstance(spec.name, str) or not spec.name:
+            return f"returned a {expected.__name__} without a name"
+        if isinstance(spec, MethodSpec) and ("slottable" in spec.capabilities) != (spec.slot_plan is not None):
+            return (f"method {spec.name!r} has the capability 'slottable' without a slot_plan, or a slot_plan "
+                    f"without the capability; give both or neither")  # fmt: skip
+    return None
+
+
 def _collect(pm: pluggy.PluginManager, hook_name: str, catalog: Catalog) -> list[Contribution]:
     contributions = []
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
         try:
-            specs = impl.function() or []
+            specs = impl.function()
         except Exception as exc:
             catalog.hook_errors.append(f"plugin {impl.plugin_name!r} failed in {hook_name}: {_short_error(exc)}")
+            continue
+        specs = [] if specs is None else specs
+        problem = _contract_problem(hook_name, specs)
+        if problem is not None:  # nothing of a plugin that breaks the contract is used, so nothing half-works
+            catalog.hook_errors.append(f"plugin {impl.plugin_name!r} broke the {hook_name} contract: {problem}")
             continue
         contributions.extend(Contribution(spec, impl.plugin_name) for spec in specs)
     return contributions

@@ -121,3 +121,41 @@ def test_plugin_can_add_a_cli_command(site_dir, capsys):
     assert "hello from a plugin" in capsys.readouterr().out
     cli.commands.pop("hello")
     cli._plugins_added = False
+
+
+def test_misspelled_hook_refuses_the_plugin_and_is_shown_by_adapterhub_plugins(site_dir, capsys):
+    install_fake_distribution(site_dir, "fakeplugin-typo", "fakeplugin_typo", """
+        import adapterhub
+
+        @adapterhub.hookimpl
+        def adapterhub_method():
+            return []
+    """)  # fmt: skip
+    catalog = plugins.reload()
+    info = {p.name: p for p in catalog.plugins}["fakeplugin_typo"]
+    assert "adapterhub_method" in info.error and "PluginValidationError" in info.error
+    assert not plugins.plugin_manager().has_plugin("fakeplugin_typo")
+    assert catalog.method("lora").name == "lora"  # the others still load
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "fakeplugin_typo" in out and "FAILED TO LOAD" in out and "adapterhub_method" in out
+
+
+@pytest.mark.parametrize("returned, problem", [
+    ("MethodSpec", "returned <class 'adapterhub.specs.MethodSpec'>, not a list of MethodSpec"),
+    ("[QuantizerSpec('q', 'd', lambda dtype: {})]", "returned a QuantizerSpec in its list, not a MethodSpec"),
+    ("[MethodSpec('m', 'd', 'LORA', object, lambda o, b: None, frozenset({'slottable'}))]", "'slottable' without a slot_plan"),
+])  # fmt: skip
+def test_hook_returning_the_wrong_type_is_reported_and_ignored(site_dir, returned, problem):
+    install_fake_distribution(site_dir, "fakeplugin-type", "fakeplugin_type", f"""
+        import adapterhub
+        from adapterhub.specs import MethodSpec, QuantizerSpec
+
+        @adapterhub.hookimpl
+        def adapterhub_methods():
+            return {returned}
+    """)  # fmt: skip
+    catalog = plugins.reload()
+    errors = [e for e in catalog.hook_errors if "fakeplugin_type" in e]
+    assert errors and "adapterhub_methods contract" in errors[0] and problem in errors[0]
+    assert "m" not in catalog.methods and catalog.method("lora").name == "lora"
