@@ -4,6 +4,7 @@ async functions, or mounted alone on a bare FastAPI app. The whole app over HTTP
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 
 import pytest
 from fastapi import FastAPI
@@ -26,6 +27,13 @@ def state(tiny_llama, tmp_path):
     state = AppState.build(AdapterPool(base, slots=2, max_rank=2), ServerSettings(max_new_tokens=8, max_wait_ms=0))
     yield state
     state.batcher.worker.shutdown(wait=True)
+
+
+def refusal(answer: Coroutine) -> HTTPError:
+    """The ``HTTPError`` a handler call raises instead of answering."""
+    with pytest.raises(HTTPError) as refused:
+        asyncio.run(answer)
+    return refused.value
 
 
 def test_health_handler_reports_the_base_and_its_slots(state):
@@ -53,27 +61,23 @@ def test_load_and_unload_handlers_change_the_pool(state):
 
 
 def test_load_handler_answers_an_unknown_adapter_with_404_naming_it(state):
-    with pytest.raises(HTTPError) as refused:
-        asyncio.run(handlers.load_adapter(AdapterRequest(ref="nope"), state))
-    assert refused.value.status == 404 and "nope" in refused.value.detail
+    error = refusal(handlers.load_adapter(AdapterRequest(ref="nope"), state))
+    assert error.status == 404 and "nope" in error.detail
 
 
 def test_generate_handler_refuses_more_new_tokens_than_the_limit_before_queueing(state):
-    with pytest.raises(HTTPError) as refused:
-        asyncio.run(handlers.generate(GenerateRequest(prompt="the movie", max_new_tokens=9), state))
-    assert refused.value.status == 413 and "limit of 8" in refused.value.detail
+    error = refusal(handlers.generate(GenerateRequest(prompt="the movie", max_new_tokens=9), state))
+    assert error.status == 413 and "limit of 8" in error.detail
 
 
 def test_classify_handler_on_a_generation_base_points_to_generate(state):
-    with pytest.raises(HTTPError) as refused:
-        asyncio.run(handlers.classify(ClassifyRequest(text="great"), state))
-    assert refused.value.status == 400 and "use POST /generate" in refused.value.detail
+    error = refusal(handlers.classify(ClassifyRequest(text="great"), state))
+    assert error.status == 400 and "use POST /generate" in error.detail
 
 
 def test_a_task_without_a_router_is_refused_saying_how_to_start_one(state):
-    with pytest.raises(HTTPError) as refused:
-        asyncio.run(handlers.generate(GenerateRequest(prompt="the movie", task="auto"), state))
-    assert refused.value.status == 400 and "--router SEQUENCE" in refused.value.detail
+    error = refusal(handlers.generate(GenerateRequest(prompt="the movie", task="auto"), state))
+    assert error.status == 400 and "--router SEQUENCE" in error.detail
 
 
 def test_generate_handler_answers_through_the_batcher_as_running_alone(state):
