@@ -1,29 +1,39 @@
-"""The ``adapterhub`` command line: plugins, train, eval and registry; plugins add their own commands.
+"""The ``adapterhub`` command line: plugins, train, eval, registry, serve and continual; plugins add their own commands.
 
 Errors we raise on purpose (bad input, missing plugin, wrong base, corrupt file) are printed as one line
 saying what to do, with exit status 1; anything else is a bug and keeps its traceback.
+
+Starting must be quick (``adapterhub --help`` and ``adapterhub registry list`` in well under a second): this module
+imports neither torch, transformers nor peft. Each command imports what it needs when it runs, the command groups
+of other modules are imported when they are looked up, and plugins are loaded only for a name that is not built
+in, or when ``--help`` lists every command.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
 import click
 
-from adapterhub import __version__, plugins
+from adapterhub import __version__
+from adapterhub.cli_options import json_option, registry_option
 from adapterhub.cli_output import echo_json
-from adapterhub.continual.command import continual_group
-from adapterhub.options import click_type
-from adapterhub.registry_cli import registry_group
-from adapterhub.server.command import serve_command
-from adapterhub.train import TrainSettings
-from adapterhub.workflow import DataSpec
-from benchmarks.cli import bench_command
+from adapterhub.options import parse_pairs, setting_option
+from adapterhub.settings import DataSpec, TrainSettings
+
+CORE_COMMANDS = {
+    "registry": "adapterhub.registry_cli:registry_group",
+    "serve": "adapterhub.server.command:serve_command",
+    "continual": "adapterhub.continual.command:continual_group",  # one adapter per task, and a router between them
+}
+"""Commands of the core defined in other modules, by name: ``module:attribute``, imported when looked up."""
 
 
 class _Group(click.Group):
-    """Lists plugin commands in ``--help``, loading plugins only when a command is looked up."""
+    """The top-level group: built-in commands first, then the core's other commands (imported on first use), then
+    plugin commands, loaded only when a name is neither or when ``--help`` lists them all."""
 
     def _with_plugins(self) -> None:
         # Each plugin is called on its own: one that raises is reported (here and by `adapterhub plugins`)
@@ -31,15 +41,21 @@ class _Group(click.Group):
         if getattr(self, "_plugins_added", False):
             return
         self._plugins_added = True
+        from adapterhub import plugins
+
         for problem in plugins.add_plugin_commands(self):
             click.echo(f"warning: {problem}; its commands may be unavailable", err=True)
 
-    def list_commands(self, ctx):
+    def list_commands(self, ctx: click.Context) -> list[str]:
         self._with_plugins()
-        return super().list_commands(ctx)
+        return sorted({*super().list_commands(ctx), *CORE_COMMANDS})
 
-    def get_command(self, ctx, name):
-        self._with_plugins()
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in CORE_COMMANDS:
+            module, _, attribute = CORE_COMMANDS[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        if name not in self.commands:
+            self._with_plugins()
         return super().get_command(ctx, name)
 
 
@@ -50,9 +66,12 @@ def cli() -> None:
 
 
 @cli.command("plugins")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def plugins_command(as_json: bool) -> None:
     """List installed plugins, their versions and what each contributes (and any that failed to load)."""
+    from adapterhub import plugins
+    from adapterhub.kernels import kernel_report
+
     catalog = plugins.catalog()
     rows = [
         {"name": p.name, "distribution": p.distribution, "version": p.version, "error": p.error,
@@ -66,8 +85,6 @@ def plugins_command(as_json: bool) -> None:
     problems = catalog.hook_errors + [
         f"{kind} {name!r} is claimed by {' and '.join(owners)}" for (kind, name), owners in catalog.conflicts.items()
     ]
-    from adapterhub.kernels import kernel_report
-
     ops = kernel_report()
     if as_json:
         echo_json({"plugins": rows, "problems": problems, "ops": ops})
@@ -105,14 +122,30 @@ def _known_encoding(ctx, param, value: str | None) -> str | None:
 
 
 def _data_options(function):
+    """The flags of ``DataSpec``: defaults None, so ``eval`` can tell a flag given from one to take from the record."""
     for option in reversed([
-        click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="CSV/JSONL (text, label) or a text file (causal LM)."),
-        click.option("--text-column", default=None, help="Column holding the text [text]."),
-        click.option("--label-column", default=None, help="Column holding the label [label]."),
-        click.option("--encoding", default=None, callback=_known_encoding, help="File encoding [utf-8], e.g. latin-1."),
-        click.option("--dedupe/--no-dedupe", default=None, help="Drop texts equal after normalisation (retweets)."),
-        click.option("--test-split", type=click_type(DataSpec, "test_split"), default=None, help="Held-out fraction, chosen by text hash [0.2]."),
-        click.option("--max-samples", type=click_type(DataSpec, "max_samples"), default=None, help="Use a fixed subset of this many examples."),
+        setting_option(DataSpec, "path", "--data", type=click.Path(dir_okay=False)),
+        setting_option(DataSpec, "text_column", override=True),
+        setting_option(DataSpec, "label_column", override=True),
+        setting_option(DataSpec, "encoding", override=True, callback=_known_encoding),
+        setting_option(DataSpec, "dedupe", "--dedupe/--no-dedupe", override=True),
+        setting_option(DataSpec, "test_split", override=True),
+        setting_option(DataSpec, "max_samples", override=True),
+    ]):  # fmt: skip
+        function = option(function)
+    return function
+
+
+def _train_options(function):
+    """The flags of ``TrainSettings`` that ``train`` offers, with the dataclass's defaults."""
+    for option in reversed([
+        setting_option(TrainSettings, "epochs"),
+        setting_option(TrainSettings, "batch_size"),
+        setting_option(TrainSettings, "learning_rate", "--lr"),
+        setting_option(TrainSettings, "max_length"),
+        setting_option(TrainSettings, "block_size"),
+        setting_option(TrainSettings, "class_weights"),
+        setting_option(TrainSettings, "seed"),
     ]):  # fmt: skip
         function = option(function)
     return function
@@ -152,23 +185,16 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 @click.option("-o", "--option", "method_options", multiple=True, metavar="KEY=VALUE", help="Method option, repeatable (e.g. -o r=16).")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
 @_data_options
-@click.option("--epochs", type=click_type(TrainSettings, "epochs"), default=3, show_default=True)
-@click.option("--batch-size", type=click_type(TrainSettings, "batch_size"), default=16, show_default=True)
-@click.option("--lr", type=click_type(TrainSettings, "learning_rate"), default=5e-4, show_default=True)
-@click.option("--max-length", type=click_type(TrainSettings, "max_length"), default=128, show_default=True, help="Max tokens per text (classification).")
-@click.option("--block-size", type=click_type(TrainSettings, "block_size"), default=128, show_default=True, help="Tokens per block (causal LM).")
-@click.option("--class-weights", type=click_type(TrainSettings, "class_weights"), default="none", show_default=True,
-              help="balanced: weigh each label's loss by n / (labels x its count), for skewed classes (classification).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_train_options
 @click.option("--output", type=click.Path(file_okay=False), default=None, help="Also keep the adapter in this directory.")
 @click.option("--push", default=None, metavar="NAME", help="Push the trained adapter to the registry under NAME.")
 @click.option("--tag", "tags", multiple=True, help="Tag for the pushed version, repeatable.")
-@click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY", help="Registry root [$ADAPTERHUB_HOME/registry].")
+@registry_option
 @_monitor_options
-@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@json_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars (training, and loading the base).")
-def train_command(base, task, method, method_options, quantize, data_path, text_column, label_column, encoding, dedupe,
-                  test_split, max_samples, epochs, batch_size, lr, max_length, block_size, class_weights, seed, output,
+def train_command(base, task, method, method_options, quantize, path, text_column, label_column, encoding, dedupe,
+                  test_split, max_samples, epochs, batch_size, learning_rate, max_length, block_size, class_weights, seed, output,
                   push, tags, registry_root, eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file,
                   tensorboard_dir, as_json, no_progress) -> None:  # fmt: skip
     """Train an adapter on a frozen base, evaluate it each epoch and push it to the registry.
@@ -176,7 +202,6 @@ def train_command(base, task, method, method_options, quantize, data_path, text_
     Under `torchrun --nproc_per_node N` or `accelerate launch` the same command trains data-parallel:
     --batch-size is the global batch, metrics are combined over all ranks and only rank 0 pushes.
     """
-    from adapterhub.options import parse_pairs
     from adapterhub.workflow import TrainJob, train_adapter
 
     if no_progress:  # the base's "Loading weights" bar as well as ours
@@ -186,8 +211,8 @@ def train_command(base, task, method, method_options, quantize, data_path, text_
 
     given = dict(text_column=text_column, label_column=label_column, encoding=encoding, dedupe=dedupe,
                  test_split=test_split, max_samples=max_samples)  # fmt: skip
-    data = DataSpec(data_path, seed=seed, **{name: value for name, value in given.items() if value is not None})
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length,
+    data = DataSpec(path, seed=seed, **{name: value for name, value in given.items() if value is not None})
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
                              block_size=block_size, class_weights=class_weights, seed=seed)  # fmt: skip
     monitor = _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir)
     job = TrainJob(base, method, data, task, parse_pairs(list(method_options)), settings, quantize, output, push,
@@ -227,10 +252,10 @@ def train_command(base, task, method, method_options, quantize, data_path, text_
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4).")
 @_data_options
 @click.option("--force", is_flag=True, help="Load even if the adapter was trained on another base.")
-@click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY")
+@registry_option
 @click.option("--save-metrics", is_flag=True, help="Record the metrics on the registry entry.")
-@click.option("--json", "as_json", is_flag=True)
-def eval_command(ref, base, quantize, data_path, text_column, label_column, encoding, dedupe, test_split, max_samples,
+@json_option
+def eval_command(ref, base, quantize, path, text_column, label_column, encoding, dedupe, test_split, max_samples,
                  force, registry_root, save_metrics, as_json) -> None:  # fmt: skip
     """Evaluate registry adapter REF (name, name@version or name:tag) on the held-out split of --data.
 
@@ -243,7 +268,7 @@ def eval_command(ref, base, quantize, data_path, text_column, label_column, enco
     registry = Registry(registry_root)
     record = registry.resolve(ref)
     data = recorded_data_spec(
-        record.manifest, data_path, text_column=text_column, label_column=label_column, encoding=encoding,
+        record.manifest, path, text_column=text_column, label_column=label_column, encoding=encoding,
         dedupe=dedupe, test_split=test_split, max_samples=max_samples,
     )  # fmt: skip
     metrics = evaluate_adapter(record.ref, base, data, quantize=quantize, registry_root=registry_root, force=force)
@@ -255,12 +280,6 @@ def eval_command(ref, base, quantize, data_path, text_column, label_column, enco
     click.echo(f"adapter: {record.ref}")
     for key, value in metrics.items():
         click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-
-
-cli.add_command(registry_group)
-cli.add_command(serve_command)
-cli.add_command(bench_command)  # benchmarks/: adapterhub vs plain peft, results in benchmarks/results
-cli.add_command(continual_group)  # one adapter per task of a sequence, and a router between them
 
 
 def run_command(command: click.Command, argv: list[str] | None, prog_name: str) -> int:

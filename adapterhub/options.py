@@ -5,7 +5,8 @@ The dataclass is the single source of truth: its field names are the valid optio
 the types and ``limited(...)`` fields give the valid ranges and choices. Every method plugin, the training
 settings and the data spec get the same checks and messages from here, when the dataclass is built (as peft
 configs check themselves in ``__post_init__``), so a bad value fails before any model is loaded; ``click_type``
-turns the same limits into the type of a command-line flag.
+turns the same limits into the type of a command-line flag, and ``setting_option`` makes the whole flag (type,
+default, help) from a field, so a default or a help text is written once, on the dataclass.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import click
 from adapterhub.errors import OptionError
 
 _LIMITS = "adapterhub.limits"
+_HELP = "adapterhub.help"
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,18 @@ class Limits:
         return f"{name} {bound[0]} {bound[1]:g}"
 
 
-def limited(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **limits: Any) -> Any:
-    """A dataclass field with :class:`Limits`: ``r: int = limited(8, min=1)``, ``bias: str = limited("none", choices=(...))``."""
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={_LIMITS: Limits(**limits)})
+def limited(
+    default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, help: str = "", **limits: Any
+) -> Any:
+    """A dataclass field with :class:`Limits`: ``r: int = limited(8, min=1)``, ``bias: str = limited("none", choices=(...))``;
+    ``help`` is the help text of the command-line flag made from it (``setting_option``)."""
+    metadata = {_LIMITS: Limits(**limits), **({_HELP: help} if help else {})}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def described(default: Any = dataclasses.MISSING, *, help: str) -> Any:
+    """A dataclass field without limits whose command-line flag has ``help``: ``text_column: str = described("text", help=...)``."""
+    return dataclasses.field(default=default, metadata={_HELP: help})
 
 
 class CheckedOptions:
@@ -87,17 +98,50 @@ class CheckedOptions:
                 raise OptionError(f"option {f.name!r}: bad value {value!r}; valid values: {limits.describe(f.name)}")
 
 
+def _field(options_class: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(options_class) if f.name == name)
+
+
 def click_type(options_class: type, name: str) -> click.ParamType:
     """The click type of a flag that sets field ``name``: its limits as an ``IntRange``/``FloatRange``/``Choice``,
-    so the command line refuses a bad value (naming the flag) before anything runs."""
-    limits = next(f for f in dataclasses.fields(options_class) if f.name == name).metadata[_LIMITS]
+    so the command line refuses a bad value (naming the flag) before anything runs; a field without limits gets
+    the click type of its annotation (int, float, bool or text)."""
+    annotation = typing.get_type_hints(options_class)[name]
+    number = next((t for t in (int, float, bool) if t in (annotation, *typing.get_args(annotation))), None)
+    limits = _field(options_class, name).metadata.get(_LIMITS)
+    if limits is None or limits == Limits():
+        return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(number, click.STRING)
     if limits.choices:
         return click.Choice(limits.choices)
-    annotation = typing.get_type_hints(options_class)[name]
-    number = int if int in (annotation, *typing.get_args(annotation)) else float
     low, high = limits.min if limits.min is not None else limits.above, limits.max if limits.max is not None else limits.below
     kind = click.IntRange if number is int else click.FloatRange
     return kind(low, high, min_open=limits.above is not None, max_open=limits.below is not None)
+
+
+def setting_option(options_class: type, name: str, *flags: str, override: bool = False, **click_kwargs: Any):
+    """A click option for field ``name`` of ``options_class``: flag ``--<name>`` (or ``flags``), its type and limits
+    (``click_type``), its default and its help, all read from the field.
+
+    ``override=True`` makes an option whose default is None, for commands that fill in only what the user gave
+    (``eval`` reuses what was recorded at training time); its help names the field's default in brackets.
+    ``click_kwargs`` go to ``click.option`` as they are (``callback``, ``metavar``, a ``"--x/--no-x"`` flag).
+    """
+    field = _field(options_class, name)
+    flags = flags or (f"--{name.replace('_', '-')}",)
+    help_text = field.metadata.get(_HELP, "")
+    has_default = field.default is not dataclasses.MISSING
+    kwargs: dict[str, Any] = {"help": help_text}
+    if "/" not in flags[0]:  # an on/off flag pair is a boolean flag, typed by click itself
+        kwargs["type"] = click_type(options_class, name)
+    if not has_default:
+        kwargs["required"] = True
+    elif override:
+        kwargs["default"] = None
+        if field.default is not None and field.default is not False:
+            kwargs["help"] = f"{help_text.removesuffix('.')} [{field.default}]."
+    else:
+        kwargs.update(default=field.default, show_default=True)
+    return click.option(*flags, name, **{**kwargs, **click_kwargs})
 
 
 def parse_pairs(pairs: list[str]) -> dict[str, str]:

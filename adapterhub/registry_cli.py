@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from adapterhub_registry import Registry
 
+from adapterhub.cli_options import registry_option
 from adapterhub.cli_output import echo_json
 
 _TASKS = {"SEQ_CLS": "seq-cls", "CAUSAL_LM": "causal-lm"}
@@ -35,11 +36,12 @@ def _print_records(records, as_json: bool) -> None:
 
 
 @click.group("registry")
-@click.option("--root", default=None, envvar="ADAPTERHUB_REGISTRY", help="Registry root [$ADAPTERHUB_HOME/registry].")
+@registry_option
+@click.option("--root", "old_root", default=None, hidden=True, help="The former name of --registry, kept for old scripts.")
 @click.pass_context
-def registry_group(ctx: click.Context, root: str | None) -> None:
+def registry_group(ctx: click.Context, registry_root: str | None, old_root: str | None) -> None:
     """The local adapter registry: versions, tags, checksums, metrics, PEFT import/export."""
-    ctx.obj = root
+    ctx.obj = old_root or registry_root  # --root given on the command line wins over $ADAPTERHUB_REGISTRY
 
 
 @registry_group.command("list")

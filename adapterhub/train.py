@@ -25,26 +25,7 @@ from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import TASK_METRICS, evaluate_batches
 from adapterhub.monitor import EarlyStopper, MonitorSettings, StepRecord, TrainingLog, memory_mb, stderr_line
-from adapterhub.options import CheckedOptions, limited
-
-
-@dataclass
-class TrainSettings(CheckedOptions):
-    """Hyper-parameters of one training run; a value out of range fails when the settings are built."""
-
-    epochs: int = limited(3, min=1)
-    batch_size: int = limited(16, min=1)
-    learning_rate: float = limited(5e-4, min=0)  # 0 trains nothing: a baseline run with the same pipeline
-    weight_decay: float = limited(0.0, min=0)
-    warmup_ratio: float = limited(0.06, min=0, below=1)
-    grad_clip: float = limited(1.0, above=0)
-    max_length: int = limited(128, min=2)  # room for a classifier's [CLS] and [SEP]
-    block_size: int = limited(128, min=2)  # a causal-LM block predicts its tokens after the first
-    eval_batch_size: int = limited(64, min=1)
-    seed: int = 0
-    # "balanced" weighs each class's cross-entropy by n / (classes * n_class) of the training split (scikit-learn's
-    # class_weight="balanced"), so a rare class is not drowned out by a dominant one; classifiers only
-    class_weights: str = limited("none", choices=("none", "balanced"))
+from adapterhub.settings import TrainSettings
 
 
 def balanced_class_weights(labels: list[int], n_classes: int) -> list[float]:

@@ -22,7 +22,6 @@ from adapterhub.base import Base, load_base
 from adapterhub.batches import block_batches, classification_batches
 from adapterhub.data import (
     ClassificationData,
-    check_encoding,
     load_classification,
     load_text_blocks,
     normalise,
@@ -35,34 +34,8 @@ from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
 from adapterhub.manifest import Manifest
 from adapterhub.monitor import MonitorSettings
-from adapterhub.options import CheckedOptions, limited
+from adapterhub.settings import DataSpec
 from adapterhub.train import TrainResult, TrainSettings, balanced_class_weights, seed_everything, total_steps, train
-
-
-@dataclass
-class DataSpec(CheckedOptions):
-    """Where the data is and how to read and split it; recorded in the adapter so `eval` can rebuild the split."""
-
-    path: str
-    text_column: str = "text"
-    label_column: str = "label"
-    encoding: str = "utf-8"
-    dedupe: bool = False
-    test_split: float = limited(0.2, min=0, below=1)
-    max_samples: int | None = limited(None, min=1)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_encoding(self.encoding)
-
-    def recorded(self) -> dict:
-        """The spec as stored in the manifest: file name and content hash instead of a machine-local path."""
-        info = dataclasses.asdict(self)
-        path = Path(self.path)
-        info["path"] = path.name
-        info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-        return info
 
 
 @dataclass

@@ -7,12 +7,23 @@ or from the input; ``evaluate`` measures every task with oracle ids and through 
 is ``adapterhub continual``. Earlier adapters are never touched by later tasks, so nothing is forgotten.
 """
 
-from adapterhub.continual.evaluate import SequenceEvaluation, TaskEvaluation, evaluate_sequence
-from adapterhub.continual.plan import PlanError, SequencePlan, TaskPlan, load_plan, parse_plan
-from adapterhub.continual.router import Route, RoutedTask, Router, UnknownTaskError
-from adapterhub.continual.sequence import TaskRun, train_sequence
+from __future__ import annotations
 
-__all__ = [
-    "PlanError", "SequencePlan", "TaskPlan", "load_plan", "parse_plan", "TaskRun", "train_sequence", "Router",
-    "RoutedTask", "Route", "UnknownTaskError", "SequenceEvaluation", "TaskEvaluation", "evaluate_sequence",
-]  # fmt: skip
+import importlib
+
+_EXPORTS = {
+    "adapterhub.continual.evaluate": ("SequenceEvaluation", "TaskEvaluation", "evaluate_sequence"),
+    "adapterhub.continual.plan": ("PlanError", "SequencePlan", "TaskPlan", "load_plan", "parse_plan"),
+    "adapterhub.continual.router": ("Route", "RoutedTask", "Router", "UnknownTaskError"),
+    "adapterhub.continual.sequence": ("TaskRun", "train_sequence"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    # The names above are imported when first used: `adapterhub continual --help` imports this package for
+    # ``command`` and must not pay for torch and the training stack (PEP 562).
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import click
 
+from adapterhub.cli_options import json_option, registry_option
 from adapterhub.cli_output import echo_json
-
-_REGISTRY = click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY",
-                         help="Registry root [$ADAPTERHUB_HOME/registry].")  # fmt: skip
-_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 def _registry(root):
@@ -27,10 +24,10 @@ def continual_group() -> None:
 
 @continual_group.command("train")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@_REGISTRY
+@registry_option
 @click.option("--retrain", is_flag=True, help="Train every task again, even those whose adapter is up to date.")
 @click.option("--no-progress", is_flag=True, help="Hide the per-step progress bar.")
-@_JSON
+@json_option
 def train_command(plan_path, registry_root, retrain, no_progress, as_json) -> None:
     """Train the tasks of PLAN in order, one adapter each, and push them tagged task-<task> and sequence-<name>.
 
@@ -56,8 +53,8 @@ def train_command(plan_path, registry_root, retrain, no_progress, as_json) -> No
 
 @continual_group.command("show")
 @click.argument("sequence")
-@_REGISTRY
-@_JSON
+@registry_option
+@json_option
 def show_command(sequence, registry_root, as_json) -> None:
     """The tasks of SEQUENCE in order: adapter, labels, router prototypes and recorded metrics."""
     from adapterhub.continual.router import Router
@@ -81,8 +78,8 @@ def show_command(sequence, registry_root, as_json) -> None:
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--base", required=True, help="The base model the sequence was trained on (directory or .gguf).")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4).")
-@_REGISTRY
-@_JSON
+@registry_option
+@json_option
 def route_command(sequence, texts, base, quantize, registry_root, as_json) -> None:
     """Which task adapter of SEQUENCE each TEXT goes to (nearest task prototype of the frozen base's features)."""
     from adapterhub.continual.router import Router
@@ -100,8 +97,8 @@ def route_command(sequence, texts, base, quantize, registry_root, as_json) -> No
 
 @continual_group.command("eval")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@_REGISTRY
-@_JSON
+@registry_option
+@json_option
 def eval_command(plan_path, registry_root, as_json) -> None:
     """Evaluate the trained sequence of PLAN on every task's held-out split: with oracle task ids, with the
     router, and how often the router picks the right task."""

@@ -1,6 +1,20 @@
 """HTTP serving of one base model with many adapters: ``create_app`` (app.py), run by ``adapterhub serve``."""
 
-from adapterhub.server.app import ServerSettings, create_app
-from adapterhub.server.metrics import AlertThresholds
+from __future__ import annotations
 
-__all__ = ["AlertThresholds", "ServerSettings", "create_app"]
+import importlib
+
+_MODULE_OF = {
+    "ServerSettings": "adapterhub.server.app",
+    "create_app": "adapterhub.server.app",
+    "AlertThresholds": "adapterhub.server.metrics",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    # Imported when first used: `adapterhub --help` imports this package for ``command`` and must not pay for
+    # fastapi and torch (PEP 562).
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

@@ -8,6 +8,7 @@ import math
 
 import click
 
+from adapterhub.cli_options import registry_option
 from adapterhub.errors import OptionError
 
 POSITIVE = click.IntRange(min=1)
@@ -47,7 +48,7 @@ class ServeCommand(click.Command):
 @click.option("--load", "preload", multiple=True, metavar="REF", help="Adapter to load at start, repeatable.")
 @click.option("--router", "sequence", default=None, metavar="SEQUENCE",
               help="Route requests naming a task (or task 'auto') to the adapters of this continual-learning sequence.")
-@click.option("--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY", help="Registry root [$ADAPTERHUB_HOME/registry].")
+@registry_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--max-batch-size", type=POSITIVE, default=16, show_default=True)

@@ -1,0 +1,14 @@
+"""Command-line options that several ``adapterhub`` commands take, defined once so they read the same everywhere."""
+
+from __future__ import annotations
+
+import click
+
+registry_option = click.option(
+    "--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY", metavar="PATH",
+    help="Registry root [$ADAPTERHUB_REGISTRY, else $ADAPTERHUB_HOME/registry].",
+)  # fmt: skip
+"""``--registry PATH``: the registry a command reads or writes (``registry_root`` in the command's arguments)."""
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+"""``--json``: print the command's outcome as JSON (``as_json`` in the command's arguments)."""

@@ -1,0 +1,71 @@
+"""The settings of a training run and of its data: the one place their defaults, limits and help live.
+
+``TrainSettings`` and ``DataSpec`` are read by the training loop (``adapterhub.train``), the jobs behind
+``adapterhub train`` and ``eval`` (``adapterhub.workflow``) and continual-learning plans, and the command line
+makes its flags from their fields (``adapterhub.options.setting_option``). Torch-free on purpose: the CLI
+imports this module to build ``--help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapterhub.data import check_encoding
+from adapterhub.options import CheckedOptions, described, limited
+
+
+@dataclass
+class TrainSettings(CheckedOptions):
+    """Hyper-parameters of one training run; a value out of range fails when the settings are built."""
+
+    epochs: int = limited(3, min=1, help="Passes over the training split.")
+    batch_size: int = limited(16, min=1, help="Examples per optimizer step (the global batch when data-parallel).")
+    # 0 trains nothing: a baseline run with the same pipeline
+    learning_rate: float = limited(5e-4, min=0, help="Peak learning rate of AdamW (linear warm-up, then decay).")
+    weight_decay: float = limited(0.0, min=0, help="AdamW weight decay.")
+    warmup_ratio: float = limited(0.06, min=0, below=1, help="Fraction of the steps spent warming up.")
+    grad_clip: float = limited(1.0, above=0, help="Largest gradient norm; larger gradients are scaled down.")
+    # room for a classifier's [CLS] and [SEP]
+    max_length: int = limited(128, min=2, help="Max tokens per text (classification).")
+    # a causal-LM block predicts its tokens after the first
+    block_size: int = limited(128, min=2, help="Tokens per block (causal LM).")
+    eval_batch_size: int = limited(64, min=1, help="Examples per evaluation batch.")
+    seed: int = described(0, help="Seed of the data split, shuffling and initialisation.")
+    # "balanced" weighs each class's cross-entropy by n / (classes * n_class) of the training split (scikit-learn's
+    # class_weight="balanced"), so a rare class is not drowned out by a dominant one; classifiers only
+    class_weights: str = limited(
+        "none", choices=("none", "balanced"),
+        help="balanced: weigh each label's loss by n / (labels x its count), for skewed classes (classification).",
+    )  # fmt: skip
+
+
+@dataclass
+class DataSpec(CheckedOptions):
+    """Where the data is and how to read and split it; recorded in the adapter so `eval` can rebuild the split."""
+
+    path: str = described(help="CSV/JSONL (text, label) or a text file (causal LM).")
+    text_column: str = described("text", help="Column holding the text.")
+    label_column: str = described("label", help="Column holding the label.")
+    encoding: str = described("utf-8", help="File encoding, e.g. latin-1.")
+    dedupe: bool = described(False, help="Drop texts equal after normalisation (retweets).")
+    test_split: float = limited(0.2, min=0, below=1, help="Held-out fraction, chosen by text hash.")
+    max_samples: int | None = limited(None, min=1, help="Use a fixed subset of this many examples.")
+    seed: int = described(0, help="Seed of the split and of the subset.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_encoding(self.encoding)
+
+    def recorded(self, sha256: str | None = None) -> dict:
+        """The spec as stored in the manifest: file name and content hash instead of a machine-local path
+        (``sha256`` of the bytes a run already read, or hashed here)."""
+        info = dataclasses.asdict(self)
+        path = Path(self.path)
+        info["path"] = path.name
+        if sha256 is None and path.is_file():
+            sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        info["sha256"] = sha256
+        return info
