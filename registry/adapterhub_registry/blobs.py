@@ -33,13 +33,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import torch
 import xxhash
 
 from adapterhub_registry.errors import CorruptBlobError
 from adapterhub_registry.files import fsync_dir, stale_temp_files, write_atomic
+
+if TYPE_CHECKING:  # imported by the reads that make tensors: listing and tagging never load torch
+    import torch
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
@@ -122,6 +124,8 @@ class BlobStore:
             found = os.fstat(handle.fileno()).st_size
             if found != size:
                 raise _wrong_size(ref, path, found, size)
+            import torch
+
             read = CheckedRead(torch.empty(size, dtype=torch.uint8))
             data = memoryview(read.buffer.numpy())
             first = _fill(handle, data[:8])

@@ -14,9 +14,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from adapterhub_registry.adapter_dir import (
     CONFIG_FILE,
@@ -32,6 +30,9 @@ from adapterhub_registry.index import Index
 from adapterhub_registry.names import Ref, parse_ref, validate_name, validate_tag
 from adapterhub_registry.records import AdapterRecord, VerifyReport
 from adapterhub_registry.safetensors_check import check_safetensors, checked_header, header_size, tensor_views
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: listing and tagging never load it
+    import torch
 
 
 def default_root() -> Path:

@@ -12,16 +12,17 @@ registry-to-slot swap. Nothing here unpickles anything.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
 import sys
-from typing import Any
-
-import torch
-from safetensors.torch import load as load_safetensors
+from typing import TYPE_CHECKING, Any
 
 from adapterhub_registry.errors import UnsafeFileError
+
+if TYPE_CHECKING:  # imported by the checks that need it: listing and tagging never load torch
+    import torch
 
 # Width in bits of every dtype the safetensors format defines (sub-byte float formats included).
 DTYPE_BITS: dict[str, int] = {
@@ -30,23 +31,29 @@ DTYPE_BITS: dict[str, int] = {
     "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64, "C64": 64,
 }
 _MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
-# The torch dtype of each safetensors dtype this torch has (newer float8 kinds may be missing).
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    name: getattr(torch, attr)
-    for name, attr in {
-        "BOOL": "bool", "U8": "uint8", "I8": "int8", "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn",
-        "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz", "F8_E8M0": "float8_e8m0fnu",
-        "I16": "int16", "U16": "uint16", "F16": "float16", "BF16": "bfloat16", "I32": "int32", "U32": "uint32",
-        "F32": "float32", "I64": "int64", "U64": "uint64", "F64": "float64", "C64": "complex64",
-    }.items()
-    if hasattr(torch, attr)
-}  # fmt: skip
+@functools.cache
+def torch_dtypes() -> dict[str, torch.dtype]:
+    """The torch dtype of each safetensors dtype this torch has (newer float8 kinds may be missing)."""
+    import torch
+
+    return {
+        name: getattr(torch, attr)
+        for name, attr in {
+            "BOOL": "bool", "U8": "uint8", "I8": "int8", "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn",
+            "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz", "F8_E8M0": "float8_e8m0fnu",
+            "I16": "int16", "U16": "uint16", "F16": "float16", "BF16": "bfloat16", "I32": "int32", "U32": "uint32",
+            "F32": "float32", "I64": "int64", "U64": "uint64", "F64": "float64", "C64": "complex64",
+        }.items()
+        if hasattr(torch, attr)
+    }  # fmt: skip
 
 
 def check_safetensors(data: bytes, source: str) -> None:
     """Raise `UnsafeFileError` unless `data` is a well-formed safetensors file; `source` names it in messages."""
     header, data_start = _parse_header(data, source)
     _check_layout(header, len(data) - data_start, source)
+    from safetensors.torch import load as load_safetensors
+
     try:
         load_safetensors(data)
     except Exception as exc:  # safetensors raises its own SafetensorError and also ValueError/RuntimeError
@@ -62,8 +69,11 @@ def checked_header(data: memoryview, source: str) -> tuple[dict[str, Any], int]:
     """
     header, data_start = _parse_header(data, source)
     _check_layout(header, len(data) - data_start, source)
+    dtypes = torch_dtypes()
     for name, entry in header.items():
-        if name != "__metadata__" and entry["dtype"] not in TORCH_DTYPES:
+        if name != "__metadata__" and entry["dtype"] not in dtypes:
+            import torch
+
             raise UnsafeFileError(
                 f"{source}: tensor {name!r} has dtype {entry['dtype']}, which torch {torch.__version__} lacks; upgrade torch"
             )
@@ -84,13 +94,16 @@ def tensor_views(
     storage's bounds. A tensor whose offset is not a multiple of its item size (the format allows it; writers
     pad so it does not happen) cannot be a view: it gets its own memory and a pending copy.
     """
+    import torch
+
     storage, start = buffer.untyped_storage(), buffer.storage_offset() + data_start
+    dtypes = torch_dtypes()
     typed: dict[torch.dtype, torch.Tensor] = {}
     tensors, pending = {}, []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        dtype, shape, (begin, end) = TORCH_DTYPES[entry["dtype"]], entry["shape"], entry["data_offsets"]
+        dtype, shape, (begin, end) = dtypes[entry["dtype"]], entry["shape"], entry["data_offsets"]
         if (start + begin) % dtype.itemsize:
             tensors[name] = torch.empty(shape, dtype=dtype)
             pending.append((tensors[name].view(-1).view(torch.uint8), buffer[data_start + begin : data_start + end]))

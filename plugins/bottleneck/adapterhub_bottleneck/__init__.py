@@ -1,17 +1,24 @@
 """adapterhub method plugin: bottleneck adapters (Houlsby and Pfeiffer) as a peft tuner.
 
 PEFT has no bottleneck adapters, so this package adds one (``config``, ``layer``, ``model``) and registers
-it with ``peft.register_peft_method`` on import: adapters save as safetensors through peft and load with
+it with ``peft.register_peft_method``: adapters save as safetensors through peft and load with
 ``peft.PeftModel.from_pretrained`` once this package is imported. One method, ``bottleneck``, with a
 ``variant`` option rather than two methods: both variants are the same tuner and peft type and differ only
 in where adapters go, so a PEFT directory imports to exactly one method.
 
 * ``houlsby``: an adapter after the attention output projection and after the feed-forward output.
 * ``pfeiffer``: an adapter after the feed-forward output only (half the parameters, similar accuracy).
+
+Every ``adapterhub --help`` imports this module (to look for plugin commands), so it does not import peft
+(seconds, with torch and transformers): it registers the tuner right away when peft is already imported, and
+otherwise as soon as peft is (``_RegisterWhenPeftIsImported``).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import sys
 from dataclasses import dataclass, field
 
 import adapterhub
@@ -19,10 +26,55 @@ from adapterhub.errors import OptionError
 from adapterhub.options import CheckedOptions, limited
 from adapterhub.specs import MethodSpec
 
-from .config import NON_LINEARITIES, PEFT_TYPE, BottleneckConfig
-from .registration import register
+PEFT_TYPE = "BOTTLENECK"
+NON_LINEARITIES = ("relu", "gelu", "silu", "tanh")
 
-register()
+
+def register() -> None:
+    """Register the bottleneck tuner with peft (once per process; imports peft)."""
+    from .registration import register as register_with_peft
+
+    register_with_peft()
+
+
+class _RegisterWhenPeftIsImported(importlib.abc.MetaPathFinder):
+    """Finds ``peft`` like the other finders do and calls ``register()`` once peft's own import has run.
+
+    Python has no post-import hook; this finder, first on ``sys.meta_path`` until peft is found, is the standard
+    library's way to get one. It leaves peft's loader and module untouched: it only wraps ``exec_module``.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "peft":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenRegister(spec.loader)
+        return spec
+
+
+class _ThenRegister(importlib.abc.Loader):
+    """peft's own loader, followed by ``register()``; anything else is asked of peft's loader."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        register()
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+
+if "peft" in sys.modules:
+    register()
+elif not any(isinstance(finder, _RegisterWhenPeftIsImported) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWhenPeftIsImported())
 
 VARIANTS = ("houlsby", "pfeiffer")
 _ENCODERS = ("bert", "roberta", "xlm-roberta", "electra")
@@ -68,8 +120,10 @@ def target_pattern(variant: str, model_type: str) -> str:
     return rf".*\.(?:{'|'.join(parts)})"
 
 
-def build_config(options: BottleneckOptions, base) -> BottleneckConfig:
+def build_config(options: BottleneckOptions, base):
     from adapterhub.adapters import peft_task_type
+
+    from .config import BottleneckConfig
 
     targets = options.target_modules
     pattern = rf".*\.(?:{'|'.join(targets)})" if targets else target_pattern(options.variant, base.model.config.model_type)

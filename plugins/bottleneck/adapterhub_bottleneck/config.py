@@ -8,8 +8,7 @@ from typing import Optional, Union
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
-PEFT_TYPE = "BOTTLENECK"
-NON_LINEARITIES = ("relu", "gelu", "silu", "tanh")
+from . import NON_LINEARITIES, PEFT_TYPE
 
 
 @dataclass

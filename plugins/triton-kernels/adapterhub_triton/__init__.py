@@ -13,18 +13,39 @@ Ops contributed through ``adapterhub_kernels()`` (the contracts of ``lora_forwar
   the matmul, differentiable in x.
 
 Kernel modules import triton, so they are imported on first call: the plugin itself loads (and says why
-its kernels cannot run) on a machine without triton or without a GPU.
+its kernels cannot run) on a machine without triton or without a GPU. Neither does this module import torch
+(``support`` does): every ``adapterhub --help`` imports it to look for plugin commands.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 import adapterhub
 from adapterhub.specs import KernelSpec
-from adapterhub_triton.support import gather_fits, nf4_fits, supports
+
+if TYPE_CHECKING:
+    import torch
 
 PRIORITY = 10
+
+
+def supports(device, dtype) -> str | None:
+    from adapterhub_triton import support
+
+    return support.supports(device, dtype)
+
+
+def gather_fits(x, A_slots, B_slots, scales, slot_ids) -> str | None:
+    from adapterhub_triton import support
+
+    return support.gather_fits(x, A_slots, B_slots, scales, slot_ids)
+
+
+def nf4_fits(x, weight, quant_state, bias=None) -> str | None:
+    from adapterhub_triton import support
+
+    return support.nf4_fits(x, weight, quant_state, bias)
 
 
 def lora_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
