@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from adapterhub import plugins
 from adapterhub.errors import AdapterHubError, OptionError
 from adapterhub.fingerprint import fingerprint, weight_files
+from adapterhub.quantized_forward import use_nf4_kernel
 from adapterhub.specs import TASKS
 
 log = logging.getLogger(__name__)
@@ -162,5 +163,7 @@ def load_base(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     model.eval()
+    if quantize:
+        use_nf4_kernel(model, dtype)  # a plugin's NF4 kernel, where one supports this device and dtype
     log.debug("loaded base %s (%s)", identity["id"], json.dumps(identity["shape"]))
     return Base(model, tokenizer, task, source, gguf_file, quantize, identity, list(labels or []))

@@ -29,7 +29,9 @@ The ops (exact contract a plugin kernel must follow; every tensor is on one devi
     defaults to ``x``. the LoRA plugin sends peft's LoRA layers to it (``adapterhub_lora.dispatch``).
 
 ``nf4_linear(x, weight, quant_state, bias=None) -> y``
-    ``x @ dequantize_4bit(weight, quant_state).T + bias`` for a bitsandbytes NF4 weight.
+    ``x @ dequantize_4bit(weight, quant_state).T + bias`` for a bitsandbytes NF4 weight, differentiable in ``x``.
+    ``load_base`` sends an NF4 base's linears to it when a plugin kernel is chosen (``quantized_forward``), so
+    training, evaluation and the adapter pool over that base all use it.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from adapterhub.kernels import KernelChoice
+from adapterhub.module_classes import mixed_in
 from adapterhub.specs import SlotContents
 
 
@@ -217,22 +218,13 @@ class SlottedHead:
         return self.adapter_slots.forward(x.to(self.adapter_slots.W.dtype))
 
 
-_SLOTTED_CLASSES: dict[tuple[type, type], type] = {}
-
-
-def _slotted_class(mixin: type, cls: type) -> type:
-    if (mixin, cls) not in _SLOTTED_CLASSES:
-        _SLOTTED_CLASSES[(mixin, cls)] = type(f"{mixin.__name__}{cls.__name__}", (mixin, cls), {"__module__": __name__})
-    return _SLOTTED_CLASSES[(mixin, cls)]
-
-
 def make_slotted(module: torch.nn.Module, slots: LayerSlots | HeadSlots) -> None:
     """Give ``module`` its slots, once: its class becomes the slotted subclass of its class."""
     if isinstance(module, (SlottedLayer, SlottedHead)):
         raise ValueError(f"{type(module).__name__} already has adapter slots (one pool per base)")
     mixin = SlottedHead if isinstance(slots, HeadSlots) else SlottedLayer
     module.adapter_slots = slots
-    module.__class__ = _slotted_class(mixin, type(module))
+    module.__class__ = mixed_in(mixin, type(module))
 
 
 def remove_slots(module: torch.nn.Module) -> None:
