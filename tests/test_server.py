@@ -174,7 +174,8 @@ def test_a_request_that_fails_inside_its_batch_fails_alone_and_the_others_get_th
     Registry().push("unrecorded", tmp_path / "narrow", method="lora")
     requests = [("the movie was", "a"), ("so fun", "unrecorded"), ("i love this film", "b"), ("they drive", None)]
     answers = concurrently(client, "/generate", [{"prompt": p, "adapter": a, "max_new_tokens": 5} for p, a in requests])
-    assert [a.status_code for a in answers] == [200, 500, 200, 200]
+    assert [a.status_code for a in answers] == [200, 409, 200, 200]  # its LoRA factors do not fit this base
+    assert "does not fit this base" in answers[1].json()["detail"]
     assert batches_run(client) < len(requests)
     for (prompt, adapter), answer in zip(requests, answers):
         if adapter != "unrecorded":

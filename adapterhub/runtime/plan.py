@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adapterhub import plugins
+from adapterhub.errors import IncompatibleBaseError
 from adapterhub.specs import NotSlottable, SlotContents, SlotLayout
 
 PEFT_PREFIX = "base_model.model."
@@ -53,10 +54,12 @@ def _by_module(tensors: dict[str, torch.Tensor], modules: set[str]) -> tuple[dic
     return grouped, leftover
 
 
-def plan_adapter(peft_config: dict, tensors: dict[str, torch.Tensor], layout: SlotLayout, heads: set[str]) -> SlotPlan:
-    """The ``SlotPlan`` of an adapter for a pool with slotted layers ``layout`` and head slots ``heads``.
+def plan_adapter(peft_config: dict, tensors: dict[str, torch.Tensor], layout: SlotLayout, heads: set[str],
+                 label: str = "the adapter") -> SlotPlan:  # fmt: skip
+    """The ``SlotPlan`` of adapter ``label`` for a pool with slotted layers ``layout`` and head slots ``heads``.
 
-    Raises ``NotSlottable`` naming the reason when the adapter must load through peft instead.
+    Raises ``NotSlottable`` naming the reason when the adapter must load through peft instead, and
+    ``IncompatibleBaseError`` when its tensors do not fit the base's layers (made for a model of another size).
     """
     peft_type = str(peft_config.get("peft_type", "?")).removeprefix("PeftType.")
     method = plugins.catalog().method_for_peft_type(peft_type)
@@ -75,11 +78,11 @@ def plan_adapter(peft_config: dict, tensors: dict[str, torch.Tensor], layout: Sl
     if not plan.layers and not plan.heads:
         raise NotSlottable("it has no tensors for the slotted layers")
     for module, contents in plan.layers.items():
-        _check_contents(module, contents, layout)
+        _check_contents(module, contents, layout, label)
     return plan
 
 
-def _check_contents(module: str, contents: SlotContents, layout: SlotLayout) -> None:
+def _check_contents(module: str, contents: SlotContents, layout: SlotLayout, label: str) -> None:
     """A plugin's slot contents must fit the layer: shapes are checked here once, not in every forward."""
     if module not in layout.shapes:
         raise NotSlottable(f"it adapts {module}, which is not a slotted linear layer of this pool")
@@ -91,6 +94,9 @@ def _check_contents(module: str, contents: SlotContents, layout: SlotLayout) -> 
     for name, shape in expected.items():
         tensor = getattr(contents, name)
         if tensor is not None and tuple(tensor.shape) != shape:
-            raise NotSlottable(f"its {name} at {module} has shape {tuple(tensor.shape)}, the layer needs {shape}")
+            raise IncompatibleBaseError(
+                f"{label} does not fit this base: its tensors at {module} have shape {tuple(tensor.shape)} where the "
+                f"base's layer takes {shape}; it was made for a model of another size. Load the base it was trained on"
+            )  # fmt: skip
     if (contents.A is None) != (contents.B is None):
         raise NotSlottable(f"it has one half of a low-rank pair at {module}")

@@ -195,7 +195,7 @@ class AdapterPool:
         self._check_heads(key, tensors)
         adapter = HostAdapter(key, record.method, record.manifest)
         try:
-            adapter.plan = _to_host(plan_adapter(record.peft_config, tensors, self.layout, set(self.heads)))
+            adapter.plan = _to_host(plan_adapter(record.peft_config, tensors, self.layout, set(self.heads), key))
         except NotSlottable as exc:
             adapter.peft_config, adapter.tensors, adapter.reason = record.peft_config, tensors, str(exc)
             log.info("adapter %s is not slottable (%s); it swaps through peft", key, exc)
