@@ -75,7 +75,7 @@ def resolve_source(path: str | os.PathLike) -> tuple[Path, str | None]:
     )
 
 
-def _dequantized_gguf_dir(source: Path, gguf_file: str, content_sha256: str) -> Path:
+def dequantized_gguf_dir(source: Path, gguf_file: str, content_sha256: str) -> Path:
     """transformers cannot quantize while reading GGUF, so dequantize it once into a cached HF directory."""
     from adapterhub_registry import default_root
 
@@ -140,7 +140,7 @@ def load_base(
     load_from, load_gguf = source, gguf_file
     kwargs: dict = {"dtype": dtype, **_quantization_kwargs(quantize, dtype)}
     if quantize and gguf_file:
-        load_from, load_gguf = _dequantized_gguf_dir(source, gguf_file, identity["content_sha256"]), None
+        load_from, load_gguf = dequantized_gguf_dir(source, gguf_file, identity["content_sha256"]), None
     if quantize:
         # under torchrun every rank quantizes onto its own GPU
         gpu = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"

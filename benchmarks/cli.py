@@ -1,4 +1,8 @@
-"""`adapterhub bench` and `python -m benchmarks`: list the suites, run some or all, print where results went."""
+"""`adapterhub bench` and `python -m benchmarks`: list the suites, run some or all, print where results went.
+
+Results go to ./bench-results unless --output says otherwise. The harness itself is imported when the command
+runs: `adapterhub --help` adds this command without paying for it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,17 @@ from pathlib import Path
 
 import click
 
-from benchmarks import suites
-from benchmarks.runner import RESULTS_DIR, RunOptions, run_suite
+from benchmarks import DEFAULT_OUTPUT
+
+
+def _suites():
+    from benchmarks import suites
+
+    return suites
 
 
 def _print_suites() -> None:
+    suites = _suites()
     for name in suites.names():
         suite = suites.load(name)
         missing = suite.missing()
@@ -23,8 +33,8 @@ def _print_suites() -> None:
 @click.argument("suite_names", metavar="SUITE...", nargs=-1)
 @click.option("--list", "list_only", is_flag=True, help="List the suites and exit.")
 @click.option("--quick", is_flag=True, help="Small sizes and few repeats (all suites in ~2 min on 2 CPU cores); for CI.")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR, show_default=True,
-              help="Where <suite>-<device>[-quick].{json,md,png} are written.")  # fmt: skip
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUTPUT, show_default=True,
+              help="Where <suite>-<device>[-quick].{json,md,png} are written (relative to the current directory).")  # fmt: skip
 @click.option("--model", default=None, help="Base model (directory or .gguf) for suites that load one [SmolLM2-135M; a tiny Llama with --quick].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device [cuda when available, else cpu].")
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed runs per case [20; 5 with --quick].")
@@ -39,6 +49,9 @@ def bench_command(suite_names, list_only, quick, output, model, device, repeats,
     package, a CUDA-only suite on a CPU) are skipped with one line each and the rest run. Results are written as JSON (every sample,
     environment), a markdown table and a PNG plot.
     """
+    from benchmarks.runner import RunOptions, run_suite
+
+    suites = _suites()
     if list_only:
         _print_suites()
         return

@@ -86,14 +86,14 @@ def transformers_dir(path: str) -> Path:
     """
     from transformers import AutoConfig
 
-    from adapterhub.base import _dequantized_gguf_dir, resolve_source
+    from adapterhub.base import dequantized_gguf_dir, resolve_source
     from adapterhub.fingerprint import fingerprint, weight_files
 
     source, gguf_file = resolve_source(path)
     if gguf_file is None:
         return source
     config = AutoConfig.from_pretrained(source, gguf_file=gguf_file)
-    return _dequantized_gguf_dir(source, gguf_file, fingerprint(config, weight_files(source, gguf_file))["content_sha256"])
+    return dequantized_gguf_dir(source, gguf_file, fingerprint(config, weight_files(source, gguf_file))["content_sha256"])
 
 
 def token_blocks(vocab_size: int, n_blocks: int, length: int, seed: int):

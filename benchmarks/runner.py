@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import environment, report, suites
+from benchmarks import DEFAULT_OUTPUT, environment, report, suites
 from benchmarks.harness import Context, default_device, seed_everything
 
-RESULTS_DIR = Path(__file__).parent / "results"
 QUICK_REPEATS, QUICK_WARMUP = 5, 1
 FULL_REPEATS, FULL_WARMUP = 20, 3
 
@@ -22,7 +21,7 @@ FULL_REPEATS, FULL_WARMUP = 20, 3
 @dataclass
 class RunOptions:
     quick: bool = False
-    output: Path = RESULTS_DIR
+    output: Path = DEFAULT_OUTPUT
     model: str | None = None
     device: str | None = None  # None: cuda when available, else cpu
     repeats: int | None = None

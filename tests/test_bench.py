@@ -108,3 +108,12 @@ def test_markdown_header_says_when_rows_are_single_runs_the_suite_measured(tmp_p
     line = runs_line(ctx.measurements)
     assert line.startswith("Runs per row — 2 rows: one measurement each (n=1; a whole run or a derived value")
     assert "1 row: n=3 samples the suite measured itself" in line
+
+
+def test_results_go_to_the_current_directory_by_default():
+    from pathlib import Path
+
+    from benchmarks.cli import bench_command
+
+    output = next(p for p in bench_command.params if p.name == "output")
+    assert output.default == Path("bench-results") and not output.default.is_absolute()

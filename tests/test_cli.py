@@ -75,3 +75,33 @@ def test_console_script_runs_in_a_fresh_process(tmp_path):
     )  # fmt: skip
     names = {p["name"] for p in json.loads(result.stdout)["plugins"]}
     assert {"lora", "bitsandbytes"} <= names
+
+
+def test_registry_group_takes_registry_like_every_command_and_root_as_a_hidden_alias(tmp_path, capsys):
+    from adapterhub_registry import Registry
+
+    Registry(tmp_path / "reg")  # an empty registry at a place no default points to
+    for flag in ("--registry", "--root"):
+        assert main(["registry", flag, str(tmp_path / "reg"), "list", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+    assert main(["registry", "--help"]) == 0
+    shown = capsys.readouterr().out
+    assert "--registry PATH" in shown and "--root" not in shown
+
+
+def test_train_and_eval_flags_take_defaults_and_limits_from_the_settings_dataclasses():
+    import click
+
+    from adapterhub.cli import cli as group
+    from adapterhub.settings import DataSpec, TrainSettings
+
+    ctx = click.Context(group)
+    train = {p.name: p for p in group.get_command(ctx, "train").params}
+    for name in ("epochs", "batch_size", "learning_rate", "max_length", "block_size", "class_weights", "seed"):
+        assert train[name].default == TrainSettings.__dataclass_fields__[name].default, name
+    assert train["learning_rate"].opts == ["--lr"] and train["epochs"].type.min == 1
+    eval_params = {p.name: p for p in group.get_command(ctx, "eval").params}
+    for name in ("text_column", "label_column", "encoding", "dedupe", "test_split", "max_samples"):
+        assert train[name].default is None and eval_params[name].default is None, name  # "not given": eval reuses the record
+        assert DataSpec.__dataclass_fields__[name].metadata["adapterhub.help"].rstrip(".") in train[name].help
+    assert "[0.2]" in train["test_split"].help
