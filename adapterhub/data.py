@@ -1,7 +1,8 @@
 """Read training data from local files and split it reproducibly.
 
 Classification data is CSV or JSONL with a text and a label column; causal-LM data is a plain text file
-cut into token blocks. The held-out split is decided by a hash of each example's normalised text (and the
+cut into token blocks. A file is read once (``read_data_file``): its text is parsed from the bytes read, and
+the same bytes give the sha256 recorded with the adapter. The held-out split is decided by a hash of each example's normalised text (and the
 seed), not by shuffling: the same file always gives the same test set, in `train` and later in `eval`,
 and duplicated texts (e.g. retweets) can never straddle train and test.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -63,18 +65,36 @@ def _not_decodable(path: Path, encoding: str, exc: UnicodeDecodeError) -> DataEr
     )
 
 
-def _read_rows(path: Path, encoding: str) -> list[dict]:
+@dataclass(frozen=True)
+class DataFile:
+    """A data file as read, once: its decoded text and the sha256 of its bytes."""
+
+    path: Path
+    text: str  # decoded, newlines as in the file
+    sha256: str
+
+
+def read_data_file(path: str | Path, encoding: str = "utf-8", *, kind: str = "data file") -> DataFile:
+    """Read ``path`` once; a missing file or one not in ``encoding`` is a ``DataError`` naming it."""
+    path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file {str(path)!r} not found")
+        raise DataError(f"{kind} {str(path)!r} not found")
+    raw = path.read_bytes()
     try:
-        with path.open(encoding=encoding, newline="") as handle:
-            if path.suffix in (".jsonl", ".json"):
-                return [json.loads(line) for line in handle if line.strip()]
-            return list(csv.DictReader(handle))
+        text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
         raise _not_decodable(path, encoding, exc) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    return DataFile(path, text, hashlib.sha256(raw).hexdigest())
+
+
+def _rows(file: DataFile) -> list[dict]:
+    handle = io.StringIO(file.text, newline="")  # csv sees the file's own line ends, as with open(newline="")
+    if file.path.suffix in (".jsonl", ".json"):
+        try:
+            return [json.loads(line) for line in handle if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file.path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    return list(csv.DictReader(handle))
 
 
 def load_classification(
@@ -86,12 +106,26 @@ def load_classification(
     dedupe: bool = False,
     label_names: list[str] | None = None,
 ) -> ClassificationData:
-    """Read a CSV/JSONL file of labelled texts. ``dedupe`` keeps the first of texts equal after ``normalise``.
+    """Read a CSV/JSONL file of labelled texts; see ``parse_classification``."""
+    return parse_classification(
+        read_data_file(path, encoding), text_column=text_column, label_column=label_column, dedupe=dedupe,
+        label_names=label_names,
+    )  # fmt: skip
 
-    ``label_names`` fixes the label order (e.g. from a trained adapter); otherwise labels are sorted.
+
+def parse_classification(
+    file: DataFile,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    dedupe: bool = False,
+    label_names: list[str] | None = None,
+) -> ClassificationData:
+    """The labelled texts of a CSV/JSONL file already read. ``dedupe`` keeps the first of texts equal after
+    ``normalise``. ``label_names`` fixes the label order (e.g. from a trained adapter); otherwise labels are sorted.
     """
-    path = Path(path)
-    rows = _read_rows(path, encoding)
+    path = file.path
+    rows = _rows(file)
     if not rows:
         raise DataError(f"{path} has no rows")
     missing = [c for c in (text_column, label_column) if c not in rows[0]]
@@ -118,6 +152,14 @@ def load_classification(
     return ClassificationData(texts, [index[name] for name in names], label_names)
 
 
+def cap(data: ClassificationData, max_samples: int | None, seed: int) -> ClassificationData:
+    """A deterministic subset of ``max_samples`` examples (by hash order), identical in train and eval."""
+    if not max_samples or max_samples >= len(data.texts):
+        return data
+    keyed = sorted(range(len(data.texts)), key=lambda i: hashlib.sha256(f"{seed}|{normalise(data.texts[i])}".encode()).digest())
+    return data.subset(sorted(keyed[:max_samples]))
+
+
 def in_test_split(key: str, test_fraction: float, seed: int) -> bool:
     """Whether an example (by its key) belongs to the held-out split; stable across runs and machines."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
@@ -135,22 +177,26 @@ def split_classification(data: ClassificationData, test_fraction: float, seed: i
 
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     """The whole text file; a missing file or one not in ``encoding`` is a ``DataError`` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"text file {str(path)!r} not found")
-    try:
-        return path.read_text(encoding=encoding)
-    except UnicodeDecodeError as exc:
-        raise _not_decodable(path, encoding, exc) from None
+    return plain_text(read_data_file(path, encoding, kind="text file"))
+
+
+def plain_text(file: DataFile) -> str:
+    """The file's text with every line end as ``\\n`` (as ``Path.read_text`` gives it)."""
+    return file.text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def load_text_blocks(path: str | Path, tokenizer, block_size: int, encoding: str = "utf-8") -> list[list[int]]:
-    """Tokenise a text file and cut it into blocks of ``block_size`` tokens (the last partial block kept if long enough)."""
-    ids = tokenizer(read_text(path, encoding), add_special_tokens=False)["input_ids"]
+    """Tokenise a text file and cut it into blocks of ``block_size`` tokens; see ``text_blocks``."""
+    return text_blocks(read_data_file(path, encoding, kind="text file"), tokenizer, block_size)
+
+
+def text_blocks(file: DataFile, tokenizer, block_size: int) -> list[list[int]]:
+    """Blocks of ``block_size`` tokens of a text file already read (the last partial block kept if long enough)."""
+    ids = tokenizer(plain_text(file), add_special_tokens=False)["input_ids"]
     blocks = [ids[i : i + block_size] for i in range(0, len(ids), block_size)]
     blocks = [b for b in blocks if len(b) >= max(2, block_size // 4)]
     if not blocks:
-        raise DataError(f"{path} is too short: it gives no block of {block_size} tokens")
+        raise DataError(f"{file.path} is too short: it gives no block of {block_size} tokens")
     return blocks
 
 

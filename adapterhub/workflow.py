@@ -8,7 +8,6 @@ eval: resolve a registry adapter → load the base it names → re-create the sa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,23 +18,14 @@ from adapterhub_registry.names import validate_name
 
 from adapterhub import adapters, plugins
 from adapterhub.base import Base, load_base
-from adapterhub.batches import block_batches, classification_batches
-from adapterhub.data import (
-    ClassificationData,
-    load_classification,
-    load_text_blocks,
-    normalise,
-    read_text,
-    split_blocks,
-    split_classification,
-)
 from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
 from adapterhub.manifest import Manifest
 from adapterhub.monitor import MonitorSettings
+from adapterhub.prepare import labels_of, prepare, read_source
 from adapterhub.settings import DataSpec
-from adapterhub.train import TrainResult, TrainSettings, balanced_class_weights, seed_everything, total_steps, train
+from adapterhub.train import TrainResult, TrainSettings, seed_everything, total_steps, train
 
 
 @dataclass
@@ -70,57 +60,6 @@ class TrainOutcome:
     is_main: bool = True
 
 
-def _cap(data: ClassificationData, max_samples: int | None, seed: int) -> ClassificationData:
-    """A deterministic subset of ``max_samples`` examples (by hash order), identical in train and eval."""
-    if not max_samples or max_samples >= len(data.texts):
-        return data
-    keyed = sorted(range(len(data.texts)), key=lambda i: hashlib.sha256(f"{seed}|{normalise(data.texts[i])}".encode()).digest())
-    return data.subset(sorted(keyed[:max_samples]))
-
-
-def classification_split(spec: DataSpec, label_names: list[str] | None = None) -> tuple[ClassificationData, ClassificationData]:
-    data = load_classification(
-        spec.path, text_column=spec.text_column, label_column=spec.label_column,
-        encoding=spec.encoding, dedupe=spec.dedupe, label_names=label_names,
-    )  # fmt: skip
-    return split_classification(_cap(data, spec.max_samples, spec.seed), spec.test_split, spec.seed)
-
-
-def _batch_makers(base: Base, spec: DataSpec, settings: TrainSettings, label_names: list[str] | None):
-    """``(make_train(order), n_train, make_eval(), summary)`` for the base's task."""
-    tokenizer = base.tokenizer
-    if base.task == "seq-cls":
-        train_set, test_set = classification_split(spec, label_names)
-        if not train_set.texts or not test_set.texts:
-            raise OptionError(f"the split of {spec.path} left an empty train or test set; change --test-split")
-        summary = {"train_examples": len(train_set.texts), "test_examples": len(test_set.texts),
-                   "majority_baseline": test_set.majority_fraction(),
-                   "train_label_counts": [train_set.labels.count(c) for c in range(len(train_set.label_names))]}  # fmt: skip
-        if settings.class_weights == "balanced":
-            summary["class_weights"] = balanced_class_weights(train_set.labels, len(train_set.label_names))
-        return (
-            lambda order: classification_batches(train_set, tokenizer, settings.batch_size, settings.max_length, order),
-            len(train_set.texts),
-            lambda: classification_batches(test_set, tokenizer, settings.eval_batch_size, settings.max_length),
-            summary,
-        )
-    blocks = load_text_blocks(spec.path, tokenizer, settings.block_size, spec.encoding)
-    train_blocks, test_blocks = split_blocks(blocks, spec.test_split, spec.seed)
-    pad = tokenizer.pad_token_id
-    return (
-        lambda order: block_batches(train_blocks, pad, settings.batch_size, order),
-        len(train_blocks),
-        (lambda: block_batches(test_blocks, pad, settings.eval_batch_size)) if test_blocks else None,
-        {"train_blocks": len(train_blocks), "test_blocks": len(test_blocks)},
-    )
-
-
-def labels_of(spec: DataSpec) -> list[str]:
-    return load_classification(
-        spec.path, text_column=spec.text_column, label_column=spec.label_column, encoding=spec.encoding, dedupe=spec.dedupe
-    ).label_names
-
-
 def train_adapter(job: TrainJob) -> TrainOutcome:
     """Run one training job end to end; push to the registry when ``job.push`` names the adapter.
 
@@ -135,21 +74,22 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
     distributed = Distributed.from_environment()
     registry = Registry(job.registry_root) if job.push and distributed.is_main else None  # a bad root fails now
     seed_everything(job.settings.seed)
-    labels = labels_of(job.data) if job.task == "seq-cls" else None
-    if job.task == "causal-lm":
-        read_text(job.data.path, job.data.encoding)  # a missing or mis-encoded file fails before the slow base load
+    source = read_source(job.data)  # the run's one read: a missing or mis-encoded file fails before the slow base load
+    labels = labels_of(job.data, source) if job.task == "seq-cls" else None
     base = load_base(job.base, task=job.task, quantize=job.quantize, labels=labels)
-    make_train, n_train, make_eval, summary = _batch_makers(base, job.data, job.settings, labels)
+    data = prepare(base, job.data, job.settings, labels, source)
     spec = plugins.catalog().method(job.method)
     if spec.for_run is not None:  # options that depend on the run's length (AdaLoRA's budget schedule)
-        options = spec.for_run(options, total_steps(n_train, job.settings))
+        options = spec.for_run(options, total_steps(data.n_train, job.settings))
     model = adapters.attach(base, job.method, options)
-    result = train(model, make_train, n_train, make_eval, base.task, job.settings, spec.on_train_step, job.progress,
-                   monitor=job.monitor, distributed=distributed, class_weights=summary.get("class_weights"))  # fmt: skip
+    result = train(model, data.make_train, data.n_train, data.make_eval, base.task, job.settings, spec.on_train_step,
+                   job.progress, monitor=job.monitor, distributed=distributed,
+                   class_weights=data.summary.get("class_weights"))  # fmt: skip
     training = {**dataclasses.asdict(job.settings), "train_seconds": result.train_seconds, "steps": result.steps,
                 "world_size": distributed.world_size, "monitor": job.monitor.recorded(),
                 "stopped_early": result.stopped_early, "best_step": result.best_step}  # fmt: skip
-    manifest = adapters.build_manifest(base, job.method, options, data=job.data.recorded(), data_summary=summary, training=training)
+    manifest = adapters.build_manifest(base, job.method, options, data=job.data.recorded(source.sha256),
+                                       data_summary=data.summary, training=training)  # fmt: skip
     outcome = TrainOutcome(result, None, manifest, adapters.trainable_parameters(model), 0,
                            world_size=distributed.world_size, is_main=distributed.is_main)  # fmt: skip
     if distributed.is_main:
@@ -192,10 +132,10 @@ def evaluate_adapter(
     settings = settings or TrainSettings(**{k: v for k, v in (manifest.training or {}).items() if k in TrainSettings.__dataclass_fields__})
     if data is None:
         raise OptionError("pass --data: the file the held-out split is taken from")
-    _, _, make_eval, summary = _batch_makers(base, data, settings, base.labels or None)
-    if make_eval is None:
+    prepared = prepare(base, data, settings, base.labels or None)
+    if prepared.make_eval is None:
         raise OptionError(f"{data.path} gives no held-out examples; raise --test-split")
-    return {**evaluate_batches(model, make_eval(), base.task), **summary}
+    return {**evaluate_batches(model, prepared.make_eval(), base.task), **prepared.summary}
 
 
 def recorded_data_spec(manifest: dict, path: str, **overrides: Any) -> DataSpec:

@@ -50,8 +50,8 @@ def _train_reference(row, case) -> dict:
 
     from adapterhub.base import load_base
     from adapterhub.batches import classification_batches
+    from adapterhub.prepare import classification_split
     from adapterhub.train import seed_everything, train
-    from adapterhub.workflow import classification_split
 
     settings = case.settings(row)
     seed_everything(settings.seed)
@@ -101,7 +101,7 @@ def train_peft(row, case) -> dict:
 def _classifier_side(row, case, settings):
     from transformers import AutoTokenizer
 
-    from adapterhub.workflow import classification_split
+    from adapterhub.prepare import classification_split
 
     train_set, test_set = classification_split(case.cls_data, case.labels)  # the same rows as adapterhub
     steps = -(-len(train_set.texts) // settings.batch_size) * settings.epochs

@@ -101,7 +101,7 @@ def _ours(row, case):
 def _first_batch(row, case, base, settings) -> dict:
     from adapterhub.batches import block_batches, classification_batches
     from adapterhub.data import load_text_blocks
-    from adapterhub.workflow import classification_split
+    from adapterhub.prepare import classification_split
 
     if row.task == "causal-lm":
         blocks = load_text_blocks(case.lm_data.path, base.tokenizer, settings.block_size)

@@ -67,7 +67,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 def _training_examples(args: argparse.Namespace, tokenizer) -> tuple[list[dict], list[str]]:
     """adapterhub's train split of the data (same dedupe, cap and hash split), tokenised without padding:
     the collator pads each batch to its longest text, as adapterhub does."""
-    from adapterhub.workflow import DataSpec, classification_split, labels_of
+    from adapterhub.prepare import classification_split, labels_of
+    from adapterhub.workflow import DataSpec
 
     spec = DataSpec(args.data, text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
                     dedupe=True, max_samples=args.max_samples, seed=args.seed)  # fmt: skip

@@ -42,8 +42,7 @@ def _only_match(text: str, patterns: dict[str, str]) -> str | None:
 def write_tasks(directory: Path, keep: int, seed: int = 0) -> dict[str, Path]:
     """Write ``<task>.csv`` (columns text, label; at most ``keep`` distinct tweets) for the four tasks into
     ``directory``; return their paths."""
-    from adapterhub.data import ClassificationData, load_classification
-    from adapterhub.workflow import _cap
+    from adapterhub.data import ClassificationData, cap, load_classification
 
     rows: dict[str, list[tuple[str, str]]] = {name: [] for name in ORDER}
     with tweets().open(encoding="latin-1", newline="") as handle:
@@ -62,7 +61,7 @@ def write_tasks(directory: Path, keep: int, seed: int = 0) -> dict[str, Path]:
     for name, examples in rows.items():
         paths[name] = directory / f"{name}.csv"
         _write(paths[name], examples)
-        kept: ClassificationData = _cap(load_classification(paths[name], dedupe=True), keep, seed)
+        kept: ClassificationData = cap(load_classification(paths[name], dedupe=True), keep, seed)
         _write(paths[name], [(text, kept.label_names[label]) for text, label in zip(kept.texts, kept.labels)])
     return paths
 

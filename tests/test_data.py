@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import builtins
+import hashlib
+import io
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 
 from adapterhub.data import load_classification, normalise, read_text, split_classification
 from adapterhub.errors import DataError, OptionError
-from adapterhub.workflow import DataSpec
+from adapterhub.train import TrainSettings
+from adapterhub.workflow import DataSpec, TrainJob, train_adapter
 
 
 def test_retweets_are_deduplicated(sentiment_csv):
@@ -66,3 +72,25 @@ def test_text_not_in_the_encoding_names_the_byte_and_reads_with_the_right_one(tm
 def test_data_spec_refuses_bad_values_when_built(values, message, sentiment_csv):
     with pytest.raises(OptionError, match=re.escape(message)):
         DataSpec(str(sentiment_csv), **values)
+
+
+@pytest.mark.parametrize("task", ["seq-cls", "causal-lm"])
+def test_a_training_run_opens_its_data_file_once(task, tiny_bert, tiny_llama, sentiment_csv, text_file, tmp_path, monkeypatch):
+    path = sentiment_csv if task == "seq-cls" else text_file
+    opened = []
+    real_open = io.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file) == path:
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting_open)  # Path.open / read_bytes / read_text go through io.open
+    monkeypatch.setattr(builtins, "open", counting_open)
+    job = TrainJob(str(tiny_bert if task == "seq-cls" else tiny_llama), "lora", DataSpec(str(path), label_column="sentiment"),
+                   task=task, settings=TrainSettings(epochs=1, batch_size=64), output=str(tmp_path / "adapter"),
+                   progress=False)  # fmt: skip
+    outcome = train_adapter(job)
+    assert len(opened) == 1  # labels, split and the recorded sha256 all come from that one read
+    monkeypatch.undo()
+    assert outcome.manifest.data_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

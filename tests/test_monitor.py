@@ -19,8 +19,9 @@ from adapterhub.cli import main
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
 from adapterhub.monitor import EarlyStopping, MonitorSettings
+from adapterhub.prepare import labels_of, prepare
 from adapterhub.train import TrainSettings, train
-from adapterhub.workflow import DataSpec, _batch_makers, labels_of
+from adapterhub.workflow import DataSpec
 
 
 def _poisoned_bert(directory: Path, words: list[str] | None) -> Path:
@@ -131,7 +132,8 @@ def test_early_stopping_keeps_the_best_weights_not_the_last(tiny_bert, sentiment
     labels = labels_of(data)
     base = load_base(tiny_bert, task="seq-cls", labels=labels)
     settings = TrainSettings(epochs=3, batch_size=8, learning_rate=5e-2, seed=0)
-    make_train, n_train, make_eval, _ = _batch_makers(base, data, settings, labels)
+    prepared = prepare(base, data, settings, labels)
+    make_train, n_train, make_eval = prepared.make_train, prepared.n_train, prepared.make_eval
     model = adapters.attach(base, "lora", adapters.make_options("lora", {"dropout": 0.0}))
     monitor = MonitorSettings(eval_every=3, early_stopping=EarlyStopping("roc_auc", patience=100))
     result = train(model, make_train, n_train, make_eval, "seq-cls", settings, progress=False, monitor=monitor)

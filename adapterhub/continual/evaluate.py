@@ -28,8 +28,8 @@ from adapterhub.data import ClassificationData
 from adapterhub.errors import AdapterHubError
 from adapterhub.evaluation import evaluate_batches
 from adapterhub.manifest import Manifest
+from adapterhub.prepare import prepare
 from adapterhub.runtime.fallback import PeftAttached
-from adapterhub.workflow import _batch_makers, classification_split
 
 
 @dataclass
@@ -76,22 +76,22 @@ def evaluate_sequence(plan: SequencePlan, registry: Registry | None = None) -> S
     registry = registry or Registry()
     base = load_plan_base(plan)
     router = Router.from_registry(plan.sequence, registry, base=base)
-    records = {task.name: _trained_adapter(plan, task, registry, base) for task in plan.tasks}
-    makers = {t.name: _batch_makers(base, t.data, plan.settings, plan.labels.get(t.name)) for t in plan.tasks}
-    for name, (_, _, make_eval, _) in makers.items():
-        if make_eval is None:
+    prepared = {t.name: prepare(base, t.data, plan.settings, plan.labels.get(t.name)) for t in plan.tasks}
+    records = {t.name: _trained_adapter(plan, t, registry, base, prepared[t.name].source.sha256) for t in plan.tasks}
+    for name, data in prepared.items():
+        if data.make_eval is None:
             raise AdapterHubError(f"task {name!r}: its data gives no held-out examples to evaluate; raise its test_split")
     # Routing first, on the bare base: no adapter may be attached while its features are computed.
-    routes = {name: router.nearest(router.features.of_batches(make_eval())) for name, (_, _, make_eval, _) in makers.items()}
-    tests = {t.name: classification_split(t.data, plan.labels[t.name])[1] for t in plan.tasks} if plan.model_task == "seq-cls" else {}
-    predicted: dict[str, dict[int, str]] = {name: {} for name in makers}  # task -> example -> label name
+    routes = {name: router.nearest(router.features.of_batches(data.make_eval())) for name, data in prepared.items()}
+    tests = {name: data.test_set for name, data in prepared.items() if data.test_set is not None}
+    predicted: dict[str, dict[int, str]] = {name: {} for name in prepared}  # task -> example -> label name
     attached = PeftAttached(base)
     try:
         evaluations = {}
         for task in plan.tasks:
             record, tensors = registry.load(records[task.name].ref)
             model = attached.attach(record.ref, record.peft_config, tensors, record.manifest)
-            evaluations[task.name] = evaluate_batches(model, makers[task.name][2](), plan.model_task)
+            evaluations[task.name] = evaluate_batches(model, prepared[task.name].make_eval(), plan.model_task)
             labels = Manifest.from_dict(record.manifest).labels
             for source, test in tests.items():  # the examples of every task that the router sent here
                 rows = [i for i, r in enumerate(routes[source]) if r.task.name == task.name]
@@ -106,12 +106,12 @@ def evaluate_sequence(plan: SequencePlan, registry: Registry | None = None) -> S
     ])  # fmt: skip
 
 
-def _trained_adapter(plan: SequencePlan, task: TaskPlan, registry: Registry, base: Base) -> AdapterRecord:
+def _trained_adapter(plan: SequencePlan, task: TaskPlan, registry: Registry, base: Base, data_sha256: str) -> AdapterRecord:
     """The task's adapter, checked to come from the plan's data file (so the held-out split is the same) and base."""
     record = existing_adapter(registry, plan, task.name)
     if record is None:
         raise AdapterHubError(f"task {task.name!r} of the plan has no adapter in {registry.root}; run adapterhub continual train PLAN")
-    if Manifest.from_dict(record.manifest).data_sha256 != task.data.recorded()["sha256"]:
+    if Manifest.from_dict(record.manifest).data_sha256 != data_sha256:
         raise AdapterHubError(
             f"task {task.name!r}: {task.data.path} is not the file {record.ref} was trained on (sha256 differs), "
             f"so its held-out split would differ; point the plan at that file or retrain the task"

@@ -30,8 +30,8 @@ from adapterhub import adapters, plugins
 from adapterhub.errors import AdapterHubError, OptionError
 from adapterhub.options import build_options
 from adapterhub.specs import TASKS
-from adapterhub.train import TrainSettings
-from adapterhub.workflow import DataSpec, labels_of
+from adapterhub.prepare import labels_of
+from adapterhub.settings import DataSpec, TrainSettings
 
 AUTO = "auto"  # the task id that asks the server to route from the input, so no task may be called that
 DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataSpec))

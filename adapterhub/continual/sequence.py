@@ -32,7 +32,8 @@ from adapterhub.continual.features import (
 from adapterhub.continual.plan import SequencePlan, TaskPlan, sequence_tag, task_tag
 from adapterhub.distributed import launched_as_main
 from adapterhub.manifest import ContinualEntry, Manifest
-from adapterhub.workflow import TrainJob, _batch_makers, train_adapter
+from adapterhub.prepare import prepare
+from adapterhub.workflow import TrainJob, train_adapter
 
 
 @dataclass
@@ -146,8 +147,8 @@ def _digest_of(record: AdapterRecord) -> str | None:
 def _router_entry(plan: SequencePlan, task: TaskPlan, base: Base, features: BaseFeatures) -> dict[str, Any]:
     """The task's prototypes: k-means centroids of the base features of its training examples."""
     labels = plan.labels.get(task.name)
-    make_train, n_train, _, _ = _batch_makers(base, task.data, plan.settings, labels)
-    train_features = features.of_batches(make_train(list(range(n_train))))
+    data = prepare(base, task.data, plan.settings, labels)
+    train_features = features.of_batches(data.make_train(list(range(data.n_train))))
     centroids = prototypes(train_features, plan.prototypes, plan.settings.seed)
-    return {"features": FEATURES, "max_length": features.max_length, "examples": n_train,
+    return {"features": FEATURES, "max_length": features.max_length, "examples": data.n_train,
             "prototypes": encode_tensor(centroids)}  # fmt: skip

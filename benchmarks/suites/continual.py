@@ -96,7 +96,7 @@ def sequential(plan, approach: str) -> tuple[list[list[float]], float]:
     from adapterhub.base import load_base
     from adapterhub.evaluation import evaluate_batches
     from adapterhub.train import seed_everything, train
-    from adapterhub.workflow import _batch_makers
+    from adapterhub.prepare import prepare
 
     settings = dataclasses.replace(plan.settings, learning_rate=LEARNING_RATES["lora" if approach == LORA_SEQ else FULL_SEQ])
     seed_everything(settings.seed)
@@ -108,12 +108,12 @@ def sequential(plan, approach: str) -> tuple[list[list[float]], float]:
         model = base.model
         for parameter in model.parameters():
             parameter.requires_grad_(True)
-    makers = [_batch_makers(base, t.data, settings, plan.labels[t.name]) for t in plan.tasks]
+    prepared = [prepare(base, t.data, settings, plan.labels[t.name]) for t in plan.tasks]
     matrix, seconds = [], 0.0
-    for i, (make_train, n_train, make_eval, _) in enumerate(makers):
+    for i, data in enumerate(prepared):
         # evaluating after each epoch, as train_adapter does for the adapters, keeps the training times comparable
-        seconds += train(model, make_train, n_train, make_eval, "seq-cls", settings, progress=False).train_seconds
-        matrix.append([evaluate_batches(model, makers[j][2](), "seq-cls")["accuracy"] for j in range(i + 1)])
+        seconds += train(model, data.make_train, data.n_train, data.make_eval, "seq-cls", settings, progress=False).train_seconds
+        matrix.append([evaluate_batches(model, prepared[j].make_eval(), "seq-cls")["accuracy"] for j in range(i + 1)])
     return matrix, seconds
 
 
@@ -124,7 +124,7 @@ def backward_transfer(matrix: list[list[float]]) -> float:
 
 
 def record(ctx: Context, plan, matrices: dict, final, train_seconds: dict) -> None:
-    from adapterhub.workflow import classification_split
+    from adapterhub.prepare import classification_split
     from benchmarks.continual_plot import draw
 
     names = [t.name for t in plan.tasks]
@@ -173,8 +173,8 @@ def time_routing(ctx: Context, plan, registry) -> None:
     """Classify a mixed batch of held-out texts through the serving pool with oracle refs vs routed refs."""
     from adapterhub.continual import Router
     from adapterhub.continual.sequence import load_plan_base
+    from adapterhub.prepare import classification_split
     from adapterhub.runtime import AdapterPool, classify
-    from adapterhub.workflow import classification_split
 
     pool = AdapterPool(load_plan_base(plan), slots=len(plan.tasks), max_rank=plan.options["r"], registry=registry)
     router = Router.from_registry(plan.sequence, registry, base=pool)

@@ -129,7 +129,7 @@ def _installed(runs: tuple[Run, ...]) -> list[Run]:
 
 def run(ctx: Context) -> None:
     from adapterhub.train import total_steps
-    from adapterhub.workflow import classification_split, labels_of
+    from adapterhub.prepare import classification_split, labels_of
     from benchmarks.method_baselines import has_peft_side
     from benchmarks.method_runs import record_runs, train_ours, train_peft
     from benchmarks.method_steps import compare_steps
