@@ -6,7 +6,7 @@ dequantizes inside the matmul on a GPU), every bitsandbytes NF4 linear gets a fo
 differentiable in its input. Training (peft wraps these layers as its base layers), evaluation and the adapter
 pool (slots wrap them the same way) all run through it. With no such kernel (no GPU) the layers are left
 exactly as bitsandbytes made them: the op's torch reference would dequantize and multiply just as their own
-forward does, so there is nothing to gain from routing through it.
+forward does, so there is nothing to gain from sending them to it.
 """
 
 from __future__ import annotations

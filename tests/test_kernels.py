@@ -102,7 +102,7 @@ FUSED_LORA_PLUGIN = """
 """
 
 
-def test_attach_routes_lora_training_through_a_plugin_fused_kernel(site_dir, tiny_llama):
+def test_attach_dispatches_lora_training_to_a_plugin_fused_kernel(site_dir, tiny_llama):
     """A plugin's lora_linear kernel is used by training wherever it supports the base; gradients equal peft's."""
     import importlib
 
@@ -124,12 +124,12 @@ def test_attach_routes_lora_training_through_a_plugin_fused_kernel(site_dir, tin
     expected = one_step_grads(load_base(tiny_llama))
     install_fake_distribution(site_dir, "fakeplugin-fused", "fakeplugin_fused", FUSED_LORA_PLUGIN)
     plugins.reload()
-    routed = one_step_grads(load_base(tiny_llama))
+    dispatched = one_step_grads(load_base(tiny_llama))
     calls = importlib.import_module("fakeplugin_fused").CALLS
     assert len(calls) == 4  # 2 layers x (q_proj, v_proj)
-    assert routed.keys() == expected.keys()
-    for name in routed:
-        torch.testing.assert_close(routed[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert dispatched.keys() == expected.keys()
+    for name in dispatched:
+        torch.testing.assert_close(dispatched[name], expected[name], rtol=1e-5, atol=1e-6)
 
 
 def test_a_kernel_that_does_not_fit_a_call_leaves_that_call_to_torch():

@@ -1,4 +1,4 @@
-"""Fused LoRA linear (forward + backward) against plain torch, and peft models routed through it against peft.
+"""Fused LoRA linear (forward + backward) against plain torch, and peft models dispatched to it against peft.
 
 Kernels run in Triton's CPU interpreter (or compiled on a GPU with ``TRITON_INTERPRET=0``); shapes are tiny
 and not multiples of the block sizes. Tolerances: float32 atol/rtol 1e-4 (outputs and gradients); float16
@@ -157,7 +157,7 @@ def loss_and_grads(model, x):
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_routed_peft_model_trains_like_peft(dropout, monkeypatch):
+def test_dispatched_peft_model_trains_like_peft(dropout, monkeypatch):
     import adapterhub_triton
 
     monkeypatch.setenv("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")

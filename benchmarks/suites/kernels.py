@@ -11,7 +11,7 @@ Timed cases, all bfloat16, r=16:
 * `lora forward` (d x d, 4096 tokens): `torch.nn.functional.linear` alone (`torch base`), the fused kernel
   (`adapterhub`), peft's LoRA `Linear` forward (`peft`). The fused kernel's overhead over the base alone is
   stated as a target (<= 15 %).
-* `train step` (4 LoRA linears of d x d, 8 x 512 tokens, AdamW): peft's layers vs the same layers routed
+* `train step` (4 LoRA linears of d x d, 8 x 512 tokens, AdamW): peft's layers vs the same layers dispatched
   through the fused kernel by `adapterhub_lora.dispatch.patch_lora_model`; step time and CUDA peak memory; lora
   dropout 0 (fully fused) and 0.05 (dropout runs in torch, the shrink is precomputed).
 * `gather decode` (128 rows of one token) and `gather prefill` (16 rows of 64 tokens), 1, 8, 32 or 128
