@@ -175,7 +175,7 @@ def test_dispatched_peft_model_trains_like_peft(dropout, monkeypatch):
         assert_close(grads[name], expected_grads[name], torch.float32)
 
 
-def test_routing_falls_back_to_peft_where_the_op_cannot_run(monkeypatch):
+def test_dispatch_falls_back_to_peft_where_the_op_cannot_run(monkeypatch):
     """No interpreter and no GPU (or a merged / disabled adapter): peft's own forward runs."""
     import adapterhub_triton
 
