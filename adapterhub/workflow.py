@@ -1,7 +1,7 @@
 """End-to-end jobs behind ``adapterhub train`` and ``adapterhub eval``, usable from Python as well.
 
 train: read data → load the frozen (optionally quantized) base → attach the method → train with
-per-epoch evaluation → save as PEFT + manifest → push to the registry with its metrics.
+per-epoch evaluation → save as PEFT + manifest → push to the registry with its metrics (``push_trained``, which continual training uses too).
 eval: resolve a registry adapter → load the base it names → re-create the same held-out split → metrics.
 """
 
@@ -11,17 +11,17 @@ import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from adapterhub_registry import Registry
+from adapterhub_registry import AdapterRecord, Registry
 from adapterhub_registry.names import validate_name
 
 from adapterhub import adapters, plugins
-from adapterhub.base import Base, load_base
+from adapterhub.base import load_base
 from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
-from adapterhub.manifest import Manifest
+from adapterhub.manifest import ContinualEntry, Manifest
 from adapterhub.monitor import MonitorSettings
 from adapterhub.prepare import labels_of, prepare, read_source
 from adapterhub.settings import DataSpec
@@ -93,21 +93,30 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
     outcome = TrainOutcome(result, None, manifest, adapters.trainable_parameters(model), 0,
                            world_size=distributed.world_size, is_main=distributed.is_main)  # fmt: skip
     if distributed.is_main:
-        _save_and_push(job, model, base, outcome, registry)
+        _save_and_push(job, model, outcome, registry)
     distributed.barrier()  # the other ranks exit only once the adapter is safely written
     return outcome
 
 
-def _save_and_push(job: TrainJob, model, base: Base, outcome: TrainOutcome, registry: Registry | None) -> None:
+def _save_and_push(job: TrainJob, model, outcome: TrainOutcome, registry: Registry | None) -> None:
     output = Path(job.output) if job.output else Path(tempfile.mkdtemp(prefix="adapterhub-"))
     adapters.save_adapter(model, output, outcome.manifest)
     outcome.adapter_dir, outcome.adapter_bytes = output, (output / adapters.WEIGHTS_FILE).stat().st_size
     if registry is not None:
-        result = outcome.result
-        outcome.record = registry.push(
-            job.push, output, method=job.method, base_fingerprint=base.fingerprint_id,
-            metrics={**result.metrics, "train_seconds": result.train_seconds}, tags=job.tags,
-        )  # fmt: skip
+        outcome.record = push_trained(registry, job.push, outcome, tags=job.tags)
+
+
+def push_trained(registry: Registry, name: str, outcome: TrainOutcome, *, tags: Sequence[str] = (),
+                 continual: ContinualEntry | None = None) -> AdapterRecord:  # fmt: skip
+    """Push the saved adapter of ``outcome`` as the next version of ``name``: its manifest (with ``continual``,
+    a task sequence's entry, when given), its metrics and training time, ``tags``. The registry records the
+    base fingerprint from the manifest's ``base``, its one home."""
+    manifest = outcome.manifest if continual is None else dataclasses.replace(outcome.manifest, continual=continual)
+    result = outcome.result
+    return registry.push(
+        name, outcome.adapter_dir, method=manifest.method, manifest=manifest.to_dict(),
+        metrics={**result.metrics, "train_seconds": result.train_seconds}, tags=list(tags),
+    )  # fmt: skip
 
 
 def evaluate_adapter(

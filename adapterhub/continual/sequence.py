@@ -33,7 +33,7 @@ from adapterhub.continual.plan import SequencePlan, TaskPlan, sequence_tag, task
 from adapterhub.distributed import launched_as_main
 from adapterhub.manifest import ContinualEntry, Manifest
 from adapterhub.prepare import prepare
-from adapterhub.workflow import TrainJob, train_adapter
+from adapterhub.workflow import TrainJob, push_trained, train_adapter
 
 
 @dataclass
@@ -129,12 +129,8 @@ def _train_task(plan: SequencePlan, task: TaskPlan, digest: str, base: Base, fea
         if not outcome.is_main:
             return None
         continual = ContinualEntry(plan.sequence, task.name, task.position, digest, _router_entry(plan, task, base, features))
-        return registry.push(
-            plan.adapter_name(task.name), outcome.adapter_dir, method=plan.method,
-            base_fingerprint=outcome.manifest.base_fingerprint, manifest={"continual": continual.to_dict()},
-            metrics={**outcome.result.metrics, "train_seconds": outcome.result.train_seconds},
-            tags=[task_tag(task.name), sequence_tag(plan.sequence)],
-        )  # fmt: skip
+        tags = [task_tag(task.name), sequence_tag(plan.sequence)]
+        return push_trained(registry, plan.adapter_name(task.name), outcome, tags=tags, continual=continual)
     finally:
         shutil.rmtree(output, ignore_errors=True)
 
