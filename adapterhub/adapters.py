@@ -26,7 +26,6 @@ from adapterhub import plugins
 from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
 from adapterhub.manifest import BaseIdentity, Manifest, PluginIdentity
-from adapterhub.lora_routing import route_fused_lora
 from adapterhub.options import build_options
 
 _TASK_TYPES = {"seq-cls": TaskType.SEQ_CLS, "causal-lm": TaskType.CAUSAL_LM}
@@ -58,7 +57,8 @@ def attach(base: Base, method: str, options: Any = None) -> PeftModel:
             f"method {method!r} option 'target_modules': {getattr(options, 'target_modules', None)} matches no module "
             f"of this base; its linear modules include: {', '.join(linear_module_names(base.model))}"
         ) from None
-    route_fused_lora(model)  # a plugin's fused LoRA kernel, where one supports this device and dtype
+    if spec.dispatch is not None:  # the method sends its layers to a plugin kernel where one suits the base
+        spec.dispatch(model)
     return model
 
 

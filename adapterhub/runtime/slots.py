@@ -76,38 +76,42 @@ class LayerSlots:
         if self.ranks[slot] > rank:
             slot_A[rank:].zero_()
             slot_B[:, rank:].zero_()
-        slot_scale.fill_(contents.scale if rank else 0.0)
-        self.scale_values[slot], self.ranks[slot] = (contents.scale if rank else 0.0), rank
-        copies = [(slot_A[:rank], contents.A), (slot_B[:, :rank], contents.B)] if rank else []
-        had_in, had_out = self.scales_in[slot], self.scales_out[slot]
-        copies += self._stage_vector(self.in_scale[slot], contents.in_scale, 1.0, had_in)
-        copies += self._stage_vector(self.out_scale[slot], contents.out_scale, 1.0, had_out)
-        copies += self._stage_vector(self.out_shift[slot], contents.out_shift, 0.0, had_out)
+        if rank < slot_A.shape[0]:  # views only when needed: a swap stages every layer (210 in SmolLM2)
+            slot_A, slot_B = slot_A[:rank], slot_B[:, :rank]
+        scale = contents.scale if rank else 0.0
+        slot_scale.fill_(scale)
+        self.scale_values[slot], self.ranks[slot] = scale, rank
+        copies = [(slot_A, contents.A), (slot_B, contents.B)] if rank else []
+        if contents.in_scale is None and contents.out_scale is None and contents.out_shift is None:
+            if self.scales_in[slot] or self.scales_out[slot]:  # the previous adapter of this slot had vectors
+                self._clear_vectors(slot)
+            return copies
+        self._clear_vectors(slot)
+        for view, source in ((self.in_scale[slot], contents.in_scale), (self.out_scale[slot], contents.out_scale),
+                             (self.out_shift[slot], contents.out_shift)):  # fmt: skip
+            if source is not None:
+                copies.append((view, source))
         self.scales_in[slot] = contents.in_scale is not None
         self.scales_out[slot] = contents.out_scale is not None or contents.out_shift is not None
         return copies
 
-    @staticmethod
-    def _stage_vector(view: torch.Tensor, source: torch.Tensor | None, identity: float, was_set: bool) -> list:
-        if source is None:
-            if was_set:  # a slot without vectors already holds the identity: no write on a plain LoRA swap
-                view.fill_(identity)
-            return []
-        return [(view, source)]
+    def _clear_vectors(self, slot: int) -> None:
+        """Back to unit scales and no shift (the identity) in ``slot``."""
+        if self.scales_in[slot]:
+            self.in_scale[slot].fill_(1.0)
+        if self.scales_out[slot]:
+            self.out_scale[slot].fill_(1.0)
+            self.out_shift[slot].zero_()
+        self.scales_in[slot] = self.scales_out[slot] = False
 
     def clear(self, slot: int) -> None:
         """Forget what ``slot`` holds (an adapter that does not target this layer, or an unload)."""
         if self.ranks[slot]:
             self.A[slot].zero_()
             self.B[slot].zero_()
-        if self.scales_in[slot]:
-            self.in_scale[slot].fill_(1.0)
-        if self.scales_out[slot]:
-            self.out_scale[slot].fill_(1.0)
-            self.out_shift[slot].zero_()
+        self._clear_vectors(slot)
         self.scales[slot] = 0.0
         self.scale_values[slot], self.ranks[slot] = 0.0, 0
-        self.scales_in[slot] = self.scales_out[slot] = False
 
     def _per_row(self, vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Each row's vector, shaped to broadcast over ``like`` (batch, *, features)."""
