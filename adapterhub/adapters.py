@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from adapterhub_registry import RegistryError
 from adapterhub_registry.adapter_dir import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, AdapterFiles, manifest_bytes, read_adapter_dir
-from peft import PeftConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils.error import NoMatchingPeftModuleError
 from safetensors import SafetensorError
 from safetensors.torch import load
@@ -27,13 +27,6 @@ from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
 from adapterhub.manifest import BaseIdentity, Manifest, PluginIdentity
 from adapterhub.options import build_options
-
-_TASK_TYPES = {"seq-cls": TaskType.SEQ_CLS, "causal-lm": TaskType.CAUSAL_LM}
-
-
-def peft_task_type(task: str) -> TaskType:
-    return _TASK_TYPES[task]
-
 
 def make_options(method: str, values: dict[str, Any] | None = None) -> Any:
     """The options dataclass of ``method`` filled from ``values`` (validated, with clear errors)."""
@@ -81,7 +74,7 @@ def build_manifest(base: Base, method: str, options: Any, **fields: Any) -> Mani
         method=method,
         plugin=PluginIdentity(plugin.name, plugin.distribution, plugin.version) if plugin else None,
         options=dataclasses.asdict(options),
-        model_task=base.task,
+        model_task=base.model_task,
         labels=base.labels,
         base=BaseIdentity.from_dict(base.describe()),
         **fields,

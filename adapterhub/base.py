@@ -16,16 +16,15 @@ from pathlib import Path
 
 import torch
 from transformers import logging as transformers_logging
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from adapterhub import plugins
 from adapterhub.errors import AdapterHubError, OptionError
 from adapterhub.fingerprint import fingerprint, weight_files
 from adapterhub.quantized_forward import use_nf4_kernel
-from adapterhub.specs import TASKS
+from adapterhub.model_tasks import LOAD_DEFAULT, SEQ_CLS, model_task as model_task_named
 
 log = logging.getLogger(__name__)
-MODEL_CLASSES = {"seq-cls": AutoModelForSequenceClassification, "causal-lm": AutoModelForCausalLM}
 
 
 @dataclass
@@ -34,7 +33,7 @@ class Base:
 
     model: torch.nn.Module
     tokenizer: object
-    task: str
+    model_task: str  # adapterhub.model_tasks: what the head computes
     source: Path
     gguf_file: str | None
     quantization: str | None
@@ -120,18 +119,17 @@ def _quiet_transformers():
 def load_base(
     path: str | os.PathLike,
     *,
-    task: str = "causal-lm",
+    model_task: str = LOAD_DEFAULT,
     quantize: str | None = None,
     dtype: torch.dtype = torch.float32,
     labels: list[str] | None = None,
 ) -> Base:
-    """Load a local model for ``task``, quantized through the ``quantize`` plugin if given, with every weight frozen.
+    """Load a local model for ``model_task``, quantized through the ``quantize`` plugin if given, with every weight frozen.
 
     ``labels`` (sequence classification) sets the number of classes and their names.
     """
-    if task not in TASKS:
-        raise OptionError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
-    if task == "seq-cls" and not labels:
+    task = model_task_named(model_task)
+    if task is SEQ_CLS and not labels:
         raise OptionError("sequence classification needs the list of labels (e.g. from the training data)")
     source, gguf_file = resolve_source(path)
     config = AutoConfig.from_pretrained(source, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(source)
@@ -147,7 +145,7 @@ def load_base(
         kwargs["device_map"] = kwargs.get("device_map") or (gpu if torch.cuda.is_available() else "cpu")
     if load_gguf:
         kwargs["gguf_file"] = load_gguf
-    if task == "seq-cls":
+    if task is SEQ_CLS:
         kwargs.update(
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
@@ -155,7 +153,7 @@ def load_base(
         )
     tokenizer = AutoTokenizer.from_pretrained(load_from, **({"gguf_file": load_gguf} if load_gguf else {}))
     with _quiet_transformers():  # a fresh classification head is expected: the adapter trains and saves it
-        model = MODEL_CLASSES[task].from_pretrained(load_from, **kwargs)
+        model = task.model_class().from_pretrained(load_from, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
@@ -166,4 +164,4 @@ def load_base(
     if quantize:
         use_nf4_kernel(model, dtype)  # a plugin's NF4 kernel, where one supports this device and dtype
     log.debug("loaded base %s (%s)", identity["id"], json.dumps(identity["shape"]))
-    return Base(model, tokenizer, task, source, gguf_file, quantize, identity, list(labels or []))
+    return Base(model, tokenizer, task.name, source, gguf_file, quantize, identity, list(labels or []))

@@ -18,8 +18,9 @@ import sys
 import click
 
 from adapterhub import __version__
-from adapterhub.cli_options import json_option, registry_option
+from adapterhub.cli_options import json_option, model_task_option, registry_option
 from adapterhub.cli_output import echo_json
+from adapterhub.model_tasks import TRAIN_DEFAULT
 from adapterhub.options import parse_pairs, setting_option
 from adapterhub.settings import DataSpec, TrainSettings
 
@@ -180,7 +181,7 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 
 @cli.command("train")
 @click.option("--base", required=True, help="Local base model directory or .gguf file.")
-@click.option("--task", type=click.Choice(["seq-cls", "causal-lm"]), default="seq-cls", show_default=True)
+@model_task_option(TRAIN_DEFAULT, "What the base's head computes: labels from a text, or the next token.")
 @click.option("--method", required=True, help="Adapter method (see `adapterhub plugins`).")
 @click.option("-o", "--option", "method_options", multiple=True, metavar="KEY=VALUE", help="Method option, repeatable (e.g. -o r=16).")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
@@ -193,7 +194,7 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 @_monitor_options
 @json_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars (training, and loading the base).")
-def train_command(base, task, method, method_options, quantize, path, text_column, label_column, encoding, dedupe,
+def train_command(base, model_task, method, method_options, quantize, path, text_column, label_column, encoding, dedupe,
                   test_split, max_samples, epochs, batch_size, learning_rate, max_length, block_size, class_weights, seed, output,
                   push, tags, registry_root, eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file,
                   tensorboard_dir, as_json, no_progress) -> None:  # fmt: skip
@@ -215,7 +216,7 @@ def train_command(base, task, method, method_options, quantize, path, text_colum
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
                              block_size=block_size, class_weights=class_weights, seed=seed)  # fmt: skip
     monitor = _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir)
-    job = TrainJob(base, method, data, task, parse_pairs(list(method_options)), settings, quantize, output, push,
+    job = TrainJob(base, method, data, model_task, parse_pairs(list(method_options)), settings, quantize, output, push,
                    list(tags), registry_root, progress=not no_progress, monitor=monitor)  # fmt: skip
     outcome = train_adapter(job)
     if not outcome.is_main:

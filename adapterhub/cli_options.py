@@ -12,3 +12,12 @@ registry_option = click.option(
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 """``--json``: print the command's outcome as JSON (``as_json`` in the command's arguments)."""
+
+
+def model_task_option(default: str | None, help: str):
+    """``--model-task`` (``--task`` too, its older name): what the base's head computes (``adapterhub.model_tasks``);
+    ``model_task`` in the command's arguments."""
+    from adapterhub.model_tasks import NAMES
+
+    return click.option("--model-task", "--task", "model_task", type=click.Choice(NAMES), default=default,
+                        show_default=default is not None, help=help)  # fmt: skip

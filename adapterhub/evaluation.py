@@ -12,7 +12,6 @@ from typing import Iterable
 import torch
 
 METRICS_DIR = Path(__file__).parent / "metrics"
-TASK_METRICS = {"seq-cls": ("accuracy", "f1_macro", "roc_auc"), "causal-lm": ("loss", "perplexity")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,7 +47,7 @@ def classification_metrics(logits: torch.Tensor, references: list[int]) -> dict[
 
 
 @torch.no_grad()
-def _collect(model: torch.nn.Module, batches: Iterable[dict], task: str) -> tuple:
+def _collect(model: torch.nn.Module, batches: Iterable[dict], model_task: str) -> tuple:
     """What the metrics need from this process's batches: (logits, references) or (loss sum, tokens)."""
     was_training = model.training
     model.eval()
@@ -57,7 +56,7 @@ def _collect(model: torch.nn.Module, batches: Iterable[dict], task: str) -> tupl
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         output = model(**batch)
-        if task == "seq-cls":
+        if model_task == "seq-cls":
             logits.append(output.logits.float().cpu())
             references.extend(batch["labels"].tolist())
         else:
@@ -65,21 +64,21 @@ def _collect(model: torch.nn.Module, batches: Iterable[dict], task: str) -> tupl
             loss_sum += float(output.loss) * n
             tokens += n
     model.train(was_training)
-    return (logits, references) if task == "seq-cls" else (loss_sum, tokens)
+    return (logits, references) if model_task == "seq-cls" else (loss_sum, tokens)
 
 
-def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict], task: str, distributed=None) -> dict[str, float]:
-    """Run ``model`` over ``batches`` in eval mode and compute the task's metrics.
+def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict], model_task: str, distributed=None) -> dict[str, float]:
+    """Run ``model`` over ``batches`` in eval mode and compute the model task's metrics.
 
     In a data-parallel run (``distributed``: an ``adapterhub.distributed.Distributed``) each rank evaluates
     every N-th batch and the pieces are gathered, so every rank gets the metrics of the whole held-out set.
     """
     if distributed is not None and distributed.active:
         mine = (b for i, b in enumerate(batches) if i % distributed.world_size == distributed.rank)
-        parts = distributed.gather(_collect(model, mine, task))
+        parts = distributed.gather(_collect(model, mine, model_task))
     else:
-        parts = [_collect(model, batches, task)]
-    if task == "seq-cls":
+        parts = [_collect(model, batches, model_task)]
+    if model_task == "seq-cls":
         logits = [chunk for part in parts for chunk in part[0]]
         return classification_metrics(torch.cat(logits), [r for part in parts for r in part[1]])
     loss = sum(part[0] for part in parts) / max(sum(part[1] for part in parts), 1)

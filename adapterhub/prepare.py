@@ -69,7 +69,7 @@ def prepare(
 ) -> Prepared:
     """The batches of ``spec`` for ``base``'s model task; ``source`` is the file when the caller has read it."""
     source = source or read_source(spec)
-    if base.task == "seq-cls":
+    if base.model_task == "seq-cls":
         return _prepare_classification(base, spec, settings, label_names, source)
     return _prepare_blocks(base, spec, settings, source)
 

@@ -15,8 +15,6 @@ from adapterhub_registry import Registry
 from adapterhub.cli_options import registry_option
 from adapterhub.cli_output import echo_json
 
-_TASKS = {"SEQ_CLS": "seq-cls", "CAUSAL_LM": "causal-lm"}
-
 
 def _registry(ctx: click.Context) -> Registry:
     return Registry(ctx.obj)
@@ -163,6 +161,7 @@ def import_peft(registry: Registry, directory: Path, name: str, *, base: str | N
     """Record a PEFT directory under ``name``; with ``base``, the adapter must load onto it first."""
     from adapterhub import adapters, plugins
     from adapterhub.base import load_base
+    from adapterhub.model_tasks import from_peft_task_type
 
     files, tensors = adapters.read_adapter(directory)
     peft_config, manifest = files.peft_config, files.manifest
@@ -170,13 +169,13 @@ def import_peft(registry: Registry, directory: Path, name: str, *, base: str | N
     manifest = {"format": 1, **manifest, "method": method.name, "imported_from": "peft"}
     fingerprint = None
     if base is not None:
-        task = _TASKS.get(peft_config.get("task_type") or "", "causal-lm")
-        labels = (manifest.get("labels") or _labels_from_head(tensors)) if task == "seq-cls" else None
-        loaded = load_base(base, task=task, labels=labels)
+        model_task = from_peft_task_type(peft_config.get("task_type"))
+        labels = (manifest.get("labels") or _labels_from_head(tensors)) if model_task == "seq-cls" else None
+        loaded = load_base(base, model_task=model_task, labels=labels)
         adapters.load_adapter(loaded, peft_config, tensors, label=str(directory),
                               adapter_base=(manifest.get("base") or {}).get("fingerprint"), force=force)  # fmt: skip
         fingerprint = loaded.fingerprint_id
-        manifest.update(task=task, labels=loaded.labels, base=loaded.describe())
+        manifest.update(task=model_task, labels=loaded.labels, base=loaded.describe())
     return registry.push(name, directory, method=method.name, base_fingerprint=fingerprint, manifest=manifest, tags=tags)
 
 

@@ -14,17 +14,13 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:  # specs stay import-light: plugins and the CLI import them without torch
     import torch
 
-TASKS = ("seq-cls", "causal-lm")
-"""Tasks a base model can be loaded for: sequence classification and causal language modelling."""
-
-
 @dataclass(frozen=True)
 class MethodSpec:
     """An adapter method.
 
     ``options`` is a dataclass whose fields (with defaults) are the method's user-facing options;
     ``build_config(options, base)`` returns the ``peft.PeftConfig`` to attach to ``base`` (an
-    ``adapterhub.base.Base``: its ``task``, ``model``, ``tokenizer`` and ``source`` are there to read). ``peft_type`` is the
+    ``adapterhub.base.Base``: its ``model_task``, ``model``, ``tokenizer`` and ``source`` are there to read). ``peft_type`` is the
     ``peft_type`` written in ``adapter_config.json`` so a PEFT directory can be imported to this method.
     ``on_train_step(model, step, total_steps)`` runs after every optimizer step, before gradients are
     cleared (rank schedules such as AdaLoRA's read them). ``for_run(options, total_steps)`` returns the

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from adapterhub.alerts import AlertChecker, TrainingStopped, merge_rules
 from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
-from adapterhub.evaluation import TASK_METRICS, evaluate_batches
+from adapterhub.evaluation import evaluate_batches
+from adapterhub.model_tasks import model_task as model_task_named
 from adapterhub.monitor import EarlyStopper, MonitorSettings, StepRecord, TrainingLog, memory_mb, stderr_line
 from adapterhub.settings import TrainSettings
 
@@ -75,9 +76,9 @@ def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     return factor
 
 
-def _loss_units(batch: dict[str, torch.Tensor], task: str) -> int:
+def _loss_units(batch: dict[str, torch.Tensor], model_task: str) -> int:
     """What the model's mean loss averages over: examples (classifier) or predicted tokens (causal LM)."""
-    if task == "seq-cls":
+    if model_task == "seq-cls":
         return len(batch["labels"])
     return int((batch["labels"][:, 1:] != -100).sum())
 
@@ -96,7 +97,7 @@ def train(
     make_train_batches: Callable[[list[int]], Iterator[dict]],
     n_train: int,
     make_eval_batches: Callable[[], Iterator[dict]] | None,
-    task: str,
+    model_task: str,
     settings: TrainSettings,
     on_step: Callable[[torch.nn.Module, int, int], None] | None = None,
     progress: bool = True,
@@ -112,7 +113,7 @@ def train(
     Under early stopping the best weights are put back before returning. ``class_weights`` (a classifier's,
     one per label) make the loss a weighted cross-entropy instead of the model's own mean.
     """
-    run = _TrainingRun(model, make_eval_batches, task, settings, on_step, progress, monitor or MonitorSettings(),
+    run = _TrainingRun(model, make_eval_batches, model_task, settings, on_step, progress, monitor or MonitorSettings(),
                        distributed or Distributed.single(), total_steps(n_train, settings), class_weights)  # fmt: skip
     eval_every = run.monitor.eval_every
     try:
@@ -133,9 +134,9 @@ def train(
 class _TrainingRun:
     """The state of one call to ``train``: optimizer, schedule, monitor, alert rules and early stopping."""
 
-    def __init__(self, model, make_eval_batches, task, settings, on_step, progress, monitor, dist, n_steps,
+    def __init__(self, model, make_eval_batches, model_task, settings, on_step, progress, monitor, dist, n_steps,
                  class_weights: list[float] | None = None) -> None:  # fmt: skip
-        self.model, self.make_eval_batches, self.task, self.settings = model, make_eval_batches, task, settings
+        self.model, self.make_eval_batches, self.model_task, self.settings = model, make_eval_batches, model_task, settings
         self.on_step, self.monitor, self.dist, self.n_steps = on_step, monitor, dist, n_steps
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.parameters:
@@ -148,7 +149,7 @@ class _TrainingRun:
         self.bar = tqdm(total=n_steps, desc="train", unit="step", disable=not (progress and dist.is_main), dynamic_ncols=True)
         self.log = TrainingLog(monitor, dist.is_main, (lambda line: self.bar.write(line, file=sys.stderr)) if progress else stderr_line)
         self.checker = AlertChecker(merge_rules(monitor.alerts))
-        self.stopper = EarlyStopper(monitor.early_stopping, TASK_METRICS[task]) if monitor.early_stopping else None
+        self.stopper = EarlyStopper(monitor.early_stopping, model_task_named(model_task).metrics) if monitor.early_stopping else None
         if self.stopper is not None and make_eval_batches is None:
             raise OptionError("early stopping needs held-out data, and this split has none; raise --test-split")
         self.result = TrainResult()
@@ -164,7 +165,7 @@ class _TrainingRun:
         mine = self.dist.shard(rows)
         batch = next(iter(make_train_batches(mine or rows[:1])))  # a rank left without rows still joins DDP
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        units = _loss_units(batch, self.task) if mine else 0
+        units = _loss_units(batch, self.model_task) if mine else 0
         loss = self._loss(batch)
         loss_value = loss.item()
         global_units, non_finite = self.dist.sum([units, float(bool(mine) and not math.isfinite(loss_value))])
@@ -222,7 +223,7 @@ class _TrainingRun:
         record = {"epoch": epoch, "step": self.result.steps, "train_loss": sum(self.losses) / max(len(self.losses), 1)}
         self.losses.clear()
         if self.make_eval_batches is not None:
-            metrics = evaluate_batches(self.model, self.make_eval_batches(), self.task, self.dist)
+            metrics = evaluate_batches(self.model, self.make_eval_batches(), self.model_task, self.dist)
             record.update(metrics)
             self.log.evaluation(self.result.steps, epoch, metrics)
         self.result.history.append(record)

@@ -25,6 +25,7 @@ from adapterhub.manifest import ContinualEntry, Manifest
 from adapterhub.monitor import MonitorSettings
 from adapterhub.prepare import labels_of, prepare, read_source
 from adapterhub.settings import DataSpec
+from adapterhub.model_tasks import LOAD_DEFAULT, TRAIN_DEFAULT
 from adapterhub.train import TrainResult, TrainSettings, seed_everything, total_steps, train
 
 
@@ -33,7 +34,7 @@ class TrainJob:
     base: str
     method: str
     data: DataSpec
-    task: str = "seq-cls"
+    model_task: str = TRAIN_DEFAULT
     options: dict[str, Any] = field(default_factory=dict)
     settings: TrainSettings = field(default_factory=TrainSettings)
     quantize: str | None = None
@@ -69,20 +70,20 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
     if job.push:
         validate_name(job.push)  # fail on a bad name before training, not after
     options = adapters.make_options(job.method, job.options)
-    if job.settings.class_weights != "none" and job.task != "seq-cls":
+    if job.settings.class_weights != "none" and job.model_task != "seq-cls":
         raise OptionError("--class-weights weighs a classifier's labels; a causal-LM run has none (leave it at none)")
     distributed = Distributed.from_environment()
     registry = Registry(job.registry_root) if job.push and distributed.is_main else None  # a bad root fails now
     seed_everything(job.settings.seed)
     source = read_source(job.data)  # the run's one read: a missing or mis-encoded file fails before the slow base load
-    labels = labels_of(job.data, source) if job.task == "seq-cls" else None
-    base = load_base(job.base, task=job.task, quantize=job.quantize, labels=labels)
+    labels = labels_of(job.data, source) if job.model_task == "seq-cls" else None
+    base = load_base(job.base, model_task=job.model_task, quantize=job.quantize, labels=labels)
     data = prepare(base, job.data, job.settings, labels, source)
     spec = plugins.catalog().method(job.method)
     if spec.for_run is not None:  # options that depend on the run's length (AdaLoRA's budget schedule)
         options = spec.for_run(options, total_steps(data.n_train, job.settings))
     model = adapters.attach(base, job.method, options)
-    result = train(model, data.make_train, data.n_train, data.make_eval, base.task, job.settings, spec.on_train_step,
+    result = train(model, data.make_train, data.n_train, data.make_eval, base.model_task, job.settings, spec.on_train_step,
                    job.progress, monitor=job.monitor, distributed=distributed,
                    class_weights=data.summary.get("class_weights"))  # fmt: skip
     training = {**dataclasses.asdict(job.settings), "train_seconds": result.train_seconds, "steps": result.steps,
@@ -133,7 +134,7 @@ def evaluate_adapter(
     read from the same path given again, split as recorded)."""
     record, tensors = Registry(registry_root).load(ref)
     manifest = Manifest.from_dict(record.manifest)
-    base = load_base(base_path, task=manifest.model_task or "causal-lm", quantize=quantize, labels=manifest.labels or None)
+    base = load_base(base_path, model_task=manifest.model_task or LOAD_DEFAULT, quantize=quantize, labels=manifest.labels or None)
     model = adapters.load_adapter(
         base, record.peft_config, tensors, adapter_base=record.base_fingerprint, label=record.ref, force=force,
         manifest=record.manifest,
@@ -144,7 +145,7 @@ def evaluate_adapter(
     prepared = prepare(base, data, settings, base.labels or None)
     if prepared.make_eval is None:
         raise OptionError(f"{data.path} gives no held-out examples; raise --test-split")
-    return {**evaluate_batches(model, prepared.make_eval(), base.task), **prepared.summary}
+    return {**evaluate_batches(model, prepared.make_eval(), base.model_task), **prepared.summary}
 
 
 def recorded_data_spec(manifest: dict, path: str, **overrides: Any) -> DataSpec:

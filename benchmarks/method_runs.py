@@ -34,9 +34,9 @@ def train_ours(row, case) -> dict:
 
     if row.method in (FULL_FINE_TUNING, LINEAR_PROBE):
         return _train_reference(row, case)
-    base, data = (case.lm_path, case.lm_data) if row.task == "causal-lm" else (case.classifier_dir, case.cls_data)
+    base, data = (case.lm_path, case.lm_data) if row.model_task == "causal-lm" else (case.classifier_dir, case.cls_data)
     try:
-        outcome = train_adapter(TrainJob(base, row.method, data, task=row.task, options=row.options,
+        outcome = train_adapter(TrainJob(base, row.method, data, model_task=row.model_task, options=row.options,
                                          settings=case.settings(row), progress=False))  # fmt: skip
     except AdapterHubError as exc:  # a method that cannot run on this base: reported, not fatal
         return {"skipped": str(exc)}
@@ -55,7 +55,7 @@ def _train_reference(row, case) -> dict:
 
     settings = case.settings(row)
     seed_everything(settings.seed)
-    base = load_base(case.classifier_dir, task="seq-cls", labels=case.labels)
+    base = load_base(case.classifier_dir, model_task="seq-cls", labels=case.labels)
     train_set, test_set = classification_split(case.cls_data, case.labels)
     for parameter in (base.model if row.method == FULL_FINE_TUNING else base.model.classifier).parameters():
         parameter.requires_grad_(True)
@@ -81,7 +81,7 @@ def train_peft(row, case) -> dict:
 
     torch.manual_seed(case.seed)
     settings = case.settings(row)
-    if row.task == "causal-lm":
+    if row.model_task == "causal-lm":
         model, batches, n_train, evaluate = _causal_lm_side(row, case, settings)
     else:
         model, batches, n_train, evaluate = _classifier_side(row, case, settings)
@@ -147,14 +147,14 @@ def record_runs(ctx: Context, runs, results: dict[str, dict]) -> None:
                 continue
             params, what = {"method": row.label}, _what(row, impl)
             metrics = numbers["metrics"]
-            cases = CLASSIFIER_CASES if row.task == "seq-cls" else (("held-out perplexity", "perplexity"),)
+            cases = CLASSIFIER_CASES if row.model_task == "seq-cls" else (("held-out perplexity", "perplexity"),)
             for case, key in cases:
                 ctx.record(case, impl, [metrics[key]], what=what, params=params, unit="" if key != "perplexity" else "ppl",
                            extra={**numbers, "learning_rate": row.learning_rate, "options": row.options} if case == cases[0][0] else None)  # fmt: skip
             ctx.record("trainable parameters", impl, [numbers["trainable_parameters"]], what=what, params=params, unit="params")
             ctx.record("saved adapter / weights", impl, [numbers["adapter_bytes"] / 1024], what=what, params=params, unit="KiB")
             ctx.record("whole training run (sequential)", impl, [numbers["seconds"]], what=what, params=params, unit="s")
-            if row.task == "seq-cls":
+            if row.model_task == "seq-cls":
                 beat = metrics["accuracy"] > majority
                 ctx.note(f"{row.label} ({impl}): accuracy {metrics['accuracy']:.4f} vs majority class {majority:.4f} — "
                          f"{'beats it' if beat else 'DOES NOT beat it'}")  # fmt: skip
@@ -171,7 +171,7 @@ def _what(row, impl: str) -> str:
     if impl == OURS:
         if row.method in (FULL_FINE_TUNING, LINEAR_PROBE):
             return f"load_base + adapterhub.train.train, lr={row.learning_rate:g}"
-        return f"train_adapter(TrainJob(method={row.method!r}, task={row.task!r}, lr={row.learning_rate:g}))"
+        return f"train_adapter(TrainJob(method={row.method!r}, model_task={row.model_task!r}, lr={row.learning_rate:g}))"
     if row.method in (FULL_FINE_TUNING, LINEAR_PROBE):
         return f"from_pretrained + plain torch loop (no peft), lr={row.learning_rate:g}"
     return f"get_peft_model({row.method} config) + plain torch loop, lr={row.learning_rate:g}"

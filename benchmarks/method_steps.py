@@ -78,8 +78,8 @@ def _ours(row, case):
 
     settings = case.settings(row)
     seed_everything(settings.seed)
-    causal = row.task == "causal-lm"
-    base = load_base(case.lm_path if causal else case.classifier_dir, task=row.task, labels=None if causal else case.labels)
+    causal = row.model_task == "causal-lm"
+    base = load_base(case.lm_path if causal else case.classifier_dir, model_task=row.model_task, labels=None if causal else case.labels)
     batch = _first_batch(row, case, base, settings)
     base_bytes = base_parameter_bytes(base.model)
     on_step = None
@@ -95,7 +95,7 @@ def _ours(row, case):
         model, on_step = adapters.attach(base, row.method, options), spec.on_train_step
     rows = len(batch["input_ids"])
     one = dataclasses.replace(settings, epochs=1, batch_size=rows)
-    return model, batch, base_bytes, lambda: train(model, lambda order: iter([batch]), rows, None, row.task, one, on_step, progress=False)
+    return model, batch, base_bytes, lambda: train(model, lambda order: iter([batch]), rows, None, row.model_task, one, on_step, progress=False)
 
 
 def _first_batch(row, case, base, settings) -> dict:
@@ -103,7 +103,7 @@ def _first_batch(row, case, base, settings) -> dict:
     from adapterhub.data import load_text_blocks
     from adapterhub.prepare import classification_split
 
-    if row.task == "causal-lm":
+    if row.model_task == "causal-lm":
         blocks = load_text_blocks(case.lm_data.path, base.tokenizer, settings.block_size)
         return next(block_batches(blocks, base.tokenizer.pad_token_id, settings.batch_size))
     train_set, _ = classification_split(case.cls_data, case.labels)
@@ -115,7 +115,7 @@ def _peft(row, case, batch):
 
     torch.manual_seed(case.seed)
     settings = case.settings(row)
-    if row.task == "causal-lm":
+    if row.model_task == "causal-lm":
         model = causal_lm(case.lm_dir, row.options)
     else:
         model = classifier(case.classifier_dir, case.labels, row.method, row.options, case.steps)

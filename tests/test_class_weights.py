@@ -67,7 +67,7 @@ def train_plain_weighted(model, make, n: int, weights: list[float], settings: Tr
 def lora_classifier(tiny_bert):
     torch.manual_seed(5)
     options = adapters.make_options("lora", {"r": 4, "dropout": 0, "target_modules": "query,value"})
-    return adapters.attach(load_base(tiny_bert, task="seq-cls", labels=["neg", "pos"]), "lora", options)
+    return adapters.attach(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), "lora", options)
 
 
 def test_weighted_training_equals_a_plain_weighted_cross_entropy_loop(tiny_bert):

@@ -44,7 +44,7 @@ def test_train_push_eval_export_import_round_trip(cli, cli_json, tiny_bert, sent
 
 
 def test_causal_lm_qlora_train_and_reload_from_registry(cli_json, tiny_llama, text_file):
-    trained = cli_json("train", "--base", str(tiny_llama), "--task", "causal-lm", "--quantize", "nf4", "--method", "lora",
+    trained = cli_json("train", "--base", str(tiny_llama), "--model-task", "causal-lm", "--quantize", "nf4", "--method", "lora",
                   "--data", str(text_file), "--block-size", "16", "--epochs", "1", "--push", "tiny-qlora",
                   "--json", "--no-progress")  # fmt: skip
     assert set(trained["metrics"]) >= {"loss", "perplexity"}

@@ -110,7 +110,7 @@ def test_unknown_sequence_is_an_error_saying_how_to_train_it(trained, capsys):
 
 def test_router_refuses_a_base_other_than_the_one_its_prototypes_came_from(trained, tmp_path):
     _, registry, _ = trained
-    other = load_base(make_tiny_bert(tmp_path / "other", seed=5), task="seq-cls", labels=["a", "b"])
+    other = load_base(make_tiny_bert(tmp_path / "other", seed=5), model_task="seq-cls", labels=["a", "b"])
     with pytest.raises(IncompatibleBaseError, match=other.fingerprint_id):
         Router.from_registry("toy", registry, base=other)
 
@@ -118,14 +118,14 @@ def test_router_refuses_a_base_other_than_the_one_its_prototypes_came_from(train
 def test_routing_features_are_those_of_the_bare_base_even_with_adapters_loaded(trained, tiny_bert):
     _, registry, _ = trained
     texts = list(TEXTS.values())
-    bare = BaseFeatures(load_base(tiny_bert, task="seq-cls", labels=["neg", "pos"]), max_length=16).of_texts(texts)
-    pool = AdapterPool(load_base(tiny_bert, task="seq-cls", labels=["neg", "pos"]), slots=3, max_rank=4, registry=registry)
+    bare = BaseFeatures(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), max_length=16).of_texts(texts)
+    pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=3, max_rank=4, registry=registry)
     for task in TASKS:
         pool.load(f"toy-{task}")
     with pool.activate(["toy-films", "toy-roads", "toy-talk"]):  # a mixed batch leaves no state behind
         pool.base.model(**pool.base.tokenizer(texts, return_tensors="pt", padding=True))
     assert BaseFeatures.of_pool(pool, max_length=16).of_texts(texts) == pytest.approx(bare, abs=1e-6)
-    with_adapter = load_base(tiny_bert, task="seq-cls", labels=["neg", "pos"])
+    with_adapter = load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"])
     adapters.attach(with_adapter, "lora", adapters.make_options("lora", {"r": 2}))
     with pytest.raises(AdapterHubError, match="has an adapter attached"):
         BaseFeatures(with_adapter, max_length=16).of_texts(texts)

@@ -30,7 +30,7 @@ def registry(tiny_bert, tmp_path_factory):
 
 @pytest.fixture
 def served(registry, tiny_bert):
-    pool = AdapterPool(load_base(tiny_bert, task="seq-cls", labels=["neg", "pos"]), slots=3, max_rank=4, registry=registry)
+    pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=3, max_rank=4, registry=registry)
     router = Router.from_registry("toy", registry, base=pool)
     with TestClient(create_app(pool, ServerSettings(max_batch_size=8, max_wait_ms=50), router)) as client:
         yield client, pool
@@ -82,7 +82,7 @@ def test_health_lists_the_router_s_tasks(served):
 
 
 def test_task_on_a_server_without_router_is_400_saying_how_to_start_one(registry, tiny_bert):
-    pool = AdapterPool(load_base(tiny_bert, task="seq-cls", labels=["neg", "pos"]), slots=1, max_rank=4, registry=registry)
+    pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=1, max_rank=4, registry=registry)
     with TestClient(create_app(pool)) as client:
         answer = client.post("/classify", json={"text": "the movie", "task": "auto"})
     assert answer.status_code == 400 and "--router SEQUENCE" in answer.json()["detail"]

@@ -88,7 +88,7 @@ def test_a_training_run_opens_its_data_file_once(task, tiny_bert, tiny_llama, se
     monkeypatch.setattr(io, "open", counting_open)  # Path.open / read_bytes / read_text go through io.open
     monkeypatch.setattr(builtins, "open", counting_open)
     job = TrainJob(str(tiny_bert if task == "seq-cls" else tiny_llama), "lora", DataSpec(str(path), label_column="sentiment"),
-                   task=task, settings=TrainSettings(epochs=1, batch_size=64), output=str(tmp_path / "adapter"),
+                   model_task=task, settings=TrainSettings(epochs=1, batch_size=64), output=str(tmp_path / "adapter"),
                    progress=False)  # fmt: skip
     outcome = train_adapter(job)
     assert len(opened) == 1  # labels, split and the recorded sha256 all come from that one read

@@ -74,7 +74,7 @@ def test_torchrun_two_gloo_processes_train_the_adapter_one_process_trains(determ
 
 def test_accelerate_launch_trains_a_causal_lm_like_one_process(tmp_path, text_file):
     llama = make_tiny_llama(tmp_path / "llama")
-    args = ["--base", str(llama), "--task", "causal-lm", "--method", "lora", "--data", str(text_file), "--block-size", "16", *COMMON]
+    args = ["--base", str(llama), "--model-task", "causal-lm", "--method", "lora", "--data", str(text_file), "--block-size", "16", *COMMON]
     single = json.loads(_run([sys.executable], [*args, "--output", str(tmp_path / "one")], tmp_path / "home").stdout)
     parallel = json.loads(_run(_accelerate_launch(), [*args, "--output", str(tmp_path / "two")], tmp_path / "home").stdout)
 

@@ -31,7 +31,7 @@ def test_ranks_are_reallocated_in_training_and_rebuilt_exactly_from_the_registry
     assert sum(ranks.values()) == 2 * len(ranks)  # the budget shrank from init_r=6 to target_r=2 on average
     assert len(set(ranks.values())) > 1  # and was spread unevenly by importance
 
-    base = load_base(tiny_bert, task="seq-cls", labels=record.manifest["labels"])
+    base = load_base(tiny_bert, model_task="seq-cls", labels=record.manifest["labels"])
     model = adapters.load_adapter(base, record.peft_config, tensors, adapter_base=record.base_fingerprint)
     for key, rank in ranks.items():
         module = model.get_base_model().get_submodule(key.removesuffix(".lora_E"))

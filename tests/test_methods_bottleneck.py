@@ -18,7 +18,7 @@ TOKENS = torch.tensor([[7, 8, 9, 10, 11, 12]])
 
 def bases(tiny_bert, tiny_llama):
     return {
-        "bert": lambda: load_base(tiny_bert, task="seq-cls", labels=["neg", "pos"]),
+        "bert": lambda: load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]),
         "llama": lambda: load_base(tiny_llama),
     }
 
@@ -33,7 +33,7 @@ def trained(base, **options):
     model = adapters.attach(base, "bottleneck", adapters.make_options("bottleneck", options))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    labels = TOKENS if base.task == "causal-lm" else torch.tensor([1])
+    labels = TOKENS if base.model_task == "causal-lm" else torch.tensor([1])
     for _ in range(2):
         model(input_ids=TOKENS, labels=labels).loss.backward()
         optimizer.step()

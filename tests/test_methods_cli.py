@@ -49,7 +49,7 @@ def test_train_push_and_eval_from_the_registry_give_the_same_metrics(method, opt
 
 
 def test_prefix_tuning_trains_a_causal_lm_and_is_refused_for_classification(capsys, tiny_llama, tiny_bert, text_file, sentiment_csv):
-    trained = run_json(capsys, "train", "--base", str(tiny_llama), "--task", "causal-lm", "--method", "prefix_tuning",
+    trained = run_json(capsys, "train", "--base", str(tiny_llama), "--model-task", "causal-lm", "--method", "prefix_tuning",
                        "-o", "num_virtual_tokens=4", "--data", str(text_file), "--block-size", "16", "--epochs", "1",
                        "--lr", "1e-2", "--push", "prefix", "--json", "--no-progress")  # fmt: skip
     evaluated = run_json(capsys, "eval", "prefix", "--base", str(tiny_llama), "--data", str(text_file), "--json")
@@ -60,7 +60,7 @@ def test_prefix_tuning_trains_a_causal_lm_and_is_refused_for_classification(caps
 
 
 def test_peft_import_maps_the_bottleneck_type_to_its_method(capsys, tiny_llama, text_file, tmp_path):
-    run_json(capsys, "train", "--base", str(tiny_llama), "--task", "causal-lm", "--method", "bottleneck", "--data",
+    run_json(capsys, "train", "--base", str(tiny_llama), "--model-task", "causal-lm", "--method", "bottleneck", "--data",
              str(text_file), "--block-size", "16", "--epochs", "1", "--push", "bn", "--json", "--no-progress")  # fmt: skip
     assert main(["registry", "export-peft", "bn", str(tmp_path / "peft-dir")]) == 0
     assert main(["registry", "import-peft", str(tmp_path / "peft-dir"), "bn-copy", "--base", str(tiny_llama)]) == 0
@@ -68,7 +68,7 @@ def test_peft_import_maps_the_bottleneck_type_to_its_method(capsys, tiny_llama, 
 
 
 def test_loading_without_the_method_plugin_names_the_distribution_to_install(capsys, tiny_llama, text_file):
-    run_json(capsys, "train", "--base", str(tiny_llama), "--task", "causal-lm", "--method", "bottleneck", "--data",
+    run_json(capsys, "train", "--base", str(tiny_llama), "--model-task", "causal-lm", "--method", "bottleneck", "--data",
              str(text_file), "--block-size", "16", "--epochs", "1", "--push", "bn", "--json", "--no-progress")  # fmt: skip
     record = Registry().resolve("bn")
     assert record.manifest["plugin"]["distribution"] == "adapterhub-bottleneck"

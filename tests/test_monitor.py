@@ -130,7 +130,7 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tiny_bert, 
 def test_early_stopping_keeps_the_best_weights_not_the_last(tiny_bert, sentiment_csv):
     data = DataSpec(str(sentiment_csv), label_column="sentiment")
     labels = labels_of(data)
-    base = load_base(tiny_bert, task="seq-cls", labels=labels)
+    base = load_base(tiny_bert, model_task="seq-cls", labels=labels)
     settings = TrainSettings(epochs=3, batch_size=8, learning_rate=5e-2, seed=0)
     prepared = prepare(base, data, settings, labels)
     make_train, n_train, make_eval = prepared.make_train, prepared.n_train, prepared.make_eval

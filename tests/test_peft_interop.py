@@ -69,7 +69,7 @@ def test_import_of_a_peft_saved_adapter_keeps_every_tensor_and_config_field(tiny
 
     registry = Registry()
     record = import_peft(registry, tmp_path / "peft-dir", "imported", base=str(tiny_bert))
-    assert record.method == "lora" and record.base_fingerprint == load_base(tiny_bert, task="seq-cls", labels=["a", "b", "c"]).fingerprint_id
+    assert record.method == "lora" and record.base_fingerprint == load_base(tiny_bert, model_task="seq-cls", labels=["a", "b", "c"]).fingerprint_id
     assert record.peft_config == written_config
     _, tensors = registry.load("imported")
     assert tensors.keys() == written_tensors.keys()
@@ -79,7 +79,7 @@ def test_import_of_a_peft_saved_adapter_keeps_every_tensor_and_config_field(tiny
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         assert (tmp_path / "round-trip" / name).read_bytes() == (tmp_path / "peft-dir" / name).read_bytes()
 
-    base = load_base(tiny_bert, task="seq-cls", labels=record.manifest["labels"])
+    base = load_base(tiny_bert, model_task="seq-cls", labels=record.manifest["labels"])
     ours = adapters.load_adapter(base, record.peft_config, tensors, adapter_base=record.base_fingerprint)
     batch = {"input_ids": torch.tensor([[2, 9, 10, 11, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
     model.eval()

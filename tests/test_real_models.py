@@ -54,9 +54,9 @@ def test_lora_on_minilm_beats_the_majority_baseline_and_exports_to_peft(minilm, 
     plain = AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=3)
     exported = peft.PeftModel.from_pretrained(plain, tmp_path / "peft").eval()
     record, tensors = Registry().load("tweets-lora")
-    ours = adapters.load_adapter(load_base(minilm, task="seq-cls", labels=record.manifest["labels"]),
+    ours = adapters.load_adapter(load_base(minilm, model_task="seq-cls", labels=record.manifest["labels"]),
                                  record.peft_config, tensors, adapter_base=record.base_fingerprint)  # fmt: skip
-    batch = load_base(minilm, task="seq-cls", labels=["a", "b", "c"]).tokenizer(["self-driving cars are great"], return_tensors="pt")
+    batch = load_base(minilm, model_task="seq-cls", labels=["a", "b", "c"]).tokenizer(["self-driving cars are great"], return_tensors="pt")
     batch.pop("token_type_ids")
     with torch.no_grad():
         assert torch.equal(ours(**batch).logits, exported(**batch).logits)
@@ -68,10 +68,10 @@ def test_qlora_on_smollm2_gguf_trains_pushes_and_reloads(smollm2, tweets, tmp_pa
     corpus.write_text("\n".join(line.split(",", 2)[-1] for line in lines))
     data = DataSpec(str(corpus), test_split=0.1)
     settings = TrainSettings(epochs=1, batch_size=8, learning_rate=2e-3, block_size=64)
-    job = TrainJob(str(smollm2), "lora", data, task="causal-lm", quantize="nf4",
+    job = TrainJob(str(smollm2), "lora", data, model_task="causal-lm", quantize="nf4",
                    options={"r": 8, "target_modules": "q_proj,v_proj"}, settings=settings, push="smol-qlora", progress=False)  # fmt: skip
     outcome = train_adapter(job)
-    base = load_base(smollm2, task="causal-lm", quantize="nf4")
+    base = load_base(smollm2, model_task="causal-lm", quantize="nf4")
     _, test_blocks = split_blocks(load_text_blocks(corpus, base.tokenizer, 64), 0.1, seed=0)
     base_loss = evaluate_batches(base.model, block_batches(test_blocks, base.tokenizer.pad_token_id, 8), "causal-lm")["loss"]
     assert outcome.result.metrics["loss"] < base_loss  # the adapter learned the tweets' style

@@ -147,10 +147,10 @@ def test_generation_gives_each_row_its_own_adapter(llama_pool, tiny_llama, tmp_p
 
 def test_classification_heads_are_per_adapter_and_equal_peft(tiny_bert, tmp_path):
     labels = ["neg", "neu", "pos"]
-    base = load_base(tiny_bert, task="seq-cls", labels=labels)
+    base = load_base(tiny_bert, model_task="seq-cls", labels=labels)
     push_random_adapter(base, "sent-a", {"r": 4}, tmp_path, seed=1)
     push_random_adapter(base, "sent-b", {"r": 2, "target_modules": "query,value"}, tmp_path, seed=2)
-    base = load_base(tiny_bert, task="seq-cls", labels=labels)  # fresh head: the adapters bring their own
+    base = load_base(tiny_bert, model_task="seq-cls", labels=labels)  # fresh head: the adapters bring their own
     pool = AdapterPool(base, slots=2, max_rank=4)
     texts = ["great movie", "bad awful film", "i hate this", "so fun"]
     rows = ["sent-a", "sent-b", "sent-b", "sent-a"]
@@ -202,9 +202,9 @@ def test_more_adapters_than_slots_and_host_cache_cycle_through_and_equal_peft(ti
 
 @pytest.mark.parametrize("options", [{"r": 2}, {"r": 2, "bias": "lora_only"}], ids=["slotted", "through peft"])
 def test_adapter_whose_head_has_another_number_of_labels_is_refused_naming_both(tiny_bert, tmp_path, options):
-    five = load_base(tiny_bert, task="seq-cls", labels=["1", "2", "3", "4", "5"])
+    five = load_base(tiny_bert, model_task="seq-cls", labels=["1", "2", "3", "4", "5"])
     push_random_adapter(five, "stars", options, tmp_path)
-    pool = AdapterPool(load_base(tiny_bert, task="seq-cls", labels=["neg", "neu", "pos"]), slots=2, max_rank=2)
+    pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "neu", "pos"]), slots=2, max_rank=2)
     with pytest.raises(IncompatibleBaseError, match="5 labels.* 3 labels"):
         pool.load("stars")
     assert pool.describe() == []

@@ -99,12 +99,12 @@ def test_a_slot_reused_by_another_method_keeps_nothing_of_the_previous_one(tiny_
 
 def test_classifiers_of_different_methods_share_a_batch_with_their_own_heads(tiny_bert, tmp_path):
     labels = ["neg", "neu", "pos"]
-    base = load_base(tiny_bert, task="seq-cls", labels=labels)
+    base = load_base(tiny_bert, model_task="seq-cls", labels=labels)
     methods = {"cls-dora": ("lora", {"r": 4, "dora": True}), "cls-ia3": ("ia3", {"target_modules": "key,value,output.dense",
                "feedforward_modules": "output.dense"})}  # fmt: skip
     for seed, (name, (method, options)) in enumerate(methods.items()):
         push_random(base, name, method, options, tmp_path, seed)
-    pool = AdapterPool(load_base(tiny_bert, task="seq-cls", labels=labels), slots=2, max_rank=4)
+    pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=labels), slots=2, max_rank=4)
     texts = ["great movie", "bad awful film", "i hate this"]
     rows = ["cls-ia3", "cls-dora", "cls-ia3"]
     ours = classify(pool, texts, rows)

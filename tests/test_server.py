@@ -113,9 +113,9 @@ def test_metrics_expose_latency_swaps_pool_and_memory_and_alerts_are_logged(llam
 
 
 def test_classification_server_answers_labels_per_adapter(tiny_bert, tmp_path):
-    base = load_base(tiny_bert, task="seq-cls", labels=["neg", "pos"])
+    base = load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"])
     push_random_adapter(base, "sent", {"r": 2}, tmp_path, seed=4)
-    pool = AdapterPool(load_base(tiny_bert, task="seq-cls", labels=["neg", "pos"]), slots=1, max_rank=2)
+    pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=1, max_rank=2)
     with TestClient(create_app(pool)) as client:
         answer = client.post("/classify", json={"text": "great movie", "adapter": "sent"}).json()
         assert answer["label"] in ("neg", "pos") and sum(answer["scores"].values()) == pytest.approx(1.0)
@@ -135,11 +135,11 @@ def batches_run(client) -> float:
 @pytest.fixture
 def bert_server(tiny_bert, tmp_path):
     """A 3-label classification server; `sent-a` and `sent-b` are 3-label adapters, `stars` a 5-label one."""
-    base = load_base(tiny_bert, task="seq-cls", labels=SENTIMENT)
+    base = load_base(tiny_bert, model_task="seq-cls", labels=SENTIMENT)
     push_random_adapter(base, "sent-a", {"r": 2}, tmp_path, seed=1)
     push_random_adapter(base, "sent-b", {"r": 2, "target_modules": "query,value"}, tmp_path, seed=2)
-    push_random_adapter(load_base(tiny_bert, task="seq-cls", labels=list("12345")), "stars", {"r": 2}, tmp_path, seed=3)
-    pool = AdapterPool(load_base(tiny_bert, task="seq-cls", labels=SENTIMENT), slots=2, max_rank=2)
+    push_random_adapter(load_base(tiny_bert, model_task="seq-cls", labels=list("12345")), "stars", {"r": 2}, tmp_path, seed=3)
+    pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=SENTIMENT), slots=2, max_rank=2)
     with TestClient(create_app(pool, ServerSettings(max_batch_size=8, max_wait_ms=300))) as client:
         yield client, pool
 

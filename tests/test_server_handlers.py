@@ -38,7 +38,7 @@ def refusal(answer: Coroutine) -> HTTPError:
 
 def test_health_handler_reports_the_base_and_its_slots(state):
     answer = asyncio.run(handlers.health(state))
-    assert answer == {"status": "ok", "task": "causal-lm", "base": state.pool.base.fingerprint_id, "quantization": None,
+    assert answer == {"status": "ok", "model_task": "causal-lm", "base": state.pool.base.fingerprint_id, "quantization": None,
                       "slots": 2, "alerts": []}  # fmt: skip
 
 

@@ -29,7 +29,8 @@ from adapterhub_registry.names import validate_name
 from adapterhub import adapters, plugins
 from adapterhub.errors import AdapterHubError, OptionError
 from adapterhub.options import build_options
-from adapterhub.specs import TASKS
+from adapterhub.model_tasks import NAMES as MODEL_TASKS
+from adapterhub.model_tasks import TRAIN_DEFAULT
 from adapterhub.prepare import labels_of
 from adapterhub.settings import DataSpec, TrainSettings
 
@@ -62,7 +63,7 @@ class SequencePlan:
     tasks: list[TaskPlan]
     options: dict[str, Any] = field(default_factory=dict)
     settings: TrainSettings = field(default_factory=TrainSettings)
-    model_task: str = "seq-cls"
+    model_task: str = TRAIN_DEFAULT
     quantize: str | None = None
     prototypes: int = 4  # k-means centroids per task for the router
     labels: dict[str, list[str]] = field(default_factory=dict)  # task -> its label names (seq-cls)
@@ -126,9 +127,9 @@ def parse_plan(raw: Any, root: str | Path = ".") -> SequencePlan:
     base = _resolve(raw["base"], root)
     if not base.exists():
         raise PlanError(f"base model {str(base)!r} not found (relative paths are relative to the plan file's directory)")
-    model_task = raw.get("model_task", "seq-cls")
-    if model_task not in TASKS:
-        raise PlanError(f"model_task {model_task!r} is unknown; choose one of: {', '.join(TASKS)}")
+    model_task = raw.get("model_task", TRAIN_DEFAULT)
+    if model_task not in MODEL_TASKS:
+        raise PlanError(f"model_task {model_task!r} is unknown; choose one of: {', '.join(MODEL_TASKS)}")
     options = dict(raw.get("options") or {})
     try:
         adapters.make_options(raw["method"], options)  # unknown method, option or quantizer: fail now, naming it

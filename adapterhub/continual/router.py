@@ -6,7 +6,7 @@ similar prototype (cosine) wins, ties going to the earlier task. Everything it n
 (``manifest["continual"]`` of each adapter tagged ``sequence-<name>``), so ``Router.from_registry`` rebuilds
 it anywhere, and a task added later changes nothing about the tasks before it.
 
-    router = Router.from_registry("tweets", base=load_base(MINILM, task="seq-cls", labels=[...]))
+    router = Router.from_registry("tweets", base=load_base(MINILM, model_task="seq-cls", labels=[...]))
     router.ref_for("airline")          # 'tweets-airline@1'
     router.route(["my flight was delayed again"])   # ['tweets-airline@1']
 
@@ -27,6 +27,7 @@ from adapterhub.continual.features import BaseFeatures, decode_tensor
 from adapterhub.continual.plan import sequence_tag
 from adapterhub.errors import AdapterHubError
 from adapterhub.manifest import Manifest
+from adapterhub.model_tasks import TRAIN_DEFAULT
 
 
 class UnknownTaskError(AdapterHubError):
@@ -56,7 +57,7 @@ class Router:
     """Routes inputs of one sequence to its task adapters; see the module docstring."""
 
     def __init__(self, sequence: str, tasks: Sequence[RoutedTask], *, base_fingerprint: str, max_length: int,
-                 model_task: str = "seq-cls", features: BaseFeatures | None = None) -> None:  # fmt: skip
+                 model_task: str = TRAIN_DEFAULT, features: BaseFeatures | None = None) -> None:  # fmt: skip
         if not tasks:
             raise AdapterHubError(f"sequence {sequence!r} has no tasks to route to")
         self.sequence, self.base_fingerprint, self.max_length = sequence, base_fingerprint, max_length
@@ -91,7 +92,7 @@ class Router:
             tasks.append(RoutedTask(entry.task, entry.position, record.ref, tuple(manifest.labels or ()), prototypes))
             lengths.add(router.get("max_length"))
             fingerprints.add(record.base_fingerprint)
-            model_tasks.add(manifest.model_task or "seq-cls")
+            model_tasks.add(manifest.model_task or TRAIN_DEFAULT)  # continual plans default to it too
         if len(fingerprints) != 1 or len(lengths) != 1 or len(model_tasks) != 1:
             raise AdapterHubError(
                 f"the adapters of sequence {sequence!r} were trained on different bases or settings "
@@ -116,7 +117,7 @@ class Router:
     def load_base(self, path: str, quantize: str | None = None) -> Base:
         """Load the base at ``path`` bare for this sequence (its head sized like the tasks' heads) and bind to it."""
         labels = list(self.tasks[0].labels) if self.model_task == "seq-cls" else None
-        base = load_base(path, task=self.model_task, quantize=quantize, labels=labels)
+        base = load_base(path, model_task=self.model_task, quantize=quantize, labels=labels)
         self.bind(base)
         return base
 

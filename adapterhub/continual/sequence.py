@@ -54,7 +54,7 @@ class TaskRun:
 def load_plan_base(plan: SequencePlan) -> Base:
     """The plan's frozen base, loaded bare (the head of the first task's label count for seq-cls)."""
     labels = plan.labels[plan.tasks[0].name] if plan.model_task == "seq-cls" else None
-    return load_base(plan.base, task=plan.model_task, quantize=plan.quantize, labels=labels)
+    return load_base(plan.base, model_task=plan.model_task, quantize=plan.quantize, labels=labels)
 
 
 def feature_length(plan: SequencePlan) -> int:

@@ -105,7 +105,7 @@ class AdapterPool:
         model = self.base.model
         output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         heads = {name for name in HEAD_NAMES if isinstance(getattr(model, name, None), torch.nn.Linear)}
-        if self.base.task != "seq-cls":
+        if self.base.model_task != "seq-cls":
             heads = set()
         for name, module in list(model.named_modules()):
             if not isinstance(module, torch.nn.Linear) or module is output:

@@ -23,7 +23,7 @@ RunModel = Callable[[AdapterPool, list, Hashable], list]
 
 def batch_runner(pool: AdapterPool, router: Router | None = None) -> RunBatch:
     """The batch function of a server of ``pool``'s base; ``router`` (bound to ``pool``) routes ``auto`` requests."""
-    causal = pool.base.task == "causal-lm"
+    causal = pool.base.model_task == "causal-lm"
     run_batch = _isolating(_run_generate if causal else _run_classify, pool)
     if router is None:
         return run_batch

@@ -8,7 +8,7 @@ import math
 
 import click
 
-from adapterhub.cli_options import registry_option
+from adapterhub.cli_options import model_task_option, registry_option
 from adapterhub.errors import OptionError
 
 POSITIVE = click.IntRange(min=1)
@@ -38,7 +38,7 @@ class ServeCommand(click.Command):
 
 @click.command("serve", cls=ServeCommand)
 @click.option("--base", required=True, help="Local base model directory or .gguf file.")
-@click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), default=None, help="[causal-lm, or that of the --router sequence]")
+@model_task_option(None, "[that of the --router sequence or of the first --load adapter, else causal-lm]")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
 @click.option("--labels", default=None, help="Comma-separated class names (seq-cls; default: from the first --load adapter).")
 @click.option("--slots", type=POSITIVE, default=8, show_default=True, help="Adapters resident at once (per layer slots).")
@@ -57,7 +57,7 @@ class ServeCommand(click.Command):
 @click.option("--max-new-tokens", type=POSITIVE, default=256, show_default=True, help="Largest max_new_tokens a request may ask.")
 @click.option("--alert-p95-ms", type=NumberRange(min=0), default=None, help="Log a warning when the p95 latency goes above this.")
 @click.option("--alert-memory-mb", type=NumberRange(min=0), default=None, help="Log a warning when process memory goes above this.")
-def serve_command(base, task, quantize, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
+def serve_command(base, model_task, quantize, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
                   max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens, alert_p95_ms,
                   alert_memory_mb) -> None:  # fmt: skip
     """Serve one base model over HTTP with per-request adapters from the registry, batched across adapters."""
@@ -66,21 +66,25 @@ def serve_command(base, task, quantize, labels, slots, max_rank, host_cache, pre
 
     from adapterhub.base import load_base
     from adapterhub.continual.router import Router
+    from adapterhub.manifest import Manifest
+    from adapterhub.model_tasks import LOAD_DEFAULT
     from adapterhub.runtime import AdapterPool
     from adapterhub.server import AlertThresholds, ServerSettings, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = Registry(registry_root)
     router = Router.from_registry(sequence, registry) if sequence else None
-    if router is not None and task not in (None, router.model_task):
-        raise OptionError(f"sequence {sequence!r} is a {router.model_task} sequence; drop --task or pass --task {router.model_task}")
-    task = task or (router.model_task if router else "causal-lm")
+    if router is not None and model_task not in (None, router.model_task):
+        raise OptionError(f"sequence {sequence!r} is a {router.model_task} sequence; drop --model-task or pass "
+                          f"--model-task {router.model_task}")  # fmt: skip
+    recorded = Manifest.from_dict(registry.resolve(preload[0]).manifest).model_task if preload and not router else None
+    model_task = model_task or (router.model_task if router else recorded or LOAD_DEFAULT)
     label_list = labels.split(",") if labels else None
-    if task == "seq-cls" and not label_list:
+    if model_task == "seq-cls" and not label_list:
         if not preload and router is None:
             raise OptionError("a seq-cls server needs --labels, an adapter to --load or a --router sequence (their labels are used)")
-        label_list = list(router.tasks[0].labels) if router else registry.resolve(preload[0]).manifest.get("labels") or None
-    loaded = load_base(base, task=task, quantize=quantize, labels=label_list)
+        label_list = list(router.tasks[0].labels) if router else Manifest.from_dict(registry.resolve(preload[0]).manifest).labels
+    loaded = load_base(base, model_task=model_task, quantize=quantize, labels=label_list)
     pool = AdapterPool(loaded, slots=slots, max_rank=max_rank, host_capacity=host_cache, registry=registry)
     for ref in list(preload) + ([t.ref for t in router.tasks] if router else []):
         click.echo(f"loaded {pool.load(ref)} ({pool.kind(ref)})")

@@ -33,8 +33,8 @@ endpoints = APIRouter()
 @endpoints.post("/generate")
 async def generate(body: GenerateRequest, state: StateDep) -> dict:
     settings = state.settings
-    if state.task != "causal-lm":
-        raise HTTPError(400, f"this server runs a {state.task} base; use POST /classify")
+    if state.model_task != "causal-lm":
+        raise HTTPError(400, f"this server runs a {state.model_task} base; use POST /classify")
     body.max_new_tokens = body.max_new_tokens or min(32, settings.max_new_tokens)
     if body.max_new_tokens > settings.max_new_tokens:
         raise HTTPError(413, f"max_new_tokens {body.max_new_tokens} is over this server's limit of {settings.max_new_tokens}")
@@ -49,8 +49,8 @@ async def generate(body: GenerateRequest, state: StateDep) -> dict:
 
 @endpoints.post("/classify")
 async def classify(body: ClassifyRequest, state: StateDep) -> dict:
-    if state.task != "seq-cls":
-        raise HTTPError(400, f"this server runs a {state.task} base; use POST /generate")
+    if state.model_task != "seq-cls":
+        raise HTTPError(400, f"this server runs a {state.model_task} base; use POST /generate")
     check_input(state, body.text)
     choose_task(state, body)
     await check_adapter(state, body.adapter)
@@ -82,7 +82,7 @@ async def unload_adapter(body: AdapterRequest, state: StateDep) -> dict:
 @endpoints.get("/health")
 async def health(state: StateDep) -> dict:
     pool, router = state.pool, state.router
-    answer = {"status": "ok", "task": state.task, "base": pool.base.fingerprint_id, "quantization": pool.base.quantization,
+    answer = {"status": "ok", "model_task": state.model_task, "base": pool.base.fingerprint_id, "quantization": pool.base.quantization,
               "slots": pool.slots, "alerts": state.metrics.active_alerts()}  # fmt: skip
     if router is not None:
         answer["router"] = {"sequence": router.sequence, "tasks": {t.name: t.ref for t in router.tasks}}

@@ -52,9 +52,9 @@ class AppState:
         return cls(pool, settings, metrics, batcher, router)
 
     @property
-    def task(self) -> str:
+    def model_task(self) -> str:
         """The base's model task: ``causal-lm`` (``/generate``) or ``seq-cls`` (``/classify``)."""
-        return self.pool.base.task
+        return self.pool.base.model_task
 
 
 def app_state(request: Request) -> AppState:

@@ -33,7 +33,7 @@ def run(ctx: Context) -> None:
     from adapterhub.base import load_base
 
     path, label = models.model_for(ctx)
-    base = load_base(path, task="causal-lm")
+    base = load_base(path, model_task="causal-lm")
     base.model.to(ctx.device)
     options = adapters.make_options("lora", LORA)
     model = adapters.attach(base, "lora", options)

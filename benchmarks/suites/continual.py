@@ -101,7 +101,7 @@ def sequential(plan, approach: str) -> tuple[list[list[float]], float]:
     settings = dataclasses.replace(plan.settings, learning_rate=LEARNING_RATES["lora" if approach == LORA_SEQ else FULL_SEQ])
     seed_everything(settings.seed)
     shared_head = [f"output {i}" for i in range(len(plan.labels[plan.tasks[0].name]))]
-    base = load_base(plan.base, task="seq-cls", labels=shared_head)
+    base = load_base(plan.base, model_task="seq-cls", labels=shared_head)
     if approach == LORA_SEQ:
         model = adapters.attach(base, "lora", adapters.make_options("lora", plan.options))
     else:

@@ -55,7 +55,7 @@ class Run:
     method: str  # a method name, or FULL_FINE_TUNING / LINEAR_PROBE
     learning_rate: float
     options: dict = field(default_factory=dict)
-    task: str = "seq-cls"
+    model_task: str = "seq-cls"
 
 
 RUNS = (
@@ -67,7 +67,7 @@ RUNS = (
     Run("prompt_tuning", "prompt_tuning", 3e-2, {"num_virtual_tokens": 10, "init": "text", "init_text": "Is the sentiment of this tweet positive, negative or neutral?"}),
     Run(FULL_FINE_TUNING, FULL_FINE_TUNING, 1e-4),
     Run(LINEAR_PROBE, LINEAR_PROBE, 2e-2),
-    Run("prefix_tuning (SmolLM2, causal LM)", "prefix_tuning", 1e-2, {"num_virtual_tokens": 10}, task="causal-lm"),
+    Run("prefix_tuning (SmolLM2, causal LM)", "prefix_tuning", 1e-2, {"num_virtual_tokens": 10}, model_task="causal-lm"),
 )
 """Learning rates for short CPU runs (tens of steps): LoRA 2e-3, AdaLoRA 5e-3, bottleneck 3e-3, IA3 2e-2, soft
 prompts 3e-2 / 1e-2, full fine-tuning 1e-4, probe 2e-2; at 1e-3 AdaLoRA and bottleneck stayed at the majority class."""
@@ -114,7 +114,7 @@ class Case:
     def settings(self, row: Run):
         from adapterhub.train import TrainSettings
 
-        if row.task == "causal-lm":
+        if row.model_task == "causal-lm":
             return TrainSettings(epochs=self.epochs, batch_size=LM_BATCH, learning_rate=row.learning_rate, block_size=LM_BLOCK,
                                  eval_batch_size=8, seed=self.seed)  # fmt: skip
         return TrainSettings(epochs=self.epochs, batch_size=32, learning_rate=row.learning_rate, max_length=48, seed=self.seed)

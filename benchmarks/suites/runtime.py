@@ -78,7 +78,7 @@ def run(ctx: Context) -> None:
     from adapterhub.runtime import AdapterPool
 
     path, label = models.model_for(ctx)
-    base = load_base(path, task="causal-lm")
+    base = load_base(path, model_task="causal-lm")
     base.model.to(ctx.device)
     batch, length = (8, 16) if ctx.quick else (8, 32)
     tokens = models.token_blocks(base.model.config.vocab_size, batch, length, ctx.seed).to(ctx.device)

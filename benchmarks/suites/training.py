@@ -57,7 +57,7 @@ def _adapterhub_model(job: Job):
     from adapterhub import adapters
     from adapterhub.base import load_base
 
-    base = load_base(job.model, task="causal-lm", quantize=job.quantize)
+    base = load_base(job.model, model_task="causal-lm", quantize=job.quantize)
     if job.quantize is None:
         base.model.to(job.device)  # a quantized base is placed by its loader
     return adapters.attach(base, "lora", adapters.make_options("lora", LORA)), base.tokenizer.pad_token_id

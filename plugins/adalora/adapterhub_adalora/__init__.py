@@ -75,7 +75,7 @@ def for_run(options: AdaLoraOptions, total_steps: int) -> AdaLoraOptions:
 def build_config(options: AdaLoraOptions, base):
     from peft import AdaLoraConfig
 
-    from adapterhub.adapters import peft_task_type
+    from adapterhub.model_tasks import peft_task_type
 
     if options.total_step <= 0:
         raise OptionError(
@@ -83,7 +83,7 @@ def build_config(options: AdaLoraOptions, base):
             "`adapterhub train` fills it in, from Python pass it (e.g. total_step=1000)"
         )
     return AdaLoraConfig(
-        task_type=peft_task_type(base.task),
+        task_type=peft_task_type(base.model_task),
         init_r=options.init_r,
         target_r=options.target_r,
         lora_alpha=options.alpha,

@@ -121,14 +121,14 @@ def target_pattern(variant: str, model_type: str) -> str:
 
 
 def build_config(options: BottleneckOptions, base):
-    from adapterhub.adapters import peft_task_type
+    from adapterhub.model_tasks import peft_task_type
 
     from .config import BottleneckConfig
 
     targets = options.target_modules
     pattern = rf".*\.(?:{'|'.join(targets)})" if targets else target_pattern(options.variant, base.model.config.model_type)
     return BottleneckConfig(
-        task_type=peft_task_type(base.task),
+        task_type=peft_task_type(base.model_task),
         target_modules=pattern,
         reduction_factor=options.reduction_factor,
         non_linearity=options.non_linearity,

@@ -38,10 +38,10 @@ class IA3Options(CheckedOptions):
 def build_config(options: IA3Options, base):
     from peft import IA3Config
 
-    from adapterhub.adapters import peft_task_type
+    from adapterhub.model_tasks import peft_task_type
 
     return IA3Config(
-        task_type=peft_task_type(base.task),
+        task_type=peft_task_type(base.model_task),
         target_modules=list(options.target_modules) or None,
         feedforward_modules=list(options.feedforward_modules) or None,
     )

@@ -31,11 +31,11 @@ class LoraOptions(CheckedOptions):
 def build_config(options: LoraOptions, base):
     from peft import LoraConfig
 
-    from adapterhub.adapters import peft_task_type
+    from adapterhub.model_tasks import peft_task_type
 
     targets = options.target_modules
     return LoraConfig(
-        task_type=peft_task_type(base.task),
+        task_type=peft_task_type(base.model_task),
         r=options.r,
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,

@@ -36,16 +36,16 @@ def _accepts_past_key_values(model) -> bool:
 def build_config(options: PrefixTuningOptions, base):
     from peft import PrefixTuningConfig
 
-    from adapterhub.adapters import peft_task_type
+    from adapterhub.model_tasks import peft_task_type
 
-    if base.task == "seq-cls" and not _accepts_past_key_values(base.model):
+    if base.model_task == "seq-cls" and not _accepts_past_key_values(base.model):
         raise OptionError(
             f"prefix tuning for sequence classification needs a model whose forward takes `past_key_values`; "
             f"{type(base.model).__name__} does not in this transformers version (it is called `cache`), so peft "
             f"cannot feed it the prefixes. Use prompt_tuning for this task, or prefix tuning with --task causal-lm."
         )
     return PrefixTuningConfig(
-        task_type=peft_task_type(base.task),
+        task_type=peft_task_type(base.model_task),
         num_virtual_tokens=options.num_virtual_tokens,
         prefix_projection=options.projection,
         encoder_hidden_size=options.projection_hidden_size,

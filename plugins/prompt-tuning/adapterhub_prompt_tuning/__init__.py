@@ -34,12 +34,12 @@ class PromptTuningOptions(CheckedOptions):
 def build_config(options: PromptTuningOptions, base):
     from peft import PromptTuningConfig, PromptTuningInit
 
-    from adapterhub.adapters import peft_task_type
+    from adapterhub.model_tasks import peft_task_type
 
     if options.init == "random":
-        return PromptTuningConfig(task_type=peft_task_type(base.task), num_virtual_tokens=options.num_virtual_tokens)
+        return PromptTuningConfig(task_type=peft_task_type(base.model_task), num_virtual_tokens=options.num_virtual_tokens)
     return PromptTuningConfig(
-        task_type=peft_task_type(base.task),
+        task_type=peft_task_type(base.model_task),
         num_virtual_tokens=options.num_virtual_tokens,
         prompt_tuning_init=PromptTuningInit.TEXT,
         prompt_tuning_init_text=options.init_text,
