@@ -21,8 +21,20 @@ from typing import Any
 FORMAT = 1
 
 
+class _Section:
+    """What the manifest's nested records share: read from any earlier manifest (unknown keys kept in ``extra``),
+    written with every key, null or not, as ``Base.describe()`` and the plugin record always were."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        return _from_dict(cls, values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self, keep_none=True)
+
+
 @dataclass(frozen=True)
-class BaseIdentity:
+class BaseIdentity(_Section):
     """The base model an adapter was trained on (``Base.describe()``); ``fingerprint`` decides compatibility."""
 
     fingerprint: str | None = None
@@ -32,16 +44,9 @@ class BaseIdentity:
     quantization: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> BaseIdentity:
-        return _from_dict(cls, values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self, keep_none=True)  # Base.describe() writes every key, null or not
-
 
 @dataclass(frozen=True)
-class PluginIdentity:
+class PluginIdentity(_Section):
     """The plugin distribution that provided the adapter's method: named when a machine without it loads it."""
 
     name: str | None = None
@@ -49,16 +54,9 @@ class PluginIdentity:
     version: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PluginIdentity:
-        return _from_dict(cls, values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self, keep_none=True)
-
 
 @dataclass(frozen=True)
-class ContinualEntry:
+class ContinualEntry(_Section):
     """An adapter's place in a task sequence (``continual.sequence``): the router is rebuilt from these."""
 
     sequence: str
@@ -67,13 +65,6 @@ class ContinualEntry:
     digest: str | None = None  # what decided the adapter (data, settings, base...): unchanged means up to date
     router: dict[str, Any] = field(default_factory=dict)  # features, max_length, examples, encoded prototypes
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ContinualEntry:
-        return _from_dict(cls, values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self, keep_none=True)
 
 
 @dataclass(frozen=True)

@@ -159,24 +159,27 @@ def import_command(ctx, directory, name, base, tags, force) -> None:
 
 def import_peft(registry: Registry, directory: Path, name: str, *, base: str | None = None, tags=(), force=False):
     """Record a PEFT directory under ``name``; with ``base``, the adapter must load onto it first."""
+    import dataclasses
+
     from adapterhub import adapters, plugins
     from adapterhub.base import load_base
+    from adapterhub.manifest import BaseIdentity, Manifest
     from adapterhub.model_tasks import from_peft_task_type
 
     files, tensors = adapters.read_adapter(directory)
-    peft_config, manifest = files.peft_config, files.manifest
+    peft_config = files.peft_config
     method = plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"))
-    manifest = {"format": 1, **manifest, "method": method.name, "imported_from": "peft"}
-    fingerprint = None
+    manifest = dataclasses.replace(Manifest.from_dict(files.manifest), method=method.name, imported_from="peft")
     if base is not None:
         model_task = from_peft_task_type(peft_config.get("task_type"))
-        labels = (manifest.get("labels") or _labels_from_head(tensors)) if model_task == "seq-cls" else None
+        labels = (manifest.labels or _labels_from_head(tensors)) if model_task == "seq-cls" else None
         loaded = load_base(base, model_task=model_task, labels=labels)
-        adapters.load_adapter(loaded, peft_config, tensors, label=str(directory),
-                              adapter_base=(manifest.get("base") or {}).get("fingerprint"), force=force)  # fmt: skip
-        fingerprint = loaded.fingerprint_id
-        manifest.update(task=model_task, labels=loaded.labels, base=loaded.describe())
-    return registry.push(name, directory, method=method.name, base_fingerprint=fingerprint, manifest=manifest, tags=tags)
+        recorded = manifest.base.fingerprint if manifest.base else None
+        adapters.load_adapter(loaded, peft_config, tensors, label=str(directory), adapter_base=recorded, force=force)
+        manifest = dataclasses.replace(manifest, model_task=model_task, labels=loaded.labels,
+                                       base=BaseIdentity.from_dict(loaded.describe()))  # fmt: skip
+    # the registry records the base fingerprint from the manifest's base (none: not recorded)
+    return registry.push(name, directory, method=method.name, manifest=manifest.to_dict(), tags=tags)
 
 
 def _labels_from_head(tensors: dict) -> list[str]:

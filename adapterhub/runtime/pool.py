@@ -32,6 +32,7 @@ from adapterhub import kernels
 from adapterhub.adapters import check_base
 from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError
+from adapterhub.manifest import Manifest
 from adapterhub.runtime.fallback import PeftAttached
 from adapterhub.runtime.plan import PEFT_PREFIX, SlotPlan, plan_adapter
 from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, remove_slots
@@ -280,7 +281,7 @@ class AdapterPool:
 
     def labels(self, ref: str) -> list[str] | None:
         """The class names a classifier adapter was trained with (recorded in its manifest), if any."""
-        return self._fetch(self.key_of(ref)).manifest.get("labels") or None
+        return Manifest.from_dict(self._fetch(self.key_of(ref)).manifest).labels or None
 
     @contextlib.contextmanager
     def activate(self, adapters: Sequence[str | None]) -> Iterator[None]:
