@@ -46,7 +46,7 @@ class LayerSlots:
 
     def __init__(self, rows: ActiveRows, d_in: int, d_out: int, slots: int, max_rank: int, dtype: torch.dtype,
                  device: torch.device, single: KernelChoice, gather: KernelChoice) -> None:  # fmt: skip
-        self.rows = rows
+        self.rows, self.max_rank = rows, max_rank
         self.A = torch.zeros(slots + 1, max_rank, d_in, dtype=dtype, device=device)
         self.B = torch.zeros(slots + 1, d_out, max_rank, dtype=dtype, device=device)
         self.scales = torch.zeros(slots + 1, dtype=torch.float32, device=device)
@@ -71,17 +71,20 @@ class LayerSlots:
         """Put one adapter's contents in ``slot``, all but the tensor copies, which come back as (slot view,
         source) pairs: a swap fills every layer, then makes all ~400 copies of a model in one ``copy_all`` call.
         Padding ranks stay zero."""
-        rank = contents.rank
+        # Plain attribute reads only: a swap stages every layer (210 in SmolLM2), so this runs ~200 times per swap.
+        A = contents.A
+        rank = 0 if A is None else A.shape[0]
         slot_A, slot_B, slot_scale = self._slot_views[slot]
         if self.ranks[slot] > rank:
             slot_A[rank:].zero_()
             slot_B[:, rank:].zero_()
-        if rank < slot_A.shape[0]:  # views only when needed: a swap stages every layer (210 in SmolLM2)
+        if rank < self.max_rank:
             slot_A, slot_B = slot_A[:rank], slot_B[:, :rank]
         scale = contents.scale if rank else 0.0
         slot_scale.fill_(scale)
-        self.scale_values[slot], self.ranks[slot] = scale, rank
-        copies = [(slot_A, contents.A), (slot_B, contents.B)] if rank else []
+        self.scale_values[slot] = scale
+        self.ranks[slot] = rank
+        copies = [(slot_A, A), (slot_B, contents.B)] if rank else []
         if contents.in_scale is None and contents.out_scale is None and contents.out_shift is None:
             if self.scales_in[slot] or self.scales_out[slot]:  # the previous adapter of this slot had vectors
                 self._clear_vectors(slot)
