@@ -33,8 +33,8 @@ class Nf4KernelLinear:
 
 
 def _is_nf4(module: torch.nn.Module) -> bool:
-    weight = getattr(module, "weight", None)
-    return isinstance(module, torch.nn.Linear) and getattr(getattr(weight, "quant_state", None), "quant_type", None) == "nf4"
+    state = getattr(getattr(module, "weight", None), "quant_state", None)
+    return isinstance(module, torch.nn.Linear) and getattr(state, "quant_type", None) == "nf4"
 
 
 def use_nf4_kernel(model: torch.nn.Module, compute_dtype: torch.dtype) -> kernels.KernelChoice:

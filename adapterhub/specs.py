@@ -20,7 +20,8 @@ class MethodSpec:
 
     ``options`` is a dataclass whose fields (with defaults) are the method's user-facing options;
     ``build_config(options, base)`` returns the ``peft.PeftConfig`` to attach to ``base`` (an
-    ``adapterhub.base.Base``: its ``model_task``, ``model``, ``tokenizer`` and ``source`` are there to read). ``peft_type`` is the
+    ``adapterhub.base.Base``: its ``model_task``, ``model``, ``tokenizer`` and ``source`` are there to read).
+    ``peft_type`` is the
     ``peft_type`` written in ``adapter_config.json`` so a PEFT directory can be imported to this method.
     ``on_train_step(model, step, total_steps)`` runs after every optimizer step, before gradients are
     cleared (rank schedules such as AdaLoRA's read them). ``for_run(options, total_steps)`` returns the

@@ -37,20 +37,24 @@ class SlotPlan:
         return layers + sum(t.nbytes for head in self.heads.values() for t in head.values())
 
 
-def _by_module(tensors: dict[str, torch.Tensor], modules: set[str]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+Grouped = dict[str, dict[str, torch.Tensor]]  # module -> {what follows the module name in the key: tensor}
+
+
+def _by_module(tensors: dict[str, torch.Tensor], modules: set[str]) -> tuple[Grouped, list[str]]:
     """``{module: {rest of the key: tensor}}`` for keys under a slotted module, and the keys under none."""
-    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    grouped: Grouped = {}
     leftover = []
-    for key, tensor in tensors.items():
+    for key, tensor in tensors.items():  # ~400 keys per adapter, on every registry swap: index arithmetic only
         path = key.removeprefix(PEFT_PREFIX)
-        module, _, rest = path.rpartition(".")
-        while module and module not in modules:  # walk up: "q_proj.<method key>.weight" is under "q_proj"
-            module, _, head = module.rpartition(".")
-            rest = f"{head}.{rest}"
-        if module:
-            grouped.setdefault(module, {})[rest] = tensor
-        else:
-            leftover.append(key)
+        end = len(path)
+        while True:  # walk up: "q_proj.<method key>.weight" is under "q_proj"
+            end = path.rfind(".", 0, end)
+            if end < 0:
+                leftover.append(key)
+                break
+            if path[:end] in modules:
+                grouped.setdefault(path[:end], {})[path[end + 1 :]] = tensor
+                break
     return grouped, leftover
 
 
@@ -87,16 +91,16 @@ def _check_contents(module: str, contents: SlotContents, layout: SlotLayout, lab
     if module not in layout.shapes:
         raise NotSlottable(f"it adapts {module}, which is not a slotted linear layer of this pool")
     d_in, d_out = layout.shapes[module]
-    if contents.rank > layout.max_rank:
-        raise NotSlottable(f"its rank {contents.rank} (at {module}) exceeds the pool's max rank {layout.max_rank}")
-    expected = {"A": (contents.rank, d_in), "B": (d_out, contents.rank), "in_scale": (d_in,), "out_scale": (d_out,),
-                "out_shift": (d_out,)}  # fmt: skip
-    for name, shape in expected.items():
-        tensor = getattr(contents, name)
-        if tensor is not None and tuple(tensor.shape) != shape:
+    A, B = contents.A, contents.B
+    if (A is None) != (B is None):
+        raise NotSlottable(f"it has one half of a low-rank pair at {module}")
+    rank = 0 if A is None else A.shape[0]
+    if rank > layout.max_rank:
+        raise NotSlottable(f"its rank {rank} (at {module}) exceeds the pool's max rank {layout.max_rank}")
+    for tensor, shape in ((A, (rank, d_in)), (B, (d_out, rank)), (contents.in_scale, (d_in,)),
+                          (contents.out_scale, (d_out,)), (contents.out_shift, (d_out,))):  # fmt: skip
+        if tensor is not None and tensor.shape != shape:
             raise IncompatibleBaseError(
                 f"{label} does not fit this base: its tensors at {module} have shape {tuple(tensor.shape)} where the "
                 f"base's layer takes {shape}; it was made for a model of another size. Load the base it was trained on"
             )  # fmt: skip
-    if (contents.A is None) != (contents.B is None):
-        raise NotSlottable(f"it has one half of a low-rank pair at {module}")

@@ -36,7 +36,7 @@ from adapterhub.manifest import Manifest
 from adapterhub.runtime.fallback import PeftAttached
 from adapterhub.runtime.plan import PEFT_PREFIX, SlotPlan, plan_adapter
 from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, remove_slots
-from adapterhub.specs import NotSlottable, SlotContents, SlotLayout
+from adapterhub.specs import NotSlottable, SlotLayout
 
 log = logging.getLogger(__name__)
 HEAD_NAMES = ("classifier", "score")  # the heads peft saves whole for sequence classification
@@ -346,10 +346,11 @@ def _to_host(plan: SlotPlan) -> SlotPlan:
         t = t.detach().to("cpu").contiguous()
         return t.pin_memory() if pin else t
 
-    def contents(c: SlotContents) -> SlotContents:
-        return SlotContents(*(None if t is None else host(t) for t in (c.A, c.B)), c.scale,
-                            *(None if t is None else host(t) for t in (c.in_scale, c.out_scale, c.out_shift)))  # fmt: skip
-
-    layers = {name: contents(c) for name, c in plan.layers.items()}
+    for c in plan.layers.values():  # in place: the plan was made for this pool alone
+        if c.A is not None:
+            c.A, c.B = host(c.A), host(c.B)
+        if c.in_scale is not None or c.out_scale is not None or c.out_shift is not None:
+            vectors = (c.in_scale, c.out_scale, c.out_shift)
+            c.in_scale, c.out_scale, c.out_shift = (None if t is None else host(t) for t in vectors)
     heads = {name: {k: host(t) for k, t in head.items()} for name, head in plan.heads.items()}
-    return SlotPlan(layers, heads)
+    return SlotPlan(plan.layers, heads)

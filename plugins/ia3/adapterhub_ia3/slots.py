@@ -15,7 +15,8 @@ from adapterhub.specs import NotSlottable, SlotContents, SlotLayout
 VECTOR_KEY = "ia3_l"
 
 
-def slot_plan(peft_config: dict, modules: dict[str, dict[str, torch.Tensor]], layout: SlotLayout) -> dict[str, SlotContents]:
+def slot_plan(peft_config: dict, modules: dict[str, dict[str, torch.Tensor]],
+              layout: SlotLayout) -> dict[str, SlotContents]:  # fmt: skip
     """``{module: SlotContents}`` of a stored IA3 adapter; ``NotSlottable`` naming why when it has none."""
     if peft_config.get("fan_in_fan_out"):
         raise NotSlottable("fan_in_fan_out (Conv1D) weights are not supported by the slots")

@@ -18,6 +18,7 @@ from peft.utils.other import get_pattern_key
 from adapterhub.specs import NotSlottable, SlotContents, SlotLayout
 
 A_KEY, B_KEY, MAGNITUDE_KEY = "lora_A.weight", "lora_B.weight", "lora_magnitude_vector"
+_KEYS = frozenset({A_KEY, B_KEY, MAGNITUDE_KEY})
 
 # LoRA variants whose forward is not a low-rank delta (or column scale) of a plain linear: they load through peft.
 _VARIANTS = {
@@ -40,7 +41,8 @@ def _unsupported(peft_config: dict) -> str | None:
     return None
 
 
-def slot_plan(peft_config: dict, modules: dict[str, dict[str, torch.Tensor]], layout: SlotLayout) -> dict[str, SlotContents]:
+def slot_plan(peft_config: dict, modules: dict[str, dict[str, torch.Tensor]],
+              layout: SlotLayout) -> dict[str, SlotContents]:  # fmt: skip
     """``{module: SlotContents}`` of a stored LoRA adapter; ``NotSlottable`` naming why when it has none."""
     reason = _unsupported(peft_config)
     if reason:
@@ -49,15 +51,17 @@ def slot_plan(peft_config: dict, modules: dict[str, dict[str, torch.Tensor]], la
     alpha_pattern = peft_config.get("alpha_pattern") or {}
     dora = bool(peft_config.get("use_dora"))
     plan = {}
-    for module, tensors in modules.items():
-        unknown = sorted(set(tensors) - {A_KEY, B_KEY, MAGNITUDE_KEY})
+    for module, tensors in modules.items():  # ~200 modules, on every registry swap: keep the loop lean
+        unknown = tensors.keys() - _KEYS
         if unknown:
-            raise NotSlottable(f"it has tensors the slots have no place for ({module}.{unknown[0]})")
-        if A_KEY not in tensors or B_KEY not in tensors:
-            raise NotSlottable(f"it has no {B_KEY if A_KEY in tensors else A_KEY} for {module}")
-        A, B = tensors[A_KEY], tensors[B_KEY]
+            raise NotSlottable(f"it has tensors the slots have no place for ({module}.{sorted(unknown)[0]})")
+        A, B = tensors.get(A_KEY), tensors.get(B_KEY)
+        if A is None or B is None:
+            raise NotSlottable(f"it has no {B_KEY if A is not None else A_KEY} for {module}")
         rank = A.shape[0]
-        module_alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), alpha)
+        module_alpha = alpha
+        if alpha_pattern:
+            module_alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), alpha)
         scale = module_alpha / math.sqrt(rank) if use_rslora else module_alpha / rank
         contents = SlotContents(A=A, B=B, scale=scale)
         if dora:
