@@ -1,0 +1,277 @@
+"""Merging registry LoRA adapters into one, as a recorded and reproducible registry version.
+
+``merge`` (``adapterhub merge``, ``adapterhub continual merge``) loads the inputs from the registry (checksummed),
+refuses what peft's ``add_weighted_adapter`` would merge wrongly, combines them with it, loads the result back
+onto the base exactly as any pulled adapter is loaded, and pushes it with its recipe in the manifest
+(``extra["merge"]``). ``replay`` runs a recorded recipe again and compares the sha256 of the weights.
+
+What peft gets wrong, and what is done about it:
+
+* rsLoRA: the merged config copies the first input's ``use_rslora`` while peft has already multiplied every
+  input's own scaling into the merged weights and set ``lora_alpha = r``; the merged adapter must scale by 1,
+  so its config is written with ``use_rslora = false`` (tested against the hand-computed delta).
+* DoRA: the inputs' magnitude vectors are not combined (the merged adapter gets freshly initialised ones): refused.
+* Trained biases (``bias`` other than "none", ``lora_bias``): they live in the shared base layers: refused.
+* Classification heads: peft refuses heads of several adapters (``modules_to_save``). Heads over the same label
+  list are combined here as the weighted mean (weights normalised to sum 1; one full head per input, not a
+  delta); different label lists are refused, naming them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any, Sequence
+
+from adapterhub_registry import AdapterRecord, Registry
+from adapterhub_registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub_registry.names import validate_name
+
+from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
+from adapterhub.manifest import BaseIdentity, Manifest
+
+COMBINATIONS = ("linear", "svd", "cat", "ties", "ties_svd", "dare_linear", "dare_ties", "magnitude_prune")
+PRUNING = ("ties", "ties_svd", "dare_linear", "dare_ties", "magnitude_prune")
+"""The combinations that keep a fraction ``density`` of each delta (and need it)."""
+HEADS = "weighted mean"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a merge's weights: recorded in the manifest as ``merge``, replayed as is."""
+
+    inputs: list[dict[str, str]]  # {"ref": "name@version", "sha256": blob sha256}, in merge order
+    weights: list[float]
+    combination: str
+    density: float | None = None
+    seed: int = 0
+    peft: str = ""  # peft's version: another version may compute other bytes
+    torch: str = ""
+    heads: str | None = None  # how classification heads were combined, when there are any
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Recipe:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class MergeResult:
+    recipe: Recipe
+    sha256: str  # of the merged weights file, the registry blob
+    seconds: float
+    record: AdapterRecord | None = None  # the pushed version (None for a replay)
+    notes: list[str] = field(default_factory=list)
+
+
+def merge(
+    registry: Registry,
+    name: str,
+    inputs: Sequence[str],
+    base_path: str,
+    *,
+    weights: Sequence[float] | None = None,
+    combination: str = "linear",
+    density: float | None = None,
+    seed: int = 0,
+    tags: Sequence[str] = (),
+) -> MergeResult:
+    """Merge the registry adapters ``inputs`` (refs) on the base at ``base_path`` and push the result as the
+    next version of ``name``. ``weights`` default to equal ones summing to 1."""
+    validate_name(name)  # fail on a bad name before the slow part
+    records = [registry.resolve(ref) for ref in inputs]
+    weights = list(weights) if weights else [1.0 / len(records)] * len(records)
+    recipe = _recipe(records, weights, combination, density, seed)
+    with tempfile.TemporaryDirectory(prefix="adapterhub-merge-") as directory:
+        result, manifest = _merge_into(registry, records, recipe, base_path, Path(directory))
+        result.record = registry.push(name, directory, method="lora", manifest=manifest.to_dict(), tags=list(tags))
+    return result
+
+
+def replay(registry: Registry, ref: str, base_path: str) -> tuple[MergeResult, AdapterRecord]:
+    """Run the recipe recorded on ``ref`` again; the caller compares ``result.sha256`` with ``record.blob_sha256``."""
+    record = registry.resolve(ref)
+    recorded = Manifest.from_dict(record.manifest).extra.get("merge")
+    if not isinstance(recorded, dict):
+        raise OptionError(f"{record.ref} records no merge recipe: it was not made by `adapterhub merge`")
+    recipe = Recipe.from_dict(recorded)
+    records = [registry.resolve(entry["ref"]) for entry in recipe.inputs]
+    for entry, input_record in zip(recipe.inputs, records):
+        if input_record.blob_sha256 != entry["sha256"]:
+            raise AdapterHubError(
+                f"input {entry['ref']} of {record.ref} has changed since the merge (sha256 {entry['sha256'][:12]} "
+                f"recorded, {input_record.blob_sha256[:12]} now): the recipe cannot be replayed"
+            )
+    with tempfile.TemporaryDirectory(prefix="adapterhub-merge-") as directory:
+        result, _ = _merge_into(registry, records, recipe, base_path, Path(directory))
+    return result, record
+
+
+def _recipe(records: list[AdapterRecord], weights: list[float], combination: str, density: float | None, seed: int) -> Recipe:
+    import peft
+    import torch
+
+    if not records:
+        raise OptionError("name at least one adapter to merge (--from REF)")
+    if len(weights) != len(records):
+        raise OptionError(f"--weights gives {len(weights)} weight(s) for {len(records)} adapter(s); give one per --from")
+    if combination not in COMBINATIONS:
+        raise OptionError(f"unknown combination {combination!r}; choose one of: {', '.join(COMBINATIONS)}")
+    if combination in PRUNING and density is None:
+        raise OptionError(f"combination {combination} keeps a fraction of each delta: pass --density (e.g. 0.5)")
+    if combination not in PRUNING and density is not None:
+        raise OptionError(f"--density applies to {', '.join(PRUNING)}, not to {combination}; leave it out")
+    if density is not None and not 0 < density <= 1:
+        raise OptionError(f"--density must be in (0, 1], got {density}")
+    return Recipe(inputs=[{"ref": r.ref, "sha256": r.blob_sha256} for r in records], weights=[float(w) for w in weights],
+                  combination=combination, density=density, seed=seed, peft=peft.__version__,
+                  torch=torch.__version__)  # fmt: skip
+
+
+def _merge_into(registry, records, recipe: Recipe, base_path: str, directory: Path) -> tuple[MergeResult, Manifest]:
+    """Merge, write the adapter directory, and load it back onto the base (the check before any push)."""
+    import torch
+
+    from adapterhub import adapters
+    from adapterhub.base import load_base
+    from adapterhub.model_tasks import LOAD_DEFAULT
+
+    started = time.perf_counter()
+    manifests = [Manifest.from_dict(r.manifest) for r in records]
+    _check_inputs(records, manifests)
+    first = manifests[0]
+    base = load_base(base_path, model_task=first.model_task or LOAD_DEFAULT, labels=first.labels or None)
+    loaded = [registry.load_record(r) for r in records]  # checksummed reads
+    for record in records:
+        adapters.check_base(base, record.base_fingerprint, record.ref)
+    config, tensors = _combine(base, loaded, recipe)
+    if any(_head_keys(t) for _, t in loaded):
+        recipe = replace(recipe, heads=HEADS)
+    _write_adapter(directory, config, tensors)
+    model = adapters.load_adapter_dir(base, directory)  # the same load as a pulled adapter: keys and shapes checked
+    probe = base.tokenizer("merge check", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**probe).logits
+    if not torch.isfinite(logits).all():
+        raise AdapterHubError(f"the {recipe.combination} merge of {', '.join(r.ref for r in records)} gives non-finite outputs")
+    identity = first.base or BaseIdentity.from_dict(base.describe())
+    manifest = Manifest(method="lora", plugin=first.plugin, model_task=base.model_task, labels=base.labels or None,
+                        base=identity, extra={"merge": recipe.to_dict()})  # fmt: skip
+    sha256 = hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()
+    notes = [f"classification heads combined as the {HEADS} of the inputs' heads"] if recipe.heads else []
+    return MergeResult(recipe, sha256, time.perf_counter() - started, notes=notes), manifest
+
+
+def _check_inputs(records: list[AdapterRecord], manifests: list[Manifest]) -> None:
+    """Refuse inputs on different bases or model tasks, heads over different labels, and what peft merges wrong."""
+    first, first_manifest = records[0], manifests[0]
+    for record, manifest in zip(records, manifests):
+        config = record.peft_config
+        if config.get("peft_type") != "LORA":
+            raise OptionError(f"{record.ref} is a {record.method} adapter; merging combines LoRA adapters only")
+        if record.base_fingerprint != first.base_fingerprint:
+            raise IncompatibleBaseError(
+                f"{record.ref} was trained on base {record.base_fingerprint}, but {first.ref} on "
+                f"{first.base_fingerprint}: merge adapters of one base only"
+            )
+        if manifest.model_task != first_manifest.model_task:
+            raise OptionError(f"{record.ref} is a {manifest.model_task} adapter, {first.ref} a {first_manifest.model_task} one")
+        if list(manifest.labels or []) != list(first_manifest.labels or []):
+            raise OptionError(
+                f"{record.ref} classifies into {manifest.labels} but {first.ref} into {first_manifest.labels}: "
+                "heads over different labels cannot be merged into one"
+            )
+        if config.get("use_dora"):
+            raise OptionError(
+                f"{record.ref} is a DoRA adapter: peft's merge drops the inputs' magnitude vectors; "
+                "merging DoRA adapters is not supported"
+            )
+        if config.get("bias", "none") != "none" or config.get("lora_bias"):
+            raise OptionError(
+                f"{record.ref} trained biases (bias={config.get('bias')!r}, lora_bias={config.get('lora_bias')}), "
+                "which live in the shared base layers and are lost by the merge; merge adapters trained with bias=none"
+            )
+
+
+def _combine(base, loaded: list[tuple[AdapterRecord, dict]], recipe: Recipe) -> tuple[dict, dict]:
+    """peft's ``add_weighted_adapter`` on the LoRA tensors, the heads' weighted mean beside it: the merged adapter's
+    config (as adapter_config.json holds it) and tensors (in saved-key form)."""
+    import torch
+    from peft import PeftConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    names = [f"input{i}" for i in range(len(loaded))]
+    model = None
+    for adapter_name, (record, tensors) in zip(names, loaded):
+        # no task type and no modules_to_save: peft refuses several adapters' heads, so they are combined apart
+        values = {k: v for k, v in record.peft_config.items() if k not in ("auto_mapping", "task_type", "modules_to_save")}
+        config = PeftConfig.from_peft_type(**values)
+        if model is None:
+            model = get_peft_model(base.model, config, adapter_name=adapter_name)
+        else:
+            model.add_adapter(adapter_name, config)
+        set_peft_model_state_dict(model, {k: v for k, v in tensors.items() if k not in _head_keys(tensors)}, adapter_name=adapter_name)
+    torch.manual_seed(recipe.seed)  # dare_* drop at random
+    try:
+        with torch.no_grad():
+            model.base_model.add_weighted_adapter(names, recipe.weights, "merged", combination_type=recipe.combination,
+                                                  density=recipe.density)  # fmt: skip
+    except ValueError as exc:  # peft's reasons: ranks differ for linear/ties/dare, mixed target_modules kinds
+        raise OptionError(f"peft cannot merge {', '.join(r.ref for r, _ in loaded)} with {recipe.combination}: {exc}") from None
+    merged_config = model.peft_config["merged"]
+    tensors = {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name="merged").items()}
+    model.unload()  # base.model without LoRA layers again, for the check that loads the merged adapter onto it
+    with contextlib.suppress(AttributeError):
+        del base.model.peft_config
+    first = loaded[0][0].peft_config
+    config = {**_plain(merged_config.to_dict()), "use_rslora": False, "inference_mode": True,
+              "task_type": first.get("task_type"), "modules_to_save": first.get("modules_to_save")}  # fmt: skip
+    tensors.update(_mean_heads(loaded, recipe.weights))
+    return config, tensors
+
+
+def _head_keys(tensors: dict) -> list[str]:
+    """The classification head's tensors (peft's ``modules_to_save``): everything that is not a LoRA matrix."""
+    return [key for key in tensors if "lora_" not in key]
+
+
+def _mean_heads(loaded: list[tuple[AdapterRecord, dict]], weights: list[float]) -> dict:
+    keys = [sorted(_head_keys(tensors)) for _, tensors in loaded]
+    if not keys[0]:
+        return {}
+    for (record, _), own in zip(loaded, keys):
+        if own != keys[0]:
+            raise OptionError(f"{record.ref} saves other head tensors ({own}) than {loaded[0][0].ref} ({keys[0]})")
+    total = sum(weights)
+    if total == 0:
+        raise OptionError("the weights sum to 0: the heads' weighted mean is undefined; give weights with a non-zero sum")
+    return {key: sum(w * tensors[key] for w, (_, tensors) in zip(weights, loaded)) / total for key in keys[0]}
+
+
+def _plain(values: dict) -> dict:
+    """A peft config dict as JSON with a stable text: enums as values, sets as sorted lists."""
+    def plain(value):
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, (set, frozenset)):
+            return sorted(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in values.items()}
+
+
+def _write_adapter(directory: Path, config: dict, tensors: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

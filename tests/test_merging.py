@@ -1,0 +1,141 @@
+"""Merging registry LoRA adapters (adapterhub.merging, `adapterhub merge`): the recorded recipe, byte-identical
+replay, identity, the hand-computed rsLoRA delta, heads, and the inputs peft would merge wrong, refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from adapterhub_registry import Registry
+
+from adapterhub import adapters, merging
+from adapterhub.base import load_base
+from adapterhub.cli import main
+from adapterhub.errors import IncompatibleBaseError, OptionError
+from tiny_models import make_tiny_llama
+
+TOKENS = torch.tensor([[7, 8, 9, 10, 11, 12]])
+LABELS = ["neg", "pos"]
+
+
+def push_lora(registry: Registry, base_path, name: str, tmp_path, *, seed: int, model_task="causal-lm", labels=None, **options):
+    """Push a LoRA with random non-zero weights (B is zero at init) on a freshly loaded base."""
+    base = load_base(base_path, model_task=model_task, labels=labels)
+    model = adapters.attach(base, "lora", adapters.make_options("lora", {"r": 4, "dropout": 0, **options}))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    directory = tmp_path / f"{name}-{seed}"
+    adapters.save_adapter(model, directory, adapters.build_manifest(base, "lora", adapters.make_options("lora", options)))
+    return registry.push(name, directory, method="lora")
+
+
+def logits_of(registry: Registry, ref: str, base_path, *, model_task="causal-lm", labels=None, tokens=TOKENS):
+    record, tensors = registry.load(ref)
+    base = load_base(base_path, model_task=model_task, labels=labels)
+    model = adapters.load_adapter(base, record.peft_config, tensors, adapter_base=record.base_fingerprint, manifest=record.manifest)
+    with torch.no_grad():
+        return model(input_ids=tokens).logits
+
+
+def delta_of(registry: Registry, ref: str, module: str) -> torch.Tensor:
+    """scaling * B @ A of one LoRA layer, from the stored config and tensors."""
+    record, tensors = registry.load(ref)
+    config = record.peft_config
+    scaling = config["lora_alpha"] / (config["r"] ** 0.5 if config["use_rslora"] else config["r"])
+    a, b = (tensors[f"base_model.model.{module}.lora_{x}.weight"] for x in "AB")
+    return scaling * b @ a
+
+
+def test_merge_of_one_adapter_with_weight_one_equals_it_and_records_the_recipe(tiny_llama, tmp_path):
+    registry = Registry()
+    record = push_lora(registry, tiny_llama, "solo", tmp_path, seed=1)
+    result = merging.merge(registry, "solo-merged", [record.ref], str(tiny_llama), weights=[1.0], tags=["merged"])
+    torch.testing.assert_close(logits_of(registry, "solo-merged", tiny_llama), logits_of(registry, record.ref, tiny_llama),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    stored = registry.resolve("solo-merged:merged")
+    recipe = stored.manifest["merge"]
+    assert recipe["inputs"] == [{"ref": "solo@1", "sha256": record.blob_sha256}]
+    assert (recipe["weights"], recipe["combination"], recipe["density"], recipe["seed"]) == ([1.0], "linear", None, 0)
+    assert recipe["peft"] and stored.blob_sha256 == result.sha256
+    assert stored.base_fingerprint == record.base_fingerprint
+
+
+def test_rslora_inputs_merge_to_the_hand_computed_delta(tiny_llama, tmp_path):
+    # peft's merged config would keep use_rslora and scale the merged delta by sqrt(r) a second time
+    registry = Registry()
+    first = push_lora(registry, tiny_llama, "rs", tmp_path, seed=1, rslora=True, alpha=8)
+    second = push_lora(registry, tiny_llama, "rs", tmp_path, seed=2, rslora=True, alpha=8)
+    merging.merge(registry, "rs-cat", [first.ref, second.ref], str(tiny_llama), weights=[0.7, 0.3], combination="cat")
+    module = "model.layers.0.self_attn.q_proj"
+    expected = 0.7 * delta_of(registry, first.ref, module) + 0.3 * delta_of(registry, second.ref, module)
+    assert registry.resolve("rs-cat").peft_config["use_rslora"] is False
+    torch.testing.assert_close(delta_of(registry, "rs-cat", module), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_replay_gives_byte_identical_weights_and_a_changed_recipe_exits_1(tiny_llama, tmp_path, capsys):
+    registry = Registry()
+    refs = [push_lora(registry, tiny_llama, "task", tmp_path, seed=s).ref for s in (1, 2)]
+    result = merging.merge(registry, "dare", refs, str(tiny_llama), combination="dare_ties", density=0.5, seed=3)
+    assert main(["merge", "--replay", result.record.ref, "--base", str(tiny_llama), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["identical"] is True
+    # the same weights recorded with another seed: the replay computes other bytes and says so
+    registry.pull(result.record.ref, tmp_path / "pulled")
+    recipe = {**result.recipe.to_dict(), "seed": 4}
+    registry.push("dare-seed4", tmp_path / "pulled", method="lora", manifest={"merge": recipe})
+    assert main(["merge", "--replay", "dare-seed4", "--base", str(tiny_llama)]) == 1
+    assert "DIFFERS" in capsys.readouterr().out
+
+
+def test_classifier_heads_over_the_same_labels_are_merged_as_their_weighted_mean(tiny_bert, tmp_path, cli_json):
+    registry = Registry()
+    refs = [push_lora(registry, tiny_bert, "cls", tmp_path, seed=s, model_task="seq-cls", labels=LABELS).ref for s in (1, 2)]
+    out = cli_json("merge", "cls-merged", "--from", refs[0], "--from", refs[1], "--weights", "3,1", "--base", str(tiny_bert),
+                   "--combination", "svd", "--json")  # fmt: skip
+    assert out["recipe"]["heads"] == "weighted mean" and out["notes"]
+    heads = [registry.load(ref)[1]["base_model.model.classifier.weight"] for ref in (*refs, "cls-merged")]
+    torch.testing.assert_close(heads[2], 0.75 * heads[0] + 0.25 * heads[1])
+    assert registry.resolve("cls-merged").manifest["labels"] == LABELS
+    logits = logits_of(registry, "cls-merged", tiny_bert, model_task="seq-cls", labels=LABELS)
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+
+
+def test_heads_over_different_labels_are_refused_naming_both(tiny_bert, tmp_path):
+    registry = Registry()
+    a = push_lora(registry, tiny_bert, "sentiment", tmp_path, seed=1, model_task="seq-cls", labels=LABELS)
+    b = push_lora(registry, tiny_bert, "topic", tmp_path, seed=2, model_task="seq-cls", labels=["cars", "films"])
+    with pytest.raises(OptionError, match=r"topic@1 classifies into \['cars', 'films'\] but sentiment@1 into \['neg', 'pos'\]"):
+        merging.merge(registry, "both", [a.ref, b.ref], str(tiny_bert))
+
+
+@pytest.mark.parametrize(("options", "reason"), [({"dora": True}, "DoRA"), ({"bias": "all"}, "trained biases")])
+def test_inputs_peft_merges_wrong_are_refused_with_the_reason(tiny_llama, tmp_path, options, reason):
+    registry = Registry()
+    plain = push_lora(registry, tiny_llama, "plain", tmp_path, seed=1)
+    odd = push_lora(registry, tiny_llama, "odd", tmp_path, seed=2, **options)
+    with pytest.raises(OptionError, match=f"odd@1.*{reason}"):
+        merging.merge(registry, "never", [plain.ref, odd.ref], str(tiny_llama))
+    assert registry.list(name="never") == []
+
+
+def test_inputs_on_another_base_are_refused_naming_the_odd_one(tiny_llama, tmp_path):
+    registry = Registry()
+    ours = push_lora(registry, tiny_llama, "ours", tmp_path, seed=1)
+    theirs = push_lora(registry, make_tiny_llama(tmp_path / "other", seed=5), "theirs", tmp_path, seed=2)
+    with pytest.raises(IncompatibleBaseError, match=f"theirs@1 was trained on base {theirs.base_fingerprint}"):
+        merging.merge(registry, "never", [ours.ref, theirs.ref], str(tiny_llama))
+
+
+def test_bad_recipes_are_refused_before_loading_anything(tiny_llama, tmp_path, capsys):
+    registry = Registry()
+    ref = push_lora(registry, tiny_llama, "one", tmp_path, seed=1).ref
+    for args, message in [
+        (["--combination", "ties"], "pass --density"),
+        (["--density", "0.5"], "--density applies to"),
+        (["--weights", "1,2"], "2 weight(s) for 1 adapter(s)"),
+        (["--weights", "a"], "not a comma-separated list"),
+    ]:
+        assert main(["merge", "m", "--from", ref, "--base", str(tiny_llama), *args]) != 0
+        assert message in capsys.readouterr().err
