@@ -275,3 +275,54 @@ def _write_adapter(directory: Path, config: dict, tensors: dict) -> None:
 
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class MergedExport:
+    directory: Path
+    ref: str
+    dtype: str
+    dequantized_from: str | None  # the quantization the adapter was trained on (merged into its dequantized weights)
+    notes: list[str] = field(default_factory=list)
+
+
+def export_merged(registry: Registry, ref: str, base_path: str, out: str | Path, *, dtype: str = "float32") -> MergedExport:
+    """A transformers model directory (safetensors, config, tokenizer) holding ``base_path`` with adapter ``ref``
+    merged into its weights (peft's ``merge_and_unload``): ``from_pretrained`` loads it without peft or adapterhub.
+
+    An adapter trained on a quantized base (NF4) learnt its delta against the dequantized weights, so it is merged
+    into those, read back from the quantized base, and the model is written in ``dtype``, not re-quantized.
+    """
+    import torch
+
+    from adapterhub import adapters, plugins
+    from adapterhub.base import load_base
+    from adapterhub.model_tasks import LOAD_DEFAULT
+
+    if dtype not in EXPORT_DTYPES:
+        raise OptionError(f"unknown --dtype {dtype!r}; choose one of: {', '.join(EXPORT_DTYPES)}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OptionError(f"{out} already exists and is not an empty directory; choose a new one")
+    record, tensors = registry.load(ref)
+    if "mergeable" not in plugins.catalog().method(record.method).capabilities:
+        raise OptionError(f"{record.ref} is a {record.method} adapter, which has no weights to merge into the base; "
+                          "serve it with the adapter instead")  # fmt: skip
+    manifest = Manifest.from_dict(record.manifest)
+    quantization = manifest.base.quantization if manifest.base else None
+    base = load_base(base_path, model_task=manifest.model_task or LOAD_DEFAULT, labels=manifest.labels or None,
+                     quantize=quantization)  # fmt: skip
+    notes = []
+    if quantization:
+        base.model.dequantize()
+        notes.append(f"{record.ref} was trained on a {quantization} base: it is merged into the dequantized {quantization} "
+                     f"weights and written in {dtype}; quantizing the merged model again loses quality")  # fmt: skip
+    model = adapters.load_adapter(base, record.peft_config, tensors, adapter_base=record.base_fingerprint, label=record.ref,
+                                  manifest=record.manifest)  # fmt: skip
+    merged = model.merge_and_unload().to(getattr(torch, dtype))
+    merged.save_pretrained(out, safe_serialization=True)
+    base.tokenizer.save_pretrained(out)
+    return MergedExport(out, record.ref, dtype, quantization, notes)

@@ -144,6 +144,24 @@ def export_command(ctx, ref, directory, overwrite) -> None:
     click.echo(f"exported {ref} to {path}")
 
 
+@registry_group.command("export-merged")
+@click.argument("ref")
+@click.argument("directory", metavar="OUT", type=click.Path(file_okay=False))
+@click.option("--base", "base_path", required=True, help="The base model the adapter was trained on (directory or .gguf).")
+@click.option("--dtype", type=click.Choice(("float32", "bfloat16", "float16")), default="float32", show_default=True,
+              help="Dtype of the written weights.")
+@click.pass_context
+def export_merged_command(ctx, ref, directory, base_path, dtype) -> None:
+    """Write --base with REF merged into its weights to OUT: a transformers model directory (safetensors, config,
+    tokenizer) that from_pretrained loads alone, for runtimes without adapter support."""
+    from adapterhub.merging import export_merged
+
+    export = export_merged(_registry(ctx), ref, base_path, directory, dtype=dtype)
+    click.echo(f"exported {export.ref} merged into {base_path} to {export.directory} ({export.dtype})")
+    for note in export.notes:
+        click.echo(f"note: {note}")
+
+
 @registry_group.command("import-peft")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.argument("name")

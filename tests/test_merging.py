@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from adapterhub_registry import Registry
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from adapterhub import adapters, merging
 from adapterhub.base import load_base
@@ -19,9 +20,10 @@ TOKENS = torch.tensor([[7, 8, 9, 10, 11, 12]])
 LABELS = ["neg", "pos"]
 
 
-def push_lora(registry: Registry, base_path, name: str, tmp_path, *, seed: int, model_task="causal-lm", labels=None, **options):
+def push_lora(registry: Registry, base_path, name: str, tmp_path, *, seed: int, model_task="causal-lm", labels=None,
+              quantize=None, **options):  # fmt: skip
     """Push a LoRA with random non-zero weights (B is zero at init) on a freshly loaded base."""
-    base = load_base(base_path, model_task=model_task, labels=labels)
+    base = load_base(base_path, model_task=model_task, labels=labels, quantize=quantize)
     model = adapters.attach(base, "lora", adapters.make_options("lora", {"r": 4, "dropout": 0, **options}))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -32,9 +34,9 @@ def push_lora(registry: Registry, base_path, name: str, tmp_path, *, seed: int, 
     return registry.push(name, directory, method="lora")
 
 
-def logits_of(registry: Registry, ref: str, base_path, *, model_task="causal-lm", labels=None, tokens=TOKENS):
+def logits_of(registry: Registry, ref: str, base_path, *, model_task="causal-lm", labels=None, quantize=None, tokens=TOKENS):
     record, tensors = registry.load(ref)
-    base = load_base(base_path, model_task=model_task, labels=labels)
+    base = load_base(base_path, model_task=model_task, labels=labels, quantize=quantize)
     model = adapters.load_adapter(base, record.peft_config, tensors, adapter_base=record.base_fingerprint, manifest=record.manifest)
     with torch.no_grad():
         return model(input_ids=tokens).logits
@@ -139,3 +141,39 @@ def test_bad_recipes_are_refused_before_loading_anything(tiny_llama, tmp_path, c
     ]:
         assert main(["merge", "m", "--from", ref, "--base", str(tiny_llama), *args]) != 0
         assert message in capsys.readouterr().err
+
+
+def test_export_merged_is_a_model_directory_from_pretrained_loads_alone_with_equal_logits(tiny_bert, tmp_path, cli):
+    registry = Registry()
+    record = push_lora(registry, tiny_bert, "cls", tmp_path, seed=1, model_task="seq-cls", labels=LABELS)
+    cli("registry", "export-merged", record.ref, str(tmp_path / "out"), "--base", str(tiny_bert))
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    tokens = AutoTokenizer.from_pretrained(tmp_path / "out")("great movie", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(input_ids=tokens).logits
+    expected = logits_of(registry, record.ref, tiny_bert, model_task="seq-cls", labels=LABELS, tokens=tokens)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    assert model.config.id2label == dict(enumerate(LABELS))
+
+
+def test_export_merged_writes_the_asked_dtype(tiny_llama, tmp_path, cli):
+    registry = Registry()
+    record = push_lora(registry, tiny_llama, "lm", tmp_path, seed=1)
+    cli("registry", "export-merged", record.ref, str(tmp_path / "out"), "--base", str(tiny_llama), "--dtype", "bfloat16")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto").eval()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        logits = model(input_ids=TOKENS).logits.float()
+    torch.testing.assert_close(logits, logits_of(registry, record.ref, tiny_llama), rtol=0.05, atol=0.05)
+
+
+def test_export_merged_of_an_nf4_trained_adapter_merges_into_the_dequantized_weights_and_says_so(tiny_llama, tmp_path, cli):
+    registry = Registry()
+    record = push_lora(registry, tiny_llama, "qlora", tmp_path, seed=1, quantize="nf4")
+    out = cli("registry", "export-merged", record.ref, str(tmp_path / "out"), "--base", str(tiny_llama))
+    assert "dequantized nf4 weights" in out
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert getattr(model.config, "quantization_config", None) is None
+    with torch.no_grad():
+        logits = model(input_ids=TOKENS).logits
+    torch.testing.assert_close(logits, logits_of(registry, record.ref, tiny_llama, quantize="nf4"), rtol=1e-4, atol=1e-4)
