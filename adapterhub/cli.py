@@ -28,6 +28,7 @@ CORE_COMMANDS = {
     "registry": "adapterhub.registry_cli:registry_group",
     "serve": "adapterhub.server.command:serve_command",
     "continual": "adapterhub.continual.command:continual_group",  # one adapter per task, and a router between them
+    "zero-shot": "adapterhub.zero_shot_command:zero_shot_command",  # prompting a causal LM: the baseline to beat
     "merge": "adapterhub.merge_command:merge_command",  # registry LoRA adapters into one recorded version
 }
 """Commands of the core defined in other modules, by name: ``module:attribute``, imported when looked up."""
