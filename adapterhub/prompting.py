@@ -71,13 +71,18 @@ def balanced_shots(train: ClassificationData, k: int, seed: int) -> Classificati
     return train.subset(chosen)
 
 
+def check_verbalizer(verbalizer: dict[str, str], label_names: list[str]) -> None:
+    """Refuse a verbalizer naming a label the data does not have."""
+    unknown = sorted(set(verbalizer) - set(label_names))
+    if unknown:
+        raise OptionError(f"verbalizer names label {unknown[0]!r}, which the data does not have; its labels: {', '.join(label_names)}")
+
+
 class PromptScorer:
     """Turns texts into prompts for one tokenizer and scores every label's continuation with a causal LM."""
 
     def __init__(self, tokenizer, prompt: PromptSpec, label_names: list[str], shots: ClassificationData | None = None):
-        unknown = sorted(set(prompt.verbalizer) - set(label_names))
-        if unknown:
-            raise OptionError(f"verbalizer names label {unknown[0]!r}, which the data does not have; its labels: {', '.join(label_names)}")
+        check_verbalizer(prompt.verbalizer, label_names)
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.words = [prompt.verbalizer.get(name, name) for name in label_names]
@@ -174,6 +179,7 @@ def evaluate_prompting(
     ``Base``; with registry ``adapter`` on it, which stays attached to a ``Base`` passed in) on the held-out split
     of ``data``."""
     train, test = held_out(data)
+    check_verbalizer(prompt.verbalizer, test.label_names)  # before the slow base load
     shots = balanced_shots(train, prompt.shots, data.seed) if prompt.shots else None
     if isinstance(base, str):
         base = load_base(base, model_task="causal-lm", quantize=quantize)
