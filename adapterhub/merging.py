@@ -97,6 +97,24 @@ def merge(
     return result
 
 
+def merge_sequence(registry: Registry, sequence: str, base_path: str, *, name: str | None = None, **recipe: Any) -> MergeResult:
+    """The task adapters of continual ``sequence``, in task order, merged into ``name`` (default
+    ``<sequence>-merged``); ``recipe``: ``merge``'s keywords. Tasks whose heads classify into other labels are
+    refused, naming them: one head cannot answer for two label sets."""
+    from adapterhub.continual.router import Router
+
+    tasks = Router.from_registry(sequence, registry).tasks
+    first = tasks[0]
+    for task in tasks[1:]:
+        if task.labels != first.labels:
+            raise OptionError(
+                f"tasks of sequence {sequence!r} classify into different labels (task {first.name}: "
+                f"{', '.join(first.labels)}; task {task.name}: {', '.join(task.labels)}): one merged head cannot "
+                f"serve both; route between the task adapters instead (adapterhub continual route)"
+            )
+    return merge(registry, name or f"{sequence}-merged", [t.ref for t in tasks], base_path, **recipe)
+
+
 def replay(registry: Registry, ref: str, base_path: str) -> tuple[MergeResult, AdapterRecord]:
     """Run the recipe recorded on ``ref`` again; the caller compares ``result.sha256`` with ``record.blob_sha256``."""
     record = registry.resolve(ref)

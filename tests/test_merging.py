@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from adapterhub import adapters, merging
 from adapterhub.base import load_base
 from adapterhub.cli import main
+from adapterhub.continual.features import encode_tensor
 from adapterhub.errors import IncompatibleBaseError, OptionError
 from tiny_models import make_tiny_llama
 
@@ -177,3 +178,30 @@ def test_export_merged_of_an_nf4_trained_adapter_merges_into_the_dequantized_wei
     with torch.no_grad():
         logits = model(input_ids=TOKENS).logits
     torch.testing.assert_close(logits, logits_of(registry, record.ref, tiny_llama, quantize="nf4"), rtol=1e-4, atol=1e-4)
+
+
+def push_task(registry: Registry, base_path, sequence: str, task: str, position: int, labels, tmp_path):
+    """A task adapter of a continual sequence as `continual train` records it (continual entry, sequence tag)."""
+    record = push_lora(registry, base_path, f"{sequence}-{task}", tmp_path, seed=position + 1, model_task="seq-cls", labels=labels)
+    router = {"prototypes": encode_tensor(torch.randn(1, 32)), "max_length": 16}
+    entry = {"sequence": sequence, "task": task, "position": position, "router": router}
+    registry.pull(record.ref, tmp_path / f"pulled-{task}")
+    return registry.push(record.name, tmp_path / f"pulled-{task}", method="lora", manifest={"continual": entry},
+                         tags=[f"sequence-{sequence}"])  # fmt: skip
+
+
+def test_continual_merge_combines_a_sequences_task_adapters_in_task_order(tiny_bert, tmp_path, cli_json):
+    registry = Registry()
+    refs = [push_task(registry, tiny_bert, "reviews", task, i, LABELS, tmp_path).ref for i, task in enumerate(("films", "books"))]
+    out = cli_json("continual", "merge", "reviews", "--base", str(tiny_bert), "--combination", "ties", "--density", "0.5", "--json")
+    assert out["merged"] == "reviews-merged@1"
+    assert [entry["ref"] for entry in out["recipe"]["inputs"]] == refs
+    assert (out["recipe"]["combination"], out["recipe"]["density"], out["recipe"]["weights"]) == ("ties", 0.5, [0.5, 0.5])
+
+
+def test_continual_merge_refuses_tasks_with_different_labels_naming_them(tiny_bert, tmp_path, capsys):
+    registry = Registry()
+    push_task(registry, tiny_bert, "mixed", "films", 0, LABELS, tmp_path)
+    push_task(registry, tiny_bert, "mixed", "roads", 1, ["fast", "slow"], tmp_path)
+    assert main(["continual", "merge", "mixed", "--base", str(tiny_bert)]) == 1
+    assert "task films: neg, pos; task roads: fast, slow" in capsys.readouterr().err

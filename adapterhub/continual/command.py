@@ -1,4 +1,4 @@
-"""``adapterhub continual ...``: train a task sequence from a plan, show it, route inputs, evaluate it."""
+"""``adapterhub continual ...``: train a task sequence from a plan, show it, route inputs, evaluate it, merge its adapters."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import click
 
 from adapterhub.cli_options import json_option, registry_option
 from adapterhub.cli_output import echo_json
+from adapterhub.merge_command import merge_options, report
 
 
 def _registry(root):
@@ -117,3 +118,17 @@ def eval_command(plan_path, registry_root, as_json) -> None:
     routed = "-" if result.average_routed is None else f"{result.average_routed:.4f}"
     metric = "accuracy" if "accuracy" in result.tasks[0].oracle else "loss"
     click.echo(f"{'average':<20} {'':>8} {result.average(metric):>8.4f} {routed:>8} {result.router_accuracy:>8.4f}")
+
+
+@continual_group.command("merge")
+@click.argument("sequence")
+@click.option("--name", default=None, help="Registry name of the merged adapter [<SEQUENCE>-merged].")
+@merge_options
+def merge_command(sequence, name, base_path, weights, combination, density, seed, tags, registry_root, as_json) -> None:
+    """Merge the task adapters of SEQUENCE, in task order, into one adapter with a recorded recipe (as `adapterhub
+    merge`); refused when the tasks' heads classify into different labels."""
+    from adapterhub.merging import merge_sequence
+
+    result = merge_sequence(_registry(registry_root), sequence, base_path, name=name, weights=weights,
+                            combination=combination, density=density, seed=seed, tags=tags)  # fmt: skip
+    report(result, as_json)
