@@ -106,6 +106,32 @@ def _quantization_kwargs(quantize: str | None, dtype: torch.dtype) -> dict:
     return spec.load_kwargs(dtype)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_placement(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """The device and dtype that ``--device`` / ``--dtype`` name (see ``adapterhub.settings.Placement``).
+
+    auto: this process's GPU when there is one (``cuda:$LOCAL_RANK`` under torchrun), else the CPU; bfloat16 on a
+    GPU that supports it, else float32. A GPU asked for where none is visible is refused, not silently replaced.
+    """
+    if device == "auto":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise OptionError(f"--device {device}: no CUDA GPU is visible to this torch ({torch.__version__}); "
+                              "pass --device cpu or --device auto")  # fmt: skip
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise OptionError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")  # fmt: skip
+    placed = torch.device(device)
+    if dtype == "auto":
+        gpu_bf16 = placed.type == "cuda" and torch.cuda.is_bf16_supported()
+        return placed, torch.bfloat16 if gpu_bf16 else torch.float32
+    return placed, DTYPES[dtype]
+
+
 @contextlib.contextmanager
 def _quiet_transformers():
     previous = transformers_logging.get_verbosity()
@@ -123,10 +149,13 @@ def load_base(
     quantize: str | None = None,
     dtype: torch.dtype = torch.float32,
     labels: list[str] | None = None,
+    device: torch.device | str | None = None,
 ) -> Base:
     """Load a local model for ``model_task``, quantized through the ``quantize`` plugin if given, with every weight frozen.
 
-    ``labels`` (sequence classification) sets the number of classes and their names.
+    ``labels`` (sequence classification) sets the number of classes and their names. ``device`` places the base
+    there (default: the CPU, or the GPU a quantizer needs) before any adapter is attached, so that a method's
+    kernel dispatch at attach time sees the real device and dtype.
     """
     task = model_task_named(model_task)
     if task is SEQ_CLS and not labels:
@@ -142,7 +171,8 @@ def load_base(
     if quantize:
         # under torchrun every rank quantizes onto its own GPU
         gpu = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-        kwargs["device_map"] = kwargs.get("device_map") or (gpu if torch.cuda.is_available() else "cpu")
+        placed = str(device) if device is not None else gpu if torch.cuda.is_available() else "cpu"
+        kwargs["device_map"] = kwargs.get("device_map") or placed
     if load_gguf:
         kwargs["gguf_file"] = load_gguf
     if task is SEQ_CLS:
@@ -160,6 +190,8 @@ def load_base(
         model.config.pad_token_id = tokenizer.pad_token_id
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    if device is not None and not quantize:
+        model.to(device)
     model.eval()
     if quantize:
         use_nf4_kernel(model, dtype)  # a plugin's NF4 kernel, where one supports this device and dtype

@@ -18,11 +18,11 @@ import sys
 import click
 
 from adapterhub import __version__
-from adapterhub.cli_options import json_option, model_task_option, registry_option
+from adapterhub.cli_options import json_option, model_task_option, placement_options, registry_option
 from adapterhub.cli_output import echo_json
 from adapterhub.model_tasks import TRAIN_DEFAULT
 from adapterhub.options import parse_pairs, setting_option
-from adapterhub.settings import DataSpec, TrainSettings
+from adapterhub.settings import CheckpointSettings, DataSpec, Placement, TrainSettings
 
 CORE_COMMANDS = {
     "registry": "adapterhub.registry_cli:registry_group",
@@ -144,11 +144,25 @@ def _train_options(function):
     for option in reversed([
         setting_option(TrainSettings, "epochs"),
         setting_option(TrainSettings, "batch_size"),
+        setting_option(TrainSettings, "grad_accum", metavar="N"),
+        setting_option(TrainSettings, "gradient_checkpointing", is_flag=True),
         setting_option(TrainSettings, "learning_rate", "--lr"),
         setting_option(TrainSettings, "max_length"),
         setting_option(TrainSettings, "block_size"),
         setting_option(TrainSettings, "class_weights"),
         setting_option(TrainSettings, "seed"),
+    ]):  # fmt: skip
+        function = option(function)
+    return function
+
+
+def _checkpoint_options(function):
+    """The flags of ``CheckpointSettings``: checkpoint every N steps into a folder, and resume from it."""
+    for option in reversed([
+        setting_option(CheckpointSettings, "every", "--checkpoint-every", metavar="N"),
+        setting_option(CheckpointSettings, "directory", "--checkpoint-dir", type=click.Path(file_okay=False)),
+        setting_option(CheckpointSettings, "keep", "--keep-checkpoints", metavar="K"),
+        setting_option(CheckpointSettings, "resume", is_flag=True),
     ]):  # fmt: skip
         function = option(function)
     return function
@@ -187,8 +201,10 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 @click.option("--method", required=True, help="Adapter method (see `adapterhub plugins`).")
 @click.option("-o", "--option", "method_options", multiple=True, metavar="KEY=VALUE", help="Method option, repeatable (e.g. -o r=16).")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
+@placement_options
 @_data_options
 @_train_options
+@_checkpoint_options
 @click.option("--output", type=click.Path(file_okay=False), default=None, help="Also keep the adapter in this directory.")
 @click.option("--push", default=None, metavar="NAME", help="Push the trained adapter to the registry under NAME.")
 @click.option("--tag", "tags", multiple=True, help="Tag for the pushed version, repeatable.")
@@ -196,14 +212,16 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 @_monitor_options
 @json_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars (training, and loading the base).")
-def train_command(base, model_task, method, method_options, quantize, path, text_column, label_column, encoding, dedupe,
-                  test_split, max_samples, epochs, batch_size, learning_rate, max_length, block_size, class_weights, seed, output,
+def train_command(base, model_task, method, method_options, quantize, device, dtype, path, text_column, label_column,
+                  encoding, dedupe, test_split, max_samples, epochs, batch_size, grad_accum, gradient_checkpointing,
+                  learning_rate, max_length, block_size, class_weights, seed, every, directory, keep, resume, output,
                   push, tags, registry_root, eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file,
                   tensorboard_dir, as_json, no_progress) -> None:  # fmt: skip
     """Train an adapter on a frozen base, evaluate it each epoch and push it to the registry.
 
     Under `torchrun --nproc_per_node N` or `accelerate launch` the same command trains data-parallel:
     --batch-size is the global batch, metrics are combined over all ranks and only rank 0 pushes.
+    With --checkpoint-every N a run that dies continues from its newest checkpoint: the same command plus --resume.
     """
     from adapterhub.workflow import TrainJob, train_adapter
 
@@ -216,10 +234,12 @@ def train_command(base, model_task, method, method_options, quantize, path, text
                  test_split=test_split, max_samples=max_samples)  # fmt: skip
     data = DataSpec(path, seed=seed, **{name: value for name, value in given.items() if value is not None})
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
-                             block_size=block_size, class_weights=class_weights, seed=seed)  # fmt: skip
+                             block_size=block_size, class_weights=class_weights, seed=seed, grad_accum=grad_accum,
+                             gradient_checkpointing=gradient_checkpointing)  # fmt: skip
     monitor = _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir)
     job = TrainJob(base, method, data, model_task, parse_pairs(list(method_options)), settings, quantize, output, push,
-                   list(tags), registry_root, progress=not no_progress, monitor=monitor)  # fmt: skip
+                   list(tags), registry_root, progress=not no_progress, monitor=monitor, placement=Placement(device, dtype),
+                   checkpointing=CheckpointSettings(every, directory, keep, resume))  # fmt: skip
     outcome = train_adapter(job)
     if not outcome.is_main:
         return  # rank 0 reports for the whole data-parallel run
@@ -253,12 +273,13 @@ def train_command(base, model_task, method, method_options, quantize, path, text
 @click.argument("ref")
 @click.option("--base", required=True, help="Local base model directory or .gguf file.")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4).")
+@placement_options
 @_data_options
 @click.option("--force", is_flag=True, help="Load even if the adapter was trained on another base.")
 @registry_option
 @click.option("--save-metrics", is_flag=True, help="Record the metrics on the registry entry.")
 @json_option
-def eval_command(ref, base, quantize, path, text_column, label_column, encoding, dedupe, test_split, max_samples,
+def eval_command(ref, base, quantize, device, dtype, path, text_column, label_column, encoding, dedupe, test_split, max_samples,
                  force, registry_root, save_metrics, as_json) -> None:  # fmt: skip
     """Evaluate registry adapter REF (name, name@version or name:tag) on the held-out split of --data.
 
@@ -268,13 +289,15 @@ def eval_command(ref, base, quantize, path, text_column, label_column, encoding,
 
     from adapterhub.workflow import evaluate_adapter, recorded_data_spec
 
+    placement = Placement(device, dtype)  # a bad --device fails before the registry is read
     registry = Registry(registry_root)
     record = registry.resolve(ref)
     data = recorded_data_spec(
         record.manifest, path, text_column=text_column, label_column=label_column, encoding=encoding,
         dedupe=dedupe, test_split=test_split, max_samples=max_samples,
     )  # fmt: skip
-    metrics = evaluate_adapter(record.ref, base, data, quantize=quantize, registry_root=registry_root, force=force)
+    metrics = evaluate_adapter(record.ref, base, data, quantize=quantize, registry_root=registry_root, force=force,
+                               placement=placement)  # fmt: skip
     if save_metrics:
         registry.set_metrics(record.ref, {f"eval_{k}": v for k, v in metrics.items()})
     if as_json:

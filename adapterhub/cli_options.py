@@ -21,3 +21,17 @@ def model_task_option(default: str | None, help: str):
 
     return click.option("--model-task", "--task", "model_task", type=click.Choice(NAMES), default=default,
                         show_default=default is not None, help=help)  # fmt: skip
+
+
+def placement_options(function):
+    """``--device`` and ``--dtype`` (``adapterhub.settings.Placement``): where the base runs and in which precision;
+    ``device`` and ``dtype`` in the command's arguments."""
+    from adapterhub.options import setting_option
+    from adapterhub.settings import Placement
+
+    for option in reversed([
+        setting_option(Placement, "device", metavar="auto|cpu|cuda|cuda:N"),
+        setting_option(Placement, "dtype"),
+    ]):  # fmt: skip
+        function = option(function)
+    return function

@@ -1,4 +1,5 @@
-"""The settings of a training run and of its data: the one place their defaults, limits and help live.
+"""The settings of a training run, of its data, of where it runs (``Placement``: device, dtype) and of its
+checkpoints (``CheckpointSettings``): the one place their defaults, limits and help live.
 
 ``TrainSettings`` and ``DataSpec`` are read by the training loop (``adapterhub.train``), the jobs behind
 ``adapterhub train`` and ``eval`` (``adapterhub.workflow``) and continual-learning plans, and the command line
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from adapterhub.data import check_encoding
+from adapterhub.errors import OptionError
 from adapterhub.options import CheckedOptions, described, limited
 
 
@@ -40,6 +43,45 @@ class TrainSettings(CheckedOptions):
         "none", choices=("none", "balanced"),
         help="balanced: weigh each label's loss by n / (labels x its count), for skewed classes (classification).",
     )  # fmt: skip
+    # an optimizer step sums the gradients of this many --batch-size micro-batches: the step's batch is their total
+    grad_accum: int = limited(1, min=1, help="Micro-batches of --batch-size per optimizer step (its batch: batch size x N).")
+    # transformers' own: activations recomputed in backward instead of kept, same gradients
+    gradient_checkpointing: bool = described(False, help="Recompute the base's activations in backward: less memory, slower.")
+
+    @property
+    def step_batch(self) -> int:
+        """Examples per optimizer step, over all processes."""
+        return self.batch_size * self.grad_accum
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass
+class Placement(CheckedOptions):
+    """Where the base runs and in which precision (``adapterhub.base.resolve_placement`` turns "auto" into a device
+    and a dtype). Not part of an adapter's identity: the same adapter can train or serve on any device."""
+
+    device: str = described("auto", help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N.")
+    dtype: str = limited(
+        "auto", choices=("auto", "float32", "bfloat16", "float16"),
+        help="Precision of the base (auto: bfloat16 on a GPU that supports it, else float32); adapters train in float32.",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise OptionError(f"option 'device': bad value {self.device!r}; valid values: auto, cpu, cuda, cuda:N")
+
+
+@dataclass
+class CheckpointSettings(CheckedOptions):
+    """When and where a training run writes checkpoints (``adapterhub.checkpoints``) and whether it resumes."""
+
+    every: int | None = limited(None, min=1, help="Write a checkpoint every N optimizer steps.")
+    directory: str | None = described(None, help="Where checkpoints go [one folder per run under $ADAPTERHUB_HOME/checkpoints].")
+    keep: int = limited(2, min=1, help="How many of the newest checkpoints are kept.")
+    resume: bool = described(False, help="Continue from the newest complete checkpoint (same command line plus --resume).")
 
 
 @dataclass

@@ -5,11 +5,15 @@ early stopping, and a monitor (loss, learning rate, gradient norm, throughput, m
 Deliberately a short plain-torch loop rather than `transformers.Trainer`: a method plugin's
 ``on_train_step`` must run after each optimizer step, and the loop must stay readable top to bottom.
 Data parallelism comes from torchrun / accelerate (``adapterhub.distributed``); the loop only shares each
-global batch between ranks and combines the numbers it reports.
+global batch between ranks and combines the numbers it reports. An optimizer step sums the gradients of
+``grad_accum`` micro-batches; a base in bfloat16/float16 runs under autocast while the adapter's weights (and
+the optimizer's state) stay float32, float16 with a gradient scaler. With a ``CheckpointStore`` the loop writes
+its whole state every N steps (``adapterhub.checkpoints``) and can continue from such a checkpoint exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -21,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adapterhub.alerts import AlertChecker, TrainingStopped, merge_rules
+from adapterhub.checkpoints import Checkpoint, CheckpointStore
 from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
@@ -62,7 +67,7 @@ def seed_everything(seed: int) -> None:
 
 def total_steps(n_train: int, settings: TrainSettings) -> int:
     """Optimizer steps of a run over ``n_train`` examples (the last batch of an epoch may be short)."""
-    return math.ceil(n_train / settings.batch_size) * settings.epochs
+    return math.ceil(n_train / settings.step_batch) * settings.epochs
 
 
 def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -76,8 +81,11 @@ def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     return factor
 
 
-def _loss_units(batch: dict[str, torch.Tensor], model_task: str) -> int:
-    """What the model's mean loss averages over: examples (classifier) or predicted tokens (causal LM)."""
+def _loss_units(batch: dict[str, torch.Tensor], model_task: str, class_weights: torch.Tensor | None = None) -> float:
+    """What the model's mean loss averages over: examples (classifier; their summed class weights under
+    weighted cross-entropy) or predicted tokens (causal LM)."""
+    if class_weights is not None:
+        return float(class_weights[batch["labels"]].sum())
     if model_task == "seq-cls":
         return len(batch["labels"])
     return int((batch["labels"][:, 1:] != -100).sum())
@@ -86,10 +94,11 @@ def _loss_units(batch: dict[str, torch.Tensor], model_task: str) -> int:
 def _global_batches(n_train: int, settings: TrainSettings) -> Iterator[tuple[int, list[int], bool]]:
     """``(epoch, rows, last_of_epoch)`` for every optimizer step; the order is reshuffled each epoch."""
     generator = torch.Generator().manual_seed(settings.seed)
+    size = settings.step_batch
     for epoch in range(1, settings.epochs + 1):
         order = torch.randperm(n_train, generator=generator).tolist()
-        for start in range(0, n_train, settings.batch_size):
-            yield epoch, order[start : start + settings.batch_size], start + settings.batch_size >= n_train
+        for start in range(0, n_train, size):
+            yield epoch, order[start : start + size], start + size >= n_train
 
 
 def train(
@@ -105,24 +114,34 @@ def train(
     monitor: MonitorSettings | None = None,
     distributed: Distributed | None = None,
     class_weights: list[float] | None = None,
+    dtype: torch.dtype = torch.float32,
+    checkpoints: CheckpointStore | None = None,
+    resume_from: Checkpoint | None = None,
 ) -> TrainResult:
     """Train the trainable (adapter) parameters of ``model``.
 
     ``make_train_batches(rows)`` yields batches of at most ``settings.batch_size`` of the examples ``rows``;
     ``make_eval_batches()`` yields the held-out batches. Raises ``TrainingStopped`` when a stop alert fires.
     Under early stopping the best weights are put back before returning. ``class_weights`` (a classifier's,
-    one per label) make the loss a weighted cross-entropy instead of the model's own mean.
+    one per label) make the loss a weighted cross-entropy instead of the model's own mean. ``dtype`` is the
+    base's: bfloat16/float16 run the forward under autocast. ``checkpoints`` writes the run's state every
+    ``checkpoints.every`` steps; ``resume_from`` continues from one such checkpoint.
     """
     run = _TrainingRun(model, make_eval_batches, model_task, settings, on_step, progress, monitor or MonitorSettings(),
-                       distributed or Distributed.single(), total_steps(n_train, settings), class_weights)  # fmt: skip
+                       distributed or Distributed.single(), total_steps(n_train, settings), class_weights, dtype)  # fmt: skip
     eval_every = run.monitor.eval_every
+    done = run.restore(resume_from) if resume_from is not None else 0  # global batches already trained on
     try:
-        for epoch, rows, last_of_epoch in _global_batches(n_train, settings):
+        for position, (epoch, rows, last_of_epoch) in enumerate(_global_batches(n_train, settings), start=1):
+            if position <= done:
+                continue
             stepped = run.step(epoch, rows, make_train_batches)
             due = (stepped and run.result.steps % eval_every == 0) if eval_every else last_of_epoch
             if due and run.evaluate(epoch):
                 run.result.stopped_early = True
                 break
+            if checkpoints is not None and stepped and run.result.steps % checkpoints.every == 0:
+                run.write_checkpoint(checkpoints, position)
         else:
             if eval_every and run.losses:  # the steps after the last periodic evaluation
                 run.evaluate(settings.epochs)
@@ -135,14 +154,20 @@ class _TrainingRun:
     """The state of one call to ``train``: optimizer, schedule, monitor, alert rules and early stopping."""
 
     def __init__(self, model, make_eval_batches, model_task, settings, on_step, progress, monitor, dist, n_steps,
-                 class_weights: list[float] | None = None) -> None:  # fmt: skip
+                 class_weights: list[float] | None = None, dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
         self.model, self.make_eval_batches, self.model_task, self.settings = model, make_eval_batches, model_task, settings
         self.on_step, self.monitor, self.dist, self.n_steps = on_step, monitor, dist, n_steps
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.parameters:
             raise ValueError("the model has no trainable parameters: attach an adapter first")
+        for parameter in self.parameters:  # float32 master weights, whatever the base's dtype
+            if parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
         self.wrapped = dist.prepare(model)  # may move the model to this rank's GPU
         self.device = self.parameters[0].device
+        self.dtype = dtype
+        # float16's narrow range needs the loss scaled up in backward and the gradients checked for overflow
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
         self.wrapped.train()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(n_steps, settings.warmup_ratio))
@@ -158,32 +183,52 @@ class _TrainingRun:
         self.samples = self.tokens = self.seconds = 0.0
         self.started = time.perf_counter()
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward of a bfloat16/float16 base in its dtype; nothing changes for float32."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
     def step(self, epoch: int, rows: list[int], make_train_batches) -> bool:
-        """One optimizer step on the global batch ``rows``, of which this rank trains on its share;
-        ``False`` when the step was skipped (a non-finite loss under ``nan=warn``)."""
+        """One optimizer step on the global batch ``rows`` (``grad_accum`` micro-batches of ``batch_size``), of
+        each of which this rank trains on its share; ``False`` when the step was skipped (a non-finite loss
+        under ``nan=warn``)."""
         started = time.perf_counter()
-        mine = self.dist.shard(rows)
-        batch = next(iter(make_train_batches(mine or rows[:1])))  # a rank left without rows still joins DDP
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        units = _loss_units(batch, self.model_task) if mine else 0
-        loss = self._loss(batch)
-        loss_value = loss.item()
-        global_units, non_finite = self.dist.sum([units, float(bool(mine) and not math.isfinite(loss_value))])
-        if non_finite:  # decided on numbers all ranks share, before backward starts DDP's all-reduce
-            self._skip_or_stop(loss_value)
-            return False
-        # scaled so that DDP's average over ranks is the gradient of the whole global batch's mean loss
-        (loss * (self.dist.world_size * units / global_units) if self.dist.active else loss).backward()
+        size = self.settings.batch_size
+        micro_rows = [rows[start : start + size] for start in range(0, len(rows), size)]
+        shares = [self.dist.shard(micro) for micro in micro_rows]
+        # a rank left without rows still joins DDP, on one row whose loss counts for nothing
+        batches = [{k: v.to(self.device) for k, v in next(iter(make_train_batches(mine or micro[:1]))).items()}
+                   for mine, micro in zip(shares, micro_rows)]  # fmt: skip
+        units = [_loss_units(batch, self.model_task, self.class_weights) if mine else 0 for batch, mine in zip(batches, shares)]
+        (global_units,) = self.dist.sum([sum(units)])
+        loss_sum = 0.0
+        for index, (batch, mine, micro_units) in enumerate(zip(batches, shares, units)):
+            last = index == len(batches) - 1
+            # DDP all-reduces the gradients once per step, in the last micro-batch's backward
+            syncing = contextlib.nullcontext() if last or not self.dist.active else self.wrapped.no_sync()
+            with syncing:
+                with self.autocast():
+                    loss = self._loss(batch)
+                loss_value = loss.item()
+                (non_finite,) = self.dist.sum([float(bool(mine) and not math.isfinite(loss_value))])
+                if non_finite:  # decided on numbers all ranks share, before backward starts DDP's all-reduce
+                    self._skip_or_stop(loss_value)
+                    return False
+                # scaled so that the (DDP-averaged) gradient is that of the whole global batch's mean loss
+                factor = self.dist.world_size * micro_units / global_units if global_units else 1.0
+                self.scaler.scale(loss * factor if factor != 1 else loss).backward()
+            loss_sum += loss_value * micro_units
+        self.scaler.unscale_(self.optimizer)
         grad_norm = float(self.dist.clip_grad_norm(self.parameters, self.settings.grad_clip))
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped by the scaler when float16 gradients overflowed
+        self.scaler.update()
         learning_rate = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.result.steps += 1
         if self.on_step is not None:  # before zero_grad: rank schedules (AdaLoRA) read the gradients
             self.on_step(self.model, self.result.steps, self.n_steps)
         self.optimizer.zero_grad(set_to_none=True)
-        tokens = int(batch["attention_mask"].sum()) if mine else 0
-        loss_sum, samples, tokens = self.dist.sum([loss_value * units, len(mine), tokens])
+        tokens = sum(int(batch["attention_mask"].sum()) for batch, mine in zip(batches, shares) if mine)
+        loss_sum, samples, tokens = self.dist.sum([loss_sum, sum(map(len, shares)), tokens])
         seconds, memory = self.dist.max([time.perf_counter() - started, memory_mb(self.device)])
         record = StepRecord(self.result.steps, epoch, loss_sum / global_units, learning_rate, grad_norm,
                             samples / seconds, tokens / seconds, memory)  # fmt: skip
@@ -223,11 +268,61 @@ class _TrainingRun:
         record = {"epoch": epoch, "step": self.result.steps, "train_loss": sum(self.losses) / max(len(self.losses), 1)}
         self.losses.clear()
         if self.make_eval_batches is not None:
-            metrics = evaluate_batches(self.model, self.make_eval_batches(), self.model_task, self.dist)
+            with self.autocast():
+                metrics = evaluate_batches(self.model, self.make_eval_batches(), self.model_task, self.dist)
             record.update(metrics)
             self.log.evaluation(self.result.steps, epoch, metrics)
         self.result.history.append(record)
         return self.stopper is not None and self.stopper.update(metrics, self.result.steps, self.model)
+
+    def write_checkpoint(self, store: CheckpointStore, position: int) -> None:
+        """Write the whole state after ``position`` global batches (main rank only; the others wait for it)."""
+        if self.dist.is_main:
+            adapter = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+            store.write(self.result.steps, adapter, self._state(position))
+        self.dist.barrier()
+
+    def _state(self, position: int) -> dict:
+        # the alert checker's and early stopper's own fields, less their rules (given again by the command line)
+        monitors = {"checker": {k: v for k, v in vars(self.checker).items() if k != "rules"},
+                    "stopper": {k: v for k, v in vars(self.stopper).items() if k != "rule"} if self.stopper else None}  # fmt: skip
+        return {
+            "position": position, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "result": dict(vars(self.result)), "losses": list(self.losses),
+            "counters": (self.samples, self.tokens, self.seconds), "elapsed": time.perf_counter() - self.started,
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            **monitors,
+        }  # fmt: skip
+
+    def restore(self, checkpoint: Checkpoint) -> int:
+        """Put back the state ``checkpoint`` holds; returns how many global batches it had trained on."""
+        tensors = checkpoint.adapter()
+        names = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        if names != set(tensors):
+            raise OptionError(f"checkpoint {checkpoint.path} holds other adapter weights than this run trains "
+                              f"({len(tensors)} tensors, {len(names)} here): pass another --checkpoint-dir")  # fmt: skip
+        with torch.no_grad():
+            for name, parameter in self.model.named_parameters():
+                if name in tensors:
+                    parameter.copy_(tensors[name])
+        state = checkpoint.state()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.result = TrainResult(**state["result"])
+        self.losses = state["losses"]
+        self.samples, self.tokens, self.seconds = state["counters"]
+        self.started = time.perf_counter() - state["elapsed"]
+        vars(self.checker).update(state["checker"])
+        if self.stopper is not None and state["stopper"] is not None:
+            vars(self.stopper).update(state["stopper"])
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.bar.update(state["position"])
+        return state["position"]
 
     def close(self) -> None:
         self.bar.close()

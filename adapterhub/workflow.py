@@ -1,7 +1,7 @@
 """End-to-end jobs behind ``adapterhub train`` and ``adapterhub eval``, usable from Python as well.
 
-train: read data → load the frozen (optionally quantized) base → attach the method → train with
-per-epoch evaluation → save as PEFT + manifest → push to the registry with its metrics (``push_trained``, which continual training uses too).
+train: read data → load the frozen (optionally quantized) base onto its device, in its dtype → attach the
+method → train with per-epoch evaluation (and checkpoints, from which ``--resume`` continues) → save as PEFT + manifest → push to the registry with its metrics (``push_trained``, which continual training uses too).
 eval: resolve a registry adapter → load the base it names → re-create the same held-out split → metrics.
 """
 
@@ -13,18 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from adapterhub_registry import AdapterRecord, Registry
 from adapterhub_registry.names import validate_name
 
 from adapterhub import adapters, plugins
-from adapterhub.base import load_base
+from adapterhub.base import load_base, resolve_placement
+from adapterhub.checkpoints import Checkpoint, CheckpointStore
 from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
 from adapterhub.manifest import ContinualEntry, Manifest
-from adapterhub.monitor import MonitorSettings
+from adapterhub.monitor import MonitorSettings, stderr_line
 from adapterhub.prepare import labels_of, prepare, read_source
-from adapterhub.settings import DataSpec
+from adapterhub.settings import CheckpointSettings, DataSpec, Placement
 from adapterhub.model_tasks import LOAD_DEFAULT, TRAIN_DEFAULT
 from adapterhub.train import TrainResult, TrainSettings, seed_everything, total_steps, train
 
@@ -44,6 +46,8 @@ class TrainJob:
     registry_root: str | None = None
     progress: bool = True
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    placement: Placement = field(default_factory=Placement)
+    checkpointing: CheckpointSettings = field(default_factory=CheckpointSettings)
 
 
 @dataclass
@@ -72,20 +76,31 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
     options = adapters.make_options(job.method, job.options)
     if job.settings.class_weights != "none" and job.model_task != "seq-cls":
         raise OptionError("--class-weights weighs a classifier's labels; a causal-LM run has none (leave it at none)")
+    if job.checkpointing.resume and job.checkpointing.every is None:
+        raise OptionError("--resume continues from the checkpoints --checkpoint-every writes: repeat the command line "
+                          "of the run, --checkpoint-every included, plus --resume")  # fmt: skip
+    device, dtype = resolve_placement(job.placement.device, job.placement.dtype)  # a GPU that is not there fails now
     distributed = Distributed.from_environment()
     registry = Registry(job.registry_root) if job.push and distributed.is_main else None  # a bad root fails now
     seed_everything(job.settings.seed)
     source = read_source(job.data)  # the run's one read: a missing or mis-encoded file fails before the slow base load
     labels = labels_of(job.data, source) if job.model_task == "seq-cls" else None
-    base = load_base(job.base, model_task=job.model_task, quantize=job.quantize, labels=labels)
+    base = load_base(job.base, model_task=job.model_task, quantize=job.quantize, labels=labels, device=device, dtype=dtype)
+    if job.settings.gradient_checkpointing:  # non-reentrant: the frozen base's inputs need no gradient
+        base.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     data = prepare(base, job.data, job.settings, labels, source)
     spec = plugins.catalog().method(job.method)
     if spec.for_run is not None:  # options that depend on the run's length (AdaLoRA's budget schedule)
         options = spec.for_run(options, total_steps(data.n_train, job.settings))
     model = adapters.attach(base, job.method, options)
+    identity = {"base": base.fingerprint_id, "quantize": job.quantize, "method": job.method, "model_task": base.model_task,
+                "options": dataclasses.asdict(options), "data": job.data.recorded(source.sha256),
+                "settings": dataclasses.asdict(job.settings), "world_size": distributed.world_size}  # fmt: skip
+    store, resume_from = _checkpoints(job.checkpointing, identity, distributed)
     result = train(model, data.make_train, data.n_train, data.make_eval, base.model_task, job.settings, spec.on_train_step,
                    job.progress, monitor=job.monitor, distributed=distributed,
-                   class_weights=data.summary.get("class_weights"))  # fmt: skip
+                   class_weights=data.summary.get("class_weights"), dtype=dtype, checkpoints=store,
+                   resume_from=resume_from)  # fmt: skip
     training = {**dataclasses.asdict(job.settings), "train_seconds": result.train_seconds, "steps": result.steps,
                 "world_size": distributed.world_size, "monitor": job.monitor.recorded(),
                 "stopped_early": result.stopped_early, "best_step": result.best_step}  # fmt: skip
@@ -97,6 +112,24 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
         _save_and_push(job, model, outcome, registry)
     distributed.barrier()  # the other ranks exit only once the adapter is safely written
     return outcome
+
+
+def _checkpoints(settings: CheckpointSettings, identity: dict, distributed: Distributed
+                 ) -> tuple[CheckpointStore | None, Checkpoint | None]:  # fmt: skip
+    """The run's checkpoint folder and the checkpoint to resume from: the newest one under ``--resume`` (refused
+    when another run wrote it); a fresh run clears the folder so that a later ``--resume`` finds only its own."""
+    if settings.every is None:
+        return None, None
+    store = CheckpointStore(settings.directory, identity, settings.every, settings.keep)
+    if not settings.resume:
+        if distributed.is_main:
+            store.clear()
+        distributed.barrier()
+        stderr_line(f"checkpoints every {settings.every} steps in {store.directory}")
+        return store, None
+    newest = store.newest()
+    stderr_line(f"resuming from {newest.path}" if newest else f"no checkpoint in {store.directory} yet: training from step 0")
+    return store, newest
 
 
 def _save_and_push(job: TrainJob, model, outcome: TrainOutcome, registry: Registry | None) -> None:
@@ -129,12 +162,16 @@ def evaluate_adapter(
     registry_root: str | None = None,
     force: bool = False,
     settings: TrainSettings | None = None,
+    placement: Placement | None = None,
 ) -> dict:
     """Metrics of a registry adapter on the held-out split of ``data`` (default: the data it was trained on,
-    read from the same path given again, split as recorded)."""
+    read from the same path given again, split as recorded), with the base on ``placement``'s device and dtype."""
+    placement = placement or Placement()
+    device, dtype = resolve_placement(placement.device, placement.dtype)
     record, tensors = Registry(registry_root).load(ref)
     manifest = Manifest.from_dict(record.manifest)
-    base = load_base(base_path, model_task=manifest.model_task or LOAD_DEFAULT, quantize=quantize, labels=manifest.labels or None)
+    base = load_base(base_path, model_task=manifest.model_task or LOAD_DEFAULT, quantize=quantize,
+                     labels=manifest.labels or None, device=device, dtype=dtype)  # fmt: skip
     model = adapters.load_adapter(
         base, record.peft_config, tensors, adapter_base=record.base_fingerprint, label=record.ref, force=force,
         manifest=record.manifest,
@@ -145,7 +182,9 @@ def evaluate_adapter(
     prepared = prepare(base, data, settings, base.labels or None)
     if prepared.make_eval is None:
         raise OptionError(f"{data.path} gives no held-out examples; raise --test-split")
-    return {**evaluate_batches(model, prepared.make_eval(), base.model_task), **prepared.summary}
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        metrics = evaluate_batches(model, prepared.make_eval(), base.model_task)
+    return {**metrics, **prepared.summary}
 
 
 def recorded_data_spec(manifest: dict, path: str, **overrides: Any) -> DataSpec:

@@ -8,7 +8,7 @@ import math
 
 import click
 
-from adapterhub.cli_options import model_task_option, registry_option
+from adapterhub.cli_options import model_task_option, placement_options, registry_option
 from adapterhub.errors import OptionError
 
 POSITIVE = click.IntRange(min=1)
@@ -40,6 +40,7 @@ class ServeCommand(click.Command):
 @click.option("--base", required=True, help="Local base model directory or .gguf file.")
 @model_task_option(None, "[that of the --router sequence or of the first --load adapter, else causal-lm]")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
+@placement_options
 @click.option("--labels", default=None, help="Comma-separated class names (seq-cls; default: from the first --load adapter).")
 @click.option("--slots", type=POSITIVE, default=8, show_default=True, help="Adapters resident at once (per layer slots).")
 @click.option("--max-rank", type=POSITIVE, default=16, show_default=True, help="Largest LoRA rank a slot holds.")
@@ -57,20 +58,23 @@ class ServeCommand(click.Command):
 @click.option("--max-new-tokens", type=POSITIVE, default=256, show_default=True, help="Largest max_new_tokens a request may ask.")
 @click.option("--alert-p95-ms", type=NumberRange(min=0), default=None, help="Log a warning when the p95 latency goes above this.")
 @click.option("--alert-memory-mb", type=NumberRange(min=0), default=None, help="Log a warning when process memory goes above this.")
-def serve_command(base, model_task, quantize, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
+def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
                   max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens, alert_p95_ms,
                   alert_memory_mb) -> None:  # fmt: skip
     """Serve one base model over HTTP with per-request adapters from the registry, batched across adapters."""
     import uvicorn
     from adapterhub_registry import Registry
 
-    from adapterhub.base import load_base
+    from adapterhub.base import load_base, resolve_placement
     from adapterhub.continual.router import Router
     from adapterhub.manifest import Manifest
     from adapterhub.model_tasks import LOAD_DEFAULT
     from adapterhub.runtime import AdapterPool
     from adapterhub.server import AlertThresholds, ServerSettings, create_app
 
+    from adapterhub.settings import Placement
+
+    placed, precision = resolve_placement(**vars(Placement(device, dtype)))  # a GPU that is not there fails first
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = Registry(registry_root)
     router = Router.from_registry(sequence, registry) if sequence else None
@@ -84,7 +88,7 @@ def serve_command(base, model_task, quantize, labels, slots, max_rank, host_cach
         if not preload and router is None:
             raise OptionError("a seq-cls server needs --labels, an adapter to --load or a --router sequence (their labels are used)")
         label_list = list(router.tasks[0].labels) if router else Manifest.from_dict(registry.resolve(preload[0]).manifest).labels
-    loaded = load_base(base, model_task=model_task, quantize=quantize, labels=label_list)
+    loaded = load_base(base, model_task=model_task, quantize=quantize, labels=label_list, device=placed, dtype=precision)
     pool = AdapterPool(loaded, slots=slots, max_rank=max_rank, host_capacity=host_cache, registry=registry)
     for ref in list(preload) + ([t.ref for t in router.tasks] if router else []):
         click.echo(f"loaded {pool.load(ref)} ({pool.kind(ref)})")
