@@ -9,6 +9,7 @@ tensors under that module's name; the method plugin's ``slot_plan`` turns the la
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,12 @@ class SlotPlan:
 
     layers: dict[str, SlotContents]  # module name -> what this adapter puts in that layer's slot
     heads: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # head name -> {"weight", "bias"}
+
+    @functools.cached_property
+    def has_vectors(self) -> bool:
+        """Whether any layer gets input or output scaling vectors (IA3, DoRA), not only a low-rank pair."""
+        return any(c.in_scale is not None or c.out_scale is not None or c.out_shift is not None
+                   for c in self.layers.values())  # fmt: skip
 
     @property
     def max_rank(self) -> int:

@@ -302,10 +302,11 @@ class AdapterPool:
                 self.rows.slot_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
                 self.rows.single = ids[0] if len(set(ids)) == 1 else None
                 self.rows.slots = tuple(set(ids))
+                self.rows.vectors = any(self._host[k].plan.has_vectors for k in distinct)
             with self.peft.bypassed():
                 yield
         finally:
-            self.rows.slot_ids, self.rows.single, self.rows.slots = None, None, ()
+            self.rows.slot_ids, self.rows.single, self.rows.slots, self.rows.vectors = None, None, (), False
             self._pinned = set()
 
     def _slot_for(self, key: str) -> int:

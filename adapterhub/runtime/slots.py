@@ -32,6 +32,7 @@ class ActiveRows:
     slot_ids: torch.Tensor | None = None  # (batch,) int64
     single: int | None = None
     slots: tuple[int, ...] = ()
+    vectors: bool = False  # some adapter of the batch has scaling vectors somewhere (else no layer looks)
 
 
 class LayerSlots:
@@ -127,7 +128,7 @@ class LayerSlots:
     def scale_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` scaled per row by the active slots' input scales (IA3 on feed-forward layers), or ``x``."""
         rows = self.rows
-        if rows.slot_ids is None or not any(self.scales_in[s] for s in rows.slots):
+        if not rows.vectors or not any(self.scales_in[s] for s in rows.slots):
             return x
         return x * self._per_row(self.in_scale, x).to(x.dtype)
 
@@ -137,7 +138,7 @@ class LayerSlots:
         if delta is not None:
             result = result + delta.to(result.dtype)
         rows = self.rows
-        if rows.slot_ids is None or not any(self.scales_out[s] for s in rows.slots):
+        if not rows.vectors or not any(self.scales_out[s] for s in rows.slots):
             return result
         scale = self._per_row(self.out_scale, result).to(result.dtype)
         shift = self._per_row(self.out_shift, result).to(result.dtype)
