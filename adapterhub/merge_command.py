@@ -6,9 +6,7 @@ import click
 
 from adapterhub.cli_options import json_option, registry_option
 from adapterhub.cli_output import echo_json
-
-COMBINATIONS = ("linear", "svd", "cat", "ties", "ties_svd", "dare_linear", "dare_ties", "magnitude_prune")
-"""As ``adapterhub.merging.COMBINATIONS`` (not imported: it would load the registry and torch-free core on --help)."""
+from adapterhub.merging import COMBINATIONS  # torch-free: adapterhub.merging imports torch and peft inside its functions
 
 
 def parse_weights(ctx, param, value: str | None) -> list[float] | None:
@@ -82,6 +80,13 @@ def merge_command(name, inputs, replay_ref, base_path, weights, combination, den
             verdict = "identical" if same else "DIFFERS"
             click.echo(f"replayed {record.ref}: {verdict} (recorded sha256 {record.blob_sha256[:12]}, now {result.sha256[:12]})")
         if not same:
+            import peft
+            import torch
+
+            recipe = result.recipe
+            if (recipe.peft, recipe.torch) != (peft.__version__, torch.__version__):
+                click.echo(f"recorded with peft {recipe.peft} and torch {recipe.torch}, replayed with peft {peft.__version__} "
+                           f"and torch {torch.__version__}: install those versions to reproduce it", err=True)  # fmt: skip
             click.get_current_context().exit(1)
         return
     if not name or not inputs:

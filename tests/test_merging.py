@@ -205,3 +205,19 @@ def test_continual_merge_refuses_tasks_with_different_labels_naming_them(tiny_be
     push_task(registry, tiny_bert, "mixed", "roads", 1, ["fast", "slow"], tmp_path)
     assert main(["continual", "merge", "mixed", "--base", str(tiny_bert)]) == 1
     assert "task films: neg, pos; task roads: fast, slow" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_minilm_ties_merge_exports_a_model_with_the_logits_of_base_and_merged_adapter(tmp_path, cli):
+    from shipped_assets import minilm_dir
+
+    minilm, labels = minilm_dir(), ["negative", "neutral", "positive"]
+    registry = Registry()
+    refs = [push_lora(registry, minilm, "tweets", tmp_path, seed=s, model_task="seq-cls", labels=labels).ref for s in (1, 2)]
+    merged = merging.merge(registry, "tweets-ties", refs, str(minilm), combination="ties", density=0.5).record
+    cli("registry", "export-merged", merged.ref, str(tmp_path / "out"), "--base", str(minilm))
+    tokens = AutoTokenizer.from_pretrained(tmp_path / "out")("my flight got cancelled again", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()(input_ids=tokens).logits
+    expected = logits_of(registry, merged.ref, minilm, model_task="seq-cls", labels=labels, tokens=tokens)
+    torch.testing.assert_close(logits, expected, rtol=1e-3, atol=1e-3)  # float32 sums over 6 layers of large deltas
