@@ -45,13 +45,14 @@ def _command(tiny_bert, sentiment_csv, checkpoints: Path, output: Path, *flags: 
 
 def test_a_run_killed_mid_step_and_resumed_ends_with_the_uninterrupted_runs_adapter(cli_json, tiny_bert, sentiment_csv,
                                                                                    tmp_path, capsys):  # fmt: skip
-    whole = cli_json(*_command(tiny_bert, sentiment_csv, tmp_path / "whole-checkpoints", tmp_path / "whole"))
-    assert whole["steps"] == 12  # 6 steps of 8 training rows in batches of 8, twice; the base's dropout draws from the RNG
-
     checkpoints = tmp_path / "checkpoints"
-    killed = subprocess.run([sys.executable, "-c", CHILD, *_command(tiny_bert, sentiment_csv, checkpoints, tmp_path / "killed")],
-                            env={**os.environ, "KILL_AT": "10"}, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    killed = subprocess.Popen([sys.executable, "-c", CHILD, *_command(tiny_bert, sentiment_csv, checkpoints, tmp_path / "killed")],
+                              env={**os.environ, "KILL_AT": "10"}, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # the uninterrupted run, while the child starts
+    whole = cli_json(*_command(tiny_bert, sentiment_csv, tmp_path / "whole-checkpoints", tmp_path / "whole"))
+    assert whole["steps"] == 12  # 6 steps of batches of 8, twice; the base's dropout draws from the RNG
+    _, stderr = killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL, stderr
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000006", "step-00000008"]  # the newest 2 kept
 
     from adapterhub.cli import main
