@@ -182,8 +182,10 @@ def _merge_into(registry, records, recipe: Recipe, base_path: str, directory: Pa
     if not torch.isfinite(logits).all():
         raise AdapterHubError(f"the {recipe.combination} merge of {', '.join(r.ref for r in records)} gives non-finite outputs")
     identity = first.base or BaseIdentity.from_dict(base.describe())
+    # inputs trained on one data file with one split share a held-out set: `eval` of the merge then uses it too
+    data = first.data if all(m.data == first.data for m in manifests) else None
     manifest = Manifest(method="lora", plugin=first.plugin, model_task=base.model_task, labels=base.labels or None,
-                        base=identity, extra={"merge": recipe.to_dict()})  # fmt: skip
+                        base=identity, data=data, extra={"merge": recipe.to_dict()})  # fmt: skip
     sha256 = hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()
     notes = [f"classification heads combined as the {HEADS} of the inputs' heads"] if recipe.heads else []
     return MergeResult(recipe, sha256, time.perf_counter() - started, notes=notes), manifest

@@ -22,7 +22,7 @@ LABELS = ["neg", "pos"]
 
 
 def push_lora(registry: Registry, base_path, name: str, tmp_path, *, seed: int, model_task="causal-lm", labels=None,
-              quantize=None, **options):  # fmt: skip
+              quantize=None, data=None, **options):  # fmt: skip
     """Push a LoRA with random non-zero weights (B is zero at init) on a freshly loaded base."""
     base = load_base(base_path, model_task=model_task, labels=labels, quantize=quantize)
     model = adapters.attach(base, "lora", adapters.make_options("lora", {"r": 4, "dropout": 0, **options}))
@@ -31,7 +31,8 @@ def push_lora(registry: Registry, base_path, name: str, tmp_path, *, seed: int, 
         for parameter in (p for p in model.parameters() if p.requires_grad):
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
     directory = tmp_path / f"{name}-{seed}"
-    adapters.save_adapter(model, directory, adapters.build_manifest(base, "lora", adapters.make_options("lora", options)))
+    manifest = adapters.build_manifest(base, "lora", adapters.make_options("lora", options), data=data)
+    adapters.save_adapter(model, directory, manifest)
     return registry.push(name, directory, method="lora")
 
 
@@ -76,6 +77,14 @@ def test_rslora_inputs_merge_to_the_hand_computed_delta(tiny_llama, tmp_path):
     expected = 0.7 * delta_of(registry, first.ref, module) + 0.3 * delta_of(registry, second.ref, module)
     assert registry.resolve("rs-cat").peft_config["use_rslora"] is False
     torch.testing.assert_close(delta_of(registry, "rs-cat", module), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_merge_of_inputs_trained_on_one_split_records_it_for_eval(tiny_llama, tmp_path, text_file):
+    registry = Registry()
+    data = {"path": text_file.name, "sha256": "0" * 64, "test_split": 0.2, "seed": 0}
+    refs = [push_lora(registry, tiny_llama, "same", tmp_path, seed=s, data=data).ref for s in (1, 2)]
+    merging.merge(registry, "same-merged", refs, str(tiny_llama), combination="cat")
+    assert registry.resolve("same-merged").manifest["data"] == data
 
 
 def test_replay_gives_byte_identical_weights_and_a_changed_recipe_exits_1(tiny_llama, tmp_path, capsys):
