@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from adapterhub.cli_options import json_option, registry_option
+from adapterhub.cli_options import json_option, placement_options, registry_option
 from adapterhub.cli_output import echo_json
 from adapterhub.merge_command import merge_options, report
 
@@ -27,9 +27,10 @@ def continual_group() -> None:
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @registry_option
 @click.option("--retrain", is_flag=True, help="Train every task again, even those whose adapter is up to date.")
+@placement_options
 @click.option("--no-progress", is_flag=True, help="Hide the per-step progress bar.")
 @json_option
-def train_command(plan_path, registry_root, retrain, no_progress, as_json) -> None:
+def train_command(plan_path, registry_root, retrain, device, dtype, no_progress, as_json) -> None:
     """Train the tasks of PLAN in order, one adapter each, and push them tagged task-<task> and sequence-<name>.
 
     Tasks whose adapter already exists (same data, settings and base) are kept, so appending a task to the
@@ -38,10 +39,12 @@ def train_command(plan_path, registry_root, retrain, no_progress, as_json) -> No
     from adapterhub.continual.plan import load_plan
     from adapterhub.continual.sequence import train_sequence
     from adapterhub.distributed import launched_as_main
+    from adapterhub.settings import Placement
 
+    placement = Placement(device, dtype)
     plan = load_plan(plan_path)
     runs = train_sequence(plan, registry=_registry(registry_root), retrain=retrain, progress=not no_progress,
-                          log=lambda line: click.echo(line, err=True))  # fmt: skip
+                          log=lambda line: click.echo(line, err=True), placement=placement)  # fmt: skip
     if not launched_as_main():
         return  # rank 0 reports for the whole data-parallel run
     if as_json:

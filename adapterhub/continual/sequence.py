@@ -22,7 +22,7 @@ from adapterhub_registry import NotFoundError, Registry
 from adapterhub_registry.records import AdapterRecord
 
 from adapterhub import adapters
-from adapterhub.base import Base, load_base
+from adapterhub.base import Base, load_base, resolve_placement
 from adapterhub.continual.features import (
     FEATURES,
     BaseFeatures,
@@ -33,6 +33,7 @@ from adapterhub.continual.plan import SequencePlan, TaskPlan, sequence_tag, task
 from adapterhub.distributed import launched_as_main
 from adapterhub.manifest import ContinualEntry, Manifest
 from adapterhub.prepare import prepare
+from adapterhub.settings import Placement
 from adapterhub.workflow import TrainJob, push_trained, train_adapter
 
 
@@ -51,10 +52,12 @@ class TaskRun:
                 "tags": list(self.record.tags), "metrics": self.record.metrics, "seconds": round(self.seconds, 2)}  # fmt: skip
 
 
-def load_plan_base(plan: SequencePlan) -> Base:
-    """The plan's frozen base, loaded bare (the head of the first task's label count for seq-cls)."""
+def load_plan_base(plan: SequencePlan, placement: Placement | None = None) -> Base:
+    """The plan's frozen base, loaded bare (the head of the first task's label count for seq-cls), on
+    ``placement``'s device and dtype."""
     labels = plan.labels[plan.tasks[0].name] if plan.model_task == "seq-cls" else None
-    return load_base(plan.base, model_task=plan.model_task, quantize=plan.quantize, labels=labels)
+    device, dtype = resolve_placement(**vars(placement or Placement()))
+    return load_base(plan.base, model_task=plan.model_task, quantize=plan.quantize, labels=labels, device=device, dtype=dtype)
 
 
 def feature_length(plan: SequencePlan) -> int:
@@ -88,6 +91,7 @@ def train_sequence(
     retrain: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = lambda line: None,
+    placement: Placement | None = None,
 ) -> list[TaskRun]:
     """Train every task of ``plan`` in order that has no up-to-date adapter yet (all of them with ``retrain``).
 
@@ -97,7 +101,8 @@ def train_sequence(
     registry = registry or Registry()
     if not launched_as_main():
         log = lambda line: None  # noqa: E731 - rank 0 reports for the whole run
-    base = load_plan_base(plan)  # kept bare: prototypes are features of the frozen base
+    placement = placement or Placement()
+    base = load_plan_base(plan, placement)  # kept bare: prototypes are features of the frozen base
     features = BaseFeatures(base, max_length=feature_length(plan))
     runs: list[TaskRun] = []
     for task in plan.tasks:
@@ -110,7 +115,7 @@ def train_sequence(
             continue
         log(f"{where}: training {plan.method} on {task.data.path}")
         started = time.perf_counter()
-        record = _train_task(plan, task, digest, base, features, registry, progress)
+        record = _train_task(plan, task, digest, base, features, registry, progress, placement)
         if record is None:  # not the main rank of a data-parallel run
             continue
         runs.append(TaskRun(task.name, task.position, record, trained=True, seconds=time.perf_counter() - started))
@@ -120,11 +125,11 @@ def train_sequence(
 
 
 def _train_task(plan: SequencePlan, task: TaskPlan, digest: str, base: Base, features: BaseFeatures,
-                registry: Registry, progress: bool) -> AdapterRecord | None:  # fmt: skip
+                registry: Registry, progress: bool, placement: Placement) -> AdapterRecord | None:  # fmt: skip
     output = tempfile.mkdtemp(prefix=f"adapterhub-{plan.adapter_name(task.name)}-")
     try:
         job = TrainJob(plan.base, plan.method, task.data, plan.model_task, dict(plan.options), plan.settings,
-                       plan.quantize, output, progress=progress)  # fmt: skip
+                       plan.quantize, output, progress=progress, placement=placement)  # fmt: skip
         outcome = train_adapter(job)  # not pushed by the job: the push below adds the sequence's manifest entry
         if not outcome.is_main:
             return None
