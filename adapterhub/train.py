@@ -150,6 +150,11 @@ def train(
     return run.finish()
 
 
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+
+
 class _TrainingRun:
     """The state of one call to ``train``: optimizer, schedule, monitor, alert rules and early stopping."""
 
@@ -277,9 +282,10 @@ class _TrainingRun:
 
     def write_checkpoint(self, store: CheckpointStore, position: int) -> None:
         """Write the whole state after ``position`` global batches (main rank only; the others wait for it)."""
+        rng = self.dist.gather(_rng_state())  # every rank's: each draws its own dropout masks
         if self.dist.is_main:
             adapter = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
-            store.write(self.result.steps, adapter, self._state(position))
+            store.write(self.result.steps, adapter, {**self._state(position), "rng": rng})
         self.dist.barrier()
 
     def _state(self, position: int) -> dict:
@@ -290,8 +296,6 @@ class _TrainingRun:
             "position": position, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "result": dict(vars(self.result)), "losses": list(self.losses),
             "counters": (self.samples, self.tokens, self.seconds), "elapsed": time.perf_counter() - self.started,
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             **monitors,
         }  # fmt: skip
 
@@ -317,10 +321,11 @@ class _TrainingRun:
         vars(self.checker).update(state["checker"])
         if self.stopper is not None and state["stopper"] is not None:
             vars(self.stopper).update(state["stopper"])
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rng = state["rng"][self.dist.rank]  # the checkpoint's run had this world size (its identity says so)
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self.bar.update(state["position"])
         return state["position"]
 
