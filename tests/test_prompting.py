@@ -102,3 +102,44 @@ def test_more_shots_than_training_examples_is_refused(sentiment_csv):
     train, _ = held_out(DataSpec(str(sentiment_csv), label_column="sentiment"))
     with pytest.raises(OptionError, match="lower --shots"):
         balanced_shots(train, len(train.texts) + 1, seed=0)
+
+
+def test_adapter_from_another_base_is_refused_as_eval_refuses_it(cli_json, tiny_llama, sentiment_csv, tmp_path, capsys):
+    from adapterhub_registry import Registry
+    from tiny_models import make_tiny_llama
+
+    from adapterhub import adapters
+    from adapterhub.cli import main
+
+    base = load_base(tiny_llama, model_task="causal-lm")  # a fresh LoRA (untrained) pushed as a causal-LM adapter
+    options = adapters.make_options("lora", {"r": 4})
+    model = adapters.attach(base, "lora", options)
+    adapters.save_adapter(model, tmp_path / "lm", adapters.build_manifest(base, "lora", options))
+    Registry().push("lm", tmp_path / "lm", method="lora", manifest=adapters.read_adapter(tmp_path / "lm")[0].manifest)
+    other = str(make_tiny_llama(tmp_path / "other", seed=1))
+    args = ["zero-shot", "--data", str(sentiment_csv), "--label-column", "sentiment", "--template", "{text} it is",
+            "--verbalizer", "pos=good,neg=bad", "--adapter", "lm", "--json"]  # fmt: skip
+    assert main([*args, "--base", other]) == 1 and "was trained on base" in capsys.readouterr().err
+    report = cli_json(*args, "--base", str(tiny_llama))  # its own base: loads and scores
+    assert {"accuracy", "f1_macro", "roc_auc"} <= set(report) and report["test_examples"] > 0
+
+
+@pytest.mark.slow
+def test_smollm2_classifies_tweets_zero_shot_and_with_shots_in_context():
+    from shipped_assets import smollm2_gguf, tweets_csv
+
+    base = load_base(smollm2_gguf(), model_task="causal-lm")
+    spec = DataSpec(str(tweets_csv()), label_column="sentiment", encoding="latin-1", dedupe=True, max_samples=40)
+    template = "Tweet: {text}\nSentiment ({labels}):"
+    train, test = held_out(spec)
+    tokenizer = base.tokenizer
+    for shots in (None, balanced_shots(train, 2, seed=0)):  # the answer's tokens are those of the joined text (BPE)
+        scorer = PromptScorer(tokenizer, PromptSpec(template), test.label_names, shots)
+        rendered = tokenizer.decode(scorer.context_ids(test.texts[0]))
+        assert scorer.use_chat and rendered.endswith("assistant\n")
+        for word, answer in zip(scorer.words, scorer.continuations):
+            assert tokenizer(rendered + word, add_special_tokens=False).input_ids == scorer.context_ids(test.texts[0]) + answer
+    zero = evaluate_prompting(base, spec, PromptSpec(template))
+    two = evaluate_prompting(base, spec, PromptSpec(template, shots=2))
+    for report in (zero, two):
+        assert report["test_examples"] == len(test.texts) > 5 and 0 <= report["f1_macro"] <= 1 and 0 <= report["accuracy"] <= 1
