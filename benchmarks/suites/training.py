@@ -1,4 +1,6 @@
-"""Training step time and peak memory, LoRA and QLoRA (NF4 base): adapterhub's loop vs peft + bitsandbytes.
+"""Training step time and peak memory, LoRA and QLoRA (NF4 base): adapterhub's loop vs peft + bitsandbytes;
+LoRA again with a bfloat16 base (autocast, float32 adapter) and with gradient checkpointing, both sides the
+same way, and adapterhub's cost of writing a checkpoint every 2 steps (no peft counterpart).
 
 adapterhub side: `load_base(model, quantize=None | "nf4")`, `adapters.attach(base, "lora", ...)` and the
 real training loop `adapterhub.train.train`, timed per optimizer step through its `on_step` hook.
@@ -25,7 +27,14 @@ from benchmarks.harness import BASELINE, MB, OURS, Context, PeakMemory, seed_eve
 REQUIRES = {"bitsandbytes": "bitsandbytes"}
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["all-linear"]}
 LEARNING_RATE = 2e-4
-VARIANTS = (("lora", None), ("qlora", "nf4"))
+# (name, quantize, what differs from the plain run)
+VARIANTS = (
+    ("lora", None, {}),
+    ("qlora", "nf4", {}),
+    ("lora bfloat16", None, {"dtype": "bfloat16"}),
+    ("lora gradient checkpointing", None, {"gradient_checkpointing": True}),
+    ("lora checkpoint every 2", None, {"checkpoint_every": 2}),  # adapterhub only
+)
 # Each side runs in a child forked from a clean server process that has imported the libraries once:
 # memory is not shared with us or the other side, CUDA is never initialised before the fork, and no
 # child pays the import time again.
@@ -47,6 +56,10 @@ class Job:
     warmup: int
     steps: int
     seed: int
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int | None = None
+    checkpoint_dir: str = ""
 
 
 def _rss_peak_bytes() -> int:
@@ -55,11 +68,13 @@ def _rss_peak_bytes() -> int:
 
 def _adapterhub_model(job: Job):
     from adapterhub import adapters
-    from adapterhub.base import load_base
+    from adapterhub.base import DTYPES, load_base
 
-    base = load_base(job.model, model_task="causal-lm", quantize=job.quantize)
-    if job.quantize is None:
-        base.model.to(job.device)  # a quantized base is placed by its loader
+    # a quantized base is placed by its loader
+    base = load_base(job.model, model_task="causal-lm", quantize=job.quantize, dtype=DTYPES[job.dtype],
+                     device=None if job.quantize else job.device)  # fmt: skip
+    if job.gradient_checkpointing:
+        base.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return adapters.attach(base, "lora", adapters.make_options("lora", LORA)), base.tokenizer.pad_token_id
 
 
@@ -68,7 +83,7 @@ def _peft_model(job: Job):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs = {"dtype": torch.float32}
+    kwargs = {"dtype": getattr(torch, job.dtype)}
     if job.quantize == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32
@@ -79,6 +94,8 @@ def _peft_model(job: Job):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         model.to(job.device)
+    if job.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
         task_type="CAUSAL_LM", r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear"
     )
@@ -86,19 +103,24 @@ def _peft_model(job: Job):
 
 
 def _train_adapterhub(model, blocks, job: Job, on_step) -> None:
+    import torch
+
     from adapterhub.batches import block_batches
+    from adapterhub.checkpoints import CheckpointStore
     from adapterhub.train import TrainSettings, train
 
     rows = blocks.tolist()
     settings = TrainSettings(epochs=1, batch_size=job.batch_size, learning_rate=LEARNING_RATE, seed=job.seed, block_size=job.block_size)
+    store = CheckpointStore(job.checkpoint_dir, {"suite": "training"}, job.checkpoint_every) if job.checkpoint_every else None
     train(model, lambda order: block_batches(rows, 0, job.batch_size, order), len(rows), None, "causal-lm", settings,
-          on_step=lambda *_: on_step(), progress=False)  # fmt: skip
+          on_step=lambda *_: on_step(), progress=False, dtype=getattr(torch, job.dtype), checkpoints=store)  # fmt: skip
 
 
 def _train_peft(model, blocks, job: Job, on_step) -> None:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    dtype = getattr(torch, job.dtype)
     parameters = [p for p in model.parameters() if p.requires_grad]
     n_steps = -(-len(blocks) // job.batch_size)
     optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE)
@@ -107,7 +129,8 @@ def _train_peft(model, blocks, job: Job, on_step) -> None:
     model.train()
     for start in range(0, len(blocks), job.batch_size):
         input_ids = blocks[order[start : start + job.batch_size]].to(job.device)  # (batch, block)
-        loss = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=input_ids).loss
+        with torch.autocast(torch.device(job.device).type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=input_ids).loss
         loss.item()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -180,10 +203,11 @@ def run(ctx: Context) -> None:
     batch_size, block_size, steps, warmup = (4, 32, 6, 2) if ctx.quick else (2, 64, 8, 2)
     ctx.settings.update(model=label, lora=LORA, learning_rate=LEARNING_RATE, batch_size=batch_size, block_size=block_size,
                         timed_steps=steps, warmup_steps=warmup)  # fmt: skip
-    for variant, quantize in VARIANTS:
+    for variant, quantize, differences in VARIANTS:
         params = {"method": variant}
-        for impl in (OURS, BASELINE):
-            job = Job(impl, quantize, path, str(hf_dir), ctx.device, batch_size, block_size, warmup, steps, ctx.seed)
+        for impl in (OURS,) if "checkpoint_every" in differences else (OURS, BASELINE):
+            job = Job(impl, quantize, path, str(hf_dir), ctx.device, batch_size, block_size, warmup, steps, ctx.seed,
+                      checkpoint_dir=str(ctx.workdir / "checkpoints"), **differences)  # fmt: skip
             result = _in_child(ctx, job, f"{variant} [{impl}]")
             memory = {**result["memory"], "peak_rss_mb": result["peak_rss_mb"]}
             what = ("load_base + adapters.attach + adapterhub.train.train" if impl == OURS
@@ -197,3 +221,7 @@ def run(ctx: Context) -> None:
              "(adapterhub reads the GGUF, peft the dequantized safetensors), so it does not compare across sides.")  # fmt: skip
     ctx.note("On CPU, bitsandbytes dequantizes the NF4 weights in every matmul, so QLoRA steps are slower than LoRA; "
              "its peak RSS is not lower here because loading reads the fp32 weights before packing them to NF4.")  # fmt: skip
+    ctx.note("bfloat16: the base loaded in bfloat16, the forward under torch.autocast, LoRA weights float32 (both sides). "
+             "Gradient checkpointing: transformers' non-reentrant recomputation (both sides). Checkpoint every 2: "
+             "adapterhub writing adapter, optimizer, scheduler, RNG and monitor state atomically (fsync) every 2 steps, "
+             "the keep-2 pruning included; peft has no such loop to compare with.")  # fmt: skip
