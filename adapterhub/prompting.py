@@ -11,6 +11,7 @@ figures compare with ``adapterhub eval`` of a trained adapter. Called by ``adapt
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from dataclasses import dataclass, field
@@ -123,7 +124,8 @@ class PromptScorer:
 
         Answers of one token are all read from one row (the prompt); longer answers add a row each, holding the
         answer but its last token. Rows are sorted by length and left-padded, so each row's last positions
-        predict its answer and only those positions' logits are computed.
+        predict its answer and only those positions' logits are computed. The tokens every prompt starts with
+        (the shots) are run once and their key/value cache is shared by every batch.
         """
         from tqdm.auto import tqdm
 
@@ -135,15 +137,22 @@ class PromptScorer:
         keep = max(len(ids) for ids in self.continuations)
         device = next(model.parameters()).device
         model.eval()
+        shared = _shared_prefix(contexts) if _can_cache(model) else []
+        prefix_cache = model(input_ids=torch.tensor([shared], device=device)).past_key_values if shared else None
         for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
             chunk = order[start : start + batch_size]
-            sequences = [contexts[rows[r][0]] + list(rows[r][1]) for r in chunk]
+            sequences = [(contexts[rows[r][0]] + list(rows[r][1]))[len(shared) :] for r in chunk]
             width = max(len(s) for s in sequences)
             pad = self.tokenizer.pad_token_id
             input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=device)
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
-            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+            positions = len(shared) + (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count on from the prefix
+            inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(chunk))
+                inputs.update(cache=cache, attention_mask=torch.cat([mask.new_ones(len(chunk), len(shared)), mask], 1))
+            logits = model(**inputs).logits
             for r, row in zip(chunk, logits.float().log_softmax(-1).cpu()):  # (keep, vocab)
                 row_logprobs[r] = row
         scores = torch.empty(len(texts), len(self.continuations))
@@ -153,6 +162,21 @@ class PromptScorer:
                 logprobs = row_logprobs[i * len(heads) + head_index[tuple(ids[:-1])]][-len(ids) :]  # (len(ids), vocab)
                 scores[i, label] = logprobs[torch.arange(len(ids)), torch.tensor(ids)].sum()
         return scores
+
+
+def _shared_prefix(contexts: list[list[int]]) -> list[int]:
+    """The tokens every context starts with, leaving each at least one token of its own."""
+    limit = min(len(c) for c in contexts) - 1
+    n = 0
+    while n < limit and all(c[n] == contexts[0][n] for c in contexts):
+        n += 1
+    return contexts[0][:n]
+
+
+def _can_cache(model: torch.nn.Module) -> bool:
+    """Soft prompts and prefixes (peft prompt learning) put their own tokens before the input: no shared cache."""
+    config = getattr(model, "active_peft_config", None)
+    return not (config is not None and config.is_prompt_learning)
 
 
 def held_out(data: DataSpec) -> tuple[ClassificationData, ClassificationData]:
