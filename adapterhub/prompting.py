@@ -138,7 +138,7 @@ class PromptScorer:
         device = next(model.parameters()).device
         model.eval()
         shared = _shared_prefix(contexts) if _can_cache(model) else []
-        prefix_cache = model(input_ids=torch.tensor([shared], device=device)).past_key_values if shared else None
+        prefix_cache = model(input_ids=torch.tensor([shared], device=device)).cache if shared else None
         for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
             chunk = order[start : start + batch_size]
             sequences = [(contexts[rows[r][0]] + list(rows[r][1]))[len(shared) :] for r in chunk]
