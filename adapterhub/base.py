@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from adapterhub import plugins
 from adapterhub.errors import AdapterHubError, OptionError
-from adapterhub.fingerprint import fingerprint, weight_files
+from adapterhub.fingerprint import content_hash, fingerprint, weight_files
+from adapterhub.model_tasks import LOAD_DEFAULT, SEQ_CLS
+from adapterhub.model_tasks import model_task as model_task_named
 from adapterhub.quantized_forward import use_nf4_kernel
-from adapterhub.model_tasks import LOAD_DEFAULT, SEQ_CLS, model_task as model_task_named
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +76,31 @@ def resolve_source(path: str | os.PathLike) -> tuple[Path, str | None]:
     )
 
 
-def dequantized_gguf_dir(source: Path, gguf_file: str, content_sha256: str) -> Path:
-    """transformers cannot quantize while reading GGUF, so dequantize it once into a cached HF directory."""
+def cache_root() -> Path:
+    """Where derived files live: ``$ADAPTERHUB_CACHE``, else ``$ADAPTERHUB_HOME/cache``."""
     from adapterhub_registry import default_root
 
-    target = default_root().parent / "cache" / "gguf" / content_sha256[:16]
+    return Path(os.environ.get("ADAPTERHUB_CACHE") or default_root().parent / "cache").expanduser()
+
+
+def _gguf_cache_dir(content_sha256: str) -> Path:
+    return cache_root() / "gguf" / content_sha256[:16]
+
+
+def dequantized_gguf_dir(source: Path, gguf_file: str, content_sha256: str, identity: dict | None = None) -> Path:
+    """The GGUF base dequantized once into a cached transformers directory (float32 safetensors and tokenizer).
+
+    Every GGUF base loads from there: reading a GGUF through transformers dequantizes every tensor and rebuilds
+    the tokenizer from its vocabulary on each load (SmolLM2-135M: ~50 s here; the cached directory loads in a
+    few seconds), and bitsandbytes cannot quantize while transformers reads GGUF. ``identity`` (the fingerprint
+    of the GGUF as shipped) is stored beside it, so a later load needs neither the GGUF's config nor its weights.
+    """
+    target = _gguf_cache_dir(content_sha256)
     if (target / "config.json").is_file():
+        if identity is not None and not (target / GGUF_IDENTITY).is_file():  # converted by an older version
+            (target / GGUF_IDENTITY).write_text(json.dumps(identity, sort_keys=True))
         return target
-    log.info("dequantizing %s once into %s so it can be re-quantized", gguf_file, target)
+    log.info("dequantizing %s once into %s", gguf_file, target)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     # The weights are plain float tensors by now; transformers still marks the model "gguf-quantized"
@@ -92,8 +111,25 @@ def dequantized_gguf_dir(source: Path, gguf_file: str, content_sha256: str) -> P
     staging = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    os.replace(staging, target)
+    if identity is not None:
+        (staging / GGUF_IDENTITY).write_text(json.dumps(identity, sort_keys=True))
+    try:
+        os.replace(staging, target)
+    except OSError:  # another process finished the same conversion first: use theirs
+        shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+GGUF_IDENTITY = "adapterhub-gguf-fingerprint.json"
+
+
+def _gguf_identity(source: Path, gguf_file: str) -> tuple[dict, Path | None]:
+    """The GGUF's fingerprint and its cached directory when one exists (then the GGUF itself is only hashed)."""
+    files = weight_files(source, gguf_file)
+    cached = _gguf_cache_dir(content_hash(files))
+    if (cached / GGUF_IDENTITY).is_file() and (cached / "config.json").is_file():
+        return json.loads((cached / GGUF_IDENTITY).read_text()), cached
+    return fingerprint(AutoConfig.from_pretrained(source, gguf_file=gguf_file), files), None
 
 
 def _quantization_kwargs(quantize: str | None, dtype: torch.dtype) -> dict:
@@ -161,13 +197,15 @@ def load_base(
     if task is SEQ_CLS and not labels:
         raise OptionError("sequence classification needs the list of labels (e.g. from the training data)")
     source, gguf_file = resolve_source(path)
-    config = AutoConfig.from_pretrained(source, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(source)
-    identity = fingerprint(config, weight_files(source, gguf_file))
+    if gguf_file:
+        identity, _ = _gguf_identity(source, gguf_file)
+    else:
+        identity = fingerprint(AutoConfig.from_pretrained(source), weight_files(source, None))
 
     load_from, load_gguf = source, gguf_file
     kwargs: dict = {"dtype": dtype, **_quantization_kwargs(quantize, dtype)}
-    if quantize and gguf_file:
-        load_from, load_gguf = dequantized_gguf_dir(source, gguf_file, identity["content_sha256"]), None
+    if gguf_file:  # the fingerprint stays the GGUF's own: adapters record the base as shipped
+        load_from, load_gguf = dequantized_gguf_dir(source, gguf_file, identity["content_sha256"], identity), None
     if quantize:
         # under torchrun every rank quantizes onto its own GPU
         gpu = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"

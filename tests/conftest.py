@@ -58,10 +58,18 @@ def text_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def derived_files_cache(tmp_path_factory) -> Path:
+    """One cache of derived files (a GGUF base dequantized once) for the whole session: tests stay isolated in
+    their registries while SmolLM2 is converted once, not once per test."""
+    return tmp_path_factory.mktemp("adapterhub-cache")
+
+
 @pytest.fixture(autouse=True)
-def adapterhub_home(tmp_path, monkeypatch) -> Path:
+def adapterhub_home(tmp_path, monkeypatch, derived_files_cache) -> Path:
     home = tmp_path / "adapterhub-home"
     monkeypatch.setenv("ADAPTERHUB_HOME", str(home))
+    monkeypatch.setenv("ADAPTERHUB_CACHE", str(derived_files_cache))
     monkeypatch.delenv("ADAPTERHUB_REGISTRY", raising=False)
     return home
 
