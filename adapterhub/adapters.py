@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from adapterhub_registry import RegistryError
 from adapterhub_registry.adapter_dir import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, AdapterFiles, manifest_bytes, read_adapter_dir
+from adapterhub_registry.files import fsync_path
 from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils.error import NoMatchingPeftModuleError
 from safetensors import SafetensorError
@@ -95,24 +96,16 @@ def save_adapter(model: PeftModel, directory: str | os.PathLike, manifest: Manif
             model.save_pretrained(staging, safe_serialization=True)
             (Path(staging) / MANIFEST_FILE).write_bytes(manifest_bytes(manifest.to_dict()))
             for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE):
-                _fsync(Path(staging) / name)
+                fsync_path(Path(staging) / name)
             for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE):
                 os.replace(Path(staging) / name, directory / name)
-            _fsync(directory)
+            fsync_path(directory)
     except (OSError, SafetensorError) as exc:  # SafetensorError wraps the I/O error of writing the weights
         raise AdapterHubError(
             f"could not save the adapter in {directory}: {exc}; free some disk space or choose a writable directory"
         ) from exc
     return directory
 
-
-def _fsync(path: Path) -> None:
-    """Flush a file's data (or a directory's renames) to disk, so a rename never exposes an empty file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_adapter(directory: str | os.PathLike) -> tuple[AdapterFiles, dict[str, torch.Tensor]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from adapterhub_registry.files import fsync_path
 from safetensors.torch import load_file, save_file
 
 from adapterhub.errors import OptionError
@@ -108,12 +109,12 @@ class CheckpointStore:
         torch.save(state, staging / "state.pt")
         (staging / IDENTITY_FILE).write_text(json.dumps(self.identity, indent=1, sort_keys=True))
         for name in ("adapter.safetensors", "state.pt", IDENTITY_FILE):
-            _fsync(staging / name)
-        _fsync(staging)
+            fsync_path(staging / name)
+        fsync_path(staging)
         if final.exists():  # the same step written again (a resumed run repeating it)
             shutil.rmtree(final)
         os.replace(staging, final)
-        _fsync(self.directory)
+        fsync_path(self.directory)
         for old in self.complete()[: -self.keep]:
             shutil.rmtree(old.path)
         return final
@@ -122,10 +123,3 @@ class CheckpointStore:
         for partial in self.directory.glob(f".tmp-{PREFIX}*"):
             shutil.rmtree(partial, ignore_errors=True)
 
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

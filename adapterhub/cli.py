@@ -18,7 +18,7 @@ import sys
 import click
 
 from adapterhub import __version__
-from adapterhub.cli_options import json_option, model_task_option, placement_options, registry_option
+from adapterhub.cli_options import json_option, model_task_option, placement_options, registry_option, stacked
 from adapterhub.cli_output import echo_json
 from adapterhub.model_tasks import TRAIN_DEFAULT
 from adapterhub.options import parse_pairs, setting_option
@@ -124,67 +124,55 @@ def _known_encoding(ctx, param, value: str | None) -> str | None:
     return value
 
 
-def _data_options(function):
-    """The flags of ``DataSpec``: defaults None, so ``eval`` can tell a flag given from one to take from the record."""
-    for option in reversed([
-        setting_option(DataSpec, "path", "--data", type=click.Path(dir_okay=False)),
-        setting_option(DataSpec, "text_column", override=True),
-        setting_option(DataSpec, "label_column", override=True),
-        setting_option(DataSpec, "encoding", override=True, callback=_known_encoding),
-        setting_option(DataSpec, "dedupe", "--dedupe/--no-dedupe", override=True),
-        setting_option(DataSpec, "test_split", override=True),
-        setting_option(DataSpec, "max_samples", override=True),
-    ]):  # fmt: skip
-        function = option(function)
-    return function
+# The flags of ``DataSpec``: defaults None, so ``eval`` can tell a flag given from one to take from the record.
+_data_options = stacked(
+    setting_option(DataSpec, "path", "--data", type=click.Path(dir_okay=False)),
+    setting_option(DataSpec, "text_column", override=True),
+    setting_option(DataSpec, "label_column", override=True),
+    setting_option(DataSpec, "encoding", override=True, callback=_known_encoding),
+    setting_option(DataSpec, "dedupe", "--dedupe/--no-dedupe", override=True),
+    setting_option(DataSpec, "test_split", override=True),
+    setting_option(DataSpec, "max_samples", override=True),
+)  # fmt: skip
 
 
-def _train_options(function):
-    """The flags of ``TrainSettings`` that ``train`` offers, with the dataclass's defaults."""
-    for option in reversed([
-        setting_option(TrainSettings, "epochs"),
-        setting_option(TrainSettings, "batch_size"),
-        setting_option(TrainSettings, "grad_accum", metavar="N"),
-        setting_option(TrainSettings, "gradient_checkpointing", is_flag=True),
-        setting_option(TrainSettings, "learning_rate", "--lr"),
-        setting_option(TrainSettings, "max_length"),
-        setting_option(TrainSettings, "block_size"),
-        setting_option(TrainSettings, "class_weights"),
-        setting_option(TrainSettings, "seed"),
-    ]):  # fmt: skip
-        function = option(function)
-    return function
+# The flags of ``TrainSettings`` that ``train`` offers, with the dataclass's defaults.
+_train_options = stacked(
+    setting_option(TrainSettings, "epochs"),
+    setting_option(TrainSettings, "batch_size"),
+    setting_option(TrainSettings, "grad_accum", metavar="N"),
+    setting_option(TrainSettings, "gradient_checkpointing", is_flag=True),
+    setting_option(TrainSettings, "learning_rate", "--lr"),
+    setting_option(TrainSettings, "max_length"),
+    setting_option(TrainSettings, "block_size"),
+    setting_option(TrainSettings, "class_weights"),
+    setting_option(TrainSettings, "seed"),
+)  # fmt: skip
 
 
-def _checkpoint_options(function):
-    """The flags of ``CheckpointSettings``: checkpoint every N steps into a folder, and resume from it."""
-    for option in reversed([
-        setting_option(CheckpointSettings, "every", "--checkpoint-every", metavar="N"),
-        setting_option(CheckpointSettings, "directory", "--checkpoint-dir", type=click.Path(file_okay=False)),
-        setting_option(CheckpointSettings, "keep", "--keep-checkpoints", metavar="K"),
-        setting_option(CheckpointSettings, "resume", is_flag=True),
-    ]):  # fmt: skip
-        function = option(function)
-    return function
+# The flags of ``CheckpointSettings``: checkpoint every N steps into a folder, and resume from it.
+_checkpoint_options = stacked(
+    setting_option(CheckpointSettings, "every", "--checkpoint-every", metavar="N"),
+    setting_option(CheckpointSettings, "directory", "--checkpoint-dir", type=click.Path(file_okay=False)),
+    setting_option(CheckpointSettings, "keep", "--keep-checkpoints", metavar="K"),
+    setting_option(CheckpointSettings, "resume", is_flag=True),
+)  # fmt: skip
 
 
-def _monitor_options(function):
-    for option in reversed([
-        click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Evaluate every N steps [after each epoch]."),
-        click.option("--early-stopping", "early_metric", default=None, metavar="METRIC",
-                     help="Stop when this eval metric (accuracy, f1_macro, roc_auc, loss, perplexity) stops improving; keep the best weights."),
-        click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True, help="Evaluations without improvement before stopping."),
-        click.option("--min-delta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Smallest change that counts as an improvement."),
-        click.option("--alert", "alert_rules", multiple=True, metavar="RULE=THRESHOLD[:warn|stop]",
-                     help="Alert rule, repeatable: nan=stop, loss_spike=4, grad_norm=100, throughput_drop=0.5, memory_mb=8000 "
-                          "(defaults: nan=stop, loss_spike=4:warn)."),
-        click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Print the step monitor every N steps."),
-        click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append every step, eval and alert as JSON lines."),
-        click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None,
-                     help="Write TensorBoard event files here (pip install 'adapterhub[tensorboard]')."),
-    ]):  # fmt: skip
-        function = option(function)
-    return function
+_monitor_options = stacked(
+    click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Evaluate every N steps [after each epoch]."),
+    click.option("--early-stopping", "early_metric", default=None, metavar="METRIC",
+                 help="Stop when this eval metric (accuracy, f1_macro, roc_auc, loss, perplexity) stops improving; keep the best weights."),
+    click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True, help="Evaluations without improvement before stopping."),
+    click.option("--min-delta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Smallest change that counts as an improvement."),
+    click.option("--alert", "alert_rules", multiple=True, metavar="RULE=THRESHOLD[:warn|stop]",
+                 help="Alert rule, repeatable: nan=stop, loss_spike=4, grad_norm=100, throughput_drop=0.5, memory_mb=8000 "
+                      "(defaults: nan=stop, loss_spike=4:warn)."),
+    click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Print the step monitor every N steps."),
+    click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append every step, eval and alert as JSON lines."),
+    click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None,
+                 help="Write TensorBoard event files here (pip install 'adapterhub[tensorboard]')."),
+)  # fmt: skip
 
 
 def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir):

@@ -23,15 +23,22 @@ def model_task_option(default: str | None, help: str):
                         show_default=default is not None, help=help)  # fmt: skip
 
 
+def stacked(*options):
+    """One decorator applying click ``options`` in the order given (as if written one above the other)."""
+
+    def apply(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return apply
+
+
 def placement_options(function):
     """``--device`` and ``--dtype`` (``adapterhub.settings.Placement``): where the base runs and in which precision;
     ``device`` and ``dtype`` in the command's arguments."""
     from adapterhub.options import setting_option
     from adapterhub.settings import Placement
 
-    for option in reversed([
-        setting_option(Placement, "device", metavar="auto|cpu|cuda|cuda:N"),
-        setting_option(Placement, "dtype"),
-    ]):  # fmt: skip
-        function = option(function)
-    return function
+    device = setting_option(Placement, "device", metavar="auto|cpu|cuda|cuda:N")
+    return stacked(device, setting_option(Placement, "dtype"))(function)

@@ -35,6 +35,16 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise RegistryError(f"could not write {path}: {_advice(exc)}") from exc
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's data (or a directory's renames) to disk, so a rename never exposes an empty file; errors
+    (a full disk) are raised, unlike ``fsync_dir``'s best effort."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename or unlink in `directory` durable (a no-op where directories cannot be opened)."""
     try:
