@@ -2,8 +2,8 @@
 training loop (``adapterhub.train``) and read back by ``adapterhub train --resume``.
 
 A checkpoint is a folder ``step-<NNNNNNNN>`` holding ``adapter.safetensors`` (the trainable weights),
-``state.pt`` (optimizer, scheduler, gradient scaler, RNG states, data position, monitor and early-stopping
-state) and ``run.json`` (the run's identity: base, method, options, data, settings). It is written into a
+``state.safetensors`` + ``state.json`` (optimizer, scheduler, gradient scaler, RNG states, data position,
+monitor and early-stopping state, written without pickle: ``checkpoint_state``) and ``run.json`` (the run's identity: base, method, options, data, settings). It is written into a
 temporary folder, every file fsynced, ``run.json`` last, then renamed into place: a folder named ``step-*``
 is complete, and a crash mid-write leaves only a ``.tmp-*`` folder that is ignored and cleared. The newest
 ``keep`` checkpoints are kept.
@@ -23,6 +23,7 @@ import torch
 from adapterhub_registry.files import fsync_path
 from safetensors.torch import load_file, save_file
 
+from adapterhub.checkpoint_state import load_state, save_state
 from adapterhub.errors import OptionError
 
 PREFIX = "step-"
@@ -58,8 +59,7 @@ class Checkpoint:
         return load_file(self.path / "adapter.safetensors")
 
     def state(self) -> dict[str, Any]:
-        # our own file (optimizer state, RNG states, monitor objects): a full unpickle, not weights_only
-        return torch.load(self.path / "state.pt", map_location="cpu", weights_only=False)
+        return load_state(self.path)
 
 
 class CheckpointStore:
@@ -106,9 +106,9 @@ class CheckpointStore:
         staging.mkdir()
         save_file({name: tensor.detach().to("cpu").contiguous() for name, tensor in adapter.items()},
                   staging / "adapter.safetensors")  # fmt: skip
-        torch.save(state, staging / "state.pt")
+        state_files = save_state(state, staging)
         (staging / IDENTITY_FILE).write_text(json.dumps(self.identity, indent=1, sort_keys=True))
-        for name in ("adapter.safetensors", "state.pt", IDENTITY_FILE):
+        for name in ("adapter.safetensors", *state_files, IDENTITY_FILE):
             fsync_path(staging / name)
         fsync_path(staging)
         if final.exists():  # the same step written again (a resumed run repeating it)

@@ -87,3 +87,23 @@ def test_checkpoints_are_atomic_pruned_to_the_newest_k_and_refused_for_another_b
         CheckpointStore(tmp_path, _identity(base="llama-9"), every=1).newest()
     store.clear()
     assert store.newest() is None and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_checkpoint_state_round_trips_without_pickle_and_refuses_unknown_classes(tmp_path):
+    import collections
+
+    from adapterhub.alerts import Alert, AlertRule
+    from adapterhub.checkpoint_state import load_state, save_state
+
+    state = {"optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 2)}}, "param_groups": [{"params": [0]}]},
+             "python": (3, (1, 2, 3), None), "losses": collections.deque([0.5, float("nan")], maxlen=20), "active": {"nan"},
+             "fired": [Alert(AlertRule("loss_spike", 4.0, "warn"), 7, "spike")]}  # fmt: skip
+    save_state(state, tmp_path)
+    back = load_state(tmp_path)
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], torch.ones(2, 2)) and back["python"] == (3, (1, 2, 3), None)
+    assert back["losses"].maxlen == 20 and back["active"] == {"nan"} and back["fired"] == state["fired"]
+    crafted = json.loads((tmp_path / "state.json").read_text())
+    crafted["__dict__"][0][1] = {"__class__": "Popen", "fields": {"args": "touch pwned"}}
+    (tmp_path / "state.json").write_text(json.dumps(crafted))
+    with pytest.raises(ValueError, match="unknown class 'Popen'"):
+        load_state(tmp_path)
