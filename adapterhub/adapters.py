@@ -181,6 +181,13 @@ def load_adapter(
     return model
 
 
+def load_registry_adapter(base: Base, record, tensors: dict[str, torch.Tensor], *, force: bool = False) -> PeftModel:
+    """A registry adapter (``Registry.load``'s record and tensors) attached to ``base``, refused on another base
+    unless ``force``: what eval, prompting and merged exports load."""
+    return load_adapter(base, record.peft_config, tensors, adapter_base=record.base_fingerprint, label=record.ref,
+                        force=force, manifest=record.manifest)  # fmt: skip
+
+
 def load_adapter_dir(base: Base, directory: str | os.PathLike, *, force: bool = False) -> PeftModel:
     """Load a saved adapter directory (ours or plain PEFT) onto ``base``."""
     files, tensors = read_adapter(directory)

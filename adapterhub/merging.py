@@ -340,8 +340,7 @@ def export_merged(registry: Registry, ref: str, base_path: str, out: str | Path,
         base.model.dequantize()
         notes.append(f"{record.ref} was trained on a {quantization} base: it is merged into the dequantized {quantization} "
                      f"weights and written in {dtype}; quantizing the merged model again loses quality")  # fmt: skip
-    model = adapters.load_adapter(base, record.peft_config, tensors, adapter_base=record.base_fingerprint, label=record.ref,
-                                  manifest=record.manifest)  # fmt: skip
+    model = adapters.load_registry_adapter(base, record, tensors)
     merged = model.merge_and_unload().to(getattr(torch, dtype))
     merged.save_pretrained(out, safe_serialization=True)
     base.tokenizer.save_pretrained(out)

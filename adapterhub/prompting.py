@@ -237,5 +237,4 @@ def _with_adapter(base: Base, ref: str, registry_root: str | None, force: bool):
     task = Manifest.from_dict(record.manifest).model_task
     if task and task != "causal-lm":
         raise OptionError(f"adapter {record.ref} is a {task} adapter; prompting needs a causal-lm one (or no --adapter)")
-    return adapters.load_adapter(base, record.peft_config, tensors, adapter_base=record.base_fingerprint,
-                                 label=record.ref, force=force, manifest=record.manifest)  # fmt: skip
+    return adapters.load_registry_adapter(base, record, tensors, force=force)

@@ -172,10 +172,7 @@ def evaluate_adapter(
     manifest = Manifest.from_dict(record.manifest)
     base = load_base(base_path, model_task=manifest.model_task or LOAD_DEFAULT, quantize=quantize,
                      labels=manifest.labels or None, device=device, dtype=dtype)  # fmt: skip
-    model = adapters.load_adapter(
-        base, record.peft_config, tensors, adapter_base=record.base_fingerprint, label=record.ref, force=force,
-        manifest=record.manifest,
-    )  # fmt: skip
+    model = adapters.load_registry_adapter(base, record, tensors, force=force)
     settings = settings or TrainSettings(**{k: v for k, v in (manifest.training or {}).items() if k in TrainSettings.__dataclass_fields__})
     if data is None:
         raise OptionError("pass --data: the file the held-out split is taken from")
