@@ -8,7 +8,7 @@ rows of a non-slottable adapter run as their own group through peft. Results com
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
@@ -26,11 +26,13 @@ class GenerationSettings:
     top_p: float = 1.0
     top_k: int = 0  # 0: no top-k filter
     seed: int | None = None  # sampling seed for the batch
+    min_new_tokens: int = 0  # the end-of-sequence token cannot be picked before this many new tokens
 
     def generate_kwargs(self) -> dict:
+        extra = {"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}
         if not self.do_sample:
-            return {"do_sample": False}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or None}
+            return {"do_sample": False, **extra}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or None, **extra}
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Generated:
     text: str
     tokens: int  # new tokens, up to and including an end-of-sequence token
     adapter: str | None
+    token_ids: list[int] = field(default_factory=list)  # the new tokens themselves
 
 
 @dataclass
@@ -84,19 +87,16 @@ def _running(pool: AdapterPool, rows: list[int], peft_key: str | None, adapters:
 
 
 @torch.inference_mode()
-def generate(pool: AdapterPool, prompts: Sequence[str], adapters: Sequence[str | None],
+def generate(pool: AdapterPool, prompts: Sequence[str | list[int]], adapters: Sequence[str | None],
              settings: GenerationSettings = GenerationSettings()) -> list[Generated]:  # fmt: skip
-    """Continue each prompt with its own adapter (None: the base); greedy or sampled per ``settings``."""
+    """Continue each prompt (text, or token ids already encoded) with its own adapter (None: the base); greedy
+    or sampled per ``settings``."""
     if len(prompts) != len(adapters):
         raise ValueError(f"{len(prompts)} prompts but {len(adapters)} adapters")
     tokenizer = pool.base.tokenizer
     results: list[Generated | None] = [None] * len(prompts)
     for rows, peft_key in groups(pool, adapters):
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens must follow every prompt
-        try:
-            batch = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True).to(pool.device)
-        finally:
-            tokenizer.padding_side = side
+        batch = _left_padded(tokenizer, [prompts[i] for i in rows]).to(pool.device)
         with _running(pool, rows, peft_key, adapters) as model, _seeded(settings.seed):
             output = model.generate(
                 **batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
@@ -105,7 +105,7 @@ def generate(pool: AdapterPool, prompts: Sequence[str], adapters: Sequence[str |
         new = output[:, batch["input_ids"].shape[1] :]  # (rows, new tokens)
         for row, tokens in zip(rows, new.tolist()):
             tokens = _until_eos(tokens, tokenizer.eos_token_id)
-            results[row] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), adapters[row])
+            results[row] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), adapters[row], tokens)
     return results
 
 
@@ -129,6 +129,18 @@ def classify(pool: AdapterPool, texts: Sequence[str], adapters: Sequence[str | N
             best = max(range(len(scores)), key=scores.__getitem__)
             results[row] = Classified(labels[best], dict(zip(labels, scores)), adapters[row])
     return results
+
+
+def _left_padded(tokenizer, prompts: list[str | list[int]]):
+    """The prompts as one batch padded on the left: new tokens must follow every prompt."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        if all(isinstance(p, str) for p in prompts):
+            return tokenizer(prompts, return_tensors="pt", padding=True)
+        return tokenizer.pad({"input_ids": [tokenizer(p)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]},
+                             return_tensors="pt")  # fmt: skip
+    finally:
+        tokenizer.padding_side = side
 
 
 def _until_eos(tokens: list[int], eos: int | None) -> list[int]:

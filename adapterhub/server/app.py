@@ -1,11 +1,15 @@
 """The HTTP app: one base model, many adapters, each request naming its own (``adapterhub serve`` runs it).
 
 ``create_app`` only assembles: it registers the endpoints of ``handlers.py`` (``/generate`` or ``/classify``,
-``/adapters``, ``/adapters/load``, ``/adapters/unload``, ``/health``, ``/metrics``), the middleware of
-``middleware.py`` (body limit, metrics), the error answers of ``http_errors.py``, and puts the ``AppState``
-(``state.py``: pool, batcher, router, settings, metrics) on ``app.state``, where every handler reads it.
-Requests that arrive together are batched across adapters by the ``Batcher``, which runs ``batch_runs.py`` on
-its one worker thread; a failing request fails only itself, never the others batched with it. With a
+``/adapters``, ``/adapters/load``, ``/adapters/unload``, ``/health``, ``/metrics``), the OpenAI-compatible ones of
+``openai_routes.py`` (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``) and ``lora_routes.py``
+(vLLM's ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``), the middleware of ``middleware.py`` (metrics,
+API key, body limit), the error answers of ``http_errors.py``, and puts the ``AppState`` (``state.py``: pool,
+batcher, continuous-batching engine, router, settings, metrics) on ``app.state``, where every handler reads it.
+``/v1/`` completions run on the continuous-batching engine (``runtime/continuous.py``, driven by
+``engine_driver.py``); ``/generate`` and ``/classify`` requests that arrive together are batched across adapters
+by the ``Batcher``, which runs ``batch_runs.py``. Both run on one worker thread, the only one that touches the
+model; a failing request fails only itself, never the others batched with it. With a
 continual-learning router (``--router``), a request may name a ``task`` of the sequence instead of an adapter,
 or ``"task": "auto"`` to have the router pick one from the input. New endpoints are handlers on an ``APIRouter``
 of their own module, added to ``ENDPOINTS``.
@@ -16,28 +20,37 @@ from __future__ import annotations
 import contextlib
 from typing import AsyncIterator
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from starlette.middleware.base import BaseHTTPMiddleware
 
 from adapterhub.continual.router import Router
 from adapterhub.runtime import AdapterPool
-from adapterhub.server import handlers
+from adapterhub.server import handlers, lora_routes, openai_routes
 from adapterhub.server.http_errors import HTTPError, answer_http_error, answer_invalid_request
-from adapterhub.server.middleware import BodyLimit, measure
+from adapterhub.server.middleware import BodyLimit, Measure, RequireKey
 from adapterhub.server.state import AppState, ServerSettings
 
 __all__ = ["ServerSettings", "create_app"]
-ENDPOINTS: tuple[APIRouter, ...] = (handlers.endpoints,)
+ENDPOINTS: tuple[APIRouter, ...] = (handlers.endpoints, openai_routes.openai_endpoints, lora_routes.lora_endpoints)
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The batcher's queue lives on the server's event loop: start it there, stop it when the server stops."""
-    batcher = app.state.adapterhub.batcher
-    batcher.start()
+    """The batcher's queue and the engine's driver live on the server's event loop: start them there, stop them
+    when the server stops (the driver first: its steps run on the batcher's worker)."""
+    state = app.state.adapterhub
+    state.batcher.start()
+    if state.driver is not None:
+        state.driver.start()
     yield
-    await batcher.stop()
+    if state.driver is not None:
+        await state.driver.stop()
+    await state.batcher.stop()
+
+
+async def answer_client_gone(request: Request, exc: openai_routes.ClientGone) -> Response:
+    return Response(status_code=CLIENT_CLOSED)
 
 
 def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings(), router: Router | None = None) -> FastAPI:
@@ -48,7 +61,9 @@ def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings(), r
     paths = {route.path for endpoints in ENDPOINTS for route in endpoints.routes}
     app.state.adapterhub = AppState.build(pool, settings, router, paths)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(BaseHTTPMiddleware, dispatch=measure)  # added last: outermost, so it sees every answer
+    app.add_middleware(RequireKey, api_key=settings.api_key)
+    app.add_middleware(Measure)  # added last: outermost, so it sees every answer, 401s included
     app.add_exception_handler(RequestValidationError, answer_invalid_request)
     app.add_exception_handler(HTTPError, answer_http_error)
+    app.add_exception_handler(openai_routes.ClientGone, answer_client_gone)
     return app

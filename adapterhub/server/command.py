@@ -3,8 +3,10 @@ router with ``--router``), run uvicorn."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
+from pathlib import Path
 
 import click
 
@@ -36,6 +38,25 @@ class ServeCommand(click.Command):
             raise OptionError(f"{exc.format_message()} See `adapterhub serve --help`.") from None
 
 
+def check_exposure(host: str, api_key: str | None, allow_unauthenticated: bool) -> None:
+    """Refuse to serve without a key on an address other machines can reach, unless told to."""
+    if api_key is not None or allow_unauthenticated or host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False  # a host name: it may resolve to any interface
+    if not loopback:
+        raise OptionError(f"--host {host} lets other machines reach the server, and it has no --api-key (or "
+                          f"ADAPTERHUB_API_KEY): set a key, or pass --allow-unauthenticated to serve anyone who can connect")  # fmt: skip
+
+
+def default_model_name(base: str) -> str:
+    """``models/smollm2`` -> ``smollm2``; ``SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``SmolLM2-135M-Instruct.Q4_1``."""
+    path = Path(base)
+    return path.stem if path.suffix == ".gguf" else path.resolve().name
+
+
 @click.command("serve", cls=ServeCommand)
 @click.option("--base", required=True, help="Local base model directory or .gguf file.")
 @model_task_option(None, "[that of the --router sequence or of the first --load adapter, else causal-lm]")
@@ -58,10 +79,24 @@ class ServeCommand(click.Command):
 @click.option("--max-new-tokens", type=POSITIVE, default=256, show_default=True, help="Largest max_new_tokens a request may ask.")
 @click.option("--alert-p95-ms", type=NumberRange(min=0), default=None, help="Log a warning when the p95 latency goes above this.")
 @click.option("--alert-memory-mb", type=NumberRange(min=0), default=None, help="Log a warning when process memory goes above this.")
+@click.option("--batching", type=click.Choice(["continuous", "static"]), default="continuous", show_default=True,
+              help="How /v1/ completions are scheduled: rows join and leave at every step, or the static batcher (whole batches).")
+@click.option("--max-running", type=POSITIVE, default=16, show_default=True, help="Rows of the continuous batch.")
+@click.option("--prefill-chunk", type=POSITIVE, default=128, show_default=True,
+              help="Prompt tokens prefilled per step: the longest a newcomer's prefill holds the running rows.")
+@click.option("--max-waiting", type=POSITIVE, default=256, show_default=True, help="Requests queued beyond the running rows; more get a 503.")
+@click.option("--model-name", default=None, help="The base's name as an OpenAI `model` [default: its directory or file name].")
+@click.option("--api-key", envvar="ADAPTERHUB_API_KEY", default=None, show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every route but /health.")
+@click.option("--allow-unauthenticated", is_flag=True, help="Serve on a non-loopback address without --api-key.")
+@click.option("--allow-lora-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="/v1/load_lora_adapter may import PEFT directories inside this directory.")
 def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
                   max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens, alert_p95_ms,
-                  alert_memory_mb) -> None:  # fmt: skip
-    """Serve one base model over HTTP with per-request adapters from the registry, batched across adapters."""
+                  alert_memory_mb, batching, max_running, prefill_chunk, max_waiting, model_name, api_key,
+                  allow_unauthenticated, allow_lora_dir) -> None:  # fmt: skip
+    """Serve one base model over HTTP with per-request adapters from the registry, batched across adapters
+    (OpenAI-compatible routes under /v1/, with continuous batching)."""
     import uvicorn
     from adapterhub_registry import Registry
 
@@ -74,6 +109,7 @@ def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_
 
     from adapterhub.settings import Placement
 
+    check_exposure(host, api_key, allow_unauthenticated)
     placed, precision = resolve_placement(**vars(Placement(device, dtype)))  # a GPU that is not there fails first
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = Registry(registry_root)
@@ -96,5 +132,8 @@ def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_
         router.bind(pool)  # features of the pooled base with no adapter active
         click.echo(f"routing sequence {sequence}: tasks {', '.join(router.names)}")
     settings = ServerSettings(max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens,
-                              alerts=AlertThresholds(alert_p95_ms, alert_memory_mb))  # fmt: skip
+                              alerts=AlertThresholds(alert_p95_ms, alert_memory_mb), batching=batching,
+                              max_running=max_running, prefill_chunk=prefill_chunk, max_waiting=max_waiting,
+                              model_name=model_name or default_model_name(base),
+                              api_key=api_key, allow_lora_dir=Path(allow_lora_dir) if allow_lora_dir else None)  # fmt: skip
     uvicorn.run(create_app(pool, settings, router), host=host, port=port, log_level="info")

@@ -2,7 +2,10 @@
 entry (a fault of the server's storage) a 500 naming the entry, anything unexpected a logged 500.
 
 ``http_error`` maps an exception raised while serving a request to its status and message; ``create_app``
-registers ``answer_http_error`` and ``answer_invalid_request`` so every error body is ``{"detail": ...}``.
+registers ``answer_http_error`` and ``answer_invalid_request``. An error body is ``{"detail": ...}`` on our own
+routes and OpenAI's error object, ``{"error": {"message", "type", "param", "code"}}``, on the OpenAI-compatible
+``/v1/`` routes (whose clients parse that shape), where a body that does not validate is a 400, as OpenAI
+answers it, not FastAPI's 422.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ log = logging.getLogger("adapterhub.server")
 class HTTPError(Exception):
     """A request's answer as an error: raised by handlers (or made by ``http_error``), answered as its ``detail``."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.param, self.code = status, detail, param, code
 
 
 def http_error(exc: Exception) -> HTTPError:
@@ -50,11 +53,27 @@ def http_error(exc: Exception) -> HTTPError:
     return HTTPError(500, f"internal error ({type(exc).__name__}); the server logged the details")
 
 
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+                409: "invalid_request_error", 413: "invalid_request_error", 503: "server_overloaded"}  # fmt: skip
+
+
+def error_response(path: str, exc: HTTPError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The answer to ``exc`` for a request to ``path``: OpenAI's error object on ``/v1/``, else ``{"detail"}``."""
+    if not path.startswith("/v1/"):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+    kind = OPENAI_TYPES.get(exc.status, "server_error" if exc.status >= 500 else "invalid_request_error")
+    body = {"error": {"message": exc.detail, "type": kind, "param": exc.param, "code": exc.code}}
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
 async def answer_http_error(request: Request, exc: HTTPError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+    return error_response(request.url.path, exc)
 
 
 async def answer_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """A body that is not JSON or does not fit the endpoint's model: 422 naming each field and what is wrong."""
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
+    """A body that is not JSON or does not fit the endpoint's model: 422 (400 on ``/v1/``) naming each field."""
+    errors = exc.errors()
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+    openai = request.url.path.startswith("/v1/")
+    param = next((str(e["loc"][-1]) for e in errors if len(e["loc"]) > 1), None) if openai else None
+    return error_response(request.url.path, HTTPError(400 if openai else 422, f"invalid request: {problems}", param=param))

@@ -1,24 +1,75 @@
-"""What every request passes through before its handler: the body size limit and the request metrics.
+"""What every request passes through before its handler: the request metrics, the API key, the body size limit.
 
-``measure`` (outermost) refuses a body whose Content-Length is over ``max_body_bytes`` with a 413 and times
-every answer into the app's metrics; ``BodyLimit`` counts the bytes of a body as they arrive, for bodies sent
-without a Content-Length.
+All three are plain ASGI middleware, not Starlette's ``BaseHTTPMiddleware``: a streamed answer (server-sent
+events) passes through untouched, token by token, and a client that disconnects cancels the handler as it would
+without middleware.
+
+- ``Measure`` (outermost) refuses a body whose Content-Length is over the limit with a 413 before reading it,
+  and times every answer into the app's metrics (a stream: until its last byte);
+- ``RequireKey`` answers 401 to a request without ``Authorization: Bearer <key>`` when the server has a key,
+  on every path but ``/health`` (load balancers probe it without credentials);
+- ``BodyLimit`` counts the bytes of a body as they arrive, for bodies sent without a Content-Length.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
-from typing import Awaitable, Callable
 
-from fastapi import HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import HTTPException
 
-from adapterhub.server.state import app_state
+from adapterhub.server.http_errors import HTTPError, error_response
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+class Measure:
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state.adapterhub
+        started, status = time.perf_counter(), 500
+        limit = state.settings.max_body_bytes
+        length = dict(scope["headers"]).get(b"content-length", b"")
+
+        async def noting_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if length.isdigit() and int(length) > limit:
+                await error_response(scope["path"], HTTPError(413, f"request body over {limit} bytes"))(scope, receive, noting_status)
+            else:
+                await self.app(scope, receive, noting_status)
+        finally:
+            state.metrics.observe(scope["path"], status, time.perf_counter() - started)
+
+
+class RequireKey:
+    def __init__(self, app, api_key: str | None) -> None:
+        self.app = app
+        self.expected = None if api_key is None else f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.expected is not None and scope["path"] not in OPEN_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                problem = "no API key given" if not given else "the API key is not valid"
+                error = HTTPError(401, f"{problem}: send the server's key as 'Authorization: Bearer <key>'", code="invalid_api_key")
+                await error_response(scope["path"], error, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
-    """ASGI middleware counting body bytes as they arrive, so a body sent without Content-Length (chunked)
-    cannot get past the size limit either; the 413 is raised inside the endpoint's body read."""
+    """Counts body bytes as they arrive, so a body sent without Content-Length (chunked) cannot get past the
+    size limit either; the 413 is raised inside the endpoint's body read."""
 
     def __init__(self, app, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -39,17 +90,3 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted_receive, send)
-
-
-async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Answer 413 to a declared body over the limit before reading it; count and time every answer."""
-    state = app_state(request)
-    started = time.perf_counter()
-    limit = state.settings.max_body_bytes
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        response = JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
-    else:
-        response = await call_next(request)
-    state.metrics.observe(request.url.path, response.status_code, time.perf_counter() - started)
-    return response

@@ -9,15 +9,19 @@ scheduler, a model list) gets it as a field here.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
 from adapterhub.continual.router import Router
 from adapterhub.runtime import AdapterPool
+from adapterhub.runtime.continuous import ContinuousEngine, Event
+from adapterhub.server.adapter_metrics import AdapterMetrics
 from adapterhub.server.batch_runs import batch_runner
 from adapterhub.server.batcher import Batcher
+from adapterhub.server.engine_driver import EngineDriver, Submitted
 from adapterhub.server.metrics import AlertThresholds, ServerMetrics
 
 
@@ -29,6 +33,14 @@ class ServerSettings:
     max_new_tokens: int = 256
     max_body_bytes: int = 1 << 20
     alerts: AlertThresholds = AlertThresholds()
+    batching: Literal["continuous", "static"] = "continuous"  # how /v1/ completions are scheduled
+    max_running: int = 16  # rows of the continuous batch
+    prefill_chunk: int = 128  # prompt tokens prefilled per scheduler step (bounds the stall of running rows)
+    max_waiting: int = 256  # requests queued beyond the running rows; more are refused with a 503
+    model_name: str = "base"  # the base's name as an OpenAI `model`
+    api_key: str | None = None  # every route but /health then needs `Authorization: Bearer <key>`
+    allow_lora_dir: Path | None = None  # /v1/load_lora_adapter may import PEFT directories inside it
+    top_adapters: int = 20  # adapters shown by name in the per-adapter metrics; the rest are "other"
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,10 @@ class AppState:
     metrics: ServerMetrics
     batcher: Batcher
     router: Router | None = None
+    engine: ContinuousEngine | None = None  # continuous batching of /v1/ completions (causal LM, continuous)
+    driver: EngineDriver | None = None
+    adapter_metrics: AdapterMetrics = field(default_factory=AdapterMetrics)
+    lora_names: dict[str, str] = field(default_factory=dict)  # lora_name -> name@version (/v1/load_lora_adapter)
 
     @classmethod
     def build(cls, pool: AdapterPool, settings: ServerSettings, router: Router | None = None,
@@ -49,12 +65,39 @@ class AppState:
         metrics = ServerMetrics(pool, settings.alerts, endpoints)
         batcher = Batcher(batch_runner(pool, router), max_batch_size=settings.max_batch_size,
                           max_wait_ms=settings.max_wait_ms, on_batch=lambda size, seconds: metrics.batch_size.observe(size))  # fmt: skip
-        return cls(pool, settings, metrics, batcher, router)
+        per_adapter = AdapterMetrics(settings.top_adapters)
+        metrics.registry.register(per_adapter)
+        engine = driver = None
+        if pool.base.model_task == "causal-lm" and settings.batching == "continuous":
+            engine = ContinuousEngine(pool, max_running=settings.max_running, prefill_chunk=settings.prefill_chunk)
+            driver = EngineDriver(engine, batcher.worker, _recorder(per_adapter))  # the batcher's thread: one model thread
+            per_adapter.queue_depth, per_adapter.running_rows = (lambda: engine.queued), (lambda: engine.active)
+        return cls(pool, settings, metrics, batcher, router, engine, driver, per_adapter)
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens (prompt and generated) the base's positions cover, when its config says."""
+        return getattr(self.pool.base.model.config, "max_position_embeddings", None)
 
     @property
     def model_task(self) -> str:
         """The base's model task: ``causal-lm`` (``/generate``) or ``seq-cls`` (``/classify``)."""
         return self.pool.base.model_task
+
+
+def _recorder(metrics: AdapterMetrics):
+    """The driver's event callback: tokens, time to first token and the gaps between tokens, by adapter."""
+
+    def record(request: Submitted, event: Event, now: float) -> None:
+        if not event.tokens:
+            return
+        metrics.tokens(request.label, event.tokens)
+        if request.first_token_at is None:
+            metrics.first_token(request.label, now - request.sequence.arrived)
+        else:
+            metrics.between_tokens(request.label, (now - request.last_token_at) / event.tokens)
+
+    return record
 
 
 def app_state(request: Request) -> AppState:

@@ -1,0 +1,98 @@
+"""Runs the continuous-batching engine from the server's event loop, and hands each request its events.
+
+One asyncio task calls ``engine.step`` on the model thread (the batcher's one worker, so pool loads, the
+static batcher's batches and the steps never overlap) for as long as there is work, and sleeps when there is
+none. After each step it puts every request's event on that request's own queue, on the event loop: a
+handler reads its queue as an async iterator (``Submitted.events``) and streams or gathers. Time to first
+token and the gaps between tokens are measured here, where the tokens leave the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+from adapterhub.runtime.continuous import ContinuousEngine, Event, Sequence
+
+log = logging.getLogger("adapterhub.server")
+
+
+@dataclass
+class Submitted:
+    """A request handed to the engine: its sequence and the queue its events arrive on."""
+
+    sequence: Sequence
+    label: str = "base"  # the adapter's name in metrics
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event of this request, the last one with ``finish`` set."""
+        while True:
+            event = await self.queue.get()
+            yield event
+            if event.finish is not None:
+                return
+
+
+OnEvent = Callable[[Submitted, Event, float], None]
+"""``on_event(request, event, now)``: called for every event as it leaves the engine (metrics)."""
+
+
+class EngineDriver:
+    def __init__(self, engine: ContinuousEngine, worker: ThreadPoolExecutor, on_event: OnEvent | None = None) -> None:
+        self.engine, self.worker = engine, worker
+        self.on_event = on_event or (lambda request, event, now: None)
+        self.requests: dict[int, Submitted] = {}
+        self.wake: asyncio.Event | None = None
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.wake = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+    def submit(self, sequence: Sequence, label: str = "base") -> Submitted:
+        submitted = Submitted(sequence, label)
+        self.requests[sequence.id] = submitted
+        self.engine.submit(sequence)
+        self.wake.set()
+        return submitted
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.engine.has_work():
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            try:
+                events = await loop.run_in_executor(self.worker, self.engine.step)
+            except Exception:  # a fault in the scheduler itself: log it, keep serving
+                log.exception("a continuous-batching step failed")
+                await asyncio.sleep(0.05)
+                continue
+            now = time.perf_counter()
+            for sequence, event in events:
+                submitted = self.requests.get(sequence.id)
+                if submitted is None:
+                    continue
+                if event.finish is not None:
+                    del self.requests[sequence.id]
+                self.on_event(submitted, event, now)
+                if event.tokens:
+                    submitted.first_token_at = submitted.first_token_at or now
+                    submitted.last_token_at = now
+                submitted.queue.put_nowait(event)
