@@ -29,7 +29,7 @@ def pool(tiny_llama, tmp_path):
 
 
 def greedy(n: int, **extra) -> SamplingParams:
-    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, **extra)
+    return SamplingParams(max_tokens=n, temperature=0, min_tokens=n, **extra)
 
 
 def run(engine: ContinuousEngine, arrivals: dict[int, list[Sequence]]) -> tuple[dict[int, str], list[int], int]:

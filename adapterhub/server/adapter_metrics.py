@@ -50,12 +50,14 @@ class _Histogram:
 class _AdapterCounts:
     requests: int = 0
     tokens: int = 0
+    cancelled: int = 0
     ttft: _Histogram = field(default_factory=lambda: _Histogram(TTFT_BUCKETS))
     itl: _Histogram = field(default_factory=lambda: _Histogram(ITL_BUCKETS))
 
     def add(self, other: _AdapterCounts) -> None:
         self.requests += other.requests
         self.tokens += other.tokens
+        self.cancelled += other.cancelled
         self.ttft.add(other.ttft)
         self.itl.add(other.itl)
 
@@ -78,6 +80,9 @@ class AdapterMetrics:
     def tokens(self, adapter: str, count: int) -> None:
         self._of(adapter).tokens += count
 
+    def cancel(self, adapter: str) -> None:
+        self._of(adapter).cancelled += 1
+
     def first_token(self, adapter: str, seconds: float) -> None:
         self._of(adapter).ttft.observe(seconds)
 
@@ -99,12 +104,14 @@ class AdapterMetrics:
         families = {
             "requests": CounterMetricFamily("adapterhub_adapter_requests", "Generation requests, by adapter.", labels=["adapter"]),
             "tokens": CounterMetricFamily("adapterhub_adapter_generated_tokens", "Tokens generated, by adapter.", labels=["adapter"]),
+            "cancelled": CounterMetricFamily("adapterhub_adapter_cancelled", "Requests whose client went away before the end, by adapter.", labels=["adapter"]),
             "ttft": HistogramMetricFamily("adapterhub_time_to_first_token_seconds", "From arrival to the first token, by adapter.", labels=["adapter"]),
             "itl": HistogramMetricFamily("adapterhub_inter_token_latency_seconds", "Between two tokens of a request, by adapter.", labels=["adapter"]),
         }  # fmt: skip
         for name, counts in self.folded().items():
             families["requests"].add_metric([name], counts.requests)
             families["tokens"].add_metric([name], counts.tokens)
+            families["cancelled"].add_metric([name], counts.cancelled)
             families["ttft"].add_metric([name], counts.ttft.buckets(), counts.ttft.total)
             families["itl"].add_metric([name], counts.itl.buckets(), counts.itl.total)
         yield from families.values()

@@ -89,6 +89,8 @@ def _recorder(metrics: AdapterMetrics):
     """The driver's event callback: tokens, time to first token and the gaps between tokens, by adapter."""
 
     def record(request: Submitted, event: Event, now: float) -> None:
+        if event.finish == "abort":
+            metrics.cancel(request.label)
         if not event.tokens:
             return
         metrics.tokens(request.label, event.tokens)
