@@ -228,3 +228,39 @@ def test_static_batching_answers_whole_and_chat_needs_a_template(tiny_llama, tmp
         chat = client.post("/v1/chat/completions", json={"model": "a", "messages": [{"role": "user", "content": "hi"}]})
         assert chat.status_code == 400 and "no chat template" in chat.json()["error"]["message"]
     pool.close()
+
+
+def test_a_tag_moved_in_the_registry_is_picked_up_by_the_next_request(served, client, tmp_path):
+    server, references, _ = served
+    registry = server.app.state.adapterhub.pool.registry
+    base = server.app.state.adapterhub.pool.base
+    first, _ = push_adapter(base, registry, "t", tmp_path, 1)  # the same weights as "a"
+    second, _ = push_adapter(base, registry, "t", tmp_path / "v2", 5)
+    registry.tag(first.ref, "prod")
+    before = client.completions.create(model="t:prod", prompt="the movie was", max_tokens=6, temperature=0, extra_body={"min_tokens": 6})
+    registry.tag(second.ref, "prod")
+    after = client.completions.create(model="t:prod", prompt="the movie was", max_tokens=6, temperature=0, extra_body={"min_tokens": 6})
+    assert before.choices[0].text == references[("the movie was", "a@1")] != after.choices[0].text
+
+
+def test_an_adapter_that_is_not_slottable_is_served_through_peft(served, client, tmp_path):
+    from test_runtime import push_random_adapter
+
+    state = served[0].app.state.adapterhub
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADAPTERHUB_HOME", str(state.pool.registry.root.parent))
+        push_random_adapter(state.pool.base, "biased", {"r": 4, "bias": "lora_only"}, tmp_path, seed=7)
+    streamed = client.completions.create(model="biased", prompt="the movie was", max_tokens=5, temperature=0, stream=True,
+                                         extra_body={"min_tokens": 5})  # fmt: skip
+    chunks = list(streamed)
+    assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == 5
+    assert [a["tier"] for a in state.pool.describe() if a["adapter"] == "biased@1"] == ["peft"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.5", "example.org"])
+def test_serve_refuses_a_reachable_address_without_a_key(host, tiny_llama, capsys):
+    from adapterhub.cli import main
+
+    assert main(["serve", "--base", str(tiny_llama), "--host", host]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--api-key" in err and "--allow-unauthenticated" in err, err
