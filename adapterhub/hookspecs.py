@@ -36,3 +36,9 @@ def adapterhub_quantizers() -> list:
 @hookspec
 def adapterhub_commands(cli) -> None:
     """Add subcommands to the ``adapterhub`` click group passed in as ``cli``; returns nothing."""
+
+
+@hookspec
+def adapterhub_remote_stores() -> list:
+    """Return ``list[RemoteStoreSpec]`` (``adapterhub_registry.remote_store``): remote registry backends, one per URL
+    scheme (``s3``, ``file``, ...), each opening a store with atomic create and compare-and-swap."""

@@ -18,12 +18,15 @@ import traceback
 from dataclasses import dataclass, field
 
 import pluggy
+from adapterhub_registry.remote_store import RemoteStoreSpec
 
-from adapterhub import hookspecs
+from adapterhub import __version__, hookspecs, remote_stores
 from adapterhub.errors import PluginError, UnknownNameError
 from adapterhub.specs import KernelSpec, MethodSpec, QuantizerSpec
 
 ENTRY_POINT_GROUP = "adapterhub"
+BUILTIN_PLUGIN = "adapterhub"
+"""The name the core's own hook implementations (``adapterhub.remote_stores``) are registered under."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class PluginInfo:
 class Contribution:
     """A spec together with the plugin that contributed it."""
 
-    spec: MethodSpec | KernelSpec | QuantizerSpec
+    spec: MethodSpec | KernelSpec | QuantizerSpec | RemoteStoreSpec
     plugin: str
 
 
@@ -52,6 +55,7 @@ class Catalog:
     methods: dict[str, Contribution] = field(default_factory=dict)
     quantizers: dict[str, Contribution] = field(default_factory=dict)
     kernels: dict[str, list[Contribution]] = field(default_factory=dict)
+    remote_stores: dict[str, Contribution] = field(default_factory=dict)
     conflicts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     hook_errors: list[str] = field(default_factory=list)
 
@@ -60,6 +64,11 @@ class Catalog:
 
     def quantizer(self, name: str) -> QuantizerSpec:
         return self._lookup("quantizer", self.quantizers, name).spec
+
+    def remote_store_specs(self) -> dict[str, RemoteStoreSpec]:
+        """URL scheme -> remote registry backend, for ``Registry.remote(name, stores=...)``; a scheme two plugins
+        claim is left out (``adapterhub plugins`` reports the conflict)."""
+        return {scheme: c.spec for scheme, c in self.remote_stores.items() if ("remote store", scheme) not in self.conflicts}
 
     def method_for_peft_type(self, peft_type: str, plugin: dict | None = None) -> MethodSpec:
         """The method that loads ``peft_type``; ``plugin`` is the manifest's record of the plugin that made the
@@ -89,6 +98,7 @@ class Catalog:
                 ("methods", self.methods.values()),
                 ("quantizers", self.quantizers.values()),
                 ("kernels", kernels),
+                ("remote_stores", self.remote_stores.values()),
             )
         }
 
@@ -132,7 +142,8 @@ def load_plugins() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
     """Register every ``adapterhub`` entry point with a fresh plugin manager; failures are recorded."""
     pm = pluggy.PluginManager("adapterhub")
     pm.add_hookspecs(hookspecs)
-    infos: list[PluginInfo] = []
+    pm.register(remote_stores, name=BUILTIN_PLUGIN)
+    infos: list[PluginInfo] = [PluginInfo(BUILTIN_PLUGIN, "adapterhub", __version__)]
     for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         distribution, version = _distribution_of(entry_point)
         if pm.has_plugin(entry_point.name):
@@ -149,7 +160,12 @@ def load_plugins() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
     return pm, infos
 
 
-SPEC_TYPES = {"adapterhub_methods": MethodSpec, "adapterhub_kernels": KernelSpec, "adapterhub_quantizers": QuantizerSpec}
+SPEC_TYPES = {
+    "adapterhub_methods": MethodSpec,
+    "adapterhub_kernels": KernelSpec,
+    "adapterhub_quantizers": QuantizerSpec,
+    "adapterhub_remote_stores": RemoteStoreSpec,
+}
 """What each contribution hook returns a list of."""
 
 
@@ -215,6 +231,7 @@ def build_catalog(pm: pluggy.PluginManager, plugins: list[PluginInfo]) -> Catalo
     catalog = Catalog(plugins=plugins)
     catalog.methods = _index("method", _collect(pm, "adapterhub_methods", catalog), catalog)
     catalog.quantizers = _index("quantizer", _collect(pm, "adapterhub_quantizers", catalog), catalog)
+    catalog.remote_stores = _index("remote store", _collect(pm, "adapterhub_remote_stores", catalog), catalog)
     for contribution in _collect(pm, "adapterhub_kernels", catalog):
         catalog.kernels.setdefault(contribution.spec.op, []).append(contribution)
     return catalog

@@ -2,7 +2,8 @@
 
 The registry library (``adapterhub_registry``) knows files and records; this module adds what needs the
 core: mapping a PEFT directory's ``peft_type`` to an installed method and, with ``--base``, checking that
-an imported adapter actually loads onto that base before it is recorded against it.
+an imported adapter actually loads onto that base before it is recorded against it, and the remote stores
+plugins contribute (``adapterhub_remote_stores``) for the ``--remote`` commands.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from adapterhub.cli_output import echo_json
 
 def _registry(ctx: click.Context) -> Registry:
     return Registry(ctx.obj)
+
+
+def _remote(ctx: click.Context, name: str):
+    """The local registry's remote ``name``, opened with the stores of the installed plugins (S3, file built in)."""
+    from adapterhub import plugins
+
+    return _registry(ctx).remote(name, stores=plugins.catalog().remote_store_specs())
+
+
+remote_option = click.option("--remote", "remote_name", default=None, metavar="REMOTE",
+                             help="Read the index of this remote (see `registry remote list`) instead of the local one.")
 
 
 def _print_records(records, as_json: bool) -> None:
@@ -48,38 +60,121 @@ def registry_group(ctx: click.Context, registry_root: str | None, old_root: str 
 @click.option("--base", "base_fingerprint", default=None, help="Base fingerprint.")
 @click.option("--tag", default=None)
 @click.option("--all-versions", is_flag=True)
+@remote_option
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def list_command(ctx, name, method, base_fingerprint, tag, all_versions, as_json) -> None:
+def list_command(ctx, name, method, base_fingerprint, tag, all_versions, remote_name, as_json) -> None:
     """List adapters (latest version of each unless --all-versions)."""
-    records = _registry(ctx).list(name=name, method=method, base_fingerprint=base_fingerprint, tag=tag, all_versions=all_versions)
+    source = _remote(ctx, remote_name) if remote_name else _registry(ctx)
+    records = source.list(name=name, method=method, base_fingerprint=base_fingerprint, tag=tag, all_versions=all_versions)
     _print_records(records, as_json)
 
 
 @registry_group.command("search")
 @click.argument("query")
+@remote_option
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def search_command(ctx, query, as_json) -> None:
+def search_command(ctx, query, remote_name, as_json) -> None:
     """Find adapters whose name, method, tags or description contain QUERY."""
-    _print_records(_registry(ctx).search(query), as_json)
+    _print_records((_remote(ctx, remote_name) if remote_name else _registry(ctx)).search(query), as_json)
 
 
 @registry_group.command("show")
 @click.argument("ref")
+@remote_option
 @click.pass_context
-def show_command(ctx, ref) -> None:
-    """Everything recorded about REF (name, name@version or name:tag), as JSON."""
-    echo_json(_registry(ctx).resolve(ref).to_dict())
+def show_command(ctx, ref, remote_name) -> None:
+    """Everything recorded about REF (name, name@version or name:tag), as JSON; a fetched version's manifest
+    records its remote, the remote's version and the sha256 under "remote"."""
+    echo_json((_remote(ctx, remote_name) if remote_name else _registry(ctx)).resolve(ref).to_dict())
 
 
 @registry_group.command("tag")
 @click.argument("ref")
 @click.argument("tag")
+@remote_option
 @click.pass_context
-def tag_command(ctx, ref, tag) -> None:
-    """Point TAG of the adapter's name at REF's version."""
-    click.echo(f"{tag} -> {_registry(ctx).tag(ref, tag).ref}")
+def tag_command(ctx, ref, tag, remote_name) -> None:
+    """Point TAG of the adapter's name at REF's version (on --remote: moved atomically there)."""
+    click.echo(f"{tag} -> {(_remote(ctx, remote_name) if remote_name else _registry(ctx)).tag(ref, tag).ref}")
+
+
+@registry_group.group("remote")
+def remote_group() -> None:
+    """Remotes of this registry, like git's: S3 buckets (s3://bucket/prefix) or shared directories (file:///path)."""
+
+
+@remote_group.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--endpoint-url", default=None, help="S3-compatible endpoint (MinIO, ...); default: AWS settings "
+              "such as $AWS_ENDPOINT_URL.")
+@click.pass_context
+def remote_add_command(ctx, name, url, endpoint_url) -> None:
+    """Add remote NAME at URL (s3://bucket/prefix or file:///absolute/path)."""
+    from adapterhub_registry.remote_config import RemoteConfigs
+
+    remote = RemoteConfigs(_registry(ctx).root).add(name, url, endpoint_url)
+    click.echo(f"added remote {remote.name} -> {remote.url}" + (f" (endpoint {endpoint_url})" if endpoint_url else ""))
+
+
+@remote_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def remote_list_command(ctx, as_json) -> None:
+    """The configured remotes."""
+    from adapterhub_registry.remote_config import RemoteConfigs
+
+    remotes = RemoteConfigs(_registry(ctx).root).all()
+    if as_json:
+        echo_json([r.to_dict() for r in remotes])
+        return
+    for r in remotes:
+        click.echo(f"{r.name:<16} {r.url}" + (f"  (endpoint {r.endpoint_url})" if r.endpoint_url else ""))
+    if not remotes:
+        click.echo("no remotes; add one with `adapterhub registry remote add NAME s3://bucket/prefix`")
+
+
+@remote_group.command("remove")
+@click.argument("name")
+@click.pass_context
+def remote_remove_command(ctx, name) -> None:
+    """Forget remote NAME (nothing on the remote is touched)."""
+    from adapterhub_registry.remote_config import RemoteConfigs
+
+    RemoteConfigs(_registry(ctx).root).remove(name)
+    click.echo(f"removed remote {name}")
+
+
+@registry_group.command("push-remote")
+@click.argument("remote_name", metavar="REMOTE")
+@click.argument("ref")
+@click.option("--tag", "tags", multiple=True, help="Point this tag of the remote at the pushed version (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def push_remote_command(ctx, remote_name, ref, tags, as_json) -> None:
+    """Upload the local REF to REMOTE as its next version of the name (the blob is skipped if already there)."""
+    record = _remote(ctx, remote_name).push(ref, tags=tags)
+    if as_json:
+        echo_json(record.to_dict())
+    else:
+        click.echo(f"pushed {ref} to {remote_name} as {record.ref} (sha256 {record.blob_sha256[:12]})")
+
+
+@registry_group.command("fetch")
+@click.argument("remote_name", metavar="REMOTE")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def fetch_command(ctx, remote_name, ref, as_json) -> None:
+    """Bring REF (name, name@version or name:tag, as REMOTE numbers them) into the local registry, sha256-checked."""
+    record = _remote(ctx, remote_name).fetch(ref)
+    if as_json:
+        echo_json(record.to_dict())
+    else:
+        origin = record.manifest["remote"]
+        click.echo(f"fetched {remote_name} {origin['ref']} as {record.ref} (sha256 {record.blob_sha256[:12]})")
 
 
 @registry_group.command("untag")

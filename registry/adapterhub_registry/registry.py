@@ -34,6 +34,9 @@ from adapterhub_registry.safetensors_check import check_safetensors, checked_hea
 if TYPE_CHECKING:  # torch is imported where tensors are made: listing and tagging never load it
     import torch
 
+    from adapterhub_registry.remote import Remote
+    from adapterhub_registry.remote_store import RemoteStoreSpec
+
 
 def default_root() -> Path:
     """`$ADAPTERHUB_HOME/registry`, else `$XDG_DATA_HOME/adapterhub/registry` (default ~/.local/share)."""
@@ -288,6 +291,15 @@ class Registry:
             report.temp_files = self._blobs.stale_temp_files()
         report.orphans = sorted(self._blobs.path(d) for d in orphans)
         return report
+
+    def remote(self, name: str, stores: dict[str, RemoteStoreSpec] | None = None) -> Remote:
+        """The configured remote `name` (`remotes.json` in the root): push, fetch, list, search, tag.
+
+        `stores` maps URL schemes to backends; None means the bundled S3 and file stores.
+        """
+        from adapterhub_registry.remote import open_remote
+
+        return open_remote(self, name, stores)
 
     def _remove_unreferenced(self, digests: set[str], *, best_effort: bool = False) -> None:
         """Remove those of `digests` no committed row refers to; the write lock stops a concurrent push from

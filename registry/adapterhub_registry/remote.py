@@ -1,0 +1,185 @@
+"""`Remote`: one configured remote of a local registry — push to it, fetch from it, list, search and tag it.
+
+A fetched version becomes the next local version of its name, and its manifest records where it came from
+(`manifest["remote"]`: remote name, URL, the remote's `name@version` and the sha256), so `registry show`
+answers "which bytes is this" across machines. Fetching the same remote version again returns that local
+record instead of storing a copy, which is what a server resolving refs on a miss needs
+(`registry.remote("origin").fetch("name:prod")`). Every fetch re-checks size and sha256 of the downloaded
+blob before anything is stored locally.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapterhub_registry import remote_layout as layout
+from adapterhub_registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub_registry.blobs import sha256_hex
+from adapterhub_registry.errors import CorruptBlobError
+from adapterhub_registry.names import parse_ref, validate_tag
+from adapterhub_registry.records import AdapterRecord
+from adapterhub_registry.remote_cache import EntryCache
+from adapterhub_registry.remote_config import RemoteConfig, RemoteConfigs
+from adapterhub_registry.remote_store import RemoteStore, RemoteStoreSpec, bundled_stores, open_store
+
+if TYPE_CHECKING:
+    from adapterhub_registry.registry import Registry
+
+PROVENANCE_KEY = "remote"
+"""The local manifest key that records where a fetched version came from."""
+
+
+class Remote:
+    """A remote of `registry`, opened on `store`; see the module docstring."""
+
+    def __init__(self, registry: Registry, config: RemoteConfig, store: RemoteStore) -> None:
+        self.registry, self.config, self.store = registry, config, store
+        self.cache = EntryCache(registry.root, config.url)
+        self._fetching = threading.Lock()  # one fetch at a time per process, so a ref is stored locally once
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def __repr__(self) -> str:
+        return f"Remote({self.name!r}, {self.config.url!r})"
+
+    def push(self, ref: str, *, tags: list[str] | tuple[str, ...] = ()) -> AdapterRecord:
+        """Upload the local version `ref` as the remote's next version of its name (or reuse the remote's newest
+        version when it holds the same bytes and config); `tags` then point at it there. Returns the remote's record."""
+        tag_list = list(dict.fromkeys(validate_tag(t) for t in tags))
+        local = self.registry.resolve(ref)
+        weights = self.registry._read_blob(local)  # sha256-checked: a damaged local copy is never uploaded
+        config_text = self.registry._index.peft_config_text(local)
+        versions = layout.versions(self.store, local.name)
+        newest = layout.read_entry(self.store, local.name, versions[-1]) if versions else None
+        if newest is not None and newest.blob_sha256 == local.blob_sha256 and newest.peft_config_text == config_text:
+            for tag in tag_list:
+                layout.move_tag(self.store, newest.name, tag, newest.version)
+            return self._with_tags(newest)
+        layout.upload_blob(self.store, weights, local.blob_sha256)  # the blob first, the entry last
+        manifest = {k: v for k, v in local.manifest.items() if k != PROVENANCE_KEY}
+        entry = layout.add_entry(self.store, layout.RemoteEntry(
+            name=local.name, version=0, method=local.method, base_fingerprint=local.base_fingerprint,
+            peft_config_text=config_text, manifest=manifest, metrics=local.metrics,
+            blob_sha256=local.blob_sha256, size_bytes=local.size_bytes, created_at=time.time(),
+        ), newest=versions[-1] if versions else 0)  # fmt: skip
+        for tag in tag_list:
+            layout.move_tag(self.store, entry.name, tag, entry.version)
+        return entry.record(tuple(tag_list))  # a new version: no other tag can point at it yet
+
+    def fetch(self, ref: str) -> AdapterRecord:
+        """Bring the remote's `ref` (`name`, `name@version`, `name:tag` as the remote numbers them) into the
+        local registry and return the local record; a version fetched before is not stored twice."""
+        entry = layout.resolve(self.store, parse_ref(ref))
+        with self._fetching:
+            cached = self.local_copy(entry.name, entry.version, entry.blob_sha256)
+            if cached is not None:
+                return cached
+            weights = self._download(entry)
+            with tempfile.TemporaryDirectory(prefix="adapterhub-fetch-") as directory:
+                (Path(directory) / CONFIG_FILE).write_text(entry.peft_config_text, encoding="utf-8")
+                (Path(directory) / WEIGHTS_FILE).write_bytes(weights)
+                provenance = {
+                    "name": self.name, "url": self.config.url, "ref": entry.ref, "version": entry.version,
+                    "sha256": entry.blob_sha256, "fetched_at": time.time(),
+                }  # fmt: skip
+                return self.registry.push(
+                    entry.name, directory, method=entry.method, base_fingerprint=entry.base_fingerprint,
+                    manifest={**entry.manifest, PROVENANCE_KEY: provenance}, metrics=entry.metrics,
+                )  # fmt: skip
+
+    def local_copy(self, name: str, version: int, sha256: str) -> AdapterRecord | None:
+        """The local record fetched from this remote's `name@version` with that blob, if there is one."""
+        for record in reversed(self.registry.list(name=name, all_versions=True)):
+            origin = record.manifest.get(PROVENANCE_KEY)
+            if (isinstance(origin, dict) and origin.get("url") == self.config.url
+                    and origin.get("version") == version and record.blob_sha256 == sha256):  # fmt: skip
+                return record
+        return None
+
+    def resolve(self, ref: str) -> AdapterRecord:
+        """The remote's record for `ref`, with the remote's version number and tags."""
+        return self._with_tags(layout.resolve(self.store, parse_ref(ref)))
+
+    def list(
+        self,
+        *,
+        name: str | None = None,
+        method: str | None = None,
+        base_fingerprint: str | None = None,
+        tag: str | None = None,
+        all_versions: bool = False,
+    ) -> list[AdapterRecord]:
+        """Like `Registry.list`, over the remote's index: only each name's newest match unless `all_versions`."""
+        filtered = method is not None or base_fingerprint is not None or tag is not None
+        entries = layout.all_entries(self.store, name=name, all_versions=all_versions or filtered, cache=self.cache)
+        tags = layout.tags_by_version(self.store, name)
+        records = [e.record(tuple(tags.get((e.name, e.version), ()))) for e in entries]
+        records = [
+            r for r in records
+            if (method is None or r.method == method)
+            and (base_fingerprint is None or r.base_fingerprint == base_fingerprint)
+            and (tag is None or tag in r.tags)
+        ]  # fmt: skip
+        if filtered and not all_versions:
+            newest = {r.name: r for r in records}  # sorted by version, so the last one of each name stays
+            records = list(newest.values())
+        return records
+
+    def search(self, query: str, *, limit: int | None = 50) -> list[AdapterRecord]:
+        """Newest versions whose name, method, tags or manifest "description" contain `query` (case-insensitive)."""
+        text = query.lower()
+        found = [
+            r for r in self.list()
+            if text in r.name.lower() or text in r.method.lower() or any(text in t.lower() for t in r.tags)
+            or text in str(r.manifest.get("description", "")).lower()
+        ]  # fmt: skip
+        return found if limit is None else found[:limit]
+
+    def tag(self, ref: str, tag: str) -> AdapterRecord:
+        """Point the remote's `tag` at the version `ref` names on the remote (moved atomically)."""
+        entry = layout.resolve(self.store, parse_ref(ref))
+        layout.move_tag(self.store, entry.name, validate_tag(tag), entry.version)
+        return self._with_tags(entry)
+
+    def _with_tags(self, entry: layout.RemoteEntry) -> AdapterRecord:
+        tags = layout.tags_by_version(self.store, entry.name).get((entry.name, entry.version), [])
+        return entry.record(tuple(tags))
+
+    def _download(self, entry: layout.RemoteEntry) -> bytes:
+        key = layout.blob_key(entry.blob_sha256)
+        where = f"remote {self.name} ({self.config.url}): blob {key} of {entry.ref}"
+        advice = f"push {entry.name} again from a machine that has a good copy (`adapterhub registry push-remote`)"
+        try:
+            data = self.store.read(key)
+        except FileNotFoundError:
+            raise CorruptBlobError(f"{where} is missing; {advice}") from None
+        if len(data) != entry.size_bytes:
+            raise CorruptBlobError(f"{where} has {len(data)} bytes, expected {entry.size_bytes}; refused. {advice}")
+        if (digest := sha256_hex(data)) != entry.blob_sha256:
+            raise CorruptBlobError(f"{where} hashes to {digest}, not {entry.blob_sha256}: it is damaged; refused. {advice}")
+        return data
+
+
+def open_remote(registry: Registry, name: str, stores: dict[str, RemoteStoreSpec] | None = None) -> Remote:
+    """The remote `name` configured in `registry`, opened with the backend for its URL's scheme.
+
+    `stores` maps schemes to backends; None means the bundled S3 and file stores (adapterhub passes the
+    ones its plugins register).
+    """
+    config = RemoteConfigs(registry.root).get(name)
+    return Remote(registry, config, open_store(config.url, config.endpoint_url, stores or bundled_stores()))
+
+
+def provenance(record: AdapterRecord) -> dict | None:
+    """Where a local record was fetched from (remote name, URL, remote ref, sha256), or None if pushed here."""
+    origin = record.manifest.get(PROVENANCE_KEY)
+    return origin if isinstance(origin, dict) else None
+
+
+__all__ = ["PROVENANCE_KEY", "Remote", "open_remote", "provenance"]

@@ -1,0 +1,91 @@
+"""The remotes a local registry knows, like git's: `<root>/remotes.json`, name -> URL and endpoint.
+
+Small and rarely written, so it is a JSON file rewritten whole (temp file + rename, `files.write_atomic`)
+under a lock on `remotes.json.lock` (`remote_locks.exclusive`), so two concurrent `remote add`s both land.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapterhub_registry.errors import NotFoundError, RegistryError
+from adapterhub_registry.files import write_atomic
+from adapterhub_registry.names import validate_name
+from adapterhub_registry.remote_locks import exclusive
+from adapterhub_registry.remote_store import check_url
+
+CONFIG_FILE = "remotes.json"
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """One configured remote: its name, URL (`s3://...`, `file:///...`) and optional S3 endpoint."""
+
+    name: str
+    url: str
+    endpoint_url: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"name": self.name, "url": self.url, "endpoint_url": self.endpoint_url}
+
+
+class RemoteConfigs:
+    """Reads and edits `<root>/remotes.json`."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / CONFIG_FILE
+
+    def all(self) -> list[RemoteConfig]:
+        return [RemoteConfig(name, **fields) for name, fields in sorted(self._read().items())]
+
+    def get(self, name: str) -> RemoteConfig:
+        found = self._read().get(name)
+        if found is None:
+            known = ", ".join(sorted(self._read())) or "none"
+            raise NotFoundError(
+                f"no remote named {name!r} (configured: {known}); add it with "
+                f"`adapterhub registry remote add {name} s3://bucket/prefix`"
+            )
+        return RemoteConfig(name, **found)
+
+    def add(self, name: str, url: str, endpoint_url: str | None = None) -> RemoteConfig:
+        validate_name(name, kind="remote name")
+        check_url(url)
+        with self._editing() as remotes:
+            if name in remotes:
+                raise RegistryError(
+                    f"remote {name!r} already exists ({remotes[name]['url']}); remove it first "
+                    f"(`adapterhub registry remote remove {name}`) or choose another name"
+                )
+            remotes[name] = {"url": url, "endpoint_url": endpoint_url}
+        return RemoteConfig(name, url, endpoint_url)
+
+    def remove(self, name: str) -> None:
+        with self._editing() as remotes:
+            if remotes.pop(name, None) is None:
+                raise NotFoundError(f"no remote named {name!r}; `adapterhub registry remote list` shows them")
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        try:
+            remotes = json.loads(text)["remotes"]
+            if not isinstance(remotes, dict):
+                raise TypeError("'remotes' is not an object")
+            return remotes
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(f"{self.path} is damaged ({exc}); fix or delete it, then add the remotes again") from exc
+
+    @contextlib.contextmanager
+    def _editing(self) -> Iterator[dict[str, dict]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(self.path.with_name(CONFIG_FILE + ".lock")):
+            remotes = self._read()
+            yield remotes
+            write_atomic(self.path, json.dumps({"remotes": remotes}, indent=2, sort_keys=True).encode("utf-8"))

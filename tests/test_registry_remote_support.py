@@ -1,0 +1,76 @@
+"""Shared fixtures of the remote registry tests: a real S3 server on loopback (moto's server mode) and remotes.
+
+moto runs as `ThreadedMotoServer` inside the test process, started once per session; each test gets its own
+bucket, so tests never see each other's objects. Pushers in subprocesses reach the same server over HTTP.
+Kept in a test module (not conftest.py), like test_registry_support; it holds no tests of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from adapterhub_registry import Registry
+from adapterhub_registry.remote_config import RemoteConfigs
+
+REPO = Path(__file__).resolve().parents[1]
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,  # never the developer's own ~/.aws settings
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> str:
+    """The URL of a moto S3 server on 127.0.0.1 (a free port), up for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch) -> dict[str, str]:
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return dict(AWS_ENV)
+
+
+@pytest.fixture
+def bucket(moto_endpoint, aws_env) -> str:
+    """A new, empty bucket on the moto server."""
+    import boto3
+
+    name = f"adapters-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def add_remote(registry: Registry, url: str, endpoint_url: str | None = None, name: str = "origin") -> None:
+    RemoteConfigs(registry.root).add(name, url, endpoint_url)
+
+
+def python_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for a subprocess that imports adapterhub_registry from this checkout."""
+    path = os.pathsep.join([str(REPO / "registry"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
+def start_python(code: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], env=python_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
