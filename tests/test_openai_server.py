@@ -264,3 +264,32 @@ def test_serve_refuses_a_reachable_address_without_a_key(host, tiny_llama, capsy
     assert main(["serve", "--base", str(tiny_llama), "--host", host]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--api-key" in err and "--allow-unauthenticated" in err, err
+
+
+def test_a_server_with_a_remote_serves_what_a_training_machine_pushed_there(tiny_llama, tmp_path):
+    from adapterhub_registry.remote_config import RemoteConfigs
+
+    from adapterhub.server.remote_refs import RemoteRefs
+
+    base = load_base(tiny_llama)
+    trainer, serving = Registry(tmp_path / "trainer"), Registry(tmp_path / "server")
+    for registry in (trainer, serving):
+        RemoteConfigs(registry.root).add("shared", f"file://{tmp_path / 'shared'}")
+    push_adapter(base, trainer, "fresh", tmp_path / "v1", 1)
+    trainer.remote("shared").push("fresh@1", tags=["prod"])
+    pool = AdapterPool(base, slots=2, max_rank=4, registry=serving)
+    remote = RemoteRefs(serving, serving.remote("shared"), ttl=0)
+    body = {"model": "fresh:prod", "prompt": "the movie was", "max_tokens": 4, "temperature": 0, "min_tokens": 4}
+    with TestClient(create_app(pool, ServerSettings(model_name="tiny"), remote=remote)) as client:
+        first = client.post("/v1/completions", json=body)
+        assert first.status_code == 200, first.text
+        fetched = serving.resolve("fresh")
+        assert fetched.manifest["remote"]["ref"] == "fresh@1" and fetched.blob_sha256 == trainer.resolve("fresh@1").blob_sha256
+        push_adapter(base, trainer, "fresh", tmp_path / "v2", 5)
+        trainer.remote("shared").push("fresh@2", tags=["prod"])  # the tag moves on the remote
+        second = client.post("/v1/completions", json=body)
+        assert serving.resolve("fresh").manifest["remote"]["ref"] == "fresh@2"
+        assert second.json()["choices"][0]["text"] != first.json()["choices"][0]["text"]
+        missing = client.post("/v1/completions", json={**body, "model": "nowhere"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    pool.close()

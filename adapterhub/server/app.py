@@ -28,6 +28,7 @@ from adapterhub.runtime import AdapterPool
 from adapterhub.server import handlers, lora_routes, openai_routes
 from adapterhub.server.http_errors import HTTPError, answer_http_error, answer_invalid_request
 from adapterhub.server.middleware import BodyLimit, Measure, RequireKey
+from adapterhub.server.remote_refs import RemoteRefs
 from adapterhub.server.state import AppState, ServerSettings
 
 __all__ = ["ServerSettings", "create_app"]
@@ -53,13 +54,15 @@ async def answer_client_gone(request: Request, exc: openai_routes.ClientGone) ->
     return Response(status_code=CLIENT_CLOSED)
 
 
-def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings(), router: Router | None = None) -> FastAPI:
-    """The FastAPI app serving ``pool``'s base for its task; ``router`` (bound to ``pool``) adds task routing."""
+def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings(), router: Router | None = None,
+               remote: RemoteRefs | None = None) -> FastAPI:  # fmt: skip
+    """The FastAPI app serving ``pool``'s base for its task; ``router`` (bound to ``pool``) adds task routing,
+    ``remote`` resolves ``/v1/`` refs on a shared remote registry."""
     app = FastAPI(title="adapterhub", lifespan=lifespan)
     for endpoints in ENDPOINTS:
         app.include_router(endpoints)
     paths = {route.path for endpoints in ENDPOINTS for route in endpoints.routes}
-    app.state.adapterhub = AppState.build(pool, settings, router, paths)
+    app.state.adapterhub = AppState.build(pool, settings, router, paths, remote)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequireKey, api_key=settings.api_key)
     app.add_middleware(Measure)  # added last: outermost, so it sees every answer, 401s included

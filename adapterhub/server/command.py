@@ -89,12 +89,14 @@ def default_model_name(base: str) -> str:
 @click.option("--api-key", envvar="ADAPTERHUB_API_KEY", default=None, show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every route but /health.")
 @click.option("--allow-unauthenticated", is_flag=True, help="Serve on a non-loopback address without --api-key.")
+@click.option("--remote", "remote_name", default=None, metavar="REMOTE",
+              help="Resolve /v1/ model refs on this remote of the registry (`registry remote add`), fetching on a miss.")
 @click.option("--allow-lora-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="/v1/load_lora_adapter may import PEFT directories inside this directory.")
 def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
                   max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens, alert_p95_ms,
                   alert_memory_mb, batching, max_running, prefill_chunk, max_waiting, model_name, api_key,
-                  allow_unauthenticated, allow_lora_dir) -> None:  # fmt: skip
+                  allow_unauthenticated, remote_name, allow_lora_dir) -> None:  # fmt: skip
     """Serve one base model over HTTP with per-request adapters from the registry, batched across adapters
     (OpenAI-compatible routes under /v1/, with continuous batching)."""
     import uvicorn
@@ -113,6 +115,12 @@ def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_
     placed, precision = resolve_placement(**vars(Placement(device, dtype)))  # a GPU that is not there fails first
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = Registry(registry_root)
+    remote = None
+    if remote_name is not None:
+        from adapterhub import plugins
+        from adapterhub.server.remote_refs import RemoteRefs
+
+        remote = RemoteRefs(registry, registry.remote(remote_name, stores=plugins.catalog().remote_store_specs()))
     router = Router.from_registry(sequence, registry) if sequence else None
     if router is not None and model_task not in (None, router.model_task):
         raise OptionError(f"sequence {sequence!r} is a {router.model_task} sequence; drop --model-task or pass "
@@ -136,4 +144,4 @@ def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_
                               max_running=max_running, prefill_chunk=prefill_chunk, max_waiting=max_waiting,
                               model_name=model_name or default_model_name(base),
                               api_key=api_key, allow_lora_dir=Path(allow_lora_dir) if allow_lora_dir else None)  # fmt: skip
-    uvicorn.run(create_app(pool, settings, router), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(pool, settings, router, remote), host=host, port=port, log_level="info")

@@ -40,7 +40,7 @@ async def load_lora_adapter(body: LoraLoadRequest, state: StateDep) -> PlainText
         key = await on_worker(state, lambda: _import(state, directory, name))
     else:
         try:
-            key = state.pool.registry.resolve(body.lora_path).ref
+            key = (await state.record_of(body.lora_path)).ref
         except (NotFoundError, InvalidNameError) as exc:
             raise HTTPError(404, f"lora_path {body.lora_path!r} is not an adapter in the registry ({exc})", param="lora_path") from None
     await on_worker(state, lambda: state.pool.load(key))

@@ -88,7 +88,7 @@ def _check_text_base(state: AppState) -> None:
         raise HTTPError(400, f"this server runs a {state.model_task} base; use POST /classify", param="model")
 
 
-def resolve_model(state: AppState, model: str) -> tuple[str | None, str]:
+async def resolve_model(state: AppState, model: str) -> tuple[str | None, str]:
     """``model`` -> (adapter key ``name@version`` or None for the base, the adapter's name for metrics)."""
     if model == state.settings.model_name:
         return None, "base"
@@ -96,7 +96,7 @@ def resolve_model(state: AppState, model: str) -> tuple[str | None, str]:
         key = state.lora_names[model]
         return key, key.partition("@")[0]
     try:
-        record = state.pool.registry.resolve(model)
+        record = await state.record_of(model)
     except (NotFoundError, InvalidNameError):
         raise HTTPError(404, f"The model `{model}` does not exist: it is neither this server's base "
                              f"({state.settings.model_name!r}) nor an adapter in its registry. List them with GET /v1/models",
@@ -121,7 +121,7 @@ def _check_limits(state: AppState, prompt: list[int], max_tokens: int) -> None:
 
 async def _serve(state: AppState, request: Request, body: _Sampled, prompt: list[int], answer: Answer,
                  default_tokens: int) -> Response:  # fmt: skip
-    adapter, label = resolve_model(state, body.model)
+    adapter, label = await resolve_model(state, body.model)
     params = body.sampling(min(default_tokens, state.settings.max_new_tokens))
     _check_limits(state, prompt, params.max_tokens)
     state.adapter_metrics.request(label)

@@ -23,6 +23,7 @@ from adapterhub.server.batch_runs import batch_runner
 from adapterhub.server.batcher import Batcher
 from adapterhub.server.engine_driver import EngineDriver, Submitted
 from adapterhub.server.metrics import AlertThresholds, ServerMetrics
+from adapterhub.server.remote_refs import RemoteRefs
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,11 @@ class AppState:
     driver: EngineDriver | None = None
     adapter_metrics: AdapterMetrics = field(default_factory=AdapterMetrics)
     lora_names: dict[str, str] = field(default_factory=dict)  # lora_name -> name@version (/v1/load_lora_adapter)
+    remote: RemoteRefs | None = None  # --remote: refs resolved on a shared remote registry, fetched on a miss
 
     @classmethod
     def build(cls, pool: AdapterPool, settings: ServerSettings, router: Router | None = None,
-              endpoints: Collection[str] = ()) -> AppState:  # fmt: skip
+              endpoints: Collection[str] = (), remote: RemoteRefs | None = None) -> AppState:  # fmt: skip
         """The state serving ``pool``; ``endpoints`` are the paths metrics count by name (others as "other")."""
         metrics = ServerMetrics(pool, settings.alerts, endpoints)
         batcher = Batcher(batch_runner(pool, router), max_batch_size=settings.max_batch_size,
@@ -72,7 +74,16 @@ class AppState:
             engine = ContinuousEngine(pool, max_running=settings.max_running, prefill_chunk=settings.prefill_chunk)
             driver = EngineDriver(engine, batcher.worker, _recorder(per_adapter))  # the batcher's thread: one model thread
             per_adapter.queue_depth, per_adapter.running_rows = (lambda: engine.queued), (lambda: engine.active)
-        return cls(pool, settings, metrics, batcher, router, engine, driver, per_adapter)
+        return cls(pool, settings, metrics, batcher, router, engine, driver, per_adapter, remote=remote)
+
+    async def record_of(self, ref: str):
+        """The registry record serving ``ref``: the local registry's, or with ``--remote`` the remote's version
+        (fetched into the local registry on a miss), read off the event loop."""
+        import asyncio
+
+        if self.remote is None:
+            return self.pool.registry.resolve(ref)
+        return await asyncio.to_thread(self.remote.resolve, ref)
 
     @property
     def context_length(self) -> int | None:
