@@ -42,7 +42,9 @@ def _run_generate(pool: AdapterPool, payloads: list[GenerateRequest], settings: 
 @dataclass(frozen=True)
 class StaticKey:
     """The static batcher's key for ``/v1/`` completions: what one ``generate`` call must share. Lengths are
-    not part of it: the batch runs to its longest request and each row is cut to its own ``max_tokens``."""
+    not part of it: the batch runs to its longest request and each row is cut to its own ``max_tokens``.
+    ``generate`` cannot go on past an end-of-sequence token, so here ``ignore_eos`` keeps it from being picked
+    (the continuous engine, like vLLM, lets it be picked and goes on)."""
 
     temperature: float
     top_p: float

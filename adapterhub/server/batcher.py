@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
+from adapterhub.server.background import BackgroundLoop
+
 
 @dataclass
 class Job:
@@ -29,26 +31,20 @@ RunBatch = Callable[[Hashable, Sequence[Any]], list]
 """``run(key, payloads) -> results``: one result per payload, each a value or an exception to raise to its caller."""
 
 
-class Batcher:
+class Batcher(BackgroundLoop):
     def __init__(self, run: RunBatch, *, max_batch_size: int = 16, max_wait_ms: float = 5.0,
                  on_batch: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
         self.run, self.max_batch_size, self.max_wait = run, max_batch_size, max_wait_ms / 1000
         self.on_batch = on_batch or (lambda size, seconds: None)
         self.queue: asyncio.Queue[Job] | None = None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterhub-model")
-        self.task: asyncio.Task | None = None
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
-        self.task = asyncio.get_running_loop().create_task(self._loop())
+        super().start()
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        await super().stop()
         self.worker.shutdown(wait=True)
 
     async def submit(self, key: Hashable, payload: Any) -> Any:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 from adapterhub.runtime.continuous import ContinuousEngine, Event, Sequence
+from adapterhub.server.background import BackgroundLoop
 
 log = logging.getLogger("adapterhub.server")
 
@@ -44,25 +45,16 @@ OnEvent = Callable[[Submitted, Event, float], None]
 """``on_event(request, event, now)``: called for every event as it leaves the engine (metrics)."""
 
 
-class EngineDriver:
+class EngineDriver(BackgroundLoop):
     def __init__(self, engine: ContinuousEngine, worker: ThreadPoolExecutor, on_event: OnEvent | None = None) -> None:
         self.engine, self.worker = engine, worker
         self.on_event = on_event or (lambda request, event, now: None)
         self.requests: dict[int, Submitted] = {}
         self.wake: asyncio.Event | None = None
-        self.task: asyncio.Task | None = None
 
     def start(self) -> None:
         self.wake = asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        super().start()
 
     def submit(self, sequence: Sequence, label: str = "base") -> Submitted:
         submitted = Submitted(sequence, label)

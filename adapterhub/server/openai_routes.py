@@ -106,6 +106,8 @@ async def resolve_model(state: AppState, model: str) -> tuple[str | None, str]:
 
 def _check_limits(state: AppState, prompt: list[int], max_tokens: int) -> None:
     settings = state.settings
+    if not prompt:
+        raise HTTPError(400, "the prompt encodes to no tokens; send some text", param="prompt")
     if len(prompt) > settings.max_input_tokens:
         raise HTTPError(400, f"the prompt is {len(prompt)} tokens; this server takes at most {settings.max_input_tokens}",
                         param="messages", code="context_length_exceeded")  # fmt: skip
