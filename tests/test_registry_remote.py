@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -108,45 +109,50 @@ _KILLED_PUSH = """
 from adapterhub_registry import Registry
 registry = Registry({root!r})
 print("ready", flush=True)
-registry.remote("origin").push("big")
+registry.remote({remote!r}).push("big")
 """
 
 
 def test_a_push_killed_mid_upload_leaves_no_entry(tmp_path):
-    """kill -9 while the blob is being written to a file remote: no entry, a hidden temp file, and pushes go on."""
-    shared = tmp_path / "shared"
+    """kill -9 while the blob is being written to a file remote: no entry, a hidden temp file, and pushes go on.
+
+    The kill lands when the first file appears under blobs/ (the temp file); should the machine be so loaded
+    that the write finished first, the invariant is still checked and the kill is tried again on a new remote.
+    """
     trainer = Registry(tmp_path / "trainer")
-    add_remote(trainer, f"file://{shared}")
     directory = tmp_path / "big"
     directory.mkdir()
     generator = torch.Generator().manual_seed(0)
     save_file({"base_model.model.q_proj.lora_A.weight": torch.randn(8, 1024 * 1024, generator=generator)},
               directory / "adapter_model.safetensors")  # 32 MiB: its write lasts long enough to be caught in
-    (directory / "adapter_config.json").write_text(__import__("json").dumps(LORA_CONFIG))
+    (directory / "adapter_config.json").write_text(json.dumps(LORA_CONFIG))
     local = trainer.push("big", directory, method="lora")
-    child = start_python(_KILLED_PUSH.format(root=str(trainer.root)), {})
-    assert child.stdout.readline().strip() == "ready"
-    blobs = shared / "blobs" / "sha256"
-    deadline = time.monotonic() + 30
-    while not (blobs.is_dir() and any(blobs.iterdir())) and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.0005)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    caught_mid_upload = blobs.is_dir() and not (blobs / local.blob_sha256).exists()
-    remote = trainer.remote("origin")
-    entries = remote.list(all_versions=True)
-    if caught_mid_upload:
-        assert [p.name.startswith(".tmp-") for p in blobs.iterdir()] == [True]
-        assert entries == [] and remote.store.list("blobs/") == []  # the temp file is not an object
-        with pytest.raises(NotFoundError):
-            remote.resolve("big")
-    else:  # the kill landed after the blob: whatever is listed is complete
-        assert all(e.blob_sha256 == local.blob_sha256 for e in entries)
+    for attempt in range(3):
+        shared = tmp_path / f"shared{attempt}"
+        add_remote(trainer, f"file://{shared}", name=f"shared{attempt}")
+        child = start_python(_KILLED_PUSH.format(root=str(trainer.root), remote=f"shared{attempt}"), {})
+        assert child.stdout.readline().strip() == "ready"
+        blobs = shared / "blobs" / "sha256"
+        deadline = time.monotonic() + 30
+        while not (blobs.is_dir() and any(blobs.iterdir())) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        remote = trainer.remote(f"shared{attempt}")
+        entries = remote.list(all_versions=True)
+        assert all(e.blob_sha256 == local.blob_sha256 for e in entries)  # whatever is listed is complete
+        if blobs.is_dir() and not (blobs / local.blob_sha256).exists():
+            break
+    else:
+        pytest.fail("three kills all came after the blob was written; the mid-upload case was not hit")
+    assert [p.name.startswith(".tmp-") for p in blobs.iterdir()] == [True]
+    assert entries == [] and remote.store.list("blobs/") == []  # the temp file is not an object
+    with pytest.raises(NotFoundError):
+        remote.resolve("big")
     assert remote.push("big").blob_sha256 == local.blob_sha256
     reader = Registry(tmp_path / "server")
     add_remote(reader, f"file://{shared}")
     assert reader.remote("origin").fetch("big").blob_sha256 == local.blob_sha256
-    assert caught_mid_upload, "the kill came after the upload; the invariant held, but the mid-upload case was not hit"
 
 
 def test_file_remote_shares_adapters_and_uploads_a_blob_once(tmp_path):
@@ -187,6 +193,7 @@ def test_unknown_remote_and_bad_urls_are_refused_with_what_to_do(tmp_path):
     with pytest.raises(NotFoundError, match=r"no remote named 'origin' \(configured: none\).*remote add origin"):
         registry.remote("origin")
     for url, message in [("bucket/prefix", "not a remote URL"), ("file://relative/x", "three slashes"),
+                         ("s3:/bucket", "not a remote URL"), ("s3:///prefix", "names no bucket"),
                          ("gs://bucket", None)]:  # fmt: skip
         if message is None:
             add_remote(registry, url, name="gcs")
@@ -218,3 +225,20 @@ def test_pushing_a_fetched_version_drops_its_provenance(two_homes, tmp_path):
     pushed = server.remote("backup").push("sst2")
     assert "remote" not in pushed.manifest
     assert Path(backup, "index", "sst2", "0000000001.json").is_file()
+
+
+def test_an_entry_whose_blob_is_not_a_sha256_is_refused_before_any_read(tmp_path):
+    """Whoever can write the remote writes its entries: a blob "digest" that is a path never reaches the store."""
+    shared = tmp_path / "shared"
+    registry = Registry(tmp_path / "r")
+    add_remote(registry, f"file://{shared}")
+    registry.push("sst2", write_adapter(tmp_path / "a"), method="lora")
+    remote = registry.remote("origin")
+    good = remote.push("sst2")
+    body = json.loads((shared / "index" / "sst2" / "0000000001.json").read_text())
+    (shared / "index" / "evil").mkdir()
+    (shared / "index" / "evil" / "0000000001.json").write_text(
+        json.dumps({**body, "name": "evil", "blob_sha256": "../../../../etc/passwd"}))
+    with pytest.raises(RegistryError, match=r"remote entry index/evil/0000000001.json is not a valid entry .*damaged"):
+        remote.fetch("evil")
+    assert remote.resolve("sst2") == good

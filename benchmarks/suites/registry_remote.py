@@ -194,4 +194,5 @@ def run(ctx: Context) -> None:
     ctx.note("moto runs in its own process on loopback: no network latency or bandwidth limit, so the remote "
              "figures are the client's cost plus moto's request handling; on a real S3 add its latency per request.")
     ctx.note("A push makes 5 requests (LIST versions, GET newest entry, HEAD blob, PUT blob, PUT entry if absent); "
-             "a fetch 4 (LIST or GET tag, GET entry, GET blob) before the local push; a list 2 LISTs + one GET per name.")
+             "a fetch 4 (LIST or GET tag, GET entry, HEAD + GET blob) before the local push; a list 2 LISTs + one GET per "
+             "name not cached.")

@@ -32,6 +32,7 @@ from adapterhub_registry.remote_store import RemoteStore
 ENTRY_FORMAT = 1
 _ENTRY_KEY = re.compile(r"index/([^/]+)/([0-9]{10})\.json")
 _TAG_KEY = re.compile(r"tags/([^/]+)/([^/]+)\.json")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_RACE_ROUNDS = 1000  # versions lost to concurrent pushers before giving up; reached only if something is broken
 _TAG_RETRIES = 50
 
@@ -79,7 +80,14 @@ class RemoteEntry:
                 raise RegistryError(
                     f"remote entry {key} has format {body.get('format')!r}; upgrade adapterhub-registry to read it"
                 )
-            return cls(**{k: v for k, v in body.items() if k != "format"})
+            entry = cls(**{k: v for k, v in body.items() if k != "format"})
+            # Whoever can write the remote writes these fields: check what later becomes a path or a name.
+            validate_name(entry.name)
+            if not _SHA256.fullmatch(entry.blob_sha256) or not isinstance(entry.size_bytes, int):
+                raise ValueError(f"blob {entry.blob_sha256!r} of size {entry.size_bytes!r} is not a sha256 and a size")
+            if (match := _ENTRY_KEY.fullmatch(key)) and (match.group(1), int(match.group(2))) != (entry.name, entry.version):
+                raise ValueError(f"it names {entry.ref}")
+            return entry
         except (ValueError, TypeError, AttributeError) as exc:
             raise RegistryError(f"remote entry {key} is not a valid entry ({exc}); the remote index is damaged") from exc
 
@@ -174,7 +182,9 @@ def resolve(store: RemoteStore, ref: Ref) -> RemoteEntry:
     elif version is None:
         existing = versions(store, ref.name)
         if not existing:
-            raise NotFoundError(f"remote {store.url} has no adapter {ref.name!r}; run `registry list --remote`")
+            raise NotFoundError(
+                f"remote {store.url} has no adapter {ref.name!r}; `adapterhub registry list --remote REMOTE` lists its adapters"
+            )
         version = existing[-1]
     entry = read_entry(store, ref.name, version)
     if entry is None:

@@ -87,12 +87,13 @@ def check_url(url: str) -> str:
     if not isinstance(url, str):
         raise RegistryError(f"a remote URL must be a string, got {type(url).__name__}")
     parts = urlsplit(url)
-    if not parts.scheme or not (parts.netloc or parts.path.strip("/")):
-        raise RegistryError(
-            f"{url!r} is not a remote URL; write s3://bucket/prefix or file:///absolute/path"
-        )
-    if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
-        raise RegistryError(f"{url!r}: a file URL needs three slashes and an absolute path, e.g. file:///srv/adapters")
+    if not parts.scheme or "://" not in url:
+        raise RegistryError(f"{url!r} is not a remote URL; write s3://bucket/prefix or file:///absolute/path")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise RegistryError(f"{url!r}: a file URL needs three slashes and an absolute path, e.g. file:///srv/adapters")
+    elif not parts.netloc:
+        raise RegistryError(f"{url!r} names no bucket or host; write {parts.scheme}://bucket/prefix")
     return url
 
 
