@@ -12,14 +12,12 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
 from adapterhub_registry import Registry
 from adapterhub_registry.remote_config import RemoteConfigs
 
-REPO = Path(__file__).resolve().parents[1]
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -66,9 +64,8 @@ def add_remote(registry: Registry, url: str, endpoint_url: str | None = None, na
 
 
 def python_env(extra: dict[str, str]) -> dict[str, str]:
-    """The environment for a subprocess that imports adapterhub_registry from this checkout."""
-    path = os.pathsep.join([str(REPO / "registry"), str(REPO), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, **extra, "PYTHONPATH": path}
+    """The environment for a subprocess (adapterhub_registry is installed, as the README installs it)."""
+    return {**os.environ, **extra}
 
 
 def start_python(code: str, env: dict[str, str]) -> subprocess.Popen:
