@@ -97,9 +97,9 @@ def plugins_command(as_json: bool) -> None:
         if row["error"]:
             click.echo(f"  FAILED TO LOAD: {row['error']}")
             continue
-        for kind in ("methods", "quantizers", "kernels"):
-            if row[kind]:
-                click.echo(f"  {kind}: {', '.join(row[kind])}")
+        for kind in ("methods", "quantizers", "kernels", "remote_stores"):
+            if row.get(kind):
+                click.echo(f"  {kind.replace('_', ' ')}: {', '.join(row[kind])}")
         for method, method_capabilities in row["capabilities"].items():
             click.echo(f"  {method} capabilities: {', '.join(method_capabilities) or '-'}")
     for op in ops:
