@@ -258,9 +258,15 @@ def load_model(base: str, registry_root: str | Path, refs: list[str]):
 def main(base, registry_root, adapters, host, port, max_input_tokens, max_new_tokens) -> None:
     """Serve OpenAI /v1/completions with plain transformers + peft, one request at a time."""
     import uvicorn
+    from adapterhub_registry import RegistryError
+
+    from adapterhub.errors import AdapterHubError
 
     refs = [ref.strip() for ref in adapters.split(",") if ref.strip()]
-    model, tokenizer, names = load_model(base, registry_root, refs)
+    try:
+        model, tokenizer, names = load_model(base, registry_root, refs)
+    except (AdapterHubError, RegistryError) as exc:  # a missing base or adapter: one line, not a traceback
+        raise click.ClickException(str(exc)) from None
     app = create_app(model, tokenizer, names, Path(base).stem, Limits(max_input_tokens, max_new_tokens))
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
