@@ -4,7 +4,11 @@ an adapter whose plugin is missing names the distribution to install."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from adapterhub_registry import Registry
@@ -59,17 +63,32 @@ def test_prefix_tuning_trains_a_causal_lm_and_is_refused_for_classification(caps
     assert status == 1 and "Use prompt_tuning for this task" in capsys.readouterr().err
 
 
-def test_peft_import_maps_the_bottleneck_type_to_its_method(capsys, tiny_llama, text_file, tmp_path):
-    run_json(capsys, "train", "--base", str(tiny_llama), "--model-task", "causal-lm", "--method", "bottleneck", "--data",
-             str(text_file), "--block-size", "16", "--epochs", "1", "--push", "bn", "--json", "--no-progress")  # fmt: skip
+@pytest.fixture(scope="module")
+def bottleneck_registry(tiny_llama, text_file, tmp_path_factory) -> Path:
+    """A registry holding ``bn``, a bottleneck adapter trained once through `adapterhub train --push` on the tiny
+    Llama; each test works on its own copy (``registry_with_bn``), so the tests stay independent."""
+    home = tmp_path_factory.mktemp("bottleneck-home")
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.setenv("ADAPTERHUB_HOME", str(home))  # capsys and monkeypatch are per test; this fixture is per module
+        assert main(["train", "--base", str(tiny_llama), "--model-task", "causal-lm", "--method", "bottleneck", "--data",
+                     str(text_file), "--block-size", "16", "--epochs", "1", "--push", "bn", "--json", "--no-progress"]) == 0  # fmt: skip
+    assert json.loads(out.getvalue())["pushed"] == "bn@1"
+    return home / "registry"
+
+
+@pytest.fixture
+def registry_with_bn(bottleneck_registry, adapterhub_home) -> None:
+    """This test's registry (the default one under its ADAPTERHUB_HOME) starts as a copy of ``bottleneck_registry``."""
+    shutil.copytree(bottleneck_registry, adapterhub_home / "registry")
+
+
+def test_peft_import_maps_the_bottleneck_type_to_its_method(registry_with_bn, tiny_llama, tmp_path):
     assert main(["registry", "export-peft", "bn", str(tmp_path / "peft-dir")]) == 0
     assert main(["registry", "import-peft", str(tmp_path / "peft-dir"), "bn-copy", "--base", str(tiny_llama)]) == 0
     assert Registry().resolve("bn-copy").method == "bottleneck"
 
 
-def test_loading_without_the_method_plugin_names_the_distribution_to_install(capsys, tiny_llama, text_file):
-    run_json(capsys, "train", "--base", str(tiny_llama), "--model-task", "causal-lm", "--method", "bottleneck", "--data",
-             str(text_file), "--block-size", "16", "--epochs", "1", "--push", "bn", "--json", "--no-progress")  # fmt: skip
+def test_loading_without_the_method_plugin_names_the_distribution_to_install(registry_with_bn):
     record = Registry().resolve("bn")
     assert record.manifest["plugin"]["distribution"] == "adapterhub-bottleneck"
 
