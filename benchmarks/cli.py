@@ -77,8 +77,9 @@ def bench_command(suite_names, list_only, quick, output, model, device, repeats,
             click.echo(f"{name}: wrote {', '.join(str(p) for p in paths)}")
             for row in document["comparisons"]:
                 params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+                ratio = "n/a (a side measured 0)" if row["ratio"] is None else f"{row['ratio']:.2f}x"
                 click.echo(f"  {row['case']:<18} {params:<22} adapterhub {row['adapterhub_median']:>10.3f} {row['unit']:<3}"
-                           f" peft {row['peft_median']:>10.3f} {row['unit']:<3} ratio {row['ratio']:.2f}x")  # fmt: skip
+                           f" peft {row['peft_median']:>10.3f} {row['unit']:<3} ratio {ratio}")  # fmt: skip
             for check in document["checks"]:
                 click.echo(f"  target {check['what']}: {check['value']:.2f} {check['unit']} ({'met' if check['ok'] else 'MISSED'})")
     if as_json:
