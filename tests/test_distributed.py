@@ -15,7 +15,7 @@ import pytest
 import torch
 from adapterhub_registry import Registry
 from safetensors.torch import load_file
-from tiny_models import make_tiny_bert, make_tiny_llama
+from tiny_models import make_tiny_bert
 
 # a global batch of 7 rows splits 4/3 between the ranks, and the last one of an epoch is shorter still
 COMMON = ["--batch-size", "7", "--epochs", "2", "--no-progress", "--json", "-o", "dropout=0", "--seed", "3"]
@@ -43,6 +43,16 @@ def _accelerate_launch() -> list[str]:
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]  # fmt: skip
 
 
+@pytest.fixture
+def one_process(cli_json):
+    """``one_process(*train_args)``: the reference run, in this process (a fresh interpreter would only add its import
+    time; the launchers are what the tests exercise). One thread, as each rank gets OMP_NUM_THREADS=1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield lambda *args: cli_json("train", *args)
+    torch.set_num_threads(threads)
+
+
 def _assert_same_adapter(one: Path, two: Path) -> None:
     single, parallel = load_file(one / "adapter_model.safetensors"), load_file(two / "adapter_model.safetensors")
     assert single.keys() == parallel.keys()
@@ -56,9 +66,9 @@ def deterministic_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("bert-no-dropout"), dropout=0.0)
 
 
-def test_torchrun_two_gloo_processes_train_the_adapter_one_process_trains(deterministic_bert, sentiment_csv, tmp_path):
+def test_torchrun_two_gloo_processes_train_the_adapter_one_process_trains(deterministic_bert, sentiment_csv, tmp_path, one_process):
     args = ["--base", str(deterministic_bert), "--method", "lora", "--data", str(sentiment_csv), "--label-column", "sentiment", *COMMON]
-    single = json.loads(_run([sys.executable], [*args, "--output", str(tmp_path / "one")], tmp_path / "home1").stdout)
+    single = one_process(*args, "--output", str(tmp_path / "one"))
     done = _run(_torchrun(), [*args, "--output", str(tmp_path / "two"), "--push", "ddp-sentiment"], tmp_path / "home2")
 
     parallel = json.loads(done.stdout)  # one JSON document: only rank 0 reports
@@ -72,10 +82,9 @@ def test_torchrun_two_gloo_processes_train_the_adapter_one_process_trains(determ
     assert records[0].manifest["training"]["world_size"] == 2
 
 
-def test_accelerate_launch_trains_a_causal_lm_like_one_process(tmp_path, text_file):
-    llama = make_tiny_llama(tmp_path / "llama")
-    args = ["--base", str(llama), "--model-task", "causal-lm", "--method", "lora", "--data", str(text_file), "--block-size", "16", *COMMON]
-    single = json.loads(_run([sys.executable], [*args, "--output", str(tmp_path / "one")], tmp_path / "home").stdout)
+def test_accelerate_launch_trains_a_causal_lm_like_one_process(tmp_path, text_file, tiny_llama, one_process):
+    args = ["--base", str(tiny_llama), "--model-task", "causal-lm", "--method", "lora", "--data", str(text_file), "--block-size", "16", *COMMON]
+    single = one_process(*args, "--output", str(tmp_path / "one"))
     parallel = json.loads(_run(_accelerate_launch(), [*args, "--output", str(tmp_path / "two")], tmp_path / "home").stdout)
 
     assert parallel["world_size"] == 2
@@ -95,7 +104,7 @@ def test_fsdp_config_without_a_gpu_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.slow
-def test_torchrun_on_minilm_and_real_tweets_matches_one_process(tmp_path):
+def test_torchrun_on_minilm_and_real_tweets_matches_one_process(tmp_path, one_process):
     """The real 22.7M-parameter BERT (dropout switched off so the runs can be compared) on 240 tweets."""
     from shipped_assets import minilm_dir, tweets_csv
 
@@ -105,7 +114,7 @@ def test_torchrun_on_minilm_and_real_tweets_matches_one_process(tmp_path):
     args = ["--base", str(model), "--method", "lora", "-o", "r=8", "-o", "dropout=0", "--data", str(tweets_csv()),
             "--label-column", "sentiment", "--encoding", "latin-1", "--dedupe", "--max-samples", "300", "--epochs", "1",
             "--batch-size", "16", "--max-length", "32", "--lr", "1e-3", "--no-progress", "--json"]  # fmt: skip
-    single = json.loads(_run([sys.executable], [*args, "--output", str(tmp_path / "one")], tmp_path / "home").stdout)
+    single = one_process(*args, "--output", str(tmp_path / "one"))
     parallel = json.loads(_run(_torchrun(), [*args, "--output", str(tmp_path / "two")], tmp_path / "home").stdout)
     assert parallel["world_size"] == 2 and parallel["steps"] == single["steps"]
     one, two = load_file(tmp_path / "one" / "adapter_model.safetensors"), load_file(tmp_path / "two" / "adapter_model.safetensors")
