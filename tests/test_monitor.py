@@ -3,6 +3,8 @@ JSONL and TensorBoard, and early stopping that keeps the best weights."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -62,8 +64,22 @@ def test_memory_limit_alert_can_stop_the_run(tiny_bert, sentiment_csv, capsys):
     assert "alert memory_mb at step 1" in err and "over the limit of 1 MiB" in err and "lower --batch-size" in err
 
 
-def test_a_warning_alert_is_reported_once_while_it_keeps_firing(tiny_bert, sentiment_csv, cli_json, capsys):
-    outcome = cli_json(*_train_args(tiny_bert, sentiment_csv, "--alert", "grad_norm=1e-12"))
+@pytest.fixture(scope="module")
+def logged_run(tiny_bert, sentiment_csv, tmp_path_factory) -> tuple[dict, Path, Path]:
+    """One run shared by the warning-alert and step-log tests: a grad_norm alert that fires at every step (warn),
+    with the JSONL step log, TensorBoard and an eval every 5 steps. Returns (--json output, log file, board dir)."""
+    directory = tmp_path_factory.mktemp("logged-run")
+    log, board = directory / "log.jsonl", directory / "tb"
+    args = _train_args(tiny_bert, sentiment_csv, "--alert", "grad_norm=1e-12", "--log-file", str(log), "--tensorboard", str(board),
+                       "--eval-every", "5")  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.setenv("ADAPTERHUB_HOME", str(directory / "home"))  # monkeypatch and capsys are per test; this is per module
+        assert main(args) == 0
+    return json.loads(out.getvalue()), log, board
+
+
+def test_a_warning_alert_is_reported_once_while_it_keeps_firing(logged_run):
+    outcome, _, _ = logged_run
     assert len(outcome["alerts"]) == 1 and outcome["alerts"][0].startswith("alert grad_norm at step 1: gradient norm")
     assert outcome["stopped_early"] is False and outcome["adapter_bytes"] > 0
 
@@ -98,11 +114,10 @@ def test_alert_parsing_and_defaults():
             parse_alert(bad)
 
 
-def test_step_log_goes_to_jsonl_and_tensorboard(tiny_bert, sentiment_csv, cli_json, tmp_path):
+def test_step_log_goes_to_jsonl_and_tensorboard(logged_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    log, board = tmp_path / "log.jsonl", tmp_path / "tb"
-    outcome = cli_json(*_train_args(tiny_bert, sentiment_csv, "--log-file", str(log), "--tensorboard", str(board), "--eval-every", "5"))
+    outcome, log, board = logged_run
     events = [json.loads(line) for line in log.read_text().splitlines()]
     steps = [e for e in events if e["event"] == "step"]
     assert len(steps) == outcome["steps"]
