@@ -206,8 +206,10 @@ class ContinuousEngine:
             self.running, self.cache = [], RowCache()
             return
         self.cache.stepped()
-        for s, row in zip(self.running, logits):
-            self._advance(s, s.sampler.pick(row, s.generated), events)
+        best = logits.argmax(-1).tolist()  # every greedy row's token in one call
+        for i, s in enumerate(self.running):
+            plain = s.params.greedy and len(s.generated) >= s.params.min_tokens
+            self._advance(s, best[i] if plain else s.sampler.pick(logits[i], s.generated), events)
         self._keep_unfinished()
 
     def _keep_unfinished(self) -> None:
