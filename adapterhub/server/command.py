@@ -93,10 +93,12 @@ def default_model_name(base: str) -> str:
               help="Resolve /v1/ model refs on this remote of the registry (`registry remote add`), fetching on a miss.")
 @click.option("--allow-lora-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="/v1/load_lora_adapter may import PEFT directories inside this directory.")
+@click.option("--replicas", type=click.IntRange(min=2), default=None,
+              help="Serve on N Ray Serve replicas, each request routed to one already holding its adapter (pip install 'adapterhub[ray]').")
 def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
                   max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens, alert_p95_ms,
                   alert_memory_mb, batching, max_running, prefill_chunk, max_waiting, model_name, api_key,
-                  allow_unauthenticated, remote_name, allow_lora_dir) -> None:  # fmt: skip
+                  allow_unauthenticated, remote_name, allow_lora_dir, replicas) -> None:  # fmt: skip
     """Serve one base model over HTTP with per-request adapters from the registry, batched across adapters
     (OpenAI-compatible routes under /v1/, with continuous batching)."""
     import uvicorn
@@ -112,6 +114,12 @@ def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_
     from adapterhub.settings import Placement
 
     check_exposure(host, api_key, allow_unauthenticated)
+    if replicas is not None:
+        try:
+            from adapterhub.server.ray_serve.launch import serve_replicas
+        except ModuleNotFoundError as exc:
+            raise OptionError(f"--replicas runs on Ray Serve, which is not installed ({exc}): pip install 'adapterhub[ray]'") from None
+        return serve_replicas(click.get_current_context().params)
     placed, precision = resolve_placement(**vars(Placement(device, dtype)))  # a GPU that is not there fails first
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = Registry(registry_root)

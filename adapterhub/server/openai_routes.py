@@ -34,6 +34,8 @@ from adapterhub.server.state import AppState, StateDep
 openai_endpoints = APIRouter()
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 DISCONNECT_POLL_S = 0.25
+RESOLVED_MODEL = "adapterhub.resolved_model"  # ASGI scope key: the name@version an ingress already resolved
+# (Ray Serve replicas, server/ray_serve/); only set in-process, never from a request, so a client cannot set it
 
 
 class ClientGone(Exception):
@@ -123,7 +125,7 @@ def _check_limits(state: AppState, prompt: list[int], max_tokens: int) -> None:
 
 async def _serve(state: AppState, request: Request, body: _Sampled, prompt: list[int], answer: Answer,
                  default_tokens: int) -> Response:  # fmt: skip
-    adapter, label = await resolve_model(state, body.model)
+    adapter, label = await resolve_model(state, request.scope.get(RESOLVED_MODEL, body.model))
     params = body.sampling(min(default_tokens, state.settings.max_new_tokens))
     _check_limits(state, prompt, params.max_tokens)
     state.adapter_metrics.request(label)
