@@ -31,6 +31,8 @@ from adapterhub.server.ray_serve.board import board  # noqa: E402
 ADAPTERS = [f"style{i}" for i in range(6)]
 PROMPTS = ("the movie was", "i love this film", "they drive fast cars")
 TOKENS = 4
+KEY = "sk-ray-test"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def _free_port() -> int:
@@ -65,7 +67,7 @@ def fleet(tiny_llama, tmp_path_factory):
     alone = GenerationSettings(max_new_tokens=TOKENS, min_new_tokens=TOKENS)
     references = {(p, a): generate(pool, [p], [f"{a}@1"], alone)[0].text for p in PROMPTS for a in ADAPTERS}
     pool.close()
-    settings = ServerSettings(max_input_tokens=32, max_new_tokens=120, model_name="tiny")
+    settings = ServerSettings(max_input_tokens=32, max_new_tokens=120, model_name="tiny", api_key=KEY)
     spec = ReplicaSpec(base=str(tiny_llama), registry_root=registry.root, settings=settings, slots=4, max_rank=4,
                        replicas=2, reply_timeout_s=20.0)  # fmt: skip
     port = _free_port()
@@ -80,7 +82,7 @@ def fleet(tiny_llama, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(fleet):
-    return openai.OpenAI(base_url=fleet[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=fleet[0] + "/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
 def _complete(client, adapter: str, prompt: str) -> str:
@@ -116,7 +118,7 @@ def test_multiplexed_routing_keeps_each_adapter_on_the_replica_that_holds_it(fle
 def _routed(url: str) -> dict[str, float]:
     """Requests for an adapter routed to a replica that held it ("yes") or had to load it ("no"), all replicas."""
     routed = {"yes": 0.0, "no": 0.0}
-    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", headers=AUTH).text):
         if family.name == "adapterhub_routed_requests":
             for sample in family.samples:
                 if sample.name.endswith("_total"):
@@ -124,9 +126,21 @@ def _routed(url: str) -> dict[str, float]:
     return routed
 
 
+def test_the_ingress_checks_the_key_and_the_model_and_refuses_per_server_loads(fleet, client):
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=fleet[0] + "/v1", api_key="sk-wrong", max_retries=0).completions.create(model="style0", prompt="the")
+    assert httpx.get(fleet[0] + "/metrics").status_code == 401
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.completions.create(model="nope", prompt="the movie", max_tokens=2)
+    assert missing.value.body["code"] == "model_not_found"
+    loading = httpx.post(fleet[0] + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "style0"}, headers=AUTH)
+    assert loading.status_code == 501 and "registry ref" in loading.json()["error"]["message"]
+    assert {"tiny", *ADAPTERS} <= {m.id for m in client.models.list().data}  # forwarded to a replica
+
+
 def test_metrics_cover_every_replica_with_its_label(fleet):
     reports = _reports()
-    families = {f.name: f for f in text_string_to_metric_families(httpx.get(fleet[0] + "/metrics").text)}
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(fleet[0] + "/metrics", headers=AUTH).text)}
     served = {}  # replica -> adapter requests it served
     for sample in families["adapterhub_adapter_requests"].samples:
         served[sample.labels["replica"]] = served.get(sample.labels["replica"], 0) + sample.value * sample.name.endswith("_total")
