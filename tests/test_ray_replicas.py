@@ -1,8 +1,9 @@
 """``adapterhub serve --replicas 2`` on a local Ray (2 CPUs, no dashboard): two replicas of a tiny Llama behind
 the ingress, driven by the official ``openai`` client through Ray Serve's HTTP proxy on loopback. 40 requests over
-6 adapters each equal the adapter served alone; multiplexed routing keeps each adapter on one replica; /metrics
-covers both replicas; a replica killed with SIGKILL mid-stream ends that stream with an error saying to retry,
-and is replaced while the other serves."""
+6 adapters each equal the adapter served alone (a stream too); multiplexed routing keeps each adapter on one
+replica; /metrics covers both replicas; the ingress checks the key and the model; a replica killed with SIGKILL
+mid-request ends its stream with an error saying to retry, its unstreamed request is sent again and answered, and
+Ray replaces it. Without Ray: merging the replicas' metrics, and what `serve --replicas` refuses."""
 
 from __future__ import annotations
 
@@ -192,3 +193,13 @@ def test_merged_metrics_keep_each_family_once_and_label_every_sample_with_its_re
     assert merged.count("# TYPE adapterhub_requests_total counter") == 1
     samples = {(s.labels["replica"], s.value) for f in text_string_to_metric_families(merged) for s in f.samples if s.name.endswith("_total")}
     assert samples == {("r1", 3.0), ("r2", 5.0)}
+
+
+@pytest.mark.parametrize(("options", "named"), [(["--replicas", "1"], "--replicas"), (["--replicas", "2", "--router", "seq"], "--router"),
+                                                (["--replicas", "2", "--allow-lora-dir", "."], "--allow-lora-dir")])  # fmt: skip
+def test_serve_refuses_what_replicas_cannot_serve_in_one_line(options, named, tiny_llama, tmp_path, capsys):
+    from adapterhub.cli import main
+
+    assert main(["serve", "--base", str(tiny_llama), "--registry", str(tmp_path), *options]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and named in err, err

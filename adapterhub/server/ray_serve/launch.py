@@ -44,6 +44,7 @@ def spec_from_options(params: dict) -> ReplicaSpec:
     """The replica spec from ``adapterhub serve``'s options (its click parameters, by name)."""
     from adapterhub_registry import Registry
 
+    from adapterhub.manifest import Manifest
     from adapterhub.server.command import default_model_name
     from adapterhub.server.metrics import AlertThresholds
 
@@ -53,10 +54,13 @@ def spec_from_options(params: dict) -> ReplicaSpec:
                               alerts=AlertThresholds(params["alert_p95_ms"], params["alert_memory_mb"]), batching=params["batching"],
                               max_running=params["max_running"], prefill_chunk=params["prefill_chunk"], max_waiting=params["max_waiting"],
                               model_name=params["model_name"] or default_model_name(params["base"]), api_key=params["api_key"])  # fmt: skip
-    return ReplicaSpec(
-        base=str(Path(params["base"]).resolve()), registry_root=Registry(params["registry_root"]).root, settings=settings,
-        model_task=params["model_task"], quantize=params["quantize"], device=params["device"], dtype=params["dtype"],
-        labels=tuple(params["labels"].split(",")) if params["labels"] else None, slots=params["slots"],
+    registry = Registry(params["registry_root"])
+    first = Manifest.from_dict(registry.resolve(params["preload"][0]).manifest) if params["preload"] else None
+    labels = params["labels"].split(",") if params["labels"] else (first.labels if first else None)
+    return ReplicaSpec(  # the model task and labels as one server infers them: given, else the first --load's
+        base=str(Path(params["base"]).resolve()), registry_root=registry.root, settings=settings,
+        model_task=params["model_task"] or (first.model_task if first else None), quantize=params["quantize"], device=params["device"], dtype=params["dtype"],
+        labels=tuple(labels) if labels else None, slots=params["slots"],
         max_rank=params["max_rank"], host_cache=params["host_cache"], preload=tuple(params["preload"]),
         replicas=params["replicas"], remote=params["remote_name"],
     )  # fmt: skip
