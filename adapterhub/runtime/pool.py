@@ -148,7 +148,7 @@ class AdapterPool:
 
     @property
     def host_nbytes(self) -> int:
-        return sum(a.nbytes for a in self._host.values())
+        return sum(a.nbytes for a in list(self._host.values()))  # list(): a snapshot, see describe()
 
     # -- loading ----------------------------------------------------------------------------------------
     def key_of(self, ref: str) -> str:
@@ -330,7 +330,10 @@ class AdapterPool:
     def describe(self) -> list[dict]:
         """Every adapter in memory: key, method, tier (``device`` slot, ``host``, or ``peft``) and slot."""
         rows = []
-        for key, adapter in self._host.items():
+        # Metrics read this on the event loop while the model thread loads and evicts: list() copies the dict in
+        # one C call, which no other Python thread can interleave with, where a Python loop over it could fail
+        # with "OrderedDict mutated during iteration".
+        for key, adapter in list(self._host.items()):
             tier = "device" if key in self._device else ("peft" if adapter.plan is None else "host")
             rows.append({"adapter": key, "method": adapter.method, "tier": tier, "slot": self._device.get(key),
                          "bytes": adapter.nbytes, "not_slottable_because": adapter.reason})  # fmt: skip
