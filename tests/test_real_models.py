@@ -39,8 +39,10 @@ def smollm2() -> Path:
 
 
 def test_lora_on_minilm_beats_the_majority_baseline_and_exports_to_peft(minilm, tweets, tmp_path):
-    data = DataSpec(str(tweets), label_column="sentiment", encoding="latin-1", dedupe=True, max_samples=2000)
-    settings = TrainSettings(epochs=2, batch_size=32, learning_rate=1e-3, max_length=48)
+    # 1,000 tweets cut at 32 tokens: 0.69 accuracy against a 0.44 majority class (measured), in a third of the time
+    # 2,000 tweets at 48 tokens took (209 s of CI's 12 minutes of tests)
+    data = DataSpec(str(tweets), label_column="sentiment", encoding="latin-1", dedupe=True, max_samples=1000)
+    settings = TrainSettings(epochs=2, batch_size=32, learning_rate=1e-3, max_length=32)
     job = TrainJob(str(minilm), "lora", data, options={"r": 8}, settings=settings, push="tweets-lora", progress=False)
     outcome = train_adapter(job)
     baseline = outcome.manifest.data_summary["majority_baseline"]
