@@ -4,14 +4,10 @@ exactly the tokens it asked for, and the summaries agree with the per-request re
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from adapterhub_registry import Registry
 from test_runtime import push_random_adapter
 from transformers import AutoTokenizer
@@ -19,6 +15,7 @@ from transformers import AutoTokenizer
 from adapterhub.base import load_base
 from benchmarks import loadgen
 from benchmarks.serving_baseline import Limits, create_app, load_model
+from live_server import LiveServer
 
 REFS = ["a0", "a1", "a2"]
 
@@ -39,19 +36,9 @@ def baseline(tiny_llama, tmp_path_factory):
             push_random_adapter(base, ref, {"r": 4}, root, seed)
         model, tokenizer, names = load_model(str(tiny_llama), Registry().root, REFS)
     app = create_app(model, tokenizer, {ref: names[ref] for ref in REFS}, Path(tiny_llama).name, Limits(64, 32))
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the baseline server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}", tokenizer
-    server.should_exit = True
-    thread.join(timeout=30)
-    listener.close()
+    server = LiveServer(app)
+    yield server.url, tokenizer
+    server.stop()
 
 
 def test_poisson_schedule_is_seeded_and_the_same_whatever_the_number_of_adapters(words, tiny_llama):

@@ -6,15 +6,12 @@ mid-stream (its row is freed), vLLM's load/unload_lora_adapter, per-adapter metr
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from adapterhub_registry import Registry
 from fastapi.testclient import TestClient
 
@@ -22,6 +19,7 @@ from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool, GenerationSettings, generate
 from adapterhub.server import ServerSettings, create_app
+from live_server import LiveServer
 
 KEY = "sk-test-key"
 CHAT_TEMPLATE = "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}<s> assistant{% endif %}"
@@ -39,31 +37,6 @@ def push_adapter(base, registry: Registry, name: str, directory: Path, seed: int
     saved = adapters.save_adapter(model, directory / name, adapters.build_manifest(base, "lora", options))
     model.unload()
     return registry.push(name, saved, method="lora", base_fingerprint=base.fingerprint_id), saved
-
-
-class LiveServer:
-    """``create_app`` under uvicorn on a free loopback port, in a thread; ``stop()`` shuts it down."""
-
-    def __init__(self, app) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import openai
 import pytest
 from adapterhub_registry import Registry
 from shipped_assets import smollm2_gguf
-from test_openai_server import LiveServer, push_adapter
+from live_server import LiveServer
+from test_openai_server import push_adapter
 
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool, GenerationSettings, generate

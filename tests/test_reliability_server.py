@@ -9,20 +9,17 @@ in test_server.py; here they arrive together, over HTTP, with a damaged adapter 
 from __future__ import annotations
 
 import random
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 from adapterhub_registry import Registry
 from test_runtime import push_random_adapter
 
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool
 from adapterhub.server import ServerSettings, create_app
+from live_server import LiveServer
 
 CLIENTS = 12
 REQUESTS = 72
@@ -39,19 +36,9 @@ def live_server(tiny_llama, tmp_path):
     blob.write_bytes(blob.read_bytes()[:-4])
     pool = AdapterPool(base, slots=2, max_rank=4)
     settings = ServerSettings(max_batch_size=8, max_wait_ms=20, max_input_tokens=16, max_new_tokens=8, max_body_bytes=64 << 10)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(pool, settings), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=30)
-    listener.close()
+    server = LiveServer(create_app(pool, settings))
+    yield server.url
+    server.stop()
 
 
 # (what is sent, the statuses it may get)

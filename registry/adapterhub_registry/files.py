@@ -19,15 +19,25 @@ TEMP_PREFIX = ".tmp-"
 _STALE_AFTER_S = 3600.0  # a temp file this old is abandoned even if its pid was reused
 
 
+def temp_path(directory: Path) -> Path:
+    """A new temp file name in ``directory`` (``.tmp-<pid>-<random>``: see the module docstring)."""
+    return directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, flushed to the disk before returning."""
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` holds either its old content or all of `data`."""
     directory = path.parent
-    temp = directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+    temp = temp_path(directory)
     try:
-        with open(temp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_synced(temp, data)
         os.replace(temp, path)
         fsync_dir(directory)
     except OSError as exc:

@@ -14,11 +14,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from adapterhub_registry.files import TEMP_PREFIX, fsync_dir, write_atomic
+from adapterhub_registry.files import TEMP_PREFIX, fsync_dir, temp_path, write_atomic, write_synced
 from adapterhub_registry.remote_fsspec import FsspecStore
 from adapterhub_registry.remote_locks import exclusive
 from adapterhub_registry.remote_store import RemoteStoreError, RemoteStoreSpec
@@ -42,13 +41,10 @@ class FileStore(FsspecStore):
 
     def create(self, key: str, data: bytes) -> bool:
         target = self._prepared(key)
-        temp = target.parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        temp = temp_path(target.parent)
         try:
-            with open(temp, "xb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.link(temp, target)
+            write_synced(temp, data)
+            os.link(temp, target)  # fails if the target exists: create-if-absent
         except FileExistsError:
             return False
         except OSError as exc:
