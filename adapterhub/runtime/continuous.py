@@ -142,10 +142,10 @@ class ContinuousEngine:
 
     def _admit(self, events: list) -> None:
         blocked = False
+        in_use = {r.adapter for r in self.prefilling + self.running if r.adapter is not None}
         for s in list(self.waiting):
             if self.active >= self.max_running:
                 return
-            in_use = {r.adapter for r in self.prefilling + self.running if r.adapter is not None}
             try:
                 slotted = s.adapter is None or self.pool.kind(s.adapter) == "slotted"
             except Exception as exc:  # unreadable, damaged or for another base: this request fails alone
@@ -161,6 +161,8 @@ class ContinuousEngine:
                 blocked = True  # later requests may join only with adapters already running
                 continue
             self.waiting.remove(s)
+            if s.adapter is not None:
+                in_use.add(s.adapter)
             s.sampler, s.text = RowSampler(s.params, self.eos), TextStream(self.tokenizer, s.params.stop)
             s.cache = DynamicCache()
             self.prefilling.append(s)

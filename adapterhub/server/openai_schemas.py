@@ -48,16 +48,18 @@ class _Sampled(BaseModel):
             if name in NEUTRAL and value not in NEUTRAL[name]:
                 raise ValueError(f"{name}={value!r} is not supported by this server (it serves one choice, no "
                                  f"logprobs, no penalties or tools); leave it out")  # fmt: skip
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4 or any(not s for s in stops):
+        if len(self.stops) > 4 or any(not s for s in self.stops):
             raise ValueError("stop takes up to 4 non-empty strings")
         return self
 
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
     def sampling(self, default_max_tokens: int) -> SamplingParams:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         max_tokens = self.max_tokens or default_max_tokens
         return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
-                              top_k=max(self.top_k, 0), seed=self.seed, stop=tuple(stops), ignore_eos=self.ignore_eos,
+                              top_k=max(self.top_k, 0), seed=self.seed, stop=self.stops, ignore_eos=self.ignore_eos,
                               min_tokens=min(self.min_tokens, max_tokens))  # fmt: skip
 
     @property

@@ -8,6 +8,7 @@ scheduler, a model list) gets it as a field here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,8 +80,6 @@ class AppState:
     async def record_of(self, ref: str):
         """The registry record serving ``ref``: the local registry's, or with ``--remote`` the remote's version
         (fetched into the local registry on a miss), read off the event loop."""
-        import asyncio
-
         if self.remote is None:
             return self.pool.registry.resolve(ref)
         return await asyncio.to_thread(self.remote.resolve, ref)
