@@ -36,12 +36,16 @@ def merge_options(function):
     return function
 
 
+def summary(result) -> dict:
+    """A pushed merge as JSON: its ref, sha256, recipe, time and notes."""
+    return {"merged": result.record.ref, "sha256": result.sha256, "seconds": round(result.seconds, 2),
+            "recipe": result.recipe.to_dict(), "notes": result.notes}  # fmt: skip
+
+
 def report(result, as_json: bool) -> None:
     """Print a pushed merge: its ref, sha256, recipe and time."""
-    summary = {"merged": result.record.ref, "sha256": result.sha256, "seconds": round(result.seconds, 2),
-               "recipe": result.recipe.to_dict(), "notes": result.notes}  # fmt: skip
     if as_json:
-        echo_json(summary)
+        echo_json(summary(result))
         return
     recipe = result.recipe
     inputs = ", ".join(f"{entry['ref']}×{w:g}" for entry, w in zip(recipe.inputs, recipe.weights))

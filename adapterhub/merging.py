@@ -14,7 +14,9 @@ What peft gets wrong, and what is done about it:
 * Trained biases (``bias`` other than "none", ``lora_bias``): they live in the shared base layers: refused.
 * Classification heads: peft refuses heads of several adapters (``modules_to_save``). Heads over the same label
   list are combined here as the weighted mean (weights normalised to sum 1; one full head per input, not a
-  delta); different label lists are refused, naming them.
+  delta); different label lists are refused, naming them. Or the merge keeps one input's own head
+  (``head_from``): ``merge_sequence(heads="per-task")`` pushes one version per task, each the merged LoRA with
+  that task's head, the way multi-task merging is evaluated (a shared body, a head per task).
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ from adapterhub_registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub_registry.names import validate_name
 
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
-from adapterhub.manifest import BaseIdentity, Manifest
+from adapterhub.manifest import BaseIdentity, ContinualEntry, Manifest
 
 COMBINATIONS = ("linear", "svd", "cat", "ties", "ties_svd", "dare_linear", "dare_ties", "magnitude_prune")
 PRUNING = ("ties", "ties_svd", "dare_linear", "dare_ties", "magnitude_prune")
 """The combinations that keep a fraction ``density`` of each delta (and need it)."""
 HEADS = "weighted mean"
+HEAD_MODES = ("mean", "per-task")
+"""How ``continual merge`` treats the tasks' heads: one weighted-mean head, or one version per task with its own head."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Recipe:
     peft: str = ""  # peft's version: another version may compute other bytes
     torch: str = ""
     heads: str | None = None  # how classification heads were combined, when there are any
+    head_from: int | None = None  # the input whose own head the merge keeps (None: the weighted mean of all heads)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,35 +89,62 @@ def merge(
     density: float | None = None,
     seed: int = 0,
     tags: Sequence[str] = (),
+    head_from: int | None = None,
+    continual: ContinualEntry | None = None,
 ) -> MergeResult:
     """Merge the registry adapters ``inputs`` (refs) on the base at ``base_path`` and push the result as the
-    next version of ``name``. ``weights`` default to equal ones summing to 1."""
+    next version of ``name``. ``weights`` default to equal ones summing to 1. ``head_from``: keep that input's
+    own classification head (its labels and data record too) instead of the weighted mean of all heads;
+    ``continual``: the merged version's place in a task sequence."""
     validate_name(name)  # fail on a bad name before the slow part
     records = [registry.resolve(ref) for ref in inputs]
     weights = list(weights) if weights else [1.0 / len(records)] * len(records)
-    recipe = _recipe(records, weights, combination, density, seed)
+    recipe = _recipe(records, weights, combination, density, seed, head_from)
     with tempfile.TemporaryDirectory(prefix="adapterhub-merge-") as directory:
         result, manifest = _merge_into(registry, records, recipe, base_path, Path(directory))
+        if continual is not None:
+            manifest = replace(manifest, continual=continual)
         result.record = registry.push(name, directory, method="lora", manifest=manifest.to_dict(), tags=list(tags))
     return result
 
 
-def merge_sequence(registry: Registry, sequence: str, base_path: str, *, name: str | None = None, **recipe: Any) -> MergeResult:
-    """The task adapters of continual ``sequence``, in task order, merged into ``name`` (default
-    ``<sequence>-merged``); ``recipe``: ``merge``'s keywords. Tasks whose heads classify into other labels are
-    refused, naming them: one head cannot answer for two label sets."""
+def merge_sequence(registry: Registry, sequence: str, base_path: str, *, name: str | None = None, heads: str = "mean",
+                   tags: Sequence[str] = (), **recipe: Any) -> list[MergeResult]:  # fmt: skip
+    """The task adapters of continual ``sequence``, in task order, merged; ``recipe``: ``merge``'s keywords.
+
+    ``heads="mean"``: one version of ``name`` (default ``<sequence>-merged``) with the heads' weighted mean;
+    tasks whose heads classify into other labels are refused, naming them (one head cannot answer for two
+    label sets). ``heads="per-task"``: one version of ``<name>-<task>`` per task, the same merged LoRA with that
+    task's own head, labels and data record; together they form the sequence ``name`` (each keeps its task's
+    router entry), so ``Router.from_registry(name)`` and ``serve --router name`` route between them.
+    """
+    from adapterhub.continual.plan import sequence_tag
     from adapterhub.continual.router import Router
 
+    if heads not in HEAD_MODES:
+        raise OptionError(f"unknown heads mode {heads!r}; choose one of: {', '.join(HEAD_MODES)}")
     tasks = Router.from_registry(sequence, registry).tasks
-    first = tasks[0]
-    for task in tasks[1:]:
-        if task.labels != first.labels:
-            raise OptionError(
-                f"tasks of sequence {sequence!r} classify into different labels (task {first.name}: "
-                f"{', '.join(first.labels)}; task {task.name}: {', '.join(task.labels)}): one merged head cannot "
-                f"serve both; route between the task adapters instead (adapterhub continual route)"
-            )
-    return merge(registry, name or f"{sequence}-merged", [t.ref for t in tasks], base_path, **recipe)
+    name = name or f"{sequence}-merged"
+    refs = [t.ref for t in tasks]
+    if heads == "mean":
+        first = tasks[0]
+        for task in tasks[1:]:
+            if task.labels != first.labels:
+                raise OptionError(
+                    f"tasks of sequence {sequence!r} classify into different labels (task {first.name}: "
+                    f"{', '.join(first.labels)}; task {task.name}: {', '.join(task.labels)}): one merged head cannot "
+                    f"serve both; keep one head per task (--heads per-task) or route between the task adapters "
+                    f"(adapterhub continual route)"
+                )
+        return [merge(registry, name, refs, base_path, tags=tags, **recipe)]
+    validate_name(name)
+    results = []
+    for position, task in enumerate(tasks):
+        entry = Manifest.from_dict(registry.resolve(task.ref).manifest).continual
+        own = replace(entry, sequence=name, digest=None, extra={**entry.extra, "merged_from": task.ref})
+        results.append(merge(registry, f"{name}-{task.name}", refs, base_path, tags=[*tags, sequence_tag(name)],
+                             head_from=position, continual=own, **recipe))  # fmt: skip
+    return results
 
 
 def replay(registry: Registry, ref: str, base_path: str) -> tuple[MergeResult, AdapterRecord]:
@@ -134,7 +166,8 @@ def replay(registry: Registry, ref: str, base_path: str) -> tuple[MergeResult, A
     return result, record
 
 
-def _recipe(records: list[AdapterRecord], weights: list[float], combination: str, density: float | None, seed: int) -> Recipe:
+def _recipe(records: list[AdapterRecord], weights: list[float], combination: str, density: float | None, seed: int,
+            head_from: int | None = None) -> Recipe:  # fmt: skip
     import peft
     import torch
 
@@ -150,9 +183,11 @@ def _recipe(records: list[AdapterRecord], weights: list[float], combination: str
         raise OptionError(f"--density applies to {', '.join(PRUNING)}, not to {combination}; leave it out")
     if density is not None and not 0 < density <= 1:
         raise OptionError(f"--density must be in (0, 1], got {density}")
+    if head_from is not None and not 0 <= head_from < len(records):
+        raise OptionError(f"head_from={head_from} names no input: there are {len(records)}")
     return Recipe(inputs=[{"ref": r.ref, "sha256": r.blob_sha256} for r in records], weights=[float(w) for w in weights],
                   combination=combination, density=density, seed=seed, peft=peft.__version__,
-                  torch=torch.__version__)  # fmt: skip
+                  torch=torch.__version__, head_from=head_from)  # fmt: skip
 
 
 def _merge_into(registry, records, recipe: Recipe, base_path: str, directory: Path) -> tuple[MergeResult, Manifest]:
@@ -165,15 +200,16 @@ def _merge_into(registry, records, recipe: Recipe, base_path: str, directory: Pa
 
     started = time.perf_counter()
     manifests = [Manifest.from_dict(r.manifest) for r in records]
-    _check_inputs(records, manifests)
+    _check_inputs(records, manifests, own_heads=recipe.head_from is not None)
     first = manifests[0]
-    base = load_base(base_path, model_task=first.model_task or LOAD_DEFAULT, labels=first.labels or None)
+    head = manifests[recipe.head_from] if recipe.head_from is not None else first  # whose head (and labels) the output has
+    base = load_base(base_path, model_task=first.model_task or LOAD_DEFAULT, labels=head.labels or None)
     loaded = [registry.load_record(r) for r in records]  # checksummed reads
     for record in records:
         adapters.check_base(base, record.base_fingerprint, record.ref)
     config, tensors = _combine(base, loaded, recipe)
     if any(_head_keys(t) for _, t in loaded):
-        recipe = replace(recipe, heads=HEADS)
+        recipe = replace(recipe, heads=HEADS if recipe.head_from is None else f"own head of {records[recipe.head_from].ref}")
     _write_adapter(directory, config, tensors)
     model = adapters.load_adapter_dir(base, directory)  # the same load as a pulled adapter: keys and shapes checked
     probe = base.tokenizer("merge check", return_tensors="pt")
@@ -182,17 +218,26 @@ def _merge_into(registry, records, recipe: Recipe, base_path: str, directory: Pa
     if not torch.isfinite(logits).all():
         raise AdapterHubError(f"the {recipe.combination} merge of {', '.join(r.ref for r in records)} gives non-finite outputs")
     identity = first.base or BaseIdentity.from_dict(base.describe())
-    # inputs trained on one data file with one split share a held-out set: `eval` of the merge then uses it too
-    data = first.data if all(m.data == first.data for m in manifests) else None
+    # inputs trained on one data file with one split share a held-out set: `eval` of the merge then uses it too;
+    # a merge keeping one input's head answers that input's task, so it takes that input's data record
+    if recipe.head_from is not None:
+        data = head.data
+    else:
+        data = first.data if all(m.data == first.data for m in manifests) else None
     manifest = Manifest(method="lora", plugin=first.plugin, model_task=base.model_task, labels=base.labels or None,
                         base=identity, data=data, extra={"merge": recipe.to_dict()})  # fmt: skip
     sha256 = hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()
-    notes = [f"classification heads combined as the {HEADS} of the inputs' heads"] if recipe.heads else []
+    notes = []
+    if recipe.heads == HEADS:
+        notes.append(f"classification heads combined as the {HEADS} of the inputs' heads")
+    elif recipe.heads:
+        notes.append(f"classification head: the {recipe.heads} (labels {', '.join(head.labels or [])})")
     return MergeResult(recipe, sha256, time.perf_counter() - started, notes=notes), manifest
 
 
-def _check_inputs(records: list[AdapterRecord], manifests: list[Manifest]) -> None:
-    """Refuse inputs on different bases or model tasks, heads over different labels, and what peft merges wrong."""
+def _check_inputs(records: list[AdapterRecord], manifests: list[Manifest], *, own_heads: bool = False) -> None:
+    """Refuse inputs on different bases or model tasks, heads over different labels (unless the merge keeps one
+    input's own head), and what peft merges wrong."""
     first, first_manifest = records[0], manifests[0]
     for record, manifest in zip(records, manifests):
         config = record.peft_config
@@ -205,7 +250,7 @@ def _check_inputs(records: list[AdapterRecord], manifests: list[Manifest]) -> No
             )
         if manifest.model_task != first_manifest.model_task:
             raise OptionError(f"{record.ref} is a {manifest.model_task} adapter, {first.ref} a {first_manifest.model_task} one")
-        if list(manifest.labels or []) != list(first_manifest.labels or []):
+        if not own_heads and list(manifest.labels or []) != list(first_manifest.labels or []):
             raise OptionError(
                 f"{record.ref} classifies into {manifest.labels} but {first.ref} into {first_manifest.labels}: "
                 "heads over different labels cannot be merged into one"
@@ -254,7 +299,11 @@ def _combine(base, loaded: list[tuple[AdapterRecord, dict]], recipe: Recipe) -> 
     first = loaded[0][0].peft_config
     config = {**_plain(merged_config.to_dict()), "use_rslora": False, "inference_mode": True,
               "task_type": first.get("task_type"), "modules_to_save": first.get("modules_to_save")}  # fmt: skip
-    tensors.update(_mean_heads(loaded, recipe.weights))
+    if recipe.head_from is None:
+        tensors.update(_mean_heads(loaded, recipe.weights))
+    else:
+        own = loaded[recipe.head_from][1]
+        tensors.update({key: own[key].clone().contiguous() for key in _head_keys(own)})
     return config, tensors
 
 

@@ -14,6 +14,7 @@ from adapterhub import adapters, merging
 from adapterhub.base import load_base
 from adapterhub.cli import main
 from adapterhub.continual.features import encode_tensor
+from adapterhub.continual.router import Router
 from adapterhub.errors import IncompatibleBaseError, OptionError
 from tiny_models import make_tiny_llama
 
@@ -214,6 +215,32 @@ def test_continual_merge_refuses_tasks_with_different_labels_naming_them(tiny_be
     push_task(registry, tiny_bert, "mixed", "roads", 1, ["fast", "slow"], tmp_path)
     assert main(["continual", "merge", "mixed", "--base", str(tiny_bert)]) == 1
     assert "task films: neg, pos; task roads: fast, slow" in capsys.readouterr().err
+
+
+def test_continual_merge_per_task_keeps_each_tasks_own_head_and_forms_a_routable_sequence(tiny_bert, tmp_path, cli_json):
+    registry = Registry()
+    films = push_task(registry, tiny_bert, "mixed", "films", 0, LABELS, tmp_path)
+    roads = push_task(registry, tiny_bert, "mixed", "roads", 1, ["fast", "slow", "jammed"], tmp_path)
+    out = cli_json("continual", "merge", "mixed", "--base", str(tiny_bert), "--heads", "per-task", "--combination", "ties",
+                   "--density", "0.5", "--json")  # fmt: skip
+    assert [o["merged"] for o in out] == ["mixed-merged-films@1", "mixed-merged-roads@1"]
+    assert [o["recipe"]["head_from"] for o in out] == [0, 1]
+    merged = [registry.load(o["merged"]) for o in out]
+    for (record, tensors), task in zip(merged, (films, roads)):
+        _, own = registry.load(task.ref)
+        heads = merging._head_keys(own)
+        assert heads and all(torch.equal(tensors[key], own[key]) for key in heads)  # the task's own head, untouched
+        assert record.manifest["labels"] == task.manifest["labels"]
+        assert record.manifest["continual"]["sequence"] == "mixed-merged"
+    lora = [key for key in merged[0][1] if "lora_" in key]
+    assert lora and all(torch.equal(merged[0][1][key], merged[1][1][key]) for key in lora)  # one merged body for all
+    router = Router.from_registry("mixed-merged", registry)
+    assert [(t.name, t.ref, t.labels) for t in router.tasks] == [
+        ("films", "mixed-merged-films@1", tuple(LABELS)), ("roads", "mixed-merged-roads@1", ("fast", "slow", "jammed"))]
+    replayed, record = merging.replay(registry, "mixed-merged-roads@1", str(tiny_bert))
+    assert replayed.sha256 == record.blob_sha256
+    logits = logits_of(registry, "mixed-merged-roads@1", tiny_bert, model_task="seq-cls", labels=["fast", "slow", "jammed"])
+    assert logits.shape[-1] == 3
 
 
 @pytest.mark.slow

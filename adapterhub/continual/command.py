@@ -6,7 +6,8 @@ import click
 
 from adapterhub.cli_options import json_option, placement_options, registry_option
 from adapterhub.cli_output import echo_json
-from adapterhub.merge_command import merge_options, report
+from adapterhub.merge_command import merge_options, report, summary
+from adapterhub.merging import HEAD_MODES
 
 
 def _registry(root):
@@ -126,12 +127,20 @@ def eval_command(plan_path, registry_root, as_json) -> None:
 @continual_group.command("merge")
 @click.argument("sequence")
 @click.option("--name", default=None, help="Registry name of the merged adapter [<SEQUENCE>-merged].")
+@click.option("--heads", type=click.Choice(HEAD_MODES), default="mean", show_default=True,
+              help="mean: one version with the weighted mean of the heads (tasks must share their labels); per-task: "
+                   "one version <NAME>-<task> per task, the merged LoRA with that task's own head, forming sequence NAME.")
 @merge_options
-def merge_command(sequence, name, base_path, weights, combination, density, seed, tags, registry_root, as_json) -> None:
-    """Merge the task adapters of SEQUENCE, in task order, into one adapter with a recorded recipe (as `adapterhub
-    merge`); refused when the tasks' heads classify into different labels."""
+def merge_command(sequence, name, heads, base_path, weights, combination, density, seed, tags, registry_root, as_json) -> None:
+    """Merge the task adapters of SEQUENCE, in task order, into one LoRA with a recorded recipe (as `adapterhub
+    merge`), with one weighted-mean head (refused when the tasks' heads classify into different labels) or each
+    task's own head (--heads per-task)."""
     from adapterhub.merging import merge_sequence
 
-    result = merge_sequence(_registry(registry_root), sequence, base_path, name=name, weights=weights,
-                            combination=combination, density=density, seed=seed, tags=tags)  # fmt: skip
-    report(result, as_json)
+    results = merge_sequence(_registry(registry_root), sequence, base_path, name=name, heads=heads, weights=weights,
+                             combination=combination, density=density, seed=seed, tags=tags)  # fmt: skip
+    if as_json and heads == "per-task":
+        echo_json([summary(result) for result in results])
+        return
+    for result in results:
+        report(result, as_json)
