@@ -37,7 +37,7 @@ def train_ours(row, case) -> dict:
     base, data = (case.lm_path, case.lm_data) if row.model_task == "causal-lm" else (case.classifier_dir, case.cls_data)
     try:
         outcome = train_adapter(TrainJob(base, row.method, data, model_task=row.model_task, options=row.options,
-                                         settings=case.settings(row), progress=False))  # fmt: skip
+                                         settings=case.settings(row), progress=False, monitor=case.monitor()))  # fmt: skip
     except AdapterHubError as exc:  # a method that cannot run on this base: reported, not fatal
         return {"skipped": str(exc)}
     return {"metrics": outcome.result.metrics, "seconds": outcome.result.train_seconds, "steps": outcome.result.steps,
@@ -64,7 +64,7 @@ def _train_reference(row, case) -> dict:
         lambda order: classification_batches(train_set, base.tokenizer, settings.batch_size, settings.max_length, order),
         len(train_set.texts),
         lambda: classification_batches(test_set, base.tokenizer, settings.eval_batch_size, settings.max_length),
-        "seq-cls", settings, progress=False,
+        "seq-cls", settings, progress=False, monitor=case.monitor(),
     )  # fmt: skip
     trained = {n: p.detach().contiguous() for n, p in base.model.named_parameters() if p.requires_grad}
     with tempfile.TemporaryDirectory() as directory:

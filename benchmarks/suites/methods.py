@@ -110,6 +110,12 @@ class Case:
     seed: int
     scratch: Path
     steps: int = 0  # optimizer steps of a classifier run (AdaLoRA's schedule length)
+    eval_every: int | None = None  # optimizer steps between held-out evaluations (None: after each epoch)
+
+    def monitor(self):
+        from adapterhub.monitor import MonitorSettings
+
+        return MonitorSettings(eval_every=self.eval_every)
 
     def settings(self, row: Run):
         from adapterhub.train import TrainSettings

@@ -35,6 +35,7 @@ KS, QUICK_KS = (16, 64, 256, 1024, 4096), (16, 64)
 SHOTS, QUICK_SHOTS = (0, 4, 8), (0, 4)
 MIN_STEPS, QUICK_MIN_STEPS = 30, 5
 TEMPLATE = "Tweet: {text}\nSentiment ({labels}):"
+ONCE = 10**9  # eval_every past the last step: train() evaluates once, after it
 
 
 def run(ctx: Context) -> None:
@@ -96,7 +97,8 @@ def _learning_curves(ctx, runs, ks, seeds, data, labels, train_set, test_set, sc
         subset = _subset_file(scratch / f"k{k}-s{seed}.csv", balanced_shots(train_set, k, seed), test_set, labels)
         steps_per_epoch = math.ceil(k / 32)
         epochs = max(1, math.ceil((QUICK_MIN_STEPS if ctx.quick else MIN_STEPS) / steps_per_epoch))
-        case = Case(str(minilm()), "", "", subset, None, labels, epochs, seed, scratch)
+        # one held-out evaluation, at the end: at k=16 the run has 30 one-step epochs
+        case = Case(str(minilm()), "", "", subset, None, labels, epochs, seed, scratch, eval_every=ONCE)
         started = time.perf_counter()
         numbers = train_ours(row, case)
         if "skipped" in numbers:
