@@ -116,9 +116,10 @@ def merge_sequence(registry: Registry, sequence: str, base_path: str, *, name: s
     tasks whose heads classify into other labels are refused, naming them (one head cannot answer for two
     label sets). ``heads="per-task"``: one version of ``<name>-<task>`` per task, the same merged LoRA with that
     task's own head, labels and data record; together they form the sequence ``name`` (each keeps its task's
-    router entry), so ``Router.from_registry(name)`` and ``serve --router name`` route between them.
+    router entry and tags), so ``Router.from_registry(name)``, ``serve --router name`` and ``continual eval PLAN
+    --sequence name`` treat them as that sequence's task adapters.
     """
-    from adapterhub.continual.plan import sequence_tag
+    from adapterhub.continual.plan import adapter_name, sequence_tag, task_tag
     from adapterhub.continual.router import Router
 
     if heads not in HEAD_MODES:
@@ -142,8 +143,8 @@ def merge_sequence(registry: Registry, sequence: str, base_path: str, *, name: s
     for position, task in enumerate(tasks):
         entry = Manifest.from_dict(registry.resolve(task.ref).manifest).continual
         own = replace(entry, sequence=name, digest=None, extra={**entry.extra, "merged_from": task.ref})
-        results.append(merge(registry, f"{name}-{task.name}", refs, base_path, tags=[*tags, sequence_tag(name)],
-                             head_from=position, continual=own, **recipe))  # fmt: skip
+        results.append(merge(registry, adapter_name(name, task.name), refs, base_path, head_from=position, continual=own,
+                             tags=[*tags, sequence_tag(name), task_tag(task.name)], **recipe))  # fmt: skip
     return results
 
 

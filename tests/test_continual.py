@@ -72,6 +72,20 @@ def test_oracle_eval_after_the_last_task_equals_each_task_right_after_it_was_tra
             assert task["oracle"][metric] == pytest.approx(at_training[task["task"]][metric], abs=1e-6)
 
 
+def test_a_per_task_merge_is_evaluated_as_a_sequence_on_the_plans_data(trained, tiny_bert, capsys):
+    plan, registry, output = trained
+    root = str(registry.root)
+    # weight 1 on the first task and 0 on the others: the merged LoRA is the first task's, exactly
+    merged = json.loads(run_cli(capsys, "continual", "merge", "toy", "--base", str(tiny_bert), "--heads", "per-task",
+                                "--weights", "1,0,0", "--registry", root, "--json"))  # fmt: skip
+    assert [m["merged"] for m in merged] == ["toy-merged-films@1", "toy-merged-roads@1", "toy-merged-talk@1"]
+    evaluated = json.loads(run_cli(capsys, "continual", "eval", str(plan), "--sequence", "toy-merged", "--registry", root, "--json"))
+    original = json.loads(run_cli(capsys, "continual", "eval", str(plan), "--registry", root, "--json"))
+    assert [t["adapter"] for t in evaluated["tasks"]] == [m["merged"] for m in merged]
+    assert evaluated["tasks"][0]["oracle"]["accuracy"] == pytest.approx(output["tasks"][0]["metrics"]["accuracy"], abs=1e-6)
+    assert evaluated["router_accuracy"] == original["router_accuracy"]  # the tasks' own router entries, kept
+
+
 def test_router_sends_every_held_out_text_to_its_task_so_routing_costs_no_accuracy(trained):
     plan, registry, _ = trained
     result = evaluate_sequence(load_plan(plan), registry)

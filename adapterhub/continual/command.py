@@ -102,15 +102,23 @@ def route_command(sequence, texts, base, quantize, registry_root, as_json) -> No
 
 @continual_group.command("eval")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--sequence", default=None, metavar="NAME",
+              help="Evaluate sequence NAME's adapters on PLAN's tasks and data instead of the plan's own (e.g. the "
+                   "per-task merge of `continual merge --heads per-task`).")
 @registry_option
 @json_option
-def eval_command(plan_path, registry_root, as_json) -> None:
+def eval_command(plan_path, sequence, registry_root, as_json) -> None:
     """Evaluate the trained sequence of PLAN on every task's held-out split: with oracle task ids, with the
     router, and how often the router picks the right task."""
+    import dataclasses
+
     from adapterhub.continual.evaluate import evaluate_sequence
     from adapterhub.continual.plan import load_plan
 
-    result = evaluate_sequence(load_plan(plan_path), _registry(registry_root))
+    plan = load_plan(plan_path)
+    if sequence is not None:
+        plan = dataclasses.replace(plan, sequence=sequence)
+    result = evaluate_sequence(plan, _registry(registry_root))
     if as_json:
         echo_json(result.to_dict())
         return
