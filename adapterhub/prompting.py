@@ -94,6 +94,8 @@ class PromptScorer:
         self.separator = "" if self.use_chat or prompt.template[-1:].isspace() else " "
         self.continuations = [tokenizer(self.separator + word, add_special_tokens=False).input_ids for word in self.words]
         for name, word, ids in zip(label_names, self.words, self.continuations):
+            if not ids and name not in prompt.verbalizer:
+                raise OptionError(f"label {name!r} tokenizes to nothing; give it a word in the verbalizer")
             if not ids:
                 raise OptionError(f"the verbalizer of label {name!r} ({word!r}) tokenizes to nothing; give it a word")
         seen: dict[tuple, str] = {}

@@ -2,7 +2,8 @@
 under ``--batching static``), on its worker thread.
 
 ``batch_runner(pool, router)`` composes it: the model call for the base's task (``generate`` or ``classify``
-over the mixed-adapter batch; a static completion batch when the batch key is a ``StaticKey``), wrapped so that one request's failure fails only that request, and, with a task
+over the mixed-adapter batch; a static completion batch when the batch key is a ``StaticKey``, a classification
+by prompting when it is a ``PromptKey``), wrapped so that one request's failure fails only that request, and, with a task
 router, preceded by routing the batch's ``"task": "auto"`` requests in one forward of the bare base.
 """
 
@@ -18,6 +19,7 @@ from adapterhub.runtime import AdapterPool, GenerationSettings, classify, genera
 from adapterhub.runtime.sampling import SamplingParams
 from adapterhub.runtime.text_stream import TextStream
 from adapterhub.server.batcher import RunBatch
+from adapterhub.server.prompt_classify import PromptKey, run_prompt_classify
 from adapterhub.server.schemas import ClassifyRequest, GenerateRequest
 
 log = logging.getLogger("adapterhub.server")
@@ -31,7 +33,12 @@ def batch_runner(pool: AdapterPool, router: Router | None = None) -> RunBatch:
     run_batch = _isolating(_by_key(_run_generate) if causal else _run_classify, pool)
     if router is None:
         return run_batch
-    return _routing(run_batch, router, (lambda p: p.prompt) if causal else (lambda p: p.text))
+    return _routing(run_batch, router, _routed_text)
+
+
+def _routed_text(payload: GenerateRequest | ClassifyRequest) -> str:
+    """What the router reads: a classification's text (with a head, or by prompting), a generation's prompt."""
+    return payload.text if isinstance(payload, ClassifyRequest) else payload.prompt
 
 
 def _run_generate(pool: AdapterPool, payloads: list[GenerateRequest], settings: GenerationSettings) -> list[dict]:
@@ -67,6 +74,8 @@ class StaticCompletion:
 
 def _by_key(run_generate: RunModel) -> RunModel:
     def run(pool: AdapterPool, payloads: list, key: Hashable) -> list:
+        if isinstance(key, PromptKey):
+            return run_prompt_classify(pool, payloads, key)
         return (_run_static_completions if isinstance(key, StaticKey) else run_generate)(pool, payloads, key)
 
     return run

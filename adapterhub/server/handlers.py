@@ -1,8 +1,9 @@
 """The server's endpoints, one async function each, registered on ``endpoints`` (``create_app`` includes it).
 
-- ``POST /generate`` (causal-LM base) and ``POST /classify`` (seq-cls base): check the input's size, turn a
-  named ``task`` into its adapter (``auto`` is routed later, with its batch), resolve the adapter (unknown or
-  malformed refs fail here, before batching), then queue the request on the batcher and await its answer.
+- ``POST /generate`` (causal-LM base) and ``POST /classify`` (seq-cls base; on a causal-LM base, with a prompt
+  ``template``: ``prompt_classify.py``): check the input's size, turn a named ``task`` into its adapter (``auto``
+  is routed later, with its batch), resolve the adapter (unknown or malformed refs fail here, before batching),
+  then queue the request on the batcher and await its answer.
 - ``GET /adapters``, ``POST /adapters/load``, ``POST /adapters/unload``: the pool's adapters and their tier;
   load (``force`` to accept another base) or unload one.
 - ``GET /health``: status, base, slots, active alerts and the router's tasks; ``GET /metrics``: Prometheus.
@@ -24,6 +25,7 @@ from adapterhub.continual.plan import AUTO
 from adapterhub.continual.router import UnknownTaskError
 from adapterhub.runtime import GenerationSettings
 from adapterhub.server.http_errors import HTTPError, http_error
+from adapterhub.server.prompt_classify import prompt_key, refuse_prompt_fields
 from adapterhub.server.schemas import AdapterRequest, ClassifyRequest, GenerateRequest
 from adapterhub.server.state import AppState, StateDep
 
@@ -49,12 +51,15 @@ async def generate(body: GenerateRequest, state: StateDep) -> dict:
 
 @endpoints.post("/classify")
 async def classify(body: ClassifyRequest, state: StateDep) -> dict:
-    if state.model_task != "seq-cls":
-        raise HTTPError(400, f"this server runs a {state.model_task} base; use POST /generate")
     check_input(state, body.text)
+    if state.model_task == "causal-lm":  # classification by prompting: the key carries the checked prompt
+        key: Hashable = prompt_key(body, state.pool.base.tokenizer, state.settings.max_input_tokens)
+    else:  # seq-cls: the adapter's head classifies
+        refuse_prompt_fields(body, state.model_task)
+        key = "classify"
     choose_task(state, body)
     await check_adapter(state, body.adapter)
-    return await submitted(state, "classify", body)
+    return await submitted(state, key, body)
 
 
 @endpoints.get("/adapters")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+PROMPT_FIELDS = ("template", "labels", "verbalizer", "examples", "chat_template")  # classification by prompting
 TASK_FIELD = Field(default=None, description="A task of the server's --router sequence (its adapter is used), or 'auto': the router picks.")
 
 
@@ -23,10 +24,32 @@ class GenerateRequest(_Strict):
     seed: int | None = None
 
 
-class ClassifyRequest(_Strict):
+class Example(_Strict):
+    """An in-context example of a prompt classification: shown with its answer before the request's text."""
+
     text: str = Field(min_length=1)
-    adapter: str | None = None
+    label: str
+
+
+class ClassifyRequest(_Strict):
+    """A seq-cls base classifies ``text`` with its head; a causal-LM base needs ``template`` and ``labels`` and scores
+    each label's answer after the prompt (``prompt_classify.py``). The prompt fields are refused on a seq-cls base."""
+
+    text: str = Field(min_length=1)
+    adapter: str | None = Field(default=None, description="Registry ref (name, name@version, name:tag); none: the base.")
     task: str | None = TASK_FIELD
+    template: str | None = Field(default=None, description="Causal-LM base: the prompt, with {text} (the text) and "
+                                 "optionally {labels} (the label words, comma-separated).")  # fmt: skip
+    labels: list[str] | None = Field(default=None, description="Causal-LM base: the labels to choose from (2 or more).")
+    verbalizer: dict[str, str] | None = Field(default=None, description="Label -> the words answering for it; a label "
+                                              "not named is its own word.")  # fmt: skip
+    examples: list[Example] | None = Field(default=None, description="In-context examples, shown with their answers first.")
+    chat_template: bool = Field(default=True, description="Wrap the prompt in the base's chat template when it has one.")
+
+    @property
+    def prompt_fields(self) -> list[str]:
+        """The prompt fields this request sets, in declaration order."""
+        return [name for name in PROMPT_FIELDS if name in self.model_fields_set]
 
 
 class AdapterRequest(_Strict):
