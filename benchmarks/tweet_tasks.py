@@ -62,8 +62,29 @@ def write_tasks(directory: Path, keep: int, seed: int = 0) -> dict[str, Path]:
         paths[name] = directory / f"{name}.csv"
         _write(paths[name], examples)
         kept: ClassificationData = cap(load_classification(paths[name], dedupe=True), keep, seed)
-        _write(paths[name], [(text, kept.label_names[label]) for text, label in zip(kept.texts, kept.labels)])
+        _write(paths[name], rows_of(kept))
     return paths
+
+
+def write_with_held_out(path: Path, train: list[tuple[str, str]], held_out: list[tuple[str, str]]):
+    """A CSV of ``train`` then ``held_out`` (text, label name) rows, and its ``DataSpec``: the split is chosen per
+    text by its hash, so the file's own held-out split must be exactly ``held_out``, in order (checked), and
+    figures on it compare with figures on the file those rows came from."""
+    from adapterhub.prepare import classification_split
+    from adapterhub.settings import DataSpec
+    from benchmarks.suites import BenchmarkError
+
+    _write(path, [*train, *held_out])
+    spec = DataSpec(str(path), label_column="label", seed=0)
+    _, again = classification_split(spec)
+    if again.texts != [text for text, _ in held_out]:
+        raise BenchmarkError(f"{path.name}: the held-out split moved ({len(again.texts)} vs {len(held_out)} texts)")
+    return spec
+
+
+def rows_of(data) -> list[tuple[str, str]]:
+    """``(text, label name)`` rows of a ``ClassificationData``."""
+    return [(text, data.label_names[label]) for text, label in zip(data.texts, data.labels)]
 
 
 def _write(path: Path, rows: list[tuple[str, str]]) -> None:

@@ -42,13 +42,26 @@ MIXED_BATCH = 64
 def run(ctx: Context) -> None:
     from adapterhub_registry import Registry
 
+    plan = tweet_plan(ctx, "continual")
+    registry = Registry(ctx.workdir / "registry")
+    matrices, train_seconds = {}, {}
+    matrices[ORACLE], matrices[ROUTED], final, train_seconds[ORACLE] = adapter_per_task(plan, registry)
+    for approach in (LORA_SEQ, FULL_SEQ):
+        matrices[approach], train_seconds[approach] = sequential(plan, approach)
+    record(ctx, plan, matrices, final, train_seconds)
+    time_routing(ctx, plan, registry)
+
+
+def tweet_plan(ctx: Context, suite: str):
+    """The four-task sequence plan (tasks, data cut, settings, hence held-out splits) of this suite, shared with
+    the merging suite so that both evaluate on the same examples; its settings go into ``ctx.settings``."""
     from adapterhub.continual import parse_plan
     from benchmarks.models import tiny_bert
     from benchmarks.suites.methods import minilm
     from benchmarks.tweet_tasks import ORDER, write_tasks
 
     if ctx.model:
-        raise BenchmarkError("the continual suite runs on all-MiniLM-L6-v2 (a tiny BERT with --quick); --model does not apply")
+        raise BenchmarkError(f"the {suite} suite runs on all-MiniLM-L6-v2 (a tiny BERT with --quick); --model does not apply")
     samples = 80 if ctx.quick else int(os.environ.get("ADAPTERHUB_BENCH_SAMPLES", 800))
     epochs = 1 if ctx.quick else int(os.environ.get("ADAPTERHUB_BENCH_EPOCHS", 2))
     base = tiny_bert(ctx.workdir / "tiny-bert", minilm(), ctx.seed) if ctx.quick else minilm()
@@ -65,13 +78,7 @@ def run(ctx: Context) -> None:
                         samples_per_task=samples, test_split=0.2, method="lora r=8 (all linear layers)", router_prototypes=4,
                         learning_rates={"lora": LEARNING_RATES["lora"], "full fine-tuning": LEARNING_RATES[FULL_SEQ]},
                         **{k: v for k, v in settings.items() if k != "learning_rate"})  # fmt: skip
-    registry = Registry(ctx.workdir / "registry")
-    matrices, train_seconds = {}, {}
-    matrices[ORACLE], matrices[ROUTED], final, train_seconds[ORACLE] = adapter_per_task(plan, registry)
-    for approach in (LORA_SEQ, FULL_SEQ):
-        matrices[approach], train_seconds[approach] = sequential(plan, approach)
-    record(ctx, plan, matrices, final, train_seconds)
-    time_routing(ctx, plan, registry)
+    return plan
 
 
 def adapter_per_task(plan, registry):

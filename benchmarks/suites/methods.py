@@ -111,6 +111,7 @@ class Case:
     scratch: Path
     steps: int = 0  # optimizer steps of a classifier run (AdaLoRA's schedule length)
     eval_every: int | None = None  # optimizer steps between held-out evaluations (None: after each epoch)
+    max_length: int = 48  # tokens per tweet for the classifier rows
 
     def monitor(self):
         from adapterhub.monitor import MonitorSettings
@@ -123,7 +124,8 @@ class Case:
         if row.model_task == "causal-lm":
             return TrainSettings(epochs=self.epochs, batch_size=LM_BATCH, learning_rate=row.learning_rate, block_size=LM_BLOCK,
                                  eval_batch_size=8, seed=self.seed)  # fmt: skip
-        return TrainSettings(epochs=self.epochs, batch_size=32, learning_rate=row.learning_rate, max_length=48, seed=self.seed)
+        return TrainSettings(epochs=self.epochs, batch_size=32, learning_rate=row.learning_rate, max_length=self.max_length,
+                             seed=self.seed)  # fmt: skip
 
 
 def _installed(runs: tuple[Run, ...]) -> list[Run]:
