@@ -31,10 +31,12 @@ LEARNING_RATE = 2e-4
 VARIANTS = (
     ("lora", None, {}),
     ("qlora", "nf4", {}),
-    ("lora bfloat16", None, {"dtype": "bfloat16"}),
+    # a bfloat16 step takes tens of seconds on a CPU without bfloat16 matmul instructions: 1 warm-up + 2 timed there
+    ("lora bfloat16", None, {"dtype": "bfloat16", "slow_on_cpu": True}),
     ("lora gradient checkpointing", None, {"gradient_checkpointing": True}),
     ("lora checkpoint every 2", None, {"checkpoint_every": 2}),  # adapterhub only
 )
+SLOW_STEPS = 2
 # Each side runs in a child forked from a clean server process that has imported the libraries once:
 # memory is not shared with us or the other side, CUDA is never initialised before the fork, and no
 # child pays the import time again.
@@ -206,8 +208,10 @@ def run(ctx: Context) -> None:
     for variant, quantize, differences in VARIANTS:
         params = {"method": variant}
         for impl in (OURS,) if "checkpoint_every" in differences else (OURS, BASELINE):
-            job = Job(impl, quantize, path, str(hf_dir), ctx.device, batch_size, block_size, warmup, steps, ctx.seed,
-                      checkpoint_dir=str(ctx.workdir / "checkpoints"), **differences)  # fmt: skip
+            slow = differences.get("slow_on_cpu") and ctx.device == "cpu" and not ctx.quick
+            fields = {k: v for k, v in differences.items() if k != "slow_on_cpu"}
+            job = Job(impl, quantize, path, str(hf_dir), ctx.device, batch_size, block_size, 1 if slow else warmup,
+                      SLOW_STEPS if slow else steps, ctx.seed, checkpoint_dir=str(ctx.workdir / "checkpoints"), **fields)  # fmt: skip
             result = _in_child(ctx, job, f"{variant} [{impl}]")
             memory = {**result["memory"], "peak_rss_mb": result["peak_rss_mb"]}
             what = ("load_base + adapters.attach + adapterhub.train.train" if impl == OURS
@@ -221,6 +225,9 @@ def run(ctx: Context) -> None:
              "(adapterhub reads the GGUF, peft the dequantized safetensors), so it does not compare across sides.")  # fmt: skip
     ctx.note("On CPU, bitsandbytes dequantizes the NF4 weights in every matmul, so QLoRA steps are slower than LoRA; "
              "its peak RSS is not lower here because loading reads the fp32 weights before packing them to NF4.")  # fmt: skip
+    if ctx.device == "cpu" and not ctx.quick:
+        ctx.note(f"bfloat16 on CPU: 1 warm-up and {SLOW_STEPS} timed steps per side (a step takes tens of seconds where the CPU "
+                 "has no bfloat16 matmul instructions; aten::mm is most of it under the profiler).")  # fmt: skip
     ctx.note("bfloat16: the base loaded in bfloat16, the forward under torch.autocast, LoRA weights float32 (both sides). "
              "Gradient checkpointing: transformers' non-reentrant recomputation (both sides). Checkpoint every 2: "
              "adapterhub writing adapter, optimizer, scheduler, RNG and monitor state atomically (fsync) every 2 steps, "
