@@ -108,6 +108,7 @@ def test_in_context_examples_come_first_and_change_the_scores(served):
         ({"template": "Review: it is"}, 400, "template 'Review: it is' has no {text} placeholder"),
         ({"labels": ["positive"]}, 400, "labels: give at least 2 labels"),
         ({"labels": ["positive", "positive"]}, 400, "labels: 'positive' is listed twice"),
+        ({"labels": [f"label{i}" for i in range(65)]}, 400, "labels: 65 labels; this server scores at most 64"),
         ({"verbalizer": {"neutral": "so"}}, 400, "verbalizer names label 'neutral', which is not in labels"),
         ({"verbalizer": {"negative": " ", "positive": "good"}}, 400, "the verbalizer of label 'negative' (' ') tokenizes to nothing"),
         ({"labels": ["bad", " "], "verbalizer": None}, 400, "label ' ' tokenizes to nothing; give it a word in the verbalizer"),

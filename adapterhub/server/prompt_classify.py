@@ -73,9 +73,15 @@ def prompt_key(body: ClassifyRequest, tokenizer, max_input_tokens: int) -> Promp
     return PromptKey(body.template, tuple(labels), tuple(sorted(verbalizer.items())), pairs, body.chat_template, scorer)
 
 
+MAX_LABELS = 64
+"""Each label can add a scoring row per text (answers longer than one token): a bound on one request's work."""
+
+
 def _checked_labels(labels: list[str] | None) -> list[str]:
     if labels is None or len(labels) < 2:
         raise HTTPError(400, f"labels: give at least 2 labels to choose from (got {len(labels or [])})")
+    if len(labels) > MAX_LABELS:
+        raise HTTPError(400, f"labels: {len(labels)} labels; this server scores at most {MAX_LABELS} per request")
     repeated = next((name for i, name in enumerate(labels) if name in labels[:i]), None)
     if repeated is not None:
         raise HTTPError(400, f"labels: {repeated!r} is listed twice; give each label once")
