@@ -14,7 +14,8 @@ and the majority class. Recorded per point: accuracy, macro-F1, training seconds
 Size: normally k in 16, 64, 256, 1024, 3 seeds, `ADAPTERHUB_BENCH_SAMPLES` (default 2600) tweets (held-out about
 530), 84 trainings; `ADAPTERHUB_BENCH_SEEDS` sets the seeds per point; `ADAPTERHUB_BENCH_KS=16,64,256,1024,4096` adds k=4096 (5,200 tweets by default:
 held-out 1,074, training pool 4,126). On the shared 2-core CPU a k=16 training took 100 s while another benchmark
-ran: the 84 trainings take more than the hour the issue allows there (the recorded run says how it was sized).; `--quick`: k in 16 and 64, one seed, LoRA and the linear probe, 600 tweets, and a tiny random Llama
+ran: the 84 trainings take more than the hour the issue allows there (the recorded run says how it was sized).
+`--quick`: k in 16 and 64, one seed, LoRA and the linear probe, 600 tweets, and a tiny random Llama
 prompted zero- and 4-shot (its word list has no label names, so it answers w1/w2/w3): a smoke test of the path.
 """
 
