@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from adapterhub_registry import RegistryError
-from adapterhub_registry.adapter_dir import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, AdapterFiles, manifest_bytes, read_adapter_dir
-from adapterhub_registry.files import fsync_path
 from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils.error import NoMatchingPeftModuleError
 from safetensors import SafetensorError
@@ -28,6 +25,17 @@ from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
 from adapterhub.manifest import BaseIdentity, Manifest, PluginIdentity
 from adapterhub.options import build_options
+from adapterhub_registry import RegistryError
+from adapterhub_registry.adapter_dir import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    AdapterFiles,
+    manifest_bytes,
+    read_adapter_dir,
+)
+from adapterhub_registry.files import fsync_path
+
 
 def make_options(method: str, values: dict[str, Any] | None = None) -> Any:
     """The options dataclass of ``method`` filled from ``values`` (validated, with clear errors)."""
@@ -58,7 +66,9 @@ def attach(base: Base, method: str, options: Any = None) -> PeftModel:
 
 def linear_module_names(model: torch.nn.Module, limit: int = 8) -> list[str]:
     """A few distinct short names of the model's linear layers (e.g. ``query``, ``v_proj``), for error messages."""
-    names = dict.fromkeys(name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    names = dict.fromkeys(
+        name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    )
     return list(names)[:limit]
 
 
@@ -107,7 +117,6 @@ def save_adapter(model: PeftModel, directory: str | os.PathLike, manifest: Manif
     return directory
 
 
-
 def read_adapter(directory: str | os.PathLike) -> tuple[AdapterFiles, dict[str, torch.Tensor]]:
     """An adapter directory as the registry reads it (pickle weights refused with a fix-it message), and its
     weights as tensors."""
@@ -118,7 +127,9 @@ def read_adapter(directory: str | os.PathLike) -> tuple[AdapterFiles, dict[str, 
     try:
         return files, load(files.weights)
     except SafetensorError as exc:
-        raise AdapterHubError(f"{files.weights_path} is not a readable safetensors file ({exc}); save the adapter again") from None
+        raise AdapterHubError(
+            f"{files.weights_path} is not a readable safetensors file ({exc}); save the adapter again"
+        ) from None
 
 
 def check_base(base: Base, adapter_base: str | None, adapter: str, *, force: bool = False) -> None:
@@ -149,7 +160,9 @@ def load_adapter(
     """
     check_base(base, adapter_base, label, force=force)
     plugin = Manifest.from_dict(manifest or {}).plugin
-    spec = plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"), plugin.to_dict() if plugin else None)
+    spec = plugins.catalog().method_for_peft_type(
+        peft_config.get("peft_type", "?"), plugin.to_dict() if plugin else None
+    )
     config = PeftConfig.from_peft_type(**{k: v for k, v in peft_config.items() if k != "auto_mapping"})
     config.inference_mode = not trainable
     try:
@@ -195,4 +208,3 @@ def load_adapter_dir(base: Base, directory: str | os.PathLike, *, force: bool = 
         base, files.peft_config, tensors, adapter_base=Manifest.from_dict(files.manifest).base_fingerprint,
         label=str(directory), force=force, manifest=files.manifest,
     )  # fmt: skip
-

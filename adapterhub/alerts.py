@@ -100,7 +100,11 @@ class AlertChecker:
 
     def check(self, step: int, loss: float, grad_norm: float, samples_per_s: float, memory_mb: float) -> list[Alert]:
         """Alerts newly raised by a step with a finite loss (stop alerts always, warn alerts when they start firing)."""
-        found = {name: why for name, why in self._reasons(loss, grad_norm, samples_per_s, memory_mb).items() if name in self.rules}
+        found = {
+            name: why
+            for name, why in self._reasons(loss, grad_norm, samples_per_s, memory_mb).items()
+            if name in self.rules
+        }
         self._losses.append(loss)
         self._rates.append(samples_per_s)
         new = []
@@ -122,7 +126,9 @@ class AlertChecker:
                 reasons["loss_spike"] = (f"loss {loss:.4g} is {loss / mean:.1f}x the mean of the last {len(self._losses)} "
                                          f"steps ({mean:.4g}); lower the learning rate or raise the warm-up")  # fmt: skip
         if "grad_norm" in rules and grad_norm > rules["grad_norm"].threshold:
-            reasons["grad_norm"] = f"gradient norm {grad_norm:.4g} is over {rules['grad_norm'].threshold:g}; lower the learning rate"
+            reasons["grad_norm"] = (
+                f"gradient norm {grad_norm:.4g} is over {rules['grad_norm'].threshold:g}; lower the learning rate"
+            )
         if "throughput_drop" in rules and len(self._rates) >= 10:
             median, recent = statistics.median(self._rates[2:]), statistics.fmean([*self._rates[-4:], samples_per_s])
             if recent < rules["throughput_drop"].threshold * median:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import logging as transformers_logging
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import logging as transformers_logging
 
 from adapterhub import plugins
 from adapterhub.errors import AdapterHubError, OptionError

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from adapterhub_registry.files import fsync_path
 from safetensors.torch import load_file, save_file
 
 from adapterhub.checkpoint_state import load_state, save_state
 from adapterhub.errors import OptionError
+from adapterhub_registry.files import fsync_path
 
 PREFIX = "step-"
 IDENTITY_FILE = "run.json"
@@ -122,4 +122,3 @@ class CheckpointStore:
     def _remove_partial(self) -> None:
         for partial in self.directory.glob(f".tmp-{PREFIX}*"):
             shutil.rmtree(partial, ignore_errors=True)
-

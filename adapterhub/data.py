@@ -33,7 +33,7 @@ class ClassificationData:
     labels: list[int]
     label_names: list[str]
 
-    def subset(self, indices: list[int]) -> "ClassificationData":
+    def subset(self, indices: list[int]) -> ClassificationData:
         return ClassificationData([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.label_names)
 
     def majority_fraction(self) -> float:
@@ -156,7 +156,9 @@ def cap(data: ClassificationData, max_samples: int | None, seed: int) -> Classif
     """A deterministic subset of ``max_samples`` examples (by hash order), identical in train and eval."""
     if not max_samples or max_samples >= len(data.texts):
         return data
-    keyed = sorted(range(len(data.texts)), key=lambda i: hashlib.sha256(f"{seed}|{normalise(data.texts[i])}".encode()).digest())
+    keyed = sorted(
+        range(len(data.texts)), key=lambda i: hashlib.sha256(f"{seed}|{normalise(data.texts[i])}".encode()).digest()
+    )
     return data.subset(sorted(keyed[:max_samples]))
 
 
@@ -166,7 +168,9 @@ def in_test_split(key: str, test_fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
 
 
-def split_classification(data: ClassificationData, test_fraction: float, seed: int) -> tuple[ClassificationData, ClassificationData]:
+def split_classification(
+    data: ClassificationData, test_fraction: float, seed: int
+) -> tuple[ClassificationData, ClassificationData]:
     """``(train, test)`` split by hash of the normalised text."""
     test = [in_test_split(normalise(text), test_fraction, seed) for text in data.texts]
     return (

@@ -47,11 +47,11 @@ class Distributed:
     accelerator: Any = field(default=None, repr=False)
 
     @classmethod
-    def single(cls) -> "Distributed":
+    def single(cls) -> Distributed:
         return cls()
 
     @classmethod
-    def from_environment(cls) -> "Distributed":
+    def from_environment(cls) -> Distributed:
         """Join the run torchrun / accelerate launch started, or a one-process run when there is none."""
         if launched_world_size() <= 1:
             return cls.single()

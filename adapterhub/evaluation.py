@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
 METRICS_DIR = Path(__file__).parent / "metrics"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_metric(name: str):
     """An `evaluate` metric from our shipped modules (``accuracy``, ``f1``, ``roc_auc``), kept in memory: the
     predictions of one evaluation are small, and writing them to an Arrow cache file first doubled each compute."""
@@ -68,7 +68,9 @@ def _collect(model: torch.nn.Module, batches: Iterable[dict], model_task: str) -
     return (logits, references) if model_task == "seq-cls" else (loss_sum, tokens)
 
 
-def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict], model_task: str, distributed=None) -> dict[str, float]:
+def evaluate_batches(
+    model: torch.nn.Module, batches: Iterable[dict], model_task: str, distributed=None
+) -> dict[str, float]:
     """Run ``model`` over ``batches`` in eval mode and compute the model task's metrics.
 
     In a data-parallel run (``distributed``: an ``adapterhub.distributed.Distributed``) each rank evaluates

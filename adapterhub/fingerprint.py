@@ -40,7 +40,9 @@ def content_hash(files: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in files:
         stat = path.stat()
-        digest.update(path.name.encode() + b"\0" + _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns).encode())
+        digest.update(
+            path.name.encode() + b"\0" + _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns).encode()
+        )
     return digest.hexdigest()
 
 
@@ -50,4 +52,9 @@ def fingerprint(config, files: list[Path]) -> dict:
     content = content_hash(files)
     identity = json.dumps({"model_type": config.model_type, "shape": shape, "content": content}, sort_keys=True)
     short = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return {"id": f"{config.model_type}-{short}", "model_type": config.model_type, "shape": shape, "content_sha256": content}
+    return {
+        "id": f"{config.model_type}-{short}",
+        "model_type": config.model_type,
+        "shape": shape,
+        "content_sha256": content,
+    }

@@ -37,8 +37,8 @@ The ops (exact contract a plugin kernel must follow; every tensor is on one devi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -68,8 +68,13 @@ def lora_gather_forward(
 
 
 def lora_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor,
-    scale: float, x_lora: torch.Tensor | None = None,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    scale: float,
+    x_lora: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Torch reference of ``lora_linear``: frozen base plus LoRA delta (``x_lora``: x after LoRA dropout)."""
     return torch.nn.functional.linear(x, weight, bias) + lora_forward(x if x_lora is None else x_lora, A, B, scale)

@@ -117,7 +117,9 @@ class Manifest:
 
 def _from_dict(cls: type, values: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-    return cls(**{k: v for k, v in values.items() if k in known}, extra={k: v for k, v in values.items() if k not in known})
+    return cls(
+        **{k: v for k, v in values.items() if k in known}, extra={k: v for k, v in values.items() if k not in known}
+    )
 
 
 def _to_dict(value: Any, *, keep_none: bool) -> dict[str, Any]:

@@ -26,17 +26,17 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Sequence
-
-from adapterhub_registry import AdapterRecord, Registry
-from adapterhub_registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
-from adapterhub_registry.names import validate_name
+from typing import Any
 
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
 from adapterhub.manifest import BaseIdentity, ContinualEntry, Manifest
+from adapterhub_registry import AdapterRecord, Registry
+from adapterhub_registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub_registry.names import validate_name
 
 COMBINATIONS = ("linear", "svd", "cat", "ties", "ties_svd", "dare_linear", "dare_ties", "magnitude_prune")
 PRUNING = ("ties", "ties_svd", "dare_linear", "dare_ties", "magnitude_prune")
@@ -175,7 +175,9 @@ def _recipe(records: list[AdapterRecord], weights: list[float], combination: str
     if not records:
         raise OptionError("name at least one adapter to merge (--from REF)")
     if len(weights) != len(records):
-        raise OptionError(f"--weights gives {len(weights)} weight(s) for {len(records)} adapter(s); give one per --from")
+        raise OptionError(
+            f"--weights gives {len(weights)} weight(s) for {len(records)} adapter(s); give one per --from"
+        )
     if combination not in COMBINATIONS:
         raise OptionError(f"unknown combination {combination!r}; choose one of: {', '.join(COMBINATIONS)}")
     if combination in PRUNING and density is None:
@@ -203,21 +205,27 @@ def _merge_into(registry, records, recipe: Recipe, base_path: str, directory: Pa
     manifests = [Manifest.from_dict(r.manifest) for r in records]
     _check_inputs(records, manifests, own_heads=recipe.head_from is not None)
     first = manifests[0]
-    head = manifests[recipe.head_from] if recipe.head_from is not None else first  # whose head (and labels) the output has
+    head = (
+        manifests[recipe.head_from] if recipe.head_from is not None else first
+    )  # whose head (and labels) the output has
     base = load_base(base_path, model_task=first.model_task or LOAD_DEFAULT, labels=head.labels or None)
     loaded = [registry.load_record(r) for r in records]  # checksummed reads
     for record in records:
         adapters.check_base(base, record.base_fingerprint, record.ref)
     config, tensors = _combine(base, loaded, recipe)
     if any(_head_keys(t) for _, t in loaded):
-        recipe = replace(recipe, heads=HEADS if recipe.head_from is None else f"own head of {records[recipe.head_from].ref}")
+        recipe = replace(
+            recipe, heads=HEADS if recipe.head_from is None else f"own head of {records[recipe.head_from].ref}"
+        )
     _write_adapter(directory, config, tensors)
     model = adapters.load_adapter_dir(base, directory)  # the same load as a pulled adapter: keys and shapes checked
     probe = base.tokenizer("merge check", return_tensors="pt")
     with torch.no_grad():
         logits = model(**probe).logits
     if not torch.isfinite(logits).all():
-        raise AdapterHubError(f"the {recipe.combination} merge of {', '.join(r.ref for r in records)} gives non-finite outputs")
+        raise AdapterHubError(
+            f"the {recipe.combination} merge of {', '.join(r.ref for r in records)} gives non-finite outputs"
+        )
     identity = first.base or BaseIdentity.from_dict(base.describe())
     # inputs trained on one data file with one split share a held-out set: `eval` of the merge then uses it too;
     # a merge keeping one input's head answers that input's task, so it takes that input's data record
@@ -250,7 +258,9 @@ def _check_inputs(records: list[AdapterRecord], manifests: list[Manifest], *, ow
                 f"{first.base_fingerprint}: merge adapters of one base only"
             )
         if manifest.model_task != first_manifest.model_task:
-            raise OptionError(f"{record.ref} is a {manifest.model_task} adapter, {first.ref} a {first_manifest.model_task} one")
+            raise OptionError(
+                f"{record.ref} is a {manifest.model_task} adapter, {first.ref} a {first_manifest.model_task} one"
+            )
         if not own_heads and list(manifest.labels or []) != list(first_manifest.labels or []):
             raise OptionError(
                 f"{record.ref} classifies into {manifest.labels} but {first.ref} into {first_manifest.labels}: "
@@ -278,22 +288,30 @@ def _combine(base, loaded: list[tuple[AdapterRecord, dict]], recipe: Recipe) -> 
     model = None
     for adapter_name, (record, tensors) in zip(names, loaded):
         # no task type and no modules_to_save: peft refuses several adapters' heads, so they are combined apart
-        values = {k: v for k, v in record.peft_config.items() if k not in ("auto_mapping", "task_type", "modules_to_save")}
+        values = {
+            k: v for k, v in record.peft_config.items() if k not in ("auto_mapping", "task_type", "modules_to_save")
+        }
         config = PeftConfig.from_peft_type(**values)
         if model is None:
             model = get_peft_model(base.model, config, adapter_name=adapter_name)
         else:
             model.add_adapter(adapter_name, config)
-        set_peft_model_state_dict(model, {k: v for k, v in tensors.items() if k not in _head_keys(tensors)}, adapter_name=adapter_name)
+        set_peft_model_state_dict(
+            model, {k: v for k, v in tensors.items() if k not in _head_keys(tensors)}, adapter_name=adapter_name
+        )
     torch.manual_seed(recipe.seed)  # dare_* drop at random
     try:
         with torch.no_grad():
             model.base_model.add_weighted_adapter(names, recipe.weights, "merged", combination_type=recipe.combination,
                                                   density=recipe.density)  # fmt: skip
     except ValueError as exc:  # peft's reasons: ranks differ for linear/ties/dare, mixed target_modules kinds
-        raise OptionError(f"peft cannot merge {', '.join(r.ref for r, _ in loaded)} with {recipe.combination}: {exc}") from None
+        raise OptionError(
+            f"peft cannot merge {', '.join(r.ref for r, _ in loaded)} with {recipe.combination}: {exc}"
+        ) from None
     merged_config = model.peft_config["merged"]
-    tensors = {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name="merged").items()}
+    tensors = {
+        k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name="merged").items()
+    }
     model.unload()  # base.model without LoRA layers again, for the check that loads the merged adapter onto it
     with contextlib.suppress(AttributeError):
         del base.model.peft_config
@@ -322,12 +340,15 @@ def _mean_heads(loaded: list[tuple[AdapterRecord, dict]], weights: list[float]) 
             raise OptionError(f"{record.ref} saves other head tensors ({own}) than {loaded[0][0].ref} ({keys[0]})")
     total = sum(weights)
     if total == 0:
-        raise OptionError("the weights sum to 0: the heads' weighted mean is undefined; give weights with a non-zero sum")
+        raise OptionError(
+            "the weights sum to 0: the heads' weighted mean is undefined; give weights with a non-zero sum"
+        )
     return {key: sum(w * tensors[key] for w, (_, tensors) in zip(weights, loaded)) / total for key in keys[0]}
 
 
 def _plain(values: dict) -> dict:
     """A peft config dict as JSON with a stable text: enums as values, sets as sorted lists."""
+
     def plain(value):
         if isinstance(value, Enum):
             return value.value
@@ -359,7 +380,9 @@ class MergedExport:
     notes: list[str] = field(default_factory=list)
 
 
-def export_merged(registry: Registry, ref: str, base_path: str, out: str | Path, *, dtype: str = "float32") -> MergedExport:
+def export_merged(
+    registry: Registry, ref: str, base_path: str, out: str | Path, *, dtype: str = "float32"
+) -> MergedExport:
     """A transformers model directory (safetensors, config, tokenizer) holding ``base_path`` with adapter ``ref``
     merged into its weights (peft's ``merge_and_unload``): ``from_pretrained`` loads it without peft or adapterhub.
 

@@ -105,7 +105,9 @@ class TrainingLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise OptionError("--tensorboard needs the tensorboard package: pip install 'adapterhub[tensorboard]'") from None
+                raise OptionError(
+                    "--tensorboard needs the tensorboard package: pip install 'adapterhub[tensorboard]'"
+                ) from None
             self._tensorboard = SummaryWriter(settings.tensorboard_dir)
 
     def step(self, record: StepRecord) -> None:
@@ -129,7 +131,9 @@ class TrainingLog:
         if self._tensorboard is not None:
             for name, value in metrics.items():
                 self._tensorboard.add_scalar(f"eval/{name}", value, step)
-        self._write_line(f"eval at step {step} (epoch {epoch}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        self._write_line(
+            f"eval at step {step} (epoch {epoch}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        )
 
     def alert(self, message: str) -> None:
         if not self.enabled:
@@ -173,7 +177,9 @@ class EarlyStopper:
         sign = -1.0 if self.rule.lower_is_better else 1.0
         if self.best is None or (math.isfinite(value) and sign * (value - self.best) > self.rule.min_delta):
             self.best, self.best_step, self.best_metrics = value, step, dict(metrics)
-            self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            self.best_state = {
+                n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+            }
             self.evaluations_without_gain = 0
             return False
         self.evaluations_without_gain += 1

@@ -113,7 +113,10 @@ def click_type(options_class: type, name: str) -> click.ParamType:
         return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(number, click.STRING)
     if limits.choices:
         return click.Choice(limits.choices)
-    low, high = limits.min if limits.min is not None else limits.above, limits.max if limits.max is not None else limits.below
+    low, high = (
+        limits.min if limits.min is not None else limits.above,
+        limits.max if limits.max is not None else limits.below,
+    )
     kind = click.IntRange if number is int else click.FloatRange
     return kind(low, high, min_open=limits.above is not None, max_open=limits.below is not None)
 

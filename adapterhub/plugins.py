@@ -18,11 +18,11 @@ import traceback
 from dataclasses import dataclass, field
 
 import pluggy
-from adapterhub_registry.remote_store import RemoteStoreSpec
 
 from adapterhub import __version__, hookspecs, remote_stores
 from adapterhub.errors import PluginError, UnknownNameError
 from adapterhub.specs import KernelSpec, MethodSpec, QuantizerSpec
+from adapterhub_registry.remote_store import RemoteStoreSpec
 
 ENTRY_POINT_GROUP = "adapterhub"
 BUILTIN_PLUGIN = "adapterhub"
@@ -68,7 +68,9 @@ class Catalog:
     def remote_store_specs(self) -> dict[str, RemoteStoreSpec]:
         """URL scheme -> remote registry backend, for ``Registry.remote(name, stores=...)``; a scheme two plugins
         claim is left out (``adapterhub plugins`` reports the conflict)."""
-        return {scheme: c.spec for scheme, c in self.remote_stores.items() if ("remote store", scheme) not in self.conflicts}
+        return {
+            scheme: c.spec for scheme, c in self.remote_stores.items() if ("remote store", scheme) not in self.conflicts
+        }
 
     def method_for_peft_type(self, peft_type: str, plugin: dict | None = None) -> MethodSpec:
         """The method that loads ``peft_type``; ``plugin`` is the manifest's record of the plugin that made the

@@ -9,8 +9,9 @@ is the same wherever it is made. ``classification_split`` and ``labels_of`` are 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -76,7 +77,11 @@ def prepare(
 
 def _classification(spec: DataSpec, source: DataFile, label_names: list[str] | None) -> ClassificationData:
     return parse_classification(
-        source, text_column=spec.text_column, label_column=spec.label_column, dedupe=spec.dedupe, label_names=label_names
+        source,
+        text_column=spec.text_column,
+        label_column=spec.label_column,
+        dedupe=spec.dedupe,
+        label_names=label_names,
     )
 
 
@@ -92,7 +97,9 @@ def _prepare_classification(base: Base, spec: DataSpec, settings: TrainSettings,
         summary["class_weights"] = balanced_class_weights(train_set.labels, len(train_set.label_names))
     tokenizer = base.tokenizer
     return Prepared(
-        make_train=lambda order: classification_batches(train_set, tokenizer, settings.batch_size, settings.max_length, order),
+        make_train=lambda order: classification_batches(
+            train_set, tokenizer, settings.batch_size, settings.max_length, order
+        ),
         n_train=len(train_set.texts),
         make_eval=lambda: classification_batches(test_set, tokenizer, settings.eval_batch_size, settings.max_length),
         summary=summary,

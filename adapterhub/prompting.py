@@ -37,7 +37,9 @@ class PromptSpec:
 
     def __post_init__(self) -> None:
         if "{text}" not in self.template:
-            raise OptionError(f"template {self.template!r} has no {{text}} placeholder; put {{text}} where the example goes")
+            raise OptionError(
+                f"template {self.template!r} has no {{text}} placeholder; put {{text}} where the example goes"
+            )
         if self.shots < 0:
             raise OptionError(f"shots must be 0 or more, not {self.shots}")
 
@@ -76,7 +78,9 @@ def check_verbalizer(verbalizer: dict[str, str], label_names: list[str]) -> None
     """Refuse a verbalizer naming a label the data does not have."""
     unknown = sorted(set(verbalizer) - set(label_names))
     if unknown:
-        raise OptionError(f"verbalizer names label {unknown[0]!r}, which the data does not have; its labels: {', '.join(label_names)}")
+        raise OptionError(
+            f"verbalizer names label {unknown[0]!r}, which the data does not have; its labels: {', '.join(label_names)}"
+        )
 
 
 class PromptScorer:
@@ -92,7 +96,9 @@ class PromptScorer:
         # The answer follows the prompt after a space, unless the prompt ends in whitespace (a chat template's
         # "assistant\n"): the space belongs to the word's first token in BPE vocabularies.
         self.separator = "" if self.use_chat or prompt.template[-1:].isspace() else " "
-        self.continuations = [tokenizer(self.separator + word, add_special_tokens=False).input_ids for word in self.words]
+        self.continuations = [
+            tokenizer(self.separator + word, add_special_tokens=False).input_ids for word in self.words
+        ]
         for name, word, ids in zip(label_names, self.words, self.continuations):
             if not ids and name not in prompt.verbalizer:
                 raise OptionError(f"label {name!r} tokenizes to nothing; give it a word in the verbalizer")
@@ -101,7 +107,9 @@ class PromptScorer:
         seen: dict[tuple, str] = {}
         for name, ids in zip(label_names, self.continuations):
             if tuple(ids) in seen:
-                raise OptionError(f"labels {seen[tuple(ids)]!r} and {name!r} tokenize to the same answer; give them different words")
+                raise OptionError(
+                    f"labels {seen[tuple(ids)]!r} and {name!r} tokenize to the same answer; give them different words"
+                )
             seen[tuple(ids)] = name
 
     def _filled(self, text: str) -> str:
@@ -113,7 +121,10 @@ class PromptScorer:
         if self.use_chat:
             messages = []
             for shot_text, label in shots:
-                messages += [{"role": "user", "content": self._filled(shot_text)}, {"role": "assistant", "content": self.words[label]}]
+                messages += [
+                    {"role": "user", "content": self._filled(shot_text)},
+                    {"role": "assistant", "content": self.words[label]},
+                ]
             messages.append({"role": "user", "content": self._filled(text)})
             rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return self.tokenizer(rendered, add_special_tokens=False).input_ids
@@ -121,7 +132,9 @@ class PromptScorer:
         return self.tokenizer("\n\n".join(parts + [self._filled(text)])).input_ids
 
     @torch.no_grad()
-    def score(self, model: torch.nn.Module, texts: list[str], batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    def score(
+        self, model: torch.nn.Module, texts: list[str], batch_size: int = 16, progress: bool = False
+    ) -> torch.Tensor:
         """``(len(texts), labels)`` log-likelihoods of each label's answer after each text's prompt.
 
         Answers of one token are all read from one row (the prompt); longer answers add a row each, holding the
@@ -148,7 +161,9 @@ class PromptScorer:
             pad = self.tokenizer.pad_token_id
             input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=device)
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
-            positions = len(shared) + (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count on from the prefix
+            positions = len(shared) + (mask.cumsum(-1) - 1).clamp(
+                min=0
+            )  # left padding: real tokens count on from the prefix
             inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
             if prefix_cache is not None:
                 cache = copy.deepcopy(prefix_cache)
@@ -211,7 +226,9 @@ def evaluate_prompting(
         base = load_base(base, model_task="causal-lm", quantize=quantize)
     if base.model_task != "causal-lm":
         raise OptionError(f"prompting scores answers with a causal LM; this base was loaded as {base.model_task}")
-    scorer = PromptScorer(base.tokenizer, prompt, test.label_names, shots)  # a bad verbalizer fails before the adapter loads
+    scorer = PromptScorer(
+        base.tokenizer, prompt, test.label_names, shots
+    )  # a bad verbalizer fails before the adapter loads
     model = base.model if adapter is None else _with_adapter(base, adapter, registry_root, force)
     started = time.perf_counter()
     scores = scorer.score(model, test.texts, batch_size, progress)
@@ -230,13 +247,14 @@ def evaluate_prompting(
 
 def _with_adapter(base: Base, ref: str, registry_root: str | None, force: bool):
     """Registry adapter ``ref`` on ``base``, with the checks of ``adapterhub eval`` (same base, complete weights)."""
-    from adapterhub_registry import Registry
-
     from adapterhub import adapters
     from adapterhub.manifest import Manifest
+    from adapterhub_registry import Registry
 
     record, tensors = Registry(registry_root).load(ref)
     task = Manifest.from_dict(record.manifest).model_task
     if task and task != "causal-lm":
-        raise OptionError(f"adapter {record.ref} is a {task} adapter; prompting needs a causal-lm one (or no --adapter)")
+        raise OptionError(
+            f"adapter {record.ref} is a {task} adapter; prompting needs a causal-lm one (or no --adapter)"
+        )
     return adapters.load_registry_adapter(base, record, tensors, force=force)

@@ -11,7 +11,7 @@ forward does, so there is nothing to gain from sending them to it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -44,9 +44,13 @@ class TrainSettings(CheckedOptions):
         help="balanced: weigh each label's loss by n / (labels x its count), for skewed classes (classification).",
     )  # fmt: skip
     # an optimizer step sums the gradients of this many --batch-size micro-batches: the step's batch is their total
-    grad_accum: int = limited(1, min=1, help="Micro-batches of --batch-size per optimizer step (its batch: batch size x N).")
+    grad_accum: int = limited(
+        1, min=1, help="Micro-batches of --batch-size per optimizer step (its batch: batch size x N)."
+    )
     # transformers' own: activations recomputed in backward instead of kept, same gradients
-    gradient_checkpointing: bool = described(False, help="Recompute the base's activations in backward: less memory, slower.")
+    gradient_checkpointing: bool = described(
+        False, help="Recompute the base's activations in backward: less memory, slower."
+    )
 
     @property
     def step_batch(self) -> int:
@@ -79,9 +83,13 @@ class CheckpointSettings(CheckedOptions):
     """When and where a training run writes checkpoints (``adapterhub.checkpoints``) and whether it resumes."""
 
     every: int | None = limited(None, min=1, help="Write a checkpoint every N optimizer steps.")
-    directory: str | None = described(None, help="Where checkpoints go [one folder per run under $ADAPTERHUB_HOME/checkpoints].")
+    directory: str | None = described(
+        None, help="Where checkpoints go [one folder per run under $ADAPTERHUB_HOME/checkpoints]."
+    )
     keep: int = limited(2, min=1, help="How many of the newest checkpoints are kept.")
-    resume: bool = described(False, help="Continue from the newest complete checkpoint (same command line plus --resume).")
+    resume: bool = described(
+        False, help="Continue from the newest complete checkpoint (same command line plus --resume)."
+    )
 
 
 @dataclass

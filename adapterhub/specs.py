@@ -8,11 +8,13 @@ being re-implemented by every plugin.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # specs stay import-light: plugins and the CLI import them without torch
     import torch
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -54,7 +56,7 @@ class MethodSpec:
     on_train_step: Callable[[Any, int, int], None] | None = None
     for_run: Callable[[Any, int], Any] | None = None
     after_load: Callable[[Any], None] | None = None
-    slot_plan: Callable[[dict, dict[str, dict[str, Any]], "SlotLayout"], dict[str, "SlotContents"]] | None = None
+    slot_plan: Callable[[dict, dict[str, dict[str, Any]], SlotLayout], dict[str, SlotContents]] | None = None
     dispatch: Callable[[Any], None] | None = None
 
 
@@ -74,8 +76,8 @@ class SlotLayout:
 
     shapes: dict[str, tuple[int, int]]
     max_rank: int
-    weight: Callable[[str], "torch.Tensor"]
-    bias: Callable[[str], "torch.Tensor | None"]
+    weight: Callable[[str], torch.Tensor]
+    bias: Callable[[str], torch.Tensor | None]
 
 
 @dataclass
@@ -90,18 +92,18 @@ class SlotContents:
     layers) alone. ``A``: (r, d_in); ``B``: (d_out, r); vectors: (d_in,) or (d_out,).
     """
 
-    A: "torch.Tensor | None" = None
-    B: "torch.Tensor | None" = None
+    A: torch.Tensor | None = None
+    B: torch.Tensor | None = None
     scale: float = 0.0
-    in_scale: "torch.Tensor | None" = None
-    out_scale: "torch.Tensor | None" = None
-    out_shift: "torch.Tensor | None" = None
+    in_scale: torch.Tensor | None = None
+    out_scale: torch.Tensor | None = None
+    out_shift: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
         return 0 if self.A is None else self.A.shape[0]
 
-    def tensors(self) -> list["torch.Tensor"]:
+    def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.A, self.B, self.in_scale, self.out_scale, self.out_shift) if t is not None]
 
 

@@ -18,8 +18,8 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -160,7 +160,12 @@ class _TrainingRun:
 
     def __init__(self, model, make_eval_batches, model_task, settings, on_step, progress, monitor, dist, n_steps,
                  class_weights: list[float] | None = None, dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
-        self.model, self.make_eval_batches, self.model_task, self.settings = model, make_eval_batches, model_task, settings
+        self.model, self.make_eval_batches, self.model_task, self.settings = (
+            model,
+            make_eval_batches,
+            model_task,
+            settings,
+        )
         self.on_step, self.monitor, self.dist, self.n_steps = on_step, monitor, dist, n_steps
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.parameters:
@@ -174,12 +179,22 @@ class _TrainingRun:
         # float16's narrow range needs the loss scaled up in backward and the gradients checked for overflow
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
         self.wrapped.train()
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(n_steps, settings.warmup_ratio))
-        self.bar = tqdm(total=n_steps, desc="train", unit="step", disable=not (progress and dist.is_main), dynamic_ncols=True)
-        self.log = TrainingLog(monitor, dist.is_main, (lambda line: self.bar.write(line, file=sys.stderr)) if progress else stderr_line)
+        self.bar = tqdm(
+            total=n_steps, desc="train", unit="step", disable=not (progress and dist.is_main), dynamic_ncols=True
+        )
+        self.log = TrainingLog(
+            monitor, dist.is_main, (lambda line: self.bar.write(line, file=sys.stderr)) if progress else stderr_line
+        )
         self.checker = AlertChecker(merge_rules(monitor.alerts))
-        self.stopper = EarlyStopper(monitor.early_stopping, model_task_named(model_task).metrics) if monitor.early_stopping else None
+        self.stopper = (
+            EarlyStopper(monitor.early_stopping, model_task_named(model_task).metrics)
+            if monitor.early_stopping
+            else None
+        )
         if self.stopper is not None and make_eval_batches is None:
             raise OptionError("early stopping needs held-out data, and this split has none; raise --test-split")
         self.result = TrainResult()
@@ -203,7 +218,10 @@ class _TrainingRun:
         # a rank left without rows still joins DDP, on one row whose loss counts for nothing
         batches = [{k: v.to(self.device) for k, v in next(iter(make_train_batches(mine or micro[:1]))).items()}
                    for mine, micro in zip(shares, micro_rows)]  # fmt: skip
-        units = [_loss_units(batch, self.model_task, self.class_weights) if mine else 0 for batch, mine in zip(batches, shares)]
+        units = [
+            _loss_units(batch, self.model_task, self.class_weights) if mine else 0
+            for batch, mine in zip(batches, shares)
+        ]
         (global_units,) = self.dist.sum([sum(units)])
         loss_sum = 0.0
         for index, (batch, mine, micro_units) in enumerate(zip(batches, shares, units)):
@@ -265,7 +283,9 @@ class _TrainingRun:
 
     def _raise_or_warn(self, action: str, message: str) -> None:
         if action == "stop":
-            raise TrainingStopped(f"{message}. Training stopped at step {self.result.steps}; nothing was saved or pushed.")
+            raise TrainingStopped(
+                f"{message}. Training stopped at step {self.result.steps}; nothing was saved or pushed."
+            )
         self.log.alert(message)
 
     def evaluate(self, epoch: int) -> bool:

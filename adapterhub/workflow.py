@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-from adapterhub_registry import AdapterRecord, Registry
-from adapterhub_registry.names import validate_name
 
 from adapterhub import adapters, plugins
 from adapterhub.base import load_base, resolve_placement
@@ -24,11 +23,13 @@ from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
 from adapterhub.manifest import ContinualEntry, Manifest
+from adapterhub.model_tasks import LOAD_DEFAULT, TRAIN_DEFAULT
 from adapterhub.monitor import MonitorSettings, stderr_line
 from adapterhub.prepare import labels_of, prepare, read_source
 from adapterhub.settings import CheckpointSettings, DataSpec, Placement
-from adapterhub.model_tasks import LOAD_DEFAULT, TRAIN_DEFAULT
 from adapterhub.train import TrainResult, TrainSettings, seed_everything, total_steps, train
+from adapterhub_registry import AdapterRecord, Registry
+from adapterhub_registry.names import validate_name
 
 
 @dataclass
@@ -85,7 +86,9 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
     seed_everything(job.settings.seed)
     source = read_source(job.data)  # the run's one read: a missing or mis-encoded file fails before the slow base load
     labels = labels_of(job.data, source) if job.model_task == "seq-cls" else None
-    base = load_base(job.base, model_task=job.model_task, quantize=job.quantize, labels=labels, device=device, dtype=dtype)
+    base = load_base(
+        job.base, model_task=job.model_task, quantize=job.quantize, labels=labels, device=device, dtype=dtype
+    )
     if job.settings.gradient_checkpointing:  # non-reentrant: the frozen base's inputs need no gradient
         base.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     data = prepare(base, job.data, job.settings, labels, source)
@@ -128,7 +131,9 @@ def _checkpoints(settings: CheckpointSettings, identity: dict, distributed: Dist
         stderr_line(f"checkpoints every {settings.every} steps in {store.directory}")
         return store, None
     newest = store.newest()
-    stderr_line(f"resuming from {newest.path}" if newest else f"no checkpoint in {store.directory} yet: training from step 0")
+    stderr_line(
+        f"resuming from {newest.path}" if newest else f"no checkpoint in {store.directory} yet: training from step 0"
+    )
     return store, newest
 
 
@@ -173,7 +178,9 @@ def evaluate_adapter(
     base = load_base(base_path, model_task=manifest.model_task or LOAD_DEFAULT, quantize=quantize,
                      labels=manifest.labels or None, device=device, dtype=dtype)  # fmt: skip
     model = adapters.load_registry_adapter(base, record, tensors, force=force)
-    settings = settings or TrainSettings(**{k: v for k, v in (manifest.training or {}).items() if k in TrainSettings.__dataclass_fields__})
+    settings = settings or TrainSettings(
+        **{k: v for k, v in (manifest.training or {}).items() if k in TrainSettings.__dataclass_fields__}
+    )
     if data is None:
         raise OptionError("pass --data: the file the held-out split is taken from")
     prepared = prepare(base, data, settings, base.labels or None)
@@ -187,7 +194,9 @@ def evaluate_adapter(
 def recorded_data_spec(manifest: dict, path: str, **overrides: Any) -> DataSpec:
     """The DataSpec an adapter was trained with (``manifest`` as the registry stores it), pointed at ``path``
     (a local copy of the same file)."""
-    recorded = {k: v for k, v in (Manifest.from_dict(manifest).data or {}).items() if k in DataSpec.__dataclass_fields__}
+    recorded = {
+        k: v for k, v in (Manifest.from_dict(manifest).data or {}).items() if k in DataSpec.__dataclass_fields__
+    }
     recorded.update({k: v for k, v in overrides.items() if v is not None})
     recorded["path"] = path
     return DataSpec(**recorded)

@@ -32,17 +32,29 @@ def _print_suites() -> None:
 @click.command("bench")
 @click.argument("suite_names", metavar="SUITE...", nargs=-1)
 @click.option("--list", "list_only", is_flag=True, help="List the suites and exit.")
-@click.option("--quick", is_flag=True, help="Small sizes and few repeats (all suites in ~2 min on 2 CPU cores); for CI.")
+@click.option(
+    "--quick", is_flag=True, help="Small sizes and few repeats (all suites in ~2 min on 2 CPU cores); for CI."
+)
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUTPUT, show_default=True,
               help="Where <suite>-<device>[-quick].{json,md,png} are written (relative to the current directory).")  # fmt: skip
-@click.option("--model", default=None, help="Base model (directory or .gguf) for suites that load one [SmolLM2-135M; a tiny Llama with --quick].")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device [cuda when available, else cpu].")
+@click.option(
+    "--model",
+    default=None,
+    help="Base model (directory or .gguf) for suites that load one [SmolLM2-135M; a tiny Llama with --quick].",
+)
+@click.option(
+    "--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device [cuda when available, else cpu]."
+)
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed runs per case [20; 5 with --quick].")
-@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Untimed warm-up runs per case [3; 1 with --quick].")
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=None, help="Untimed warm-up runs per case [3; 1 with --quick]."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written files and the adapterhub/peft ratios as JSON.")
-def bench_command(suite_names, list_only, quick, output, model, device, repeats, warmup, seed, no_progress, as_json) -> None:
+def bench_command(
+    suite_names, list_only, quick, output, model, device, repeats, warmup, seed, no_progress, as_json
+) -> None:
     """Benchmark adapterhub against the plain peft baseline, side by side in one run.
 
     SUITE is a suite name from --list, or 'all'. With several suites, those that cannot run here (a missing
@@ -72,7 +84,11 @@ def bench_command(suite_names, list_only, quick, output, model, device, repeats,
             if not as_json:
                 click.echo(f"{name}: skipped — {exc.message}")
             continue
-        outcome[name] = {"files": [str(p) for p in paths], "comparisons": document["comparisons"], "checks": document["checks"]}
+        outcome[name] = {
+            "files": [str(p) for p in paths],
+            "comparisons": document["comparisons"],
+            "checks": document["checks"],
+        }
         if not as_json:
             click.echo(f"{name}: wrote {', '.join(str(p) for p in paths)}")
             for row in document["comparisons"]:
@@ -81,7 +97,9 @@ def bench_command(suite_names, list_only, quick, output, model, device, repeats,
                 click.echo(f"  {row['case']:<18} {params:<22} adapterhub {row['adapterhub_median']:>10.3f} {row['unit']:<3}"
                            f" peft {row['peft_median']:>10.3f} {row['unit']:<3} ratio {ratio}")  # fmt: skip
             for check in document["checks"]:
-                click.echo(f"  target {check['what']}: {check['value']:.2f} {check['unit']} ({'met' if check['ok'] else 'MISSED'})")
+                click.echo(
+                    f"  target {check['what']}: {check['value']:.2f} {check['unit']} ({'met' if check['ok'] else 'MISSED'})"
+                )
     if as_json:
         click.echo(json.dumps(outcome, indent=2))
 

@@ -8,7 +8,9 @@ import textwrap
 from pathlib import Path
 
 
-def draw(document: dict, path: Path, names: list[str], matrices: dict[str, list[list[float]]], transfer: dict[str, float]) -> None:
+def draw(
+    document: dict, path: Path, names: list[str], matrices: dict[str, list[list[float]]], transfer: dict[str, float]
+) -> None:
     """``matrices[approach]`` is R (row i: accuracies on tasks 0..i after task i); ``transfer[approach]`` its BWT."""
     import matplotlib
 
@@ -33,7 +35,9 @@ def draw(document: dict, path: Path, names: list[str], matrices: dict[str, list[
     bars.legend(fontsize=8, loc="upper center", ncol=len(approaches))
 
     forgetting = figure.add_subplot(grid[0, len(approaches) - 1])
-    forgetting.bar(range(len(approaches)), [transfer[a] for a in approaches], color=[f"C{k}" for k in range(len(approaches))])
+    forgetting.bar(
+        range(len(approaches)), [transfer[a] for a in approaches], color=[f"C{k}" for k in range(len(approaches))]
+    )
     forgetting.axhline(0, color="black", linewidth=0.8)
     forgetting.set_xticks(range(len(approaches)))
     forgetting.set_xticklabels([textwrap.fill(a, 12) for a in approaches], fontsize=7)
@@ -45,7 +49,15 @@ def draw(document: dict, path: Path, names: list[str], matrices: dict[str, list[
         axis.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
         for (i, j), value in numpy.ndenumerate(matrix):
             if not numpy.isnan(value):
-                axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="white" if value < 0.6 else "black")
+                axis.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if value < 0.6 else "black",
+                )
         axis.set_xticks(range(len(names)))
         axis.set_xticklabels(names, fontsize=8)
         axis.set_yticks(range(len(matrix)))

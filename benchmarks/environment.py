@@ -37,7 +37,11 @@ def _version(package: str) -> str | None:
 def _git_commit() -> str | None:
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -86,6 +90,10 @@ def summary_line(environment: dict) -> str:
     hardware = f"{environment['cpu']}, {environment['cores']} cores, {environment['memory_gb']} GB RAM"
     if gpu:
         hardware += f"; GPU {gpu['name']} ({gpu['memory_gb']} GB, CUDA {gpu['cuda']})"
-    software = ", ".join(f"{name} {packages[name]}" for name in ("torch", "peft", "transformers", "bitsandbytes") if packages.get(name))
+    software = ", ".join(
+        f"{name} {packages[name]}" for name in ("torch", "peft", "transformers", "bitsandbytes") if packages.get(name)
+    )
     load = environment.get("load_average")
-    return f"{hardware}; {software}; Python {environment['python']}" + (f"; load average at start {load[0]}" if load else "")
+    return f"{hardware}; {software}; Python {environment['python']}" + (
+        f"; load average at start {load[0]}" if load else ""
+    )

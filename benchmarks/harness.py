@@ -16,10 +16,11 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -229,7 +230,10 @@ class Context:
                     if i >= warmup:
                         samples[k].append(elapsed)
                     bar.update(1)
-        return [self.record(case, side.impl, times, what=side.what, params=params, warmup=warmup) for side, times in zip(sides, samples)]
+        return [
+            self.record(case, side.impl, times, what=side.what, params=params, warmup=warmup)
+            for side, times in zip(sides, samples)
+        ]
 
     def time(
         self,
@@ -293,7 +297,9 @@ class Context:
     def table(self, title: str, columns: list[str], rows: list[list[Any]], note: str | None = None) -> None:
         """A table of the suite's own (e.g. an accuracy matrix) that is not a timing: kept in the JSON, shown in
         the markdown after the measurements. ``rows`` hold the cells; numbers are formatted, None shows as –."""
-        self.tables.append({"title": title, "columns": list(columns), "rows": [list(row) for row in rows], "note": note})
+        self.tables.append(
+            {"title": title, "columns": list(columns), "rows": [list(row) for row in rows], "note": note}
+        )
 
     @contextmanager
     def scratch(self, name: str) -> Iterator[Path]:

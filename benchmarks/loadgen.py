@@ -18,8 +18,8 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import httpx
 
@@ -70,7 +70,12 @@ class PromptWords:
         words: dict[str, None] = {}
         for token_id in range(len(tokenizer)):
             word = tokenizer.decode([token_id]).strip()
-            if len(word) >= 2 and word.isalnum() and word.isascii() and len(tokenizer.encode(" " + word, add_special_tokens=False)) == 1:
+            if (
+                len(word) >= 2
+                and word.isalnum()
+                and word.isascii()
+                and len(tokenizer.encode(" " + word, add_special_tokens=False)) == 1
+            ):
                 words[word] = None
                 if len(words) == limit:
                     break
@@ -234,7 +239,14 @@ def run_load(url: str, planned: list[PlannedRequest], *, drain_s: float, seed: i
 def complete(url: str, model: str, prompt: str, max_tokens: int, timeout_s: float = 600.0) -> dict:
     """One non-streamed completion, waited for: warms an adapter up, or waits until a server has worked off its
     queue (a request behind the queue finishes after it)."""
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True, "min_tokens": max_tokens}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "min_tokens": max_tokens,
+    }
     response = httpx.post(url.rstrip("/") + COMPLETIONS, json=body, timeout=timeout_s)
     if response.status_code != 200:
         raise RuntimeError(f"{url}{COMPLETIONS} answered {response.status_code}: {response.text[:300]}")
@@ -279,7 +291,11 @@ def _ms(value: float | None) -> float | None:
 
 def short_while_long(results: list[RequestResult]) -> list[RequestResult]:
     """Short requests (≤ SHORT_MAX_TOKENS) sent while a long one (≥ LONG_MIN_TOKENS) was running."""
-    running = [(r.sent_s, r.end_s) for r in results if r.planned.max_tokens >= LONG_MIN_TOKENS and r.sent_s is not None and r.end_s is not None]
+    running = [
+        (r.sent_s, r.end_s)
+        for r in results
+        if r.planned.max_tokens >= LONG_MIN_TOKENS and r.sent_s is not None and r.end_s is not None
+    ]
     return [r for r in results if r.planned.max_tokens <= SHORT_MAX_TOKENS and r.sent_s is not None
             and any(start <= r.sent_s < end for start, end in running)]  # fmt: skip
 
@@ -290,7 +306,9 @@ def summarize(results: list[RequestResult], count_tokens: Callable[[str], int]) 
     cancelled; ITL over every gap between chunks. Failed requests count only as errors."""
     ok = [r for r in results if r.error is None and r.sent_s is not None]
     completed = [r for r in ok if not r.cancelled]
-    tokens = sum(r.completion_tokens or 0 for r in completed) + sum(sum(r.chunk_tokens(count_tokens)) for r in ok if r.cancelled)
+    tokens = sum(r.completion_tokens or 0 for r in completed) + sum(
+        sum(r.chunk_tokens(count_tokens)) for r in ok if r.cancelled
+    )
     wall = max((r.end_s for r in results if r.end_s is not None), default=0.0)
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
     itl = [gap for r in ok for gap in r.itl_s(count_tokens)]

@@ -12,8 +12,8 @@ sides train on the same examples in the same order.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -71,7 +71,9 @@ def causal_lm(model_dir: str, options: dict) -> torch.nn.Module:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    return get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), peft_config("prefix_tuning", options, 0, None))
+    return get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir), peft_config("prefix_tuning", options, 0, None)
+    )
 
 
 def text_batches(tokenizer, texts: list[str], labels: list[int], batch_size: int, max_length: int,
@@ -79,12 +81,16 @@ def text_batches(tokenizer, texts: list[str], labels: list[int], batch_size: int
     order = list(range(len(texts))) if order is None else order
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        encoded = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        encoded = tokenizer(
+            [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         yield {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                "labels": torch.tensor([labels[i] for i in rows])}  # fmt: skip
 
 
-def block_batches(blocks: list[list[int]], pad_id: int, batch_size: int, order: list[int] | None = None) -> Iterator[dict]:
+def block_batches(
+    blocks: list[list[int]], pad_id: int, batch_size: int, order: list[int] | None = None
+) -> Iterator[dict]:
     """Token blocks padded to the longest in the batch; padding is masked out of the loss (-100)."""
     order = list(range(len(blocks))) if order is None else order
     for start in range(0, len(order), batch_size):

@@ -112,7 +112,9 @@ def _classifier_side(row, case, settings):
         model,
         lambda rows: text_batches(tokenizer, train_set.texts, train_set.labels, size, length, rows),
         len(train_set.texts),
-        lambda: classifier_metrics(model, text_batches(tokenizer, test_set.texts, test_set.labels, settings.eval_batch_size, length)),
+        lambda: classifier_metrics(
+            model, text_batches(tokenizer, test_set.texts, test_set.labels, settings.eval_batch_size, length)
+        ),
     )
 
 
@@ -151,9 +153,15 @@ def record_runs(ctx: Context, runs, results: dict[str, dict]) -> None:
             for case, key in cases:
                 ctx.record(case, impl, [metrics[key]], what=what, params=params, unit="" if key != "perplexity" else "ppl",
                            extra={**numbers, "learning_rate": row.learning_rate, "options": row.options} if case == cases[0][0] else None)  # fmt: skip
-            ctx.record("trainable parameters", impl, [numbers["trainable_parameters"]], what=what, params=params, unit="params")
-            ctx.record("saved adapter / weights", impl, [numbers["adapter_bytes"] / 1024], what=what, params=params, unit="KiB")
-            ctx.record("whole training run (sequential)", impl, [numbers["seconds"]], what=what, params=params, unit="s")
+            ctx.record(
+                "trainable parameters", impl, [numbers["trainable_parameters"]], what=what, params=params, unit="params"
+            )
+            ctx.record(
+                "saved adapter / weights", impl, [numbers["adapter_bytes"] / 1024], what=what, params=params, unit="KiB"
+            )
+            ctx.record(
+                "whole training run (sequential)", impl, [numbers["seconds"]], what=what, params=params, unit="s"
+            )
             if row.model_task == "seq-cls":
                 beat = metrics["accuracy"] > majority
                 ctx.note(f"{row.label} ({impl}): accuracy {metrics['accuracy']:.4f} vs majority class {majority:.4f} — "
@@ -171,7 +179,9 @@ def _what(row, impl: str) -> str:
     if impl == OURS:
         if row.method in (FULL_FINE_TUNING, LINEAR_PROBE):
             return f"load_base + adapterhub.train.train, lr={row.learning_rate:g}"
-        return f"train_adapter(TrainJob(method={row.method!r}, model_task={row.model_task!r}, lr={row.learning_rate:g}))"
+        return (
+            f"train_adapter(TrainJob(method={row.method!r}, model_task={row.model_task!r}, lr={row.learning_rate:g}))"
+        )
     if row.method in (FULL_FINE_TUNING, LINEAR_PROBE):
         return f"from_pretrained + plain torch loop (no peft), lr={row.learning_rate:g}"
     return f"get_peft_model({row.method} config) + plain torch loop, lr={row.learning_rate:g}"

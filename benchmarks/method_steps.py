@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from benchmarks.harness import BASELINE, OURS, Context
 from benchmarks.method_baselines import PlainLoop, adalora_hook, causal_lm, classifier, has_peft_side
@@ -57,7 +57,9 @@ def _round_robin(ctx: Context, steppers, repeats: int, warmup: int) -> list[list
 
     samples: list[list[float]] = [[] for _ in steppers]
     order = list(enumerate(steppers))
-    with tqdm(total=(repeats + warmup) * len(steppers), desc="methods: steps", unit="step", disable=not ctx.progress) as bar:
+    with tqdm(
+        total=(repeats + warmup) * len(steppers), desc="methods: steps", unit="step", disable=not ctx.progress
+    ) as bar:
         for round_ in range(warmup + repeats):
             for k, (_, _, step) in order if round_ % 2 == 0 else reversed(order):
                 started = time.perf_counter()
@@ -79,7 +81,11 @@ def _ours(row, case):
     settings = case.settings(row)
     seed_everything(settings.seed)
     causal = row.model_task == "causal-lm"
-    base = load_base(case.lm_path if causal else case.classifier_dir, model_task=row.model_task, labels=None if causal else case.labels)
+    base = load_base(
+        case.lm_path if causal else case.classifier_dir,
+        model_task=row.model_task,
+        labels=None if causal else case.labels,
+    )
     batch = _first_batch(row, case, base, settings)
     base_bytes = base_parameter_bytes(base.model)
     on_step = None
@@ -95,7 +101,12 @@ def _ours(row, case):
         model, on_step = adapters.attach(base, row.method, options), spec.on_train_step
     rows = len(batch["input_ids"])
     one = dataclasses.replace(settings, epochs=1, batch_size=rows)
-    return model, batch, base_bytes, lambda: train(model, lambda order: iter([batch]), rows, None, row.model_task, one, on_step, progress=False)
+    return (
+        model,
+        batch,
+        base_bytes,
+        lambda: train(model, lambda order: iter([batch]), rows, None, row.model_task, one, on_step, progress=False),
+    )
 
 
 def _first_batch(row, case, base, settings) -> dict:

@@ -38,7 +38,9 @@ def tiny_llama(directory: Path, seed: int = 0) -> Path:
     words = ["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(60)]
     backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
     torch.manual_seed(seed)
     config = LlamaConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -93,7 +95,9 @@ def transformers_dir(path: str) -> Path:
     if gguf_file is None:
         return source
     config = AutoConfig.from_pretrained(source, gguf_file=gguf_file)
-    return dequantized_gguf_dir(source, gguf_file, fingerprint(config, weight_files(source, gguf_file))["content_sha256"])
+    return dequantized_gguf_dir(
+        source, gguf_file, fingerprint(config, weight_files(source, gguf_file))["content_sha256"]
+    )
 
 
 def token_blocks(vocab_size: int, n_blocks: int, length: int, seed: int):
@@ -115,5 +119,7 @@ def without_dropout(model: Path, directory: Path) -> Path:
         if item.name != "config.json":
             (directory / item.name).symlink_to(item)
     config = json.loads((model / "config.json").read_text())
-    (directory / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    (directory / "config.json").write_text(
+        json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    )
     return directory

@@ -49,13 +49,19 @@ class StepTimer(TrainerCallback):
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peft_trainer_baseline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.peft_trainer_baseline", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", required=True, help="Base model directory (a BERT-style encoder).")
-    parser.add_argument("--data", required=True, help="CSV of labelled texts (deduplicated as adapterhub --dedupe does).")
+    parser.add_argument(
+        "--data", required=True, help="CSV of labelled texts (deduplicated as adapterhub --dedupe does)."
+    )
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="sentiment")
     parser.add_argument("--encoding", default="latin-1")
-    parser.add_argument("--max-samples", type=int, required=True, help="The same subset adapterhub train --max-samples takes.")
+    parser.add_argument(
+        "--max-samples", type=int, required=True, help="The same subset adapterhub train --max-samples takes."
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="Global batch, shared between the processes.")
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--epochs", type=int, default=1)
@@ -97,7 +103,10 @@ def _train(args: argparse.Namespace, processes: int) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     examples, labels = _training_examples(args, tokenizer)
     model = AutoModelForSequenceClassification.from_pretrained(
-        args.model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}
+        args.model,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
     )
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                         target_modules=LORA["target_modules"])  # fmt: skip
@@ -125,7 +134,12 @@ def _train(args: argparse.Namespace, processes: int) -> None:
     trainer.train()
     if trainer.is_world_process_zero():
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        document = {**timer.summary(), "world_size": processes, "train_examples": len(examples), "trainable_parameters": trainable}
+        document = {
+            **timer.summary(),
+            "world_size": processes,
+            "train_examples": len(examples),
+            "trainable_parameters": trainable,
+        }
         args.times.write_text(json.dumps(document))
 
 
@@ -152,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
     processes = launched_world_size()
     if args.batch_size % processes:
-        raise SystemExit(f"--batch-size {args.batch_size} does not split evenly over {processes} processes; pick a multiple")
+        raise SystemExit(
+            f"--batch-size {args.batch_size} does not split evenly over {processes} processes; pick a multiple"
+        )
     _train(args, processes)  # returns first, so that the trainer and its DDP model are unreferenced
     _leave_process_group()
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from benchmarks.environment import summary_line
 from benchmarks.harness import BASELINE, OURS, Context, Measurement, params_label
@@ -97,7 +97,9 @@ def runs_line(measurements: list[Measurement]) -> str:
     for (n, warmup), rows in sorted(counts.items(), key=lambda item: (-item[1], item[0][0])):
         label = f"{rows} row{'s' if rows > 1 else ''}"
         if warmup is not None:
-            parts.append(f"{label}: n={n} timed run{'s' if n > 1 else ''} after {warmup} untimed warm-up run{'s' if warmup != 1 else ''}")
+            parts.append(
+                f"{label}: n={n} timed run{'s' if n > 1 else ''} after {warmup} untimed warm-up run{'s' if warmup != 1 else ''}"
+            )
         elif n == 1:
             parts.append(f"{label}: one measurement each (n=1; a whole run or a derived value, see the notes)")
         else:
@@ -128,7 +130,11 @@ def markdown(document: dict, measurements: list[Measurement], plot_name: str | N
         ratio = ""
         if compare:
             ours, theirs = by_impl.get(OURS), by_impl.get(BASELINE)
-            ratio = f" {ours.stats.median / theirs.stats.median:.2f}× |" if ours and theirs and theirs.stats.median else " – |"
+            ratio = (
+                f" {ours.stats.median / theirs.stats.median:.2f}× |"
+                if ours and theirs and theirs.stats.median
+                else " – |"
+            )
         lines.append(f"| {case} | {params_label(params) or '–'} | " + " | ".join(cells) + " |" + ratio)
     with_memory = [m for m in measurements if m.memory]
     if with_memory:
@@ -141,7 +147,13 @@ def markdown(document: dict, measurements: list[Measurement], plot_name: str | N
                 f"{m.memory.get('rss_increase_mb', 0):,.0f} MB | {'–' if cuda is None else f'{cuda:,.0f} MB'} |"
             )
     for table in document.get("tables", []):
-        lines += ["", f"**{table['title']}**", "", "| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
+        lines += [
+            "",
+            f"**{table['title']}**",
+            "",
+            "| " + " | ".join(table["columns"]) + " |",
+            "|" + "---|" * len(table["columns"]),
+        ]
         lines += ["| " + " | ".join(_table_cell(cell) for cell in row) + " |" for row in table["rows"]]
         if table["note"]:
             lines += ["", table["note"]]
@@ -149,7 +161,9 @@ def markdown(document: dict, measurements: list[Measurement], plot_name: str | N
         lines += ["", "Targets:", ""]
         for check in document["checks"]:
             verdict = "met" if check["ok"] else "**missed**"
-            lines.append(f"- {check['what']}: {_number(check['value'])} {check['unit']} (target ≤ {_number(check['limit'])} {check['unit']}) — {verdict}")
+            lines.append(
+                f"- {check['what']}: {_number(check['value'])} {check['unit']} (target ≤ {_number(check['limit'])} {check['unit']}) — {verdict}"
+            )
     lines += ["", "What each side runs:", ""]
     for case, what in dict.fromkeys((m.case, f"{m.impl}: {m.what}") for m in measurements):
         lines.append(f"- {case} — {what}")
@@ -180,7 +194,9 @@ def plot(document: dict, measurements: list[Measurement], path: Path) -> None:
 
     impls = _impls(measurements)
     cases = list(dict.fromkeys(m.case for m in measurements))
-    panels: list[tuple[str, list[Measurement], str]] = [(case, [m for m in measurements if m.case == case], "time") for case in cases]
+    panels: list[tuple[str, list[Measurement], str]] = [
+        (case, [m for m in measurements if m.case == case], "time") for case in cases
+    ]
     with_memory = [m for m in measurements if m.memory.get("peak_rss_mb")]
     if with_memory:
         panels.append(("peak RSS", with_memory, "memory"))
@@ -213,7 +229,7 @@ def plot(document: dict, measurements: list[Measurement], path: Path) -> None:
             axis.set_yscale("log")
             axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         axis.legend(fontsize=8)
-    for axis in list(axes.flat)[len(panels):]:
+    for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
     quick = ", quick" if document["quick"] else ""
     figure.suptitle(f"{document['suite']} — {document['device']}{quick} (median, whiskers min–max)", fontsize=11)

@@ -20,9 +20,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 import click
 from fastapi import FastAPI, Request
@@ -91,7 +91,12 @@ class Generation:
         self.new_tokens = 0
         self.error: BaseException | None = None
         self._prompt_length = input_ids.shape[-1]
-        self._args = (model, adapter, input_ids, {**settings, "stopping_criteria": StoppingCriteriaList([_Stopped(self.stop)])})
+        self._args = (
+            model,
+            adapter,
+            input_ids,
+            {**settings, "stopping_criteria": StoppingCriteriaList([_Stopped(self.stop)])},
+        )
         self.thread = threading.Thread(target=self._generate, name="baseline-generate", daemon=True)
         self.thread.start()
 
@@ -108,7 +113,9 @@ class Generation:
                     model.set_adapter(adapter)
                     output = model.generate(input_ids=input_ids, streamer=self.streamer, **settings)
             self.new_tokens = output.shape[-1] - self._prompt_length
-        except BaseException as exc:  # reported to the request; the streamer must still end, or its reader waits forever
+        except (
+            BaseException
+        ) as exc:  # reported to the request; the streamer must still end, or its reader waits forever
             self.error = exc
             self.streamer.end()
 
@@ -152,12 +159,19 @@ def create_app(model, tokenizer, adapters: dict[str, str], base_name: str, limit
     def prepare(body: CompletionRequest) -> tuple[str | None, object, dict]:
         if body.model != base_name and body.model not in adapters:
             served = ", ".join([base_name, *adapters])
-            raise RequestRefused(404, f"model {body.model!r} is not served here; served: {served}", "model", "model_not_found")
+            raise RequestRefused(
+                404, f"model {body.model!r} is not served here; served: {served}", "model", "model_not_found"
+            )
         if body.max_tokens > limits.max_new_tokens:
             raise RequestRefused(400, f"max_tokens {body.max_tokens} is over this server's limit of {limits.max_new_tokens}; ask for fewer",
                                  "max_tokens", "max_tokens_too_large")  # fmt: skip
         if body.min_tokens > body.max_tokens:
-            raise RequestRefused(400, f"min_tokens {body.min_tokens} is more than max_tokens {body.max_tokens}", "min_tokens", "invalid_min_tokens")
+            raise RequestRefused(
+                400,
+                f"min_tokens {body.min_tokens} is more than max_tokens {body.max_tokens}",
+                "min_tokens",
+                "invalid_min_tokens",
+            )
         input_ids = tokenizer(body.prompt, return_tensors="pt").input_ids
         if input_ids.shape[-1] > limits.max_input_tokens:
             raise RequestRefused(400, f"the prompt is {input_ids.shape[-1]} tokens, over this server's limit of "
@@ -177,7 +191,11 @@ def create_app(model, tokenizer, adapters: dict[str, str], base_name: str, limit
         return Generation(model, tokenizer, adapter, input_ids, settings)
 
     def usage(prompt_tokens: int, generation: Generation) -> dict:
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": generation.new_tokens, "total_tokens": prompt_tokens + generation.new_tokens}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": generation.new_tokens,
+            "total_tokens": prompt_tokens + generation.new_tokens,
+        }
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
@@ -205,7 +223,12 @@ def create_app(model, tokenizer, adapters: dict[str, str], base_name: str, limit
                 finally:
                     generation.finish()  # also when the client went away: the next request must not share the model
             if generation.error is not None:
-                error = {"message": f"generation failed: {generation.error}", "type": "server_error", "param": None, "code": None}
+                error = {
+                    "message": f"generation failed: {generation.error}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
                 yield _sse({"error": error})
                 return
             reason = "length" if generation.new_tokens >= body.max_tokens else "stop"
@@ -223,10 +246,10 @@ def create_app(model, tokenizer, adapters: dict[str, str], base_name: str, limit
 def load_model(base: str, registry_root: str | Path, refs: list[str]):
     """`(PeftModel with every adapter, tokenizer, {ref: peft adapter name})`: the base from transformers, each
     adapter exported from the registry as a PEFT directory and loaded with `load_adapter`."""
-    from adapterhub_registry import Registry
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from adapterhub_registry import Registry
     from benchmarks.models import transformers_dir
 
     if not refs:
@@ -258,9 +281,9 @@ def load_model(base: str, registry_root: str | Path, refs: list[str]):
 def main(base, registry_root, adapters, host, port, max_input_tokens, max_new_tokens) -> None:
     """Serve OpenAI /v1/completions with plain transformers + peft, one request at a time."""
     import uvicorn
-    from adapterhub_registry import RegistryError
 
     from adapterhub.errors import AdapterHubError
+    from adapterhub_registry import RegistryError
 
     refs = [ref.strip() for ref in adapters.split(",") if ref.strip()]
     try:

@@ -16,8 +16,8 @@ short-lived temporaries inside one operation, so the real peak is somewhat highe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 

@@ -42,7 +42,9 @@ def sentiment_csv(tmp_path_factory) -> Path:
         writer.writerow(["text", "sentiment"])
         for i in range(200):
             label = rng.choice(["pos", "neg"])
-            words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label == "pos" else NEGATIVE)] + rng.sample(FILLER, 2)
+            words = (
+                rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label == "pos" else NEGATIVE)] + rng.sample(FILLER, 2)
+            )
             text = " ".join(words) + f" {i}"
             writer.writerow([text, label])
             if i % 20 == 0:

@@ -15,7 +15,13 @@ TASKS = {
     "roads": ("car cars drive road we they".split(), {"fast": ["fast"], "slow": ["slow"]}),
     "talk": ("a that and i you".split(), {"yes": ["very", "so"], "no": ["not", "but"]}),
 }  # fmt: skip
-SETTINGS = {"epochs": 8, "batch_size": 16, "learning_rate": 0.05, "max_length": 16, "eval_batch_size": 32}  # learns every task
+SETTINGS = {
+    "epochs": 8,
+    "batch_size": 16,
+    "learning_rate": 0.05,
+    "max_length": 16,
+    "eval_batch_size": 32,
+}  # learns every task
 
 
 def write_task(directory: Path, name: str, examples: int = 90, seed: int = 0) -> Path:
@@ -28,7 +34,9 @@ def write_task(directory: Path, name: str, examples: int = 90, seed: int = 0) ->
         writer.writerow(["text", "label"])
         for i in range(examples):
             label = rng.choice(sorted(words))
-            writer.writerow([" ".join(rng.sample(filler, 3) + [rng.choice(words[label])] + rng.sample(filler, 2)) + f" {i}", label])
+            writer.writerow(
+                [" ".join(rng.sample(filler, 3) + [rng.choice(words[label])] + rng.sample(filler, 2)) + f" {i}", label]
+            )
     return path
 
 

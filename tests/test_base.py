@@ -5,10 +5,10 @@ from __future__ import annotations
 import bitsandbytes as bnb
 import pytest
 import torch
+from tiny_models import make_tiny_llama
 
 from adapterhub.base import load_base
 from adapterhub.errors import AdapterHubError, UnknownNameError
-from tiny_models import make_tiny_llama
 
 
 def test_base_is_frozen_and_in_eval_mode(tiny_llama):

@@ -17,7 +17,18 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def quick_run(tmp_path_factory):
     """registry and adapter_io run; kernels (CUDA only) is named too, and a CPU run must skip it and go on."""
     output = tmp_path_factory.mktemp("bench")
-    arguments = ["bench", "kernels", "registry", "adapter_io", "--quick", "--device", "cpu", "--no-progress", "--output", str(output)]
+    arguments = [
+        "bench",
+        "kernels",
+        "registry",
+        "adapter_io",
+        "--quick",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--output",
+        str(output),
+    ]
     result = CliRunner().invoke(cli, arguments, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return output, result.output

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from adapterhub_registry import Registry
+from live_server import LiveServer
 from test_runtime import push_random_adapter
 from transformers import AutoTokenizer
 
 from adapterhub.base import load_base
+from adapterhub_registry import Registry
 from benchmarks import loadgen
 from benchmarks.serving_baseline import Limits, create_app, load_model
-from live_server import LiveServer
 
 REFS = ["a0", "a1", "a2"]
 
@@ -59,7 +59,9 @@ def test_poisson_schedule_is_seeded_and_the_same_whatever_the_number_of_adapters
 
 def test_load_generator_streams_every_request_and_summarises_what_it_saw(baseline, words):
     url, tokenizer = baseline
-    shape = loadgen.LoadShape(rate=12.0, duration_s=1.0, adapters=tuple(REFS), prompt_tokens=(4, 24), output_tokens=(2, 8), seed=0)
+    shape = loadgen.LoadShape(
+        rate=12.0, duration_s=1.0, adapters=tuple(REFS), prompt_tokens=(4, 24), output_tokens=(2, 8), seed=0
+    )
     planned = loadgen.schedule(shape, words)
     results = loadgen.run_load(url, planned, drain_s=30.0)
     assert [r.error for r in results] == [None] * len(planned)
@@ -72,7 +74,12 @@ def test_load_generator_streams_every_request_and_summarises_what_it_saw(baselin
     # A random model also makes special tokens, which stream as no text: the chunks carry at most the usage count.
     assert all(0 < sum(r.chunk_tokens(count)) <= r.completion_tokens for r in results)
     summary = loadgen.summarize(results, count)
-    assert (summary.requests, summary.completed, summary.errors, summary.cancelled) == (len(planned), len(planned), 0, 0)
+    assert (summary.requests, summary.completed, summary.errors, summary.cancelled) == (
+        len(planned),
+        len(planned),
+        0,
+        0,
+    )
     assert summary.output_tokens == sum(p.max_tokens for p in planned)
     assert summary.output_tokens_per_s == pytest.approx(summary.output_tokens / summary.wall_s)
     assert 0 < summary.ttft_p50_ms <= summary.ttft_p99_ms <= summary.latency_p99_ms
@@ -81,7 +88,8 @@ def test_load_generator_streams_every_request_and_summarises_what_it_saw(baselin
 
 def test_short_while_long_counts_short_requests_sent_during_a_long_one():
     make = lambda index, tokens, sent, end: loadgen.RequestResult(  # noqa: E731
-        loadgen.PlannedRequest(index, sent, "a0", " x", 1, tokens), sent_s=sent, end_s=end)
+        loadgen.PlannedRequest(index, sent, "a0", " x", 1, tokens), sent_s=sent, end_s=end
+    )
     long_one = make(0, loadgen.LONG_MIN_TOKENS, 0.0, 10.0)
     inside, after = make(1, loadgen.SHORT_MAX_TOKENS, 5.0, 6.0), make(2, 8, 10.0, 11.0)
     middle = make(3, loadgen.SHORT_MAX_TOKENS + 1, 5.0, 7.0)  # neither short nor long
@@ -90,9 +98,15 @@ def test_short_while_long_counts_short_requests_sent_during_a_long_one():
 
 def test_baseline_answers_an_unknown_model_with_an_openai_error(baseline):
     url, _ = baseline
-    answer = httpx.post(url + "/v1/completions", json={"model": "nope", "prompt": "the movie", "max_tokens": 2}, timeout=30)
+    answer = httpx.post(
+        url + "/v1/completions", json={"model": "nope", "prompt": "the movie", "max_tokens": 2}, timeout=30
+    )
     assert answer.status_code == 404
     error = answer.json()["error"]
     assert error["param"] == "model" and "'nope' is not served here" in error["message"] and "a0" in error["message"]
-    good = httpx.post(url + "/v1/completions", json={"model": "a1", "prompt": "the movie", "max_tokens": 3, "ignore_eos": True}, timeout=30)
+    good = httpx.post(
+        url + "/v1/completions",
+        json={"model": "a1", "prompt": "the movie", "max_tokens": 3, "ignore_eos": True},
+        timeout=30,
+    )
     assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 3

@@ -10,12 +10,12 @@ import random
 import numpy
 import pytest
 import torch
+from conftest import FILLER, NEGATIVE, POSITIVE
 from sklearn.utils.class_weight import compute_class_weight
 
 from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.train import TrainSettings, balanced_class_weights, train
-from conftest import FILLER, NEGATIVE, POSITIVE
 
 SETTINGS = TrainSettings(epochs=2, batch_size=4, learning_rate=1e-2, warmup_ratio=0.1, grad_clip=1.0, seed=3,
                          class_weights="balanced")  # fmt: skip
@@ -36,7 +36,11 @@ def skewed_batches(n: int = 24):
 
     def make(order: list[int]):
         ids = torch.tensor([rows[i] for i in order])
-        yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([labels[i] for i in order])}
+        yield {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": torch.tensor([labels[i] for i in order]),
+        }
 
     return make, labels
 

@@ -13,7 +13,6 @@ from transformers import AutoModelForSequenceClassification
 from adapterhub.cli import main
 
 
-
 def test_train_push_eval_export_import_round_trip(cli, cli_json, tiny_bert, sentiment_csv, tmp_path):
     trained = cli_json("train", "--base", str(tiny_bert), "--method", "lora", "-o", "r=4", "-o", "target_modules=query,value",
                   "--data", str(sentiment_csv), "--label-column", "sentiment", "--dedupe", "--epochs", "2",
@@ -36,7 +35,10 @@ def test_train_push_eval_export_import_round_trip(cli, cli_json, tiny_bert, sent
 
     out = cli("registry", "import-peft", str(tmp_path / "exported"), "senti-copy", "--base", str(tiny_bert))
     assert "imported senti-copy@1 (lora, base bert-" in out
-    assert cli_json("registry", "show", "senti-copy")["blob_sha256"] == cli_json("registry", "show", "senti")["blob_sha256"]
+    assert (
+        cli_json("registry", "show", "senti-copy")["blob_sha256"]
+        == cli_json("registry", "show", "senti")["blob_sha256"]
+    )
     assert [r["name"] for r in cli_json("registry", "search", "copy", "--json")] == ["senti-copy"]
     assert "ok" in cli("registry", "verify")
     cli("registry", "delete", "senti-copy", "--yes")
@@ -48,12 +50,23 @@ def test_causal_lm_qlora_train_and_reload_from_registry(cli_json, tiny_llama, te
                   "--data", str(text_file), "--block-size", "16", "--epochs", "1", "--push", "tiny-qlora",
                   "--json", "--no-progress")  # fmt: skip
     assert set(trained["metrics"]) >= {"loss", "perplexity"}
-    evaluated = cli_json("eval", "tiny-qlora", "--base", str(tiny_llama), "--quantize", "nf4", "--data", str(text_file), "--json")
+    evaluated = cli_json(
+        "eval", "tiny-qlora", "--base", str(tiny_llama), "--quantize", "nf4", "--data", str(text_file), "--json"
+    )
     assert abs(evaluated["metrics"]["loss"] - trained["metrics"]["loss"]) < 1e-5
 
 
 def test_bad_input_gives_one_line_errors(tiny_bert, sentiment_csv, capsys):
-    common = ["train", "--base", str(tiny_bert), "--data", str(sentiment_csv), "--label-column", "sentiment", "--no-progress"]
+    common = [
+        "train",
+        "--base",
+        str(tiny_bert),
+        "--data",
+        str(sentiment_csv),
+        "--label-column",
+        "sentiment",
+        "--no-progress",
+    ]
     assert main([*common, "--method", "nope"]) == 1
     assert "unknown method 'nope'; installed methods: " in capsys.readouterr().err
     assert main([*common, "--method", "lora", "-o", "rank=3"]) == 1
@@ -102,6 +115,8 @@ def test_train_and_eval_flags_take_defaults_and_limits_from_the_settings_datacla
     assert train["learning_rate"].opts == ["--lr"] and train["epochs"].type.min == 1
     eval_params = {p.name: p for p in group.get_command(ctx, "eval").params}
     for name in ("text_column", "label_column", "encoding", "dedupe", "test_split", "max_samples"):
-        assert train[name].default is None and eval_params[name].default is None, name  # "not given": eval reuses the record
+        assert train[name].default is None and eval_params[name].default is None, (
+            name
+        )  # "not given": eval reuses the record
         assert DataSpec.__dataclass_fields__[name].metadata["adapterhub.help"].rstrip(".") in train[name].help
     assert "[0.2]" in train["test_split"].help

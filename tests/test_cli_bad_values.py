@@ -81,7 +81,9 @@ def train_args(base, data, *extra: str) -> list[str]:
     return ["train", "--base", str(base), "--data", str(data), "--label-column", "sentiment", "--no-progress", *extra]
 
 
-@pytest.mark.parametrize("method, values, option", METHOD_OPTIONS, ids=lambda v: ",".join(v) if isinstance(v, list) else str(v))
+@pytest.mark.parametrize(
+    "method, values, option", METHOD_OPTIONS, ids=lambda v: ",".join(v) if isinstance(v, list) else str(v)
+)
 def test_bad_method_option_is_one_line_naming_it_before_the_base_loads(method, values, option, sentiment_csv, capsys):
     flags = [arg for value in values for arg in ("-o", value)]
     line = one_error_line(capsys, train_args(MISSING_BASE, sentiment_csv, "--method", method, *flags))
@@ -97,7 +99,9 @@ def test_bad_train_flag_is_one_line_naming_it_before_the_base_loads(flag, value,
 
 @pytest.mark.parametrize("flag, value", EVAL_FLAGS)
 def test_bad_eval_flag_is_one_line_naming_it(flag, value, sentiment_csv, capsys):
-    line = one_error_line(capsys, ["eval", "some-adapter", "--base", MISSING_BASE, "--data", str(sentiment_csv), flag, value])
+    line = one_error_line(
+        capsys, ["eval", "some-adapter", "--base", MISSING_BASE, "--data", str(sentiment_csv), flag, value]
+    )
     assert flag in line and MISSING_BASE not in line
 
 
@@ -109,7 +113,9 @@ def test_the_missing_base_itself_is_reported_once_the_values_are_good(sentiment_
 
 @pytest.mark.parametrize("method", ["lora", "adalora", "ia3", "bottleneck"])
 def test_target_modules_matching_no_layer_name_modules_that_exist(method, tiny_bert, sentiment_csv, capsys):
-    line = one_error_line(capsys, train_args(tiny_bert, sentiment_csv, "--method", method, "-o", "target_modules=no_such_layer"))
+    line = one_error_line(
+        capsys, train_args(tiny_bert, sentiment_csv, "--method", method, "-o", "target_modules=no_such_layer")
+    )
     assert "'target_modules'" in line and "no_such_layer" in line
     assert "query" in line and "value" in line  # the tiny BERT's attention projections
 
@@ -117,7 +123,18 @@ def test_target_modules_matching_no_layer_name_modules_that_exist(method, tiny_b
 def test_causal_lm_text_not_in_the_encoding_names_the_file_and_encoding(tmp_path, capsys):
     text = tmp_path / "latin.txt"
     text.write_bytes("café the movie was great ".encode("latin-1") * 40)
-    args = ["train", "--base", MISSING_BASE, "--task", "causal-lm", "--method", "lora", "--data", str(text), "--no-progress"]
+    args = [
+        "train",
+        "--base",
+        MISSING_BASE,
+        "--task",
+        "causal-lm",
+        "--method",
+        "lora",
+        "--data",
+        str(text),
+        "--no-progress",
+    ]
     line = one_error_line(capsys, args)
     assert "latin.txt" in line and "--encoding" in line and MISSING_BASE not in line
 

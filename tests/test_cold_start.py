@@ -17,7 +17,9 @@ def heavy_modules_after(code: str, tmp_path) -> list[str]:
     report = f"import json, sys; print(json.dumps(sorted(set({HEAVY!r}) & set(sys.modules))))"
     env = {**os.environ, "ADAPTERHUB_HOME": str(tmp_path)}
     env.pop("ADAPTERHUB_REGISTRY", None)
-    done = subprocess.run([sys.executable, "-c", f"{code}\n{report}"], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{report}"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 

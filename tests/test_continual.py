@@ -11,7 +11,8 @@ import json
 import shutil
 
 import pytest
-from adapterhub_registry import Registry
+from continual_tasks import TASKS, write_plan, write_task
+from tiny_models import make_tiny_bert
 
 from adapterhub import adapters
 from adapterhub.base import load_base
@@ -20,8 +21,7 @@ from adapterhub.continual import Router, UnknownTaskError, evaluate_sequence, lo
 from adapterhub.continual.features import BaseFeatures, decode_tensor, encode_tensor
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError
 from adapterhub.runtime import AdapterPool
-from continual_tasks import TASKS, write_plan, write_task
-from tiny_models import make_tiny_bert
+from adapterhub_registry import Registry
 
 TEXTS = {"films": "the movie was awesome", "roads": "we drive the car fast", "talk": "i and you so that"}
 
@@ -53,7 +53,9 @@ def test_train_pushes_one_adapter_per_task_tagged_with_its_task_and_the_sequence
     for position, task in enumerate(TASKS):
         record = registry.resolve(f"toy-{task}:task-{task}")
         assert set(record.tags) == {f"task-{task}", "sequence-toy"}
-        assert record.manifest["continual"]["position"] == position and record.manifest["labels"] == sorted(TASKS[task][1])
+        assert record.manifest["continual"]["position"] == position and record.manifest["labels"] == sorted(
+            TASKS[task][1]
+        )
     assert [r.name for r in registry.list(tag="sequence-toy")] == ["toy-films", "toy-roads", "toy-talk"]
 
 
@@ -79,10 +81,14 @@ def test_a_per_task_merge_is_evaluated_as_a_sequence_on_the_plans_data(trained, 
     merged = json.loads(run_cli(capsys, "continual", "merge", "toy", "--base", str(tiny_bert), "--heads", "per-task",
                                 "--weights", "1,0,0", "--registry", root, "--json"))  # fmt: skip
     assert [m["merged"] for m in merged] == ["toy-merged-films@1", "toy-merged-roads@1", "toy-merged-talk@1"]
-    evaluated = json.loads(run_cli(capsys, "continual", "eval", str(plan), "--sequence", "toy-merged", "--registry", root, "--json"))
+    evaluated = json.loads(
+        run_cli(capsys, "continual", "eval", str(plan), "--sequence", "toy-merged", "--registry", root, "--json")
+    )
     original = json.loads(run_cli(capsys, "continual", "eval", str(plan), "--registry", root, "--json"))
     assert [t["adapter"] for t in evaluated["tasks"]] == [m["merged"] for m in merged]
-    assert evaluated["tasks"][0]["oracle"]["accuracy"] == pytest.approx(output["tasks"][0]["metrics"]["accuracy"], abs=1e-6)
+    assert evaluated["tasks"][0]["oracle"]["accuracy"] == pytest.approx(
+        output["tasks"][0]["metrics"]["accuracy"], abs=1e-6
+    )
     assert evaluated["router_accuracy"] == original["router_accuracy"]  # the tasks' own router entries, kept
 
 
@@ -112,7 +118,9 @@ def test_router_from_registry_takes_task_ids_and_texts(trained, tiny_bert):
         router.route(["the movie"])
     router.load_base(str(tiny_bert))
     assert router.route(list(TEXTS.values())) == ["toy-films@1", "toy-roads@1", "toy-talk@1"]
-    with pytest.raises(UnknownTaskError, match="sequence 'toy' has no task 'cooking'; its tasks are: films, roads, talk"):
+    with pytest.raises(
+        UnknownTaskError, match="sequence 'toy' has no task 'cooking'; its tasks are: films, roads, talk"
+    ):
         router.ref_for("cooking")
 
 
@@ -132,8 +140,12 @@ def test_router_refuses_a_base_other_than_the_one_its_prototypes_came_from(train
 def test_routing_features_are_those_of_the_bare_base_even_with_adapters_loaded(trained, tiny_bert):
     _, registry, _ = trained
     texts = list(TEXTS.values())
-    bare = BaseFeatures(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), max_length=16).of_texts(texts)
-    pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=3, max_rank=4, registry=registry)
+    bare = BaseFeatures(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), max_length=16).of_texts(
+        texts
+    )
+    pool = AdapterPool(
+        load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=3, max_rank=4, registry=registry
+    )
     for task in TASKS:
         pool.load(f"toy-{task}")
     with pool.activate(["toy-films", "toy-roads", "toy-talk"]):  # a mixed batch leaves no state behind
@@ -157,10 +169,14 @@ def test_prototypes_round_trip_exactly_through_json(trained):
 
 def test_appending_a_task_trains_only_it_and_leaves_earlier_adapters_untouched(tiny_bert, tmp_path):
     registry = Registry(tmp_path / "registry")
-    first = train_sequence(load_plan(write_plan(tmp_path, tiny_bert, tasks=("films", "roads"))), registry=registry, progress=False)
+    first = train_sequence(
+        load_plan(write_plan(tmp_path, tiny_bert, tasks=("films", "roads"))), registry=registry, progress=False
+    )
     before = {r.task: (r.record.ref, r.record.blob_sha256, r.record.manifest["continual"]) for r in first}
     lines: list[str] = []
-    runs = train_sequence(load_plan(write_plan(tmp_path, tiny_bert)), registry=registry, progress=False, log=lines.append)
+    runs = train_sequence(
+        load_plan(write_plan(tmp_path, tiny_bert)), registry=registry, progress=False, log=lines.append
+    )
     assert [(r.task, r.trained) for r in runs] == [("films", False), ("roads", False), ("talk", True)]
     assert {r.task: (r.record.ref, r.record.blob_sha256, r.record.manifest["continual"]) for r in runs[:2]} == before
     assert lines[0] == "[1/3] films: up to date (toy-films@1), not retrained"
@@ -177,4 +193,7 @@ def test_changed_training_data_retrains_that_task_and_eval_refuses_a_changed_fil
     with pytest.raises(AdapterHubError, match="task 'roads': .*roads.csv is not the file toy-roads@1 was trained on"):
         evaluate_sequence(load_plan(plan_path), registry)
     runs = train_sequence(load_plan(plan_path), registry=registry, progress=False)
-    assert [(r.task, r.trained, r.record.ref) for r in runs] == [("films", False, "toy-films@1"), ("roads", True, "toy-roads@2")]
+    assert [(r.task, r.trained, r.record.ref) for r in runs] == [
+        ("films", False, "toy-films@1"),
+        ("roads", True, "toy-roads@2"),
+    ]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from continual_tasks import write_plan, write_task
 
 from adapterhub.cli import main
 from adapterhub.continual import PlanError, load_plan, parse_plan
-from continual_tasks import write_plan, write_task
 
 
 @pytest.fixture
@@ -36,7 +36,10 @@ def test_plan_lists_tasks_in_order_with_paths_relative_to_the_plan_and_their_lab
     assert plan.labels == {"films": ["neg", "pos"], "roads": ["fast", "slow"], "talk": ["no", "yes"]}
     assert plan.settings.learning_rate == 0.05 and plan.prototypes == 2
     assert plan.adapter_name("roads") == "toy-roads"
-    assert [t.name for t in plan.prefix(2).tasks] == ["films", "roads"] and set(plan.prefix(2).labels) == {"films", "roads"}
+    assert [t.name for t in plan.prefix(2).tasks] == ["films", "roads"] and set(plan.prefix(2).labels) == {
+        "films",
+        "roads",
+    }
 
 
 def test_toml_plan_equals_the_json_plan(plan_dir):
@@ -53,7 +56,10 @@ def test_toml_plan_equals_the_json_plan(plan_dir):
 def test_shared_data_options_apply_to_every_task_unless_a_task_overrides_them(plan_dir):
     tasks = [{"name": "films", "path": "films.csv", "max_samples": 30}, {"name": "roads", "path": "roads.csv"}]
     plan = parse_plan({**raw_plan(plan_dir), "data": {"dedupe": True, "test_split": 0.3}, "tasks": tasks}, plan_dir)
-    assert [(t.data.dedupe, t.data.test_split, t.data.max_samples) for t in plan.tasks] == [(True, 0.3, 30), (True, 0.3, None)]
+    assert [(t.data.dedupe, t.data.test_split, t.data.max_samples) for t in plan.tasks] == [
+        (True, 0.3, 30),
+        (True, 0.3, None),
+    ]
 
 
 def test_unknown_key_in_a_task_names_the_task_and_the_valid_keys(plan_dir):
@@ -107,7 +113,7 @@ def test_empty_task_list_and_missing_path_are_refused(plan_dir):
 def test_unreadable_plan_files_are_clear_errors(tmp_path):
     with pytest.raises(PlanError, match="not found"):
         load_plan(tmp_path / "none.json")
-    (tmp_path / "bad.json").write_text("{\"sequence\": ")
+    (tmp_path / "bad.json").write_text('{"sequence": ')
     with pytest.raises(PlanError, match="line 1: not valid JSON"):
         load_plan(tmp_path / "bad.json")
     (tmp_path / "bad.toml").write_text("sequence = = 1")
@@ -117,7 +123,9 @@ def test_unreadable_plan_files_are_clear_errors(tmp_path):
 
 def test_cli_reports_a_bad_plan_as_one_error_line(plan_dir, capsys):
     write_task(plan_dir, "films")
-    (plan_dir / "bad.json").write_text(json.dumps({**raw_plan(plan_dir), "tasks": [{"name": "films", "path": "gone.csv"}]}))
+    (plan_dir / "bad.json").write_text(
+        json.dumps({**raw_plan(plan_dir), "tasks": [{"name": "films", "path": "gone.csv"}]})
+    )
     assert main(["continual", "train", str(plan_dir / "bad.json")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: task 'films'") and "gone.csv" in err[0]

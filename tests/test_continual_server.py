@@ -7,7 +7,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from adapterhub_registry import Registry
+from continual_tasks import TASKS, write_corpus, write_plan
 from fastapi.testclient import TestClient
 
 from adapterhub.base import load_base
@@ -15,7 +15,7 @@ from adapterhub.cli import main
 from adapterhub.continual import Router, evaluate_sequence, load_plan, parse_plan, train_sequence
 from adapterhub.runtime import AdapterPool, GenerationSettings, classify, generate
 from adapterhub.server import ServerSettings, create_app
-from continual_tasks import TASKS, write_corpus, write_plan
+from adapterhub_registry import Registry
 
 TEXTS = {"films": "the movie was awesome", "roads": "we drive the car slow", "talk": "i and you not that"}
 
@@ -30,7 +30,9 @@ def registry(tiny_bert, tmp_path_factory):
 
 @pytest.fixture
 def served(registry, tiny_bert):
-    pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=3, max_rank=4, registry=registry)
+    pool = AdapterPool(
+        load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=3, max_rank=4, registry=registry
+    )
     router = Router.from_registry("toy", registry, base=pool)
     with TestClient(create_app(pool, ServerSettings(max_batch_size=8, max_wait_ms=50), router)) as client:
         yield client, pool
@@ -41,14 +43,22 @@ def test_named_task_is_served_by_its_adapter_with_its_label_names(served):
     answer = client.post("/classify", json={"text": TEXTS["roads"], "task": "roads"})
     assert answer.status_code == 200
     alone = classify(pool, [TEXTS["roads"]], ["toy-roads@1"])[0]
-    assert answer.json() == {"label": alone.label, "scores": alone.scores, "adapter": "toy-roads@1", "task": "roads", "routed": False}
+    assert answer.json() == {
+        "label": alone.label,
+        "scores": alone.scores,
+        "adapter": "toy-roads@1",
+        "task": "roads",
+        "routed": False,
+    }
     assert set(answer.json()["scores"]) == {"fast", "slow"}
 
 
 def test_auto_routes_each_input_of_a_batch_to_its_task(served):
     client, pool = served
     with ThreadPoolExecutor(3) as threads:
-        answers = list(threads.map(lambda text: client.post("/classify", json={"text": text, "task": "auto"}), TEXTS.values()))
+        answers = list(
+            threads.map(lambda text: client.post("/classify", json={"text": text, "task": "auto"}), TEXTS.values())
+        )
     for task, answer in zip(TEXTS, answers):
         assert answer.status_code == 200
         body = answer.json()
@@ -82,7 +92,9 @@ def test_health_lists_the_router_s_tasks(served):
 
 
 def test_task_on_a_server_without_router_is_400_saying_how_to_start_one(registry, tiny_bert):
-    pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=1, max_rank=4, registry=registry)
+    pool = AdapterPool(
+        load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=1, max_rank=4, registry=registry
+    )
     with TestClient(create_app(pool)) as client:
         answer = client.post("/classify", json={"text": "the movie", "task": "auto"})
     assert answer.status_code == 400 and "--router SEQUENCE" in answer.json()["detail"]
@@ -91,7 +103,22 @@ def test_task_on_a_server_without_router_is_400_saying_how_to_start_one(registry
 def test_serve_with_an_unknown_router_sequence_fails_before_loading_anything(registry, tiny_bert, capsys):
     assert main(["serve", "--base", str(tiny_bert), "--router", "nope", "--registry", str(registry.root)]) == 1
     assert "no adapters of sequence 'nope'" in capsys.readouterr().err
-    assert main(["serve", "--base", str(tiny_bert), "--router", "toy", "--task", "causal-lm", "--registry", str(registry.root)]) == 1
+    assert (
+        main(
+            [
+                "serve",
+                "--base",
+                str(tiny_bert),
+                "--router",
+                "toy",
+                "--task",
+                "causal-lm",
+                "--registry",
+                str(registry.root),
+            ]
+        )
+        == 1
+    )
     assert "sequence 'toy' is a seq-cls sequence" in capsys.readouterr().err
 
 
@@ -114,4 +141,7 @@ def test_generation_server_routes_prompts_of_a_causal_lm_sequence(tiny_llama, tm
     assert answer.status_code == 200
     body = answer.json()
     assert (body["task"], body["adapter"], body["routed"]) == ("roads", "lm-roads@1", True)
-    assert body["text"] == generate(pool, ["we drive the car"], ["lm-roads@1"], GenerationSettings(max_new_tokens=3))[0].text
+    assert (
+        body["text"]
+        == generate(pool, ["we drive the car"], ["lm-roads@1"], GenerationSettings(max_new_tokens=3))[0].text
+    )

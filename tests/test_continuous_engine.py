@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_runtime import push_random_adapter
 
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool, GenerationSettings, generate
 from adapterhub.runtime.continuous import ContinuousEngine, Sequence
 from adapterhub.runtime.kv_rows import RowCache
 from adapterhub.runtime.sampling import SamplingParams
-from test_runtime import push_random_adapter
 
 PROMPTS = ["the movie was great", "i hate this car very much and", "good", "we drive fast on the road", "bad film",
            "this is not a very good film but i love it", "so", "they love fast cars"]  # fmt: skip
@@ -95,7 +95,9 @@ def test_a_long_prompt_is_prefilled_one_chunk_per_step_while_running_rows_keep_d
 
 def test_a_cancelled_row_is_freed_at_the_next_step_and_the_others_go_on(pool):
     tokenizer = pool.base.tokenizer
-    keep, drop = (Sequence(tokenizer(p)["input_ids"], a, greedy(10)) for p, a in ((PROMPTS[0], "a0@1"), (PROMPTS[2], "a1@1")))
+    keep, drop = (
+        Sequence(tokenizer(p)["input_ids"], a, greedy(10)) for p, a in ((PROMPTS[0], "a0@1"), (PROMPTS[2], "a1@1"))
+    )
     engine = ContinuousEngine(pool)
     engine.submit(keep)
     engine.submit(drop)
@@ -118,7 +120,9 @@ def test_stop_strings_min_tokens_and_seeded_sampling(pool):
     stopped = Sequence(prompt, "a2@1", greedy(12, stop=(stop,)))
     eos = pool.base.tokenizer.eos_token_id
     at_least = Sequence(prompt, None, SamplingParams(max_tokens=6, temperature=0, min_tokens=6))
-    sampled = [Sequence(prompt, "a0@1", SamplingParams(max_tokens=8, temperature=1.3, top_p=0.9, seed=7)) for _ in range(2)]
+    sampled = [
+        Sequence(prompt, "a0@1", SamplingParams(max_tokens=8, temperature=1.3, top_p=0.9, seed=7)) for _ in range(2)
+    ]
     texts, _, _ = run(ContinuousEngine(pool), {0: [stopped, at_least, sampled[0]], 3: [sampled[1]]})
     assert texts[stopped.id] == reference[: reference.index(stop)] and stopped.finished == "stop"
     assert eos not in at_least.generated[:6] and len(at_least.generated) == 6

@@ -75,7 +75,9 @@ def test_data_spec_refuses_bad_values_when_built(values, message, sentiment_csv)
 
 
 @pytest.mark.parametrize("task", ["seq-cls", "causal-lm"])
-def test_a_training_run_opens_its_data_file_once(task, tiny_bert, tiny_llama, sentiment_csv, text_file, tmp_path, monkeypatch):
+def test_a_training_run_opens_its_data_file_once(
+    task, tiny_bert, tiny_llama, sentiment_csv, text_file, tmp_path, monkeypatch
+):
     path = sentiment_csv if task == "seq-cls" else text_file
     opened = []
     real_open = io.open

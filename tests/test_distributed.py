@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from adapterhub_registry import Registry
 from safetensors.torch import load_file
 from tiny_models import make_tiny_bert
+
+from adapterhub_registry import Registry
 
 # a global batch of 7 rows splits 4/3 between the ranks, and the last one of an epoch is shorter still
 COMMON = ["--batch-size", "7", "--epochs", "2", "--no-progress", "--json", "-o", "dropout=0", "--seed", "3"]
@@ -29,7 +30,9 @@ def _free_port() -> int:
 
 def _run(launcher: list[str], args: list[str], home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "ADAPTERHUB_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*launcher, "-m", "adapterhub.cli", "train", *args], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [*launcher, "-m", "adapterhub.cli", "train", *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -66,8 +69,20 @@ def deterministic_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("bert-no-dropout"), dropout=0.0)
 
 
-def test_torchrun_two_gloo_processes_train_the_adapter_one_process_trains(deterministic_bert, sentiment_csv, tmp_path, one_process):
-    args = ["--base", str(deterministic_bert), "--method", "lora", "--data", str(sentiment_csv), "--label-column", "sentiment", *COMMON]
+def test_torchrun_two_gloo_processes_train_the_adapter_one_process_trains(
+    deterministic_bert, sentiment_csv, tmp_path, one_process
+):
+    args = [
+        "--base",
+        str(deterministic_bert),
+        "--method",
+        "lora",
+        "--data",
+        str(sentiment_csv),
+        "--label-column",
+        "sentiment",
+        *COMMON,
+    ]
     single = one_process(*args, "--output", str(tmp_path / "one"))
     done = _run(_torchrun(), [*args, "--output", str(tmp_path / "two"), "--push", "ddp-sentiment"], tmp_path / "home2")
 
@@ -83,9 +98,23 @@ def test_torchrun_two_gloo_processes_train_the_adapter_one_process_trains(determ
 
 
 def test_accelerate_launch_trains_a_causal_lm_like_one_process(tmp_path, text_file, tiny_llama, one_process):
-    args = ["--base", str(tiny_llama), "--model-task", "causal-lm", "--method", "lora", "--data", str(text_file), "--block-size", "16", *COMMON]
+    args = [
+        "--base",
+        str(tiny_llama),
+        "--model-task",
+        "causal-lm",
+        "--method",
+        "lora",
+        "--data",
+        str(text_file),
+        "--block-size",
+        "16",
+        *COMMON,
+    ]
     single = one_process(*args, "--output", str(tmp_path / "one"))
-    parallel = json.loads(_run(_accelerate_launch(), [*args, "--output", str(tmp_path / "two")], tmp_path / "home").stdout)
+    parallel = json.loads(
+        _run(_accelerate_launch(), [*args, "--output", str(tmp_path / "two")], tmp_path / "home").stdout
+    )
 
     assert parallel["world_size"] == 2
     _assert_same_adapter(tmp_path / "one", tmp_path / "two")  # loss weighted by each rank's predicted tokens
@@ -117,7 +146,10 @@ def test_torchrun_on_minilm_and_real_tweets_matches_one_process(tmp_path, one_pr
     single = one_process(*args, "--output", str(tmp_path / "one"))
     parallel = json.loads(_run(_torchrun(), [*args, "--output", str(tmp_path / "two")], tmp_path / "home").stdout)
     assert parallel["world_size"] == 2 and parallel["steps"] == single["steps"]
-    one, two = load_file(tmp_path / "one" / "adapter_model.safetensors"), load_file(tmp_path / "two" / "adapter_model.safetensors")
+    one, two = (
+        load_file(tmp_path / "one" / "adapter_model.safetensors"),
+        load_file(tmp_path / "two" / "adapter_model.safetensors"),
+    )
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
     assert parallel["metrics"]["accuracy"] == pytest.approx(single["metrics"]["accuracy"], abs=1e-9)
@@ -148,7 +180,9 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, sent
     env = {**os.environ, "ADAPTERHUB_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     args = ["--base", str(base), "--method", "lora", "--data", str(sentiment_csv), "--label-column", "sentiment",
             "--batch-size", "4", "--epochs", "1", "--no-progress", "--push", "never"]  # fmt: skip
-    done = subprocess.run([*_torchrun(), "-m", "adapterhub.cli", "train", *args], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [*_torchrun(), "-m", "adapterhub.cli", "train", *args], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode != 0
     stops = [line for line in done.stderr.splitlines() if line.startswith("error: alert nan at step")]
     assert len(stops) == 2 and stops[0] == stops[1]  # both ranks, same step: neither waits for the other forever

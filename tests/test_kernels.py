@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 import torch
+from test_plugins import install_fake_distribution, site_dir  # noqa: F401  (site_dir is a fixture)
 
 from adapterhub import kernels
 from adapterhub.plugins import Catalog, Contribution
 from adapterhub.specs import KernelSpec
-from test_plugins import install_fake_distribution, site_dir  # noqa: F401  (site_dir is a fixture)
 
 
 def _slots(slots=4, r_max=6, d_in=12, d_out=10, seed=0):

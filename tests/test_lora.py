@@ -73,7 +73,9 @@ def test_save_and_load_are_bit_exact(tiny_llama, tmp_path):
     model = trained_lora(load_base(tiny_llama), dora=True)
     expected_logits = model(TOKENS).logits
     base = load_base(tiny_llama)
-    adapters.save_adapter(model, tmp_path / "adapter", adapters.build_manifest(base, "lora", adapters.make_options("lora")))
+    adapters.save_adapter(
+        model, tmp_path / "adapter", adapters.build_manifest(base, "lora", adapters.make_options("lora"))
+    )
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
         "adapter_config.json", "adapter_model.safetensors", "adapterhub.json"]  # fmt: skip
     loaded = adapters.load_adapter_dir(base, tmp_path / "adapter")
@@ -102,7 +104,9 @@ def test_lora_matches_plain_peft_for_the_same_config_and_seed(tiny_llama):
     torch.manual_seed(3)
     reference = peft.get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_llama),
-        peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"]),
+        peft.LoraConfig(
+            task_type="CAUSAL_LM", r=4, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"]
+        ),
     )
     ours_sd, ref_sd = adapters.get_peft_model_state_dict(ours), adapters.get_peft_model_state_dict(reference)
     assert ours_sd.keys() == ref_sd.keys()

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
-from adapterhub_registry import Registry
-
 from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.manifest import BaseIdentity, ContinualEntry, Manifest
+from adapterhub_registry import Registry
 
 TRAINED = {  # a manifest as `adapterhub train` has written it since format 1
     "format": 1,
@@ -18,7 +17,13 @@ TRAINED = {  # a manifest as `adapterhub train` has written it since format 1
     "options": {"r": 8, "alpha": 16},
     "task": "seq-cls",
     "labels": ["neg", "pos"],
-    "base": {"fingerprint": "abc123", "model_type": "bert", "shape": {"layers": 2}, "source": "tiny", "quantization": None},
+    "base": {
+        "fingerprint": "abc123",
+        "model_type": "bert",
+        "shape": {"layers": 2},
+        "source": "tiny",
+        "quantization": None,
+    },
     "data": {"path": "tweets.csv", "sha256": "f00d", "test_split": 0.2},
     "data_summary": {"train_examples": 80, "test_examples": 20},
     "training": {"epochs": 3, "steps": 15, "world_size": 1},
@@ -58,7 +63,9 @@ def test_unknown_keys_are_kept_at_every_level():
 def test_a_saved_adapter_records_the_base_fingerprint_once_and_the_registry_takes_it_from_there(tiny_llama, tmp_path):
     base = load_base(tiny_llama)
     options = adapters.make_options("lora", {"r": 2})
-    adapters.save_adapter(adapters.attach(base, "lora", options), tmp_path / "a", adapters.build_manifest(base, "lora", options))
+    adapters.save_adapter(
+        adapters.attach(base, "lora", options), tmp_path / "a", adapters.build_manifest(base, "lora", options)
+    )
     written = json.loads((tmp_path / "a" / "adapterhub.json").read_text())
     assert written["base"]["fingerprint"] == base.fingerprint_id and written["task"] == "causal-lm"
     assert "base_fingerprint" not in written

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from adapterhub_registry import Registry
+from tiny_models import make_tiny_llama
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from adapterhub import adapters, merging
@@ -16,7 +16,7 @@ from adapterhub.cli import main
 from adapterhub.continual.features import encode_tensor
 from adapterhub.continual.router import Router
 from adapterhub.errors import IncompatibleBaseError, OptionError
-from tiny_models import make_tiny_llama
+from adapterhub_registry import Registry
 
 TOKENS = torch.tensor([[7, 8, 9, 10, 11, 12]])
 LABELS = ["neg", "pos"]
@@ -37,10 +37,14 @@ def push_lora(registry: Registry, base_path, name: str, tmp_path, *, seed: int, 
     return registry.push(name, directory, method="lora")
 
 
-def logits_of(registry: Registry, ref: str, base_path, *, model_task="causal-lm", labels=None, quantize=None, tokens=TOKENS):
+def logits_of(
+    registry: Registry, ref: str, base_path, *, model_task="causal-lm", labels=None, quantize=None, tokens=TOKENS
+):
     record, tensors = registry.load(ref)
     base = load_base(base_path, model_task=model_task, labels=labels, quantize=quantize)
-    model = adapters.load_adapter(base, record.peft_config, tensors, adapter_base=record.base_fingerprint, manifest=record.manifest)
+    model = adapters.load_adapter(
+        base, record.peft_config, tensors, adapter_base=record.base_fingerprint, manifest=record.manifest
+    )
     with torch.no_grad():
         return model(input_ids=tokens).logits
 
@@ -104,7 +108,9 @@ def test_replay_gives_byte_identical_weights_and_a_changed_recipe_exits_1(tiny_l
 
 def test_classifier_heads_over_the_same_labels_are_merged_as_their_weighted_mean(tiny_bert, tmp_path, cli_json):
     registry = Registry()
-    refs = [push_lora(registry, tiny_bert, "cls", tmp_path, seed=s, model_task="seq-cls", labels=LABELS).ref for s in (1, 2)]
+    refs = [
+        push_lora(registry, tiny_bert, "cls", tmp_path, seed=s, model_task="seq-cls", labels=LABELS).ref for s in (1, 2)
+    ]
     out = cli_json("merge", "cls-merged", "--from", refs[0], "--from", refs[1], "--weights", "3,1", "--base", str(tiny_bert),
                    "--combination", "svd", "--json")  # fmt: skip
     assert out["recipe"]["heads"] == "weighted mean" and out["notes"]
@@ -119,7 +125,9 @@ def test_heads_over_different_labels_are_refused_naming_both(tiny_bert, tmp_path
     registry = Registry()
     a = push_lora(registry, tiny_bert, "sentiment", tmp_path, seed=1, model_task="seq-cls", labels=LABELS)
     b = push_lora(registry, tiny_bert, "topic", tmp_path, seed=2, model_task="seq-cls", labels=["cars", "films"])
-    with pytest.raises(OptionError, match=r"topic@1 classifies into \['cars', 'films'\] but sentiment@1 into \['neg', 'pos'\]"):
+    with pytest.raises(
+        OptionError, match=r"topic@1 classifies into \['cars', 'films'\] but sentiment@1 into \['neg', 'pos'\]"
+    ):
         merging.merge(registry, "both", [a.ref, b.ref], str(tiny_bert))
 
 
@@ -170,7 +178,9 @@ def test_export_merged_is_a_model_directory_from_pretrained_loads_alone_with_equ
 def test_export_merged_writes_the_asked_dtype(tiny_llama, tmp_path, cli):
     registry = Registry()
     record = push_lora(registry, tiny_llama, "lm", tmp_path, seed=1)
-    cli("registry", "export-merged", record.ref, str(tmp_path / "out"), "--base", str(tiny_llama), "--dtype", "bfloat16")
+    cli(
+        "registry", "export-merged", record.ref, str(tmp_path / "out"), "--base", str(tiny_llama), "--dtype", "bfloat16"
+    )
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto").eval()
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     with torch.no_grad():
@@ -178,7 +188,9 @@ def test_export_merged_writes_the_asked_dtype(tiny_llama, tmp_path, cli):
     torch.testing.assert_close(logits, logits_of(registry, record.ref, tiny_llama), rtol=0.05, atol=0.05)
 
 
-def test_export_merged_of_an_nf4_trained_adapter_merges_into_the_dequantized_weights_and_says_so(tiny_llama, tmp_path, cli):
+def test_export_merged_of_an_nf4_trained_adapter_merges_into_the_dequantized_weights_and_says_so(
+    tiny_llama, tmp_path, cli
+):
     registry = Registry()
     record = push_lora(registry, tiny_llama, "qlora", tmp_path, seed=1, quantize="nf4")
     out = cli("registry", "export-merged", record.ref, str(tmp_path / "out"), "--base", str(tiny_llama))
@@ -187,12 +199,16 @@ def test_export_merged_of_an_nf4_trained_adapter_merges_into_the_dequantized_wei
     assert getattr(model.config, "quantization_config", None) is None
     with torch.no_grad():
         logits = model(input_ids=TOKENS).logits
-    torch.testing.assert_close(logits, logits_of(registry, record.ref, tiny_llama, quantize="nf4"), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        logits, logits_of(registry, record.ref, tiny_llama, quantize="nf4"), rtol=1e-4, atol=1e-4
+    )
 
 
 def push_task(registry: Registry, base_path, sequence: str, task: str, position: int, labels, tmp_path):
     """A task adapter of a continual sequence as `continual train` records it (continual entry, sequence tag)."""
-    record = push_lora(registry, base_path, f"{sequence}-{task}", tmp_path, seed=position + 1, model_task="seq-cls", labels=labels)
+    record = push_lora(
+        registry, base_path, f"{sequence}-{task}", tmp_path, seed=position + 1, model_task="seq-cls", labels=labels
+    )
     router = {"prototypes": encode_tensor(torch.randn(1, 32)), "max_length": 16}
     entry = {"sequence": sequence, "task": task, "position": position, "router": router}
     registry.pull(record.ref, tmp_path / f"pulled-{task}")
@@ -202,11 +218,20 @@ def push_task(registry: Registry, base_path, sequence: str, task: str, position:
 
 def test_continual_merge_combines_a_sequences_task_adapters_in_task_order(tiny_bert, tmp_path, cli_json):
     registry = Registry()
-    refs = [push_task(registry, tiny_bert, "reviews", task, i, LABELS, tmp_path).ref for i, task in enumerate(("films", "books"))]
-    out = cli_json("continual", "merge", "reviews", "--base", str(tiny_bert), "--combination", "ties", "--density", "0.5", "--json")
+    refs = [
+        push_task(registry, tiny_bert, "reviews", task, i, LABELS, tmp_path).ref
+        for i, task in enumerate(("films", "books"))
+    ]
+    out = cli_json(
+        "continual", "merge", "reviews", "--base", str(tiny_bert), "--combination", "ties", "--density", "0.5", "--json"
+    )
     assert out["merged"] == "reviews-merged@1"
     assert [entry["ref"] for entry in out["recipe"]["inputs"]] == refs
-    assert (out["recipe"]["combination"], out["recipe"]["density"], out["recipe"]["weights"]) == ("ties", 0.5, [0.5, 0.5])
+    assert (out["recipe"]["combination"], out["recipe"]["density"], out["recipe"]["weights"]) == (
+        "ties",
+        0.5,
+        [0.5, 0.5],
+    )
 
 
 def test_continual_merge_refuses_tasks_with_different_labels_naming_them(tiny_bert, tmp_path, capsys):
@@ -217,7 +242,9 @@ def test_continual_merge_refuses_tasks_with_different_labels_naming_them(tiny_be
     assert "task films: neg, pos; task roads: fast, slow" in capsys.readouterr().err
 
 
-def test_continual_merge_per_task_keeps_each_tasks_own_head_and_forms_a_routable_sequence(tiny_bert, tmp_path, cli_json):
+def test_continual_merge_per_task_keeps_each_tasks_own_head_and_forms_a_routable_sequence(
+    tiny_bert, tmp_path, cli_json
+):
     registry = Registry()
     films = push_task(registry, tiny_bert, "mixed", "films", 0, LABELS, tmp_path)
     roads = push_task(registry, tiny_bert, "mixed", "roads", 1, ["fast", "slow", "jammed"], tmp_path)
@@ -236,10 +263,14 @@ def test_continual_merge_per_task_keeps_each_tasks_own_head_and_forms_a_routable
     assert lora and all(torch.equal(merged[0][1][key], merged[1][1][key]) for key in lora)  # one merged body for all
     router = Router.from_registry("mixed-merged", registry)
     assert [(t.name, t.ref, t.labels) for t in router.tasks] == [
-        ("films", "mixed-merged-films@1", tuple(LABELS)), ("roads", "mixed-merged-roads@1", ("fast", "slow", "jammed"))]
+        ("films", "mixed-merged-films@1", tuple(LABELS)),
+        ("roads", "mixed-merged-roads@1", ("fast", "slow", "jammed")),
+    ]
     replayed, record = merging.replay(registry, "mixed-merged-roads@1", str(tiny_bert))
     assert replayed.sha256 == record.blob_sha256
-    logits = logits_of(registry, "mixed-merged-roads@1", tiny_bert, model_task="seq-cls", labels=["fast", "slow", "jammed"])
+    logits = logits_of(
+        registry, "mixed-merged-roads@1", tiny_bert, model_task="seq-cls", labels=["fast", "slow", "jammed"]
+    )
     assert logits.shape[-1] == 3
 
 
@@ -249,10 +280,14 @@ def test_minilm_ties_merge_exports_a_model_with_the_logits_of_base_and_merged_ad
 
     minilm, labels = minilm_dir(), ["negative", "neutral", "positive"]
     registry = Registry()
-    refs = [push_lora(registry, minilm, "tweets", tmp_path, seed=s, model_task="seq-cls", labels=labels).ref for s in (1, 2)]
+    refs = [
+        push_lora(registry, minilm, "tweets", tmp_path, seed=s, model_task="seq-cls", labels=labels).ref for s in (1, 2)
+    ]
     merged = merging.merge(registry, "tweets-ties", refs, str(minilm), combination="ties", density=0.5).record
     cli("registry", "export-merged", merged.ref, str(tmp_path / "out"), "--base", str(minilm))
-    tokens = AutoTokenizer.from_pretrained(tmp_path / "out")("my flight got cancelled again", return_tensors="pt").input_ids
+    tokens = AutoTokenizer.from_pretrained(tmp_path / "out")(
+        "my flight got cancelled again", return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         logits = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()(input_ids=tokens).logits
     expected = logits_of(registry, merged.ref, minilm, model_task="seq-cls", labels=labels, tokens=tokens)

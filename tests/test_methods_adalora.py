@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapterhub_registry import Registry
 
 from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.errors import OptionError
 from adapterhub.train import TrainSettings
 from adapterhub.workflow import DataSpec, TrainJob, evaluate_adapter, train_adapter
+from adapterhub_registry import Registry
 
 
 def test_ranks_are_reallocated_in_training_and_rebuilt_exactly_from_the_registry(tiny_bert, sentiment_csv, tmp_path):
@@ -47,12 +47,18 @@ def test_schedule_options_are_checked_against_the_run_length(tiny_llama):
     with pytest.raises(OptionError, match="needs option 'total_step'"):
         adapters.attach(base, "adalora", adapters.make_options("adalora"))
     with pytest.raises(OptionError, match="'warmup_fraction' and 'final_fraction' leave no steps"):
-        adapters.attach(base, "adalora", adapters.make_options("adalora", {"total_step": 10, "warmup_fraction": 0.6, "final_fraction": 0.5}))
+        adapters.attach(
+            base,
+            "adalora",
+            adapters.make_options("adalora", {"total_step": 10, "warmup_fraction": 0.6, "final_fraction": 0.5}),
+        )
 
 
 def test_reallocation_hook_masks_ranks_once_the_budget_is_final(tiny_llama):
     base = load_base(tiny_llama)
-    options = adapters.make_options("adalora", {"total_step": 4, "warmup_fraction": 0, "final_fraction": 0.5, "init_r": 4, "target_r": 1})
+    options = adapters.make_options(
+        "adalora", {"total_step": 4, "warmup_fraction": 0, "final_fraction": 0.5, "init_r": 4, "target_r": 1}
+    )
     model = adapters.attach(base, "adalora", options)
     spec_hook = __import__("adapterhub").plugins.catalog().method("adalora").on_train_step
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from adapterhub_registry import Registry
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.errors import OptionError
+from adapterhub_registry import Registry
 
 TOKENS = torch.tensor([[7, 8, 9, 10, 11, 12]])
 
@@ -51,7 +51,9 @@ def trained(base, **options):
     ],
 )
 def test_houlsby_follows_attention_and_ffn_pfeiffer_only_ffn(arch, variant, expected, tiny_bert, tiny_llama):
-    model = adapters.attach(bases(tiny_bert, tiny_llama)[arch](), "bottleneck", adapters.make_options("bottleneck", {"variant": variant}))
+    model = adapters.attach(
+        bases(tiny_bert, tiny_llama)[arch](), "bottleneck", adapters.make_options("bottleneck", {"variant": variant})
+    )
     assert adapted_modules(model) == sorted(name.format(i=i) for i in range(2) for name in expected)
 
 
@@ -64,7 +66,9 @@ def test_fresh_adapter_is_the_identity(tiny_llama):
 
 
 def test_reduction_factor_sets_the_bottleneck_width(tiny_llama):
-    model = adapters.attach(load_base(tiny_llama), "bottleneck", adapters.make_options("bottleneck", {"reduction_factor": "8"}))
+    model = adapters.attach(
+        load_base(tiny_llama), "bottleneck", adapters.make_options("bottleneck", {"reduction_factor": "8"})
+    )
     layer = model.get_base_model().model.layers[0].mlp.down_proj
     assert layer.bottleneck_down["default"].weight.shape == (64 // 8, 64)  # hidden 64 -> 8 -> 64
     assert layer.bottleneck_up["default"].weight.shape == (64, 64 // 8)

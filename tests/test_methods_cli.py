@@ -11,11 +11,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from adapterhub_registry import Registry
 
 from adapterhub import plugins
 from adapterhub.cli import main
 from adapterhub.errors import UnknownNameError
+from adapterhub_registry import Registry
 
 METHODS = ("adalora", "bottleneck", "ia3", "prefix_tuning", "prompt_tuning")
 
@@ -52,7 +52,9 @@ def test_train_push_and_eval_from_the_registry_give_the_same_metrics(method, opt
     assert evaluated["metrics"]["roc_auc"] == pytest.approx(trained["metrics"]["roc_auc"], abs=1e-9)
 
 
-def test_prefix_tuning_trains_a_causal_lm_and_is_refused_for_classification(capsys, tiny_llama, tiny_bert, text_file, sentiment_csv):
+def test_prefix_tuning_trains_a_causal_lm_and_is_refused_for_classification(
+    capsys, tiny_llama, tiny_bert, text_file, sentiment_csv
+):
     trained = run_json(capsys, "train", "--base", str(tiny_llama), "--model-task", "causal-lm", "--method", "prefix_tuning",
                        "-o", "num_virtual_tokens=4", "--data", str(text_file), "--block-size", "16", "--epochs", "1",
                        "--lr", "1e-2", "--push", "prefix", "--json", "--no-progress")  # fmt: skip

@@ -29,28 +29,51 @@ TRAINED_TOLERANCE = 1e-5
 CASES = {
     "lora": (
         {"r": 4, "dropout": 0, "target_modules": "q_proj,v_proj"},
-        lambda p: peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        lambda p: peft.LoraConfig(
+            task_type="CAUSAL_LM", r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]
+        ),
     ),
     "ia3": ({}, lambda p: peft.IA3Config(task_type="CAUSAL_LM")),
     "adalora": (
         {"total_step": STEPS, "dropout": 0},
         lambda p: peft.AdaLoraConfig(
-            task_type="CAUSAL_LM", init_r=12, target_r=4, lora_alpha=16, lora_dropout=0.0, total_step=STEPS,
-            tinit=2, tfinal=4, deltaT=1, beta1=0.85, beta2=0.85, orth_reg_weight=0.5,
+            task_type="CAUSAL_LM",
+            init_r=12,
+            target_r=4,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            total_step=STEPS,
+            tinit=2,
+            tfinal=4,
+            deltaT=1,
+            beta1=0.85,
+            beta2=0.85,
+            orth_reg_weight=0.5,
         ),  # fmt: skip
     ),
-    "prompt_tuning": ({"num_virtual_tokens": 5}, lambda p: peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)),
+    "prompt_tuning": (
+        {"num_virtual_tokens": 5},
+        lambda p: peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
+    ),
     "prompt_tuning_text_init": (
         {"num_virtual_tokens": 5, "init": "text", "init_text": "great movie"},
         lambda p: peft.PromptTuningConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=5, prompt_tuning_init="TEXT",
-            prompt_tuning_init_text="great movie", tokenizer_name_or_path=str(p),
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=5,
+            prompt_tuning_init="TEXT",
+            prompt_tuning_init_text="great movie",
+            tokenizer_name_or_path=str(p),
         ),  # fmt: skip
     ),
-    "prefix_tuning": ({"num_virtual_tokens": 5}, lambda p: peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)),
+    "prefix_tuning": (
+        {"num_virtual_tokens": 5},
+        lambda p: peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
+    ),
     "prefix_tuning_projection": (
         {"num_virtual_tokens": 5, "projection": True, "projection_hidden_size": 32},
-        lambda p: peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=32),
+        lambda p: peft.PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=32
+        ),
     ),
 }
 

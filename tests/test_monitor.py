@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from adapterhub_registry import Registry
 from safetensors.torch import load_file
 from tiny_models import make_tiny_bert, poison_embeddings
 
@@ -24,6 +23,7 @@ from adapterhub.monitor import EarlyStopping, MonitorSettings
 from adapterhub.prepare import labels_of, prepare
 from adapterhub.train import TrainSettings, train
 from adapterhub.workflow import DataSpec
+from adapterhub_registry import Registry
 
 
 def _poisoned_bert(directory: Path, words: list[str] | None) -> Path:
@@ -36,7 +36,9 @@ def _train_args(base: Path, data: Path, *extra: str) -> list[str]:
             "--epochs", "1", "--batch-size", "16", "--no-progress", "--json", *extra]  # fmt: skip
 
 
-def test_nan_loss_stops_training_with_a_clear_message_and_pushes_nothing(tmp_path, sentiment_csv, capsys, adapterhub_home):
+def test_nan_loss_stops_training_with_a_clear_message_and_pushes_nothing(
+    tmp_path, sentiment_csv, capsys, adapterhub_home
+):
     base = _poisoned_bert(tmp_path / "nan-bert", None)
     status = main(_train_args(base, sentiment_csv, "--push", "never"))
     err = capsys.readouterr().err
@@ -48,7 +50,9 @@ def test_nan_loss_stops_training_with_a_clear_message_and_pushes_nothing(tmp_pat
 
 def test_nan_alert_set_to_warn_skips_the_bad_steps_and_keeps_training(tmp_path, sentiment_csv, cli_json, capsys):
     base = _poisoned_bert(tmp_path / "half-nan-bert", ["boring"])  # NaN only in batches holding this word
-    outcome = cli_json(*_train_args(base, sentiment_csv, "--alert", "nan=warn", "--batch-size", "4", "--output", str(tmp_path / "out")))
+    outcome = cli_json(
+        *_train_args(base, sentiment_csv, "--alert", "nan=warn", "--batch-size", "4", "--output", str(tmp_path / "out"))
+    )
     assert len(outcome["alerts"]) == 1 and outcome["alerts"][0].startswith("alert nan at step")  # reported once
     assert outcome["skipped_steps"] > 1
     assert 0 < outcome["steps"] < 43  # 43 batches: the skipped ones made no optimizer step
@@ -73,7 +77,9 @@ def logged_run(tiny_bert, sentiment_csv, tmp_path_factory) -> tuple[dict, Path, 
     args = _train_args(tiny_bert, sentiment_csv, "--alert", "grad_norm=1e-12", "--log-file", str(log), "--tensorboard", str(board),
                        "--eval-every", "5")  # fmt: skip
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
-        patch.setenv("ADAPTERHUB_HOME", str(directory / "home"))  # monkeypatch and capsys are per test; this is per module
+        patch.setenv(
+            "ADAPTERHUB_HOME", str(directory / "home")
+        )  # monkeypatch and capsys are per test; this is per module
         assert main(args) == 0
     return json.loads(out.getvalue()), log, board
 
@@ -129,11 +135,20 @@ def test_step_log_goes_to_jsonl_and_tensorboard(logged_run):
     accumulator = EventAccumulator(str(board))
     accumulator.Reload()
     scalars = accumulator.Tags()["scalars"]
-    assert {"train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_s", "train/memory_mb", "eval/accuracy"} <= set(scalars)
+    assert {
+        "train/loss",
+        "train/learning_rate",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "train/memory_mb",
+        "eval/accuracy",
+    } <= set(scalars)
     assert [e.step for e in accumulator.Scalars("train/loss")] == list(range(1, outcome["steps"] + 1))
 
 
-def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tiny_bert, sentiment_csv, cli_json, adapterhub_home):
+def test_early_stopping_ends_the_run_when_the_metric_stops_improving(
+    tiny_bert, sentiment_csv, cli_json, adapterhub_home
+):
     outcome = cli_json(*_train_args(tiny_bert, sentiment_csv, "--lr", "0", "--eval-every", "2", "--early-stopping", "accuracy",
                                     "--patience", "2", "--push", "patient"))  # fmt: skip
     assert outcome["stopped_early"] is True

@@ -12,14 +12,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from adapterhub_registry import Registry
 from fastapi.testclient import TestClient
+from live_server import LiveServer
 
 from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool, GenerationSettings, generate
 from adapterhub.server import ServerSettings, create_app
-from live_server import LiveServer
+from adapterhub_registry import Registry
 
 KEY = "sk-test-key"
 CHAT_TEMPLATE = "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}<s> assistant{% endif %}"
@@ -51,7 +51,9 @@ def served(tiny_llama, tmp_path_factory):
     pool = AdapterPool(base, slots=2, max_rank=4, registry=registry)
     references = {(p, a): generate(pool, [p], [a], GenerationSettings(max_new_tokens=6, min_new_tokens=6))[0].text
                   for p in ("the movie was", "i love this film") for a in ("a@1", "b@1", None)}  # fmt: skip
-    settings = ServerSettings(max_input_tokens=64, max_new_tokens=100, model_name="tiny", api_key=KEY, allow_lora_dir=root)
+    settings = ServerSettings(
+        max_input_tokens=64, max_new_tokens=100, model_name="tiny", api_key=KEY, allow_lora_dir=root
+    )
     server = LiveServer(create_app(pool, settings))
     yield server, references, peft_dir
     server.stop()
@@ -72,10 +74,14 @@ def test_models_list_the_base_and_every_adapter_of_the_registry(client):
 def test_completion_and_stream_equal_the_request_served_alone(client, served):
     _, references, _ = served
     for adapter, model in (("a@1", "a"), (None, "tiny"), ("b@1", "b@1")):
-        done = client.completions.create(model=model, prompt="the movie was", max_tokens=6, temperature=0, extra_body={"min_tokens": 6})
+        done = client.completions.create(
+            model=model, prompt="the movie was", max_tokens=6, temperature=0, extra_body={"min_tokens": 6}
+        )
         assert done.choices[0].text == references[("the movie was", adapter)]
         assert done.choices[0].finish_reason == "length" and done.usage.completion_tokens == 6
-        assert done.usage.prompt_tokens == len(served[0].app.state.adapterhub.pool.base.tokenizer("the movie was")["input_ids"])
+        assert done.usage.prompt_tokens == len(
+            served[0].app.state.adapterhub.pool.base.tokenizer("the movie was")["input_ids"]
+        )
         stream = client.completions.create(model=model, prompt="i love this film", max_tokens=6, temperature=0, stream=True,
                                            stream_options={"include_usage": True}, extra_body={"min_tokens": 6})  # fmt: skip
         chunks = list(stream)
@@ -127,8 +133,17 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(served, client):
 
     state.engine.step = slowed_step
     try:
-        body = {"model": "b", "prompt": "the movie was", "max_tokens": 90, "temperature": 0, "ignore_eos": True, "stream": True}
-        with httpx.stream("POST", server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as answer:
+        body = {
+            "model": "b",
+            "prompt": "the movie was",
+            "max_tokens": 90,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST", server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+        ) as answer:
             lines = answer.iter_lines()
             assert next(lines).startswith("data: ")
             assert state.engine.active == 1
@@ -148,19 +163,31 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(served, client):
 def test_load_and_unload_lora_adapter_like_vllm(served, client):
     server, _, peft_dir = served
     auth = {"Authorization": f"Bearer {KEY}"}
-    loaded = httpx.post(server.url + "/v1/load_lora_adapter", json={"lora_name": "mine", "lora_path": "a@1"}, headers=auth)
+    loaded = httpx.post(
+        server.url + "/v1/load_lora_adapter", json={"lora_name": "mine", "lora_path": "a@1"}, headers=auth
+    )
     assert loaded.status_code == 200, loaded.text
-    mine = client.completions.create(model="mine", prompt="the movie was", max_tokens=6, temperature=0, extra_body={"min_tokens": 6})
+    mine = client.completions.create(
+        model="mine", prompt="the movie was", max_tokens=6, temperature=0, extra_body={"min_tokens": 6}
+    )
     assert mine.choices[0].text == served[1][("the movie was", "a@1")]
-    imported = httpx.post(server.url + "/v1/load_lora_adapter", json={"lora_name": "fromdir", "lora_path": str(peft_dir)}, headers=auth)
+    imported = httpx.post(
+        server.url + "/v1/load_lora_adapter", json={"lora_name": "fromdir", "lora_path": str(peft_dir)}, headers=auth
+    )
     assert imported.status_code == 200, imported.text
     assert {m.id for m in client.models.list().data} >= {"mine", "fromdir"}
-    outside = httpx.post(server.url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/etc"}, headers=auth)
+    outside = httpx.post(
+        server.url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/etc"}, headers=auth
+    )
     assert outside.status_code == 403 and outside.json()["error"]["param"] == "lora_path"
-    assert httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "mine"}, headers=auth).status_code == 200
+    assert (
+        httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "mine"}, headers=auth).status_code == 200
+    )
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="mine", prompt="the movie", max_tokens=2)
-    assert httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "mine"}, headers=auth).status_code == 404
+    assert (
+        httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "mine"}, headers=auth).status_code == 404
+    )
 
 
 def test_per_adapter_metrics_are_bounded_to_the_busiest(served, client):
@@ -172,7 +199,11 @@ def test_per_adapter_metrics_are_bounded_to_the_busiest(served, client):
         text = httpx.get(served[0].url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     finally:
         state.adapter_metrics.top = 20
-    shown = {line.split('adapter="')[1].split('"')[0] for line in text.splitlines() if line.startswith("adapterhub_adapter_requests_total")}
+    shown = {
+        line.split('adapter="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("adapterhub_adapter_requests_total")
+    }
     assert len(shown) == 3 and "other" in shown
     assert 'adapterhub_time_to_first_token_seconds_count{adapter="a"}' in text
     assert "adapterhub_inter_token_latency_seconds_bucket" in text and "adapterhub_queue_depth" in text
@@ -190,7 +221,10 @@ def test_static_batching_answers_whole_and_chat_needs_a_template(tiny_llama, tmp
     with TestClient(create_app(pool, settings)) as client:
         from concurrent.futures import ThreadPoolExecutor
 
-        bodies = [{"model": "a", "prompt": "the movie was", "max_tokens": n, "temperature": 0, "ignore_eos": True} for n in (3, 7)]
+        bodies = [
+            {"model": "a", "prompt": "the movie was", "max_tokens": n, "temperature": 0, "ignore_eos": True}
+            for n in (3, 7)
+        ]
         with ThreadPoolExecutor(2) as threads:
             answers = list(threads.map(lambda b: client.post("/v1/completions", json=b), bodies))
         assert [a.json()["choices"][0]["text"] for a in answers] == [reference[3], reference[7]]
@@ -210,9 +244,13 @@ def test_a_tag_moved_in_the_registry_is_picked_up_by_the_next_request(served, cl
     first, _ = push_adapter(base, registry, "t", tmp_path, 1)  # the same weights as "a"
     second, _ = push_adapter(base, registry, "t", tmp_path / "v2", 5)
     registry.tag(first.ref, "prod")
-    before = client.completions.create(model="t:prod", prompt="the movie was", max_tokens=6, temperature=0, extra_body={"min_tokens": 6})
+    before = client.completions.create(
+        model="t:prod", prompt="the movie was", max_tokens=6, temperature=0, extra_body={"min_tokens": 6}
+    )
     registry.tag(second.ref, "prod")
-    after = client.completions.create(model="t:prod", prompt="the movie was", max_tokens=6, temperature=0, extra_body={"min_tokens": 6})
+    after = client.completions.create(
+        model="t:prod", prompt="the movie was", max_tokens=6, temperature=0, extra_body={"min_tokens": 6}
+    )
     assert before.choices[0].text == references[("the movie was", "a@1")] != after.choices[0].text
 
 
@@ -240,9 +278,8 @@ def test_serve_refuses_a_reachable_address_without_a_key(host, tiny_llama, capsy
 
 
 def test_a_server_with_a_remote_serves_what_a_training_machine_pushed_there(tiny_llama, tmp_path):
-    from adapterhub_registry.remote_config import RemoteConfigs
-
     from adapterhub.server.remote_refs import RemoteRefs
+    from adapterhub_registry.remote_config import RemoteConfigs
 
     base = load_base(tiny_llama)
     trainer, serving = Registry(tmp_path / "trainer"), Registry(tmp_path / "server")
@@ -257,7 +294,10 @@ def test_a_server_with_a_remote_serves_what_a_training_machine_pushed_there(tiny
         first = client.post("/v1/completions", json=body)
         assert first.status_code == 200, first.text
         fetched = serving.resolve("fresh")
-        assert fetched.manifest["remote"]["ref"] == "fresh@1" and fetched.blob_sha256 == trainer.resolve("fresh@1").blob_sha256
+        assert (
+            fetched.manifest["remote"]["ref"] == "fresh@1"
+            and fetched.blob_sha256 == trainer.resolve("fresh@1").blob_sha256
+        )
         push_adapter(base, trainer, "fresh", tmp_path / "v2", 5)
         trainer.remote("shared").push("fresh@2", tags=["prod"])  # the tag moves on the remote
         second = client.post("/v1/completions", json=body)

@@ -8,14 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from adapterhub_registry import Registry
-from shipped_assets import smollm2_gguf
 from live_server import LiveServer
+from shipped_assets import smollm2_gguf
 from test_openai_server import push_adapter
 
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool, GenerationSettings, generate
 from adapterhub.server import ServerSettings, create_app
+from adapterhub_registry import Registry
 
 pytestmark = pytest.mark.slow
 TOKENS = 12

@@ -67,7 +67,9 @@ def test_plugin_is_discovered_through_its_entry_point(site_dir):
 
 
 def test_plugin_failing_at_import_is_reported_and_others_still_work(site_dir, capsys):
-    install_fake_distribution(site_dir, "fakeplugin-broken", "fakeplugin_broken", "raise RuntimeError('boom at import')")
+    install_fake_distribution(
+        site_dir, "fakeplugin-broken", "fakeplugin_broken", "raise RuntimeError('boom at import')"
+    )
     catalog = plugins.reload()
     broken = {p.name: p for p in catalog.plugins}["fakeplugin_broken"]
     assert "RuntimeError: boom at import" in broken.error

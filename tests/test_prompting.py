@@ -61,10 +61,14 @@ def test_shots_are_balanced_by_class_and_fixed_by_the_seed(sentiment_csv):
 
 def test_chat_template_wraps_the_prompt_unless_turned_off(llama_base):
     tokenizer = llama_base.tokenizer
-    tokenizer.chat_template = "{% for m in messages %}<s> {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}<s> {% endif %}"
+    tokenizer.chat_template = (
+        "{% for m in messages %}<s> {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}<s> {% endif %}"
+    )
     try:
         chat = PromptScorer(tokenizer, PromptSpec("{text} it is", {"neg": "bad", "pos": "good"}), ["neg", "pos"])
-        raw = PromptScorer(tokenizer, PromptSpec("{text} it is", {"neg": "bad", "pos": "good"}, chat_template=False), ["neg", "pos"])
+        raw = PromptScorer(
+            tokenizer, PromptSpec("{text} it is", {"neg": "bad", "pos": "good"}, chat_template=False), ["neg", "pos"]
+        )
         assert chat.context_ids("a good film") == tokenizer("<s> a good film it is </s> <s>").input_ids
         assert raw.context_ids("a good film") == tokenizer("a good film it is").input_ids
     finally:
@@ -78,7 +82,9 @@ def test_zero_shot_command_reports_eval_metrics_and_matches_the_python_api(cli_j
     assert {"accuracy", "f1_macro", "roc_auc", "majority_baseline"} <= set(report)
     assert report["shots"] == 2 and report["label_words"] == {"neg": "bad", "pos": "good"}
     spec = DataSpec(str(sentiment_csv), label_column="sentiment")
-    again = evaluate_prompting(str(tiny_llama), spec, PromptSpec("{text} ({labels}) it is", {"pos": "good", "neg": "bad"}, shots=2))
+    again = evaluate_prompting(
+        str(tiny_llama), spec, PromptSpec("{text} ({labels}) it is", {"pos": "good", "neg": "bad"}, shots=2)
+    )
     assert again["roc_auc"] == pytest.approx(report["roc_auc"]) and again["test_examples"] == report["test_examples"]
 
 
@@ -86,14 +92,19 @@ def test_zero_shot_command_reports_eval_metrics_and_matches_the_python_api(cli_j
     "flags, message",
     [
         (["--template", "Review:"], "has no {text} placeholder"),
-        (["--template", "{text}", "--verbalizer", "pos=good,neutral=meh"], "label 'neutral', which the data does not have"),
+        (
+            ["--template", "{text}", "--verbalizer", "pos=good,neutral=meh"],
+            "label 'neutral', which the data does not have",
+        ),
         (["--template", "{text}", "--verbalizer", "pos= "], "tokenizes to nothing"),
     ],
 )
 def test_zero_shot_refuses_bad_prompts_in_one_line(flags, message, tiny_llama, sentiment_csv, capsys):
     from adapterhub.cli import main
 
-    status = main(["zero-shot", "--base", str(tiny_llama), "--data", str(sentiment_csv), "--label-column", "sentiment", *flags])
+    status = main(
+        ["zero-shot", "--base", str(tiny_llama), "--data", str(sentiment_csv), "--label-column", "sentiment", *flags]
+    )
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert status == 1 and len(errors) == 1 and message in errors[0]
 
@@ -105,11 +116,11 @@ def test_more_shots_than_training_examples_is_refused(sentiment_csv):
 
 
 def test_adapter_from_another_base_is_refused_as_eval_refuses_it(cli_json, tiny_llama, sentiment_csv, tmp_path, capsys):
-    from adapterhub_registry import Registry
     from tiny_models import make_tiny_llama
 
     from adapterhub import adapters
     from adapterhub.cli import main
+    from adapterhub_registry import Registry
 
     base = load_base(tiny_llama, model_task="causal-lm")  # a fresh LoRA (untrained) pushed as a causal-LM adapter
     options = adapters.make_options("lora", {"r": 4})
@@ -138,8 +149,15 @@ def test_smollm2_classifies_tweets_zero_shot_and_with_shots_in_context():
         rendered = tokenizer.decode(scorer.context_ids(test.texts[0]))
         assert scorer.use_chat and rendered.endswith("assistant\n")
         for word, answer in zip(scorer.words, scorer.continuations):
-            assert tokenizer(rendered + word, add_special_tokens=False).input_ids == scorer.context_ids(test.texts[0]) + answer
+            assert (
+                tokenizer(rendered + word, add_special_tokens=False).input_ids
+                == scorer.context_ids(test.texts[0]) + answer
+            )
     zero = evaluate_prompting(base, spec, PromptSpec(template))
     two = evaluate_prompting(base, spec, PromptSpec(template, shots=2))
     for report in (zero, two):
-        assert report["test_examples"] == len(test.texts) > 5 and 0 <= report["f1_macro"] <= 1 and 0 <= report["accuracy"] <= 1
+        assert (
+            report["test_examples"] == len(test.texts) > 5
+            and 0 <= report["f1_macro"] <= 1
+            and 0 <= report["accuracy"] <= 1
+        )

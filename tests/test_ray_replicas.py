@@ -19,7 +19,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 ray = pytest.importorskip("ray")
-from adapterhub_registry import Registry  # noqa: E402
 from ray import serve  # noqa: E402
 from test_openai_server import push_adapter  # noqa: E402
 
@@ -28,6 +27,7 @@ from adapterhub.runtime import AdapterPool, GenerationSettings, generate  # noqa
 from adapterhub.server import ServerSettings  # noqa: E402
 from adapterhub.server.ray_serve import APP_NAME, ReplicaSpec, application  # noqa: E402
 from adapterhub.server.ray_serve.board import board  # noqa: E402
+from adapterhub_registry import Registry  # noqa: E402
 
 ADAPTERS = [f"style{i}" for i in range(6)]
 PROMPTS = ("the movie was", "i love this film", "they drive fast cars")
@@ -87,7 +87,9 @@ def client(fleet):
 
 
 def _complete(client, adapter: str, prompt: str) -> str:
-    done = client.completions.create(model=adapter, prompt=prompt, max_tokens=TOKENS, temperature=0, extra_body={"min_tokens": TOKENS})
+    done = client.completions.create(
+        model=adapter, prompt=prompt, max_tokens=TOKENS, temperature=0, extra_body={"min_tokens": TOKENS}
+    )
     return done.choices[0].text
 
 
@@ -129,12 +131,16 @@ def _routed(url: str) -> dict[str, float]:
 
 def test_the_ingress_checks_the_key_and_the_model_and_refuses_per_server_loads(fleet, client):
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=fleet[0] + "/v1", api_key="sk-wrong", max_retries=0).completions.create(model="style0", prompt="the")
+        openai.OpenAI(base_url=fleet[0] + "/v1", api_key="sk-wrong", max_retries=0).completions.create(
+            model="style0", prompt="the"
+        )
     assert httpx.get(fleet[0] + "/metrics").status_code == 401
     with pytest.raises(openai.NotFoundError) as missing:
         client.completions.create(model="nope", prompt="the movie", max_tokens=2)
     assert missing.value.body["code"] == "model_not_found"
-    loading = httpx.post(fleet[0] + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "style0"}, headers=AUTH)
+    loading = httpx.post(
+        fleet[0] + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "style0"}, headers=AUTH
+    )
     assert loading.status_code == 501 and "registry ref" in loading.json()["error"]["message"]
     assert {"tiny", *ADAPTERS} <= {m.id for m in client.models.list().data}  # forwarded to a replica
 
@@ -144,7 +150,9 @@ def test_metrics_cover_every_replica_with_its_label(fleet):
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(fleet[0] + "/metrics", headers=AUTH).text)}
     served = {}  # replica -> adapter requests it served
     for sample in families["adapterhub_adapter_requests"].samples:
-        served[sample.labels["replica"]] = served.get(sample.labels["replica"], 0) + sample.value * sample.name.endswith("_total")
+        served[sample.labels["replica"]] = served.get(
+            sample.labels["replica"], 0
+        ) + sample.value * sample.name.endswith("_total")
     resident = {s.labels["replica"]: s.value for s in families["adapterhub_adapters_resident"].samples}
     assert set(served) == set(resident) == {r.replica for r in reports}
     assert all(count > 0 for count in served.values()) and sum(resident.values()) == len(ADAPTERS)
@@ -187,11 +195,18 @@ def test_merged_metrics_keep_each_family_once_and_label_every_sample_with_its_re
     texts = {}
     for replica, count in (("r1", 3), ("r2", 5)):
         registry = CollectorRegistry()
-        Counter("adapterhub_requests", "Requests.", ["endpoint"], registry=registry).labels("/v1/completions").inc(count)
+        Counter("adapterhub_requests", "Requests.", ["endpoint"], registry=registry).labels("/v1/completions").inc(
+            count
+        )
         texts[replica] = generate_latest(registry).decode()
     merged = merged_exposition(texts).decode()
     assert merged.count("# TYPE adapterhub_requests_total counter") == 1
-    samples = {(s.labels["replica"], s.value) for f in text_string_to_metric_families(merged) for s in f.samples if s.name.endswith("_total")}
+    samples = {
+        (s.labels["replica"], s.value)
+        for f in text_string_to_metric_families(merged)
+        for s in f.samples
+        if s.name.endswith("_total")
+    }
     assert samples == {("r1", 3.0), ("r2", 5.0)}
 
 

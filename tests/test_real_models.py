@@ -8,7 +8,6 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from adapterhub_registry import Registry
 from shipped_assets import minilm_dir, smollm2_gguf, tweets_csv
 from transformers import AutoModelForSequenceClassification
 
@@ -19,6 +18,7 @@ from adapterhub.data import load_text_blocks, split_blocks
 from adapterhub.evaluation import evaluate_batches
 from adapterhub.train import TrainSettings
 from adapterhub.workflow import DataSpec, TrainJob, evaluate_adapter, train_adapter
+from adapterhub_registry import Registry
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,9 @@ def test_lora_on_minilm_beats_the_majority_baseline_and_exports_to_peft(minilm, 
     record, tensors = Registry().load("tweets-lora")
     ours = adapters.load_adapter(load_base(minilm, model_task="seq-cls", labels=record.manifest["labels"]),
                                  record.peft_config, tensors, adapter_base=record.base_fingerprint)  # fmt: skip
-    batch = load_base(minilm, model_task="seq-cls", labels=["a", "b", "c"]).tokenizer(["self-driving cars are great"], return_tensors="pt")
+    batch = load_base(minilm, model_task="seq-cls", labels=["a", "b", "c"]).tokenizer(
+        ["self-driving cars are great"], return_tensors="pt"
+    )
     batch.pop("token_type_ids")
     with torch.no_grad():
         assert torch.equal(ours(**batch).logits, exported(**batch).logits)
@@ -75,7 +77,9 @@ def test_qlora_on_smollm2_gguf_trains_pushes_and_reloads(smollm2, tweets, tmp_pa
     outcome = train_adapter(job)
     base = load_base(smollm2, model_task="causal-lm", quantize="nf4")
     _, test_blocks = split_blocks(load_text_blocks(corpus, base.tokenizer, 64), 0.1, seed=0)
-    base_loss = evaluate_batches(base.model, block_batches(test_blocks, base.tokenizer.pad_token_id, 8), "causal-lm")["loss"]
+    base_loss = evaluate_batches(base.model, block_batches(test_blocks, base.tokenizer.pad_token_id, 8), "causal-lm")[
+        "loss"
+    ]
     assert outcome.result.metrics["loss"] < base_loss  # the adapter learned the tweets' style
     record = Registry().resolve("smol-qlora")
     assert record.manifest["base"]["quantization"] == "nf4" and record.manifest["base"]["model_type"] == "llama"

@@ -40,7 +40,11 @@ def test_two_homes_share_an_adapter_through_the_s3_remote(two_homes, tmp_path):
         "name": "origin", "url": server.remote("origin").config.url, "ref": "sst2@1", "version": 1,
         "sha256": local.blob_sha256, "fetched_at": 0,
     }  # fmt: skip
-    assert (fetched.blob_sha256, fetched.base_fingerprint, fetched.metrics) == (local.blob_sha256, "fp-tiny", {"accuracy": 0.8})
+    assert (fetched.blob_sha256, fetched.base_fingerprint, fetched.metrics) == (
+        local.blob_sha256,
+        "fp-tiny",
+        {"accuracy": 0.8},
+    )
     assert fetched.manifest["description"] == "Sentiment on SST-2"
     _, tensors = server.load(fetched.ref)
     _, expected = trainer.load(local.ref)
@@ -76,7 +80,9 @@ def test_fetch_refuses_a_corrupted_blob_and_stores_nothing(two_homes, tmp_path):
     data = bytearray(remote.store.read(layout.blob_key(local.blob_sha256)))
     data[-1] ^= 0xFF  # one flipped bit in the last tensor: same size, other bytes
     remote.store.put(layout.blob_key(local.blob_sha256), bytes(data))
-    with pytest.raises(CorruptBlobError, match=r"hashes to [0-9a-f]{64}, not " + local.blob_sha256 + r".*refused.*push"):
+    with pytest.raises(
+        CorruptBlobError, match=r"hashes to [0-9a-f]{64}, not " + local.blob_sha256 + r".*refused.*push"
+    ):
         server.remote("origin").fetch("sst2")
     assert server.list() == []
 
@@ -123,8 +129,10 @@ def test_a_push_killed_mid_upload_leaves_no_entry(tmp_path):
     directory = tmp_path / "big"
     directory.mkdir()
     generator = torch.Generator().manual_seed(0)
-    save_file({"base_model.model.q_proj.lora_A.weight": torch.randn(8, 1024 * 1024, generator=generator)},
-              directory / "adapter_model.safetensors")  # 32 MiB: its write lasts long enough to be caught in
+    save_file(
+        {"base_model.model.q_proj.lora_A.weight": torch.randn(8, 1024 * 1024, generator=generator)},
+        directory / "adapter_model.safetensors",
+    )  # 32 MiB: its write lasts long enough to be caught in
     (directory / "adapter_config.json").write_text(json.dumps(LORA_CONFIG))
     local = trainer.push("big", directory, method="lora")
     for attempt in range(3):
@@ -238,7 +246,8 @@ def test_an_entry_whose_blob_is_not_a_sha256_is_refused_before_any_read(tmp_path
     body = json.loads((shared / "index" / "sst2" / "0000000001.json").read_text())
     (shared / "index" / "evil").mkdir()
     (shared / "index" / "evil" / "0000000001.json").write_text(
-        json.dumps({**body, "name": "evil", "blob_sha256": "../../../../etc/passwd"}))
+        json.dumps({**body, "name": "evil", "blob_sha256": "../../../../etc/passwd"})
+    )
     with pytest.raises(RegistryError, match=r"remote entry index/evil/0000000001.json is not a valid entry .*damaged"):
         remote.fetch("evil")
     assert remote.resolve("sst2") == good

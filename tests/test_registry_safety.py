@@ -53,17 +53,37 @@ def _safetensors(header: dict, data: bytes, declared_length: int | None = None) 
 
 
 MALFORMED = {
-    "shape disagrees with offsets": (_safetensors({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}, bytes(12)), "needs 16"),
-    "unknown dtype": (_safetensors({"w": {"dtype": "F13", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)), "unknown dtype"),
-    "header length beyond file": (_safetensors({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4), 10**6), "beyond the file"),
+    "shape disagrees with offsets": (
+        _safetensors({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}, bytes(12)),
+        "needs 16",
+    ),
+    "unknown dtype": (
+        _safetensors({"w": {"dtype": "F13", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)),
+        "unknown dtype",
+    ),
+    "header length beyond file": (
+        _safetensors({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4), 10**6),
+        "beyond the file",
+    ),
     "header not json": (struct.pack("<Q", 5) + b"{nope" + bytes(4), "not valid UTF-8 JSON"),
     "overlapping tensors": (
-        _safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)),
+        _safetensors(
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            bytes(12),
+        ),
         "overlaps",
     ),
-    "offsets beyond the file": (_safetensors({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8)), "only has 8"),
-    "trailing garbage": (_safetensors({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(8)), "trailing garbage"),
+    "offsets beyond the file": (
+        _safetensors({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8)),
+        "only has 8",
+    ),
+    "trailing garbage": (
+        _safetensors({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(8)),
+        "trailing garbage",
+    ),
     "too short": (b"\x01\x00", "too short"),
 }
 

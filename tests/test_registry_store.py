@@ -63,8 +63,12 @@ def test_pull_writes_peft_files_and_sidecar(registry, adapter, tmp_path, ref):
     sidecar = json.loads((dest / "adapterhub.json").read_text())
     assert sidecar["task"] == "seq-cls"
     assert {k: sidecar[k] for k in ("name", "version", "method", "base_fingerprint", "metrics", "tags")} == {
-        "name": "sst2", "version": 1, "method": "lora", "base_fingerprint": "fp",
-        "metrics": {"accuracy": 0.7}, "tags": ["best"],
+        "name": "sst2",
+        "version": 1,
+        "method": "lora",
+        "base_fingerprint": "fp",
+        "metrics": {"accuracy": 0.7},
+        "tags": ["best"],
     }
     assert record.ref == "sst2@1"
 
@@ -104,7 +108,11 @@ def test_list_returns_latest_of_each_name_sorted_and_filters(registry, tmp_path)
 
 def test_search_matches_name_method_tag_and_description_case_insensitively(registry, tmp_path):
     registry.push("sst2-sentiment", write_adapter(tmp_path / "a", seed=1), method="lora")
-    registry.push("mnli", write_adapter(tmp_path / "b", seed=2, manifest={"description": "Natural Language Inference"}), method="ia3")
+    registry.push(
+        "mnli",
+        write_adapter(tmp_path / "b", seed=2, manifest={"description": "Natural Language Inference"}),
+        method="ia3",
+    )
     registry.push("qa", write_adapter(tmp_path / "c", seed=3), method="lora", tags=["Production"])
     assert [r.name for r in registry.search("SENTI")] == ["sst2-sentiment"]
     assert [r.name for r in registry.search("IA3")] == ["mnli"]
@@ -220,15 +228,25 @@ def test_ten_thousand_entries_list_and_search_correctly(registry, adapter):
     # A config the size of a real peft LoraConfig (~1 KB), so the timing reflects real rows.
     config = json.dumps({**template.peft_config, **{f"option_{k}": [k, None, "value"] for k in range(40)}})
     rows = [
-        (f"adapter-{i:05d}", 1 + i % 2, "lora" if i % 3 else "ia3", f"fp-{i % 7}", config,
-         json.dumps({"description": f"task number {i}"}), json.dumps({"accuracy": i / 10_000}),
-         template.blob_sha256, template.size_bytes, time.time())
+        (
+            f"adapter-{i:05d}",
+            1 + i % 2,
+            "lora" if i % 3 else "ia3",
+            f"fp-{i % 7}",
+            config,
+            json.dumps({"description": f"task number {i}"}),
+            json.dumps({"accuracy": i / 10_000}),
+            template.blob_sha256,
+            template.size_bytes,
+            time.time(),
+        )
         for i in range(10_000)
     ]
     with registry._index.write() as writer:
         writer._conn.executemany(
             "INSERT INTO adapters (name, version, method, base_fingerprint, peft_config, manifest, metrics,"
-            " blob_sha256, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            " blob_sha256, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
         writer.set_tag("adapter-00042", "best", 1)
 

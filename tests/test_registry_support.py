@@ -46,4 +46,6 @@ def registry(tmp_path: Path) -> Registry:
 
 @pytest.fixture
 def adapter(tmp_path: Path) -> Path:
-    return write_adapter(tmp_path / "adapter", seed=0, manifest={"task": "seq-cls", "description": "Sentiment on SST-2"})
+    return write_adapter(
+        tmp_path / "adapter", seed=0, manifest={"task": "seq-cls", "description": "Sentiment on SST-2"}
+    )

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from test_registry_support import adapter, registry, write_adapter  # noqa: F401  (fixtures)
+from tiny_models import make_tiny_llama
 
 from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.cli import main
 from adapterhub_registry import CorruptBlobError, Registry
-from tiny_models import make_tiny_llama
 
 
 def _blob(registry: Registry, ref: str) -> Path:
@@ -78,7 +78,9 @@ def pushed_causal(tiny_llama, tmp_path):
     """A LoRA adapter for tiny_llama in the (per-test) default registry, as `adapterhub train --push` leaves it."""
     base = load_base(tiny_llama)
     options = adapters.make_options("lora")
-    adapters.save_adapter(adapters.attach(base, "lora", options), tmp_path / "saved", adapters.build_manifest(base, "lora", options))
+    adapters.save_adapter(
+        adapters.attach(base, "lora", options), tmp_path / "saved", adapters.build_manifest(base, "lora", options)
+    )
     return Registry().push("tiny", tmp_path / "saved", method="lora", base_fingerprint=base.fingerprint_id)
 
 
@@ -99,7 +101,9 @@ def test_cli_eval_refuses_another_base_naming_both_unless_forced(pushed_causal, 
     assert other_fingerprint != pushed_causal.base_fingerprint
     assert main(["eval", "tiny", "--base", str(other), "--data", str(text_file)]) == 1
     err = capsys.readouterr().err
-    assert f"trained on base {pushed_causal.base_fingerprint}" in err and f"the loaded base is {other_fingerprint}" in err
+    assert (
+        f"trained on base {pushed_causal.base_fingerprint}" in err and f"the loaded base is {other_fingerprint}" in err
+    )
     assert "--force" in err
     assert main(["eval", "tiny", "--base", str(other), "--data", str(text_file), "--force", "--json"]) == 0
     assert "loss" in json.loads(capsys.readouterr().out)["metrics"]

@@ -55,7 +55,10 @@ def small_disk(tmp_path):
 
 def test_push_onto_a_full_disk_fails_clearly_and_changes_nothing(small_disk, tmp_path):
     disk = small_disk("256k")
-    small, big = make_adapters(tmp_path / "adapters", 8)[0], make_adapters(tmp_path / "adapters", 8)[7]  # 4 KiB, 272 KiB
+    small, big = (
+        make_adapters(tmp_path / "adapters", 8)[0],
+        make_adapters(tmp_path / "adapters", 8)[7],
+    )  # 4 KiB, 272 KiB
     with Registry(disk / "registry") as registry:
         registry.push("a", small, method="lora", tags=["best"])
         before = _state(registry)
@@ -103,7 +106,9 @@ def test_index_full_gives_a_clear_error_and_removes_the_new_blob(registry, adapt
     (pages,) = conn.execute("PRAGMA page_count").fetchone()
     conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite answers SQLITE_FULL, as on a full disk
     with pytest.raises(RegistryError, match="disk is full"):
-        registry.push("a", write_adapter(tmp_path / "v2", seed=7), method="lora", manifest={"description": "y" * 50_000})
+        registry.push(
+            "a", write_adapter(tmp_path / "v2", seed=7), method="lora", manifest={"description": "y" * 50_000}
+        )
     assert _state(registry) == before
     conn.execute("PRAGMA max_page_count = 1073741823")
     assert registry.push("a", write_adapter(tmp_path / "v2", seed=7), method="lora").version == 2

@@ -31,14 +31,27 @@ from adapterhub_registry.names import parse_ref, validate_name
 REPO = Path(__file__).resolve().parent.parent
 # (module, function) pairs that deserialize arbitrary Python objects.
 UNPICKLERS = {
-    ("torch", "load"), ("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("dill", "load"),
-    ("dill", "loads"), ("joblib", "load"), ("cloudpickle", "load"), ("cloudpickle", "loads"), ("marshal", "loads"),
-    ("shelve", "open"), ("torch.serialization", "load"),
+    ("torch", "load"),
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("dill", "load"),
+    ("dill", "loads"),
+    ("joblib", "load"),
+    ("cloudpickle", "load"),
+    ("cloudpickle", "loads"),
+    ("marshal", "loads"),
+    ("shelve", "open"),
+    ("torch.serialization", "load"),
 }
 
 
 def _package_sources() -> list[Path]:
-    roots = [Path(adapterhub.__file__).parent, Path(adapterhub_registry.__file__).parent, *sorted((REPO / "plugins").glob("*"))]
+    roots = [
+        Path(adapterhub.__file__).parent,
+        Path(adapterhub_registry.__file__).parent,
+        *sorted((REPO / "plugins").glob("*")),
+    ]
     return sorted(p for root in roots for p in root.rglob("*.py") if "tests" not in p.parts)
 
 
@@ -51,7 +64,11 @@ def _unpickling_calls(path: Path) -> list[str]:
             if (owner, node.attr) in UNPICKLERS:
                 found.append(f"{path}:{node.lineno} {owner}.{node.attr}")
         elif isinstance(node, ast.ImportFrom) and node.module:
-            found += [f"{path}:{node.lineno} from {node.module} import {a.name}" for a in node.names if (node.module, a.name) in UNPICKLERS]
+            found += [
+                f"{path}:{node.lineno} from {node.module} import {a.name}"
+                for a in node.names
+                if (node.module, a.name) in UNPICKLERS
+            ]
         elif isinstance(node, ast.keyword) and node.arg == "allow_pickle":
             found.append(f"{path}:{node.lineno} allow_pickle=")
     return found
@@ -67,7 +84,9 @@ def test_the_source_scan_does_find_unpickling_calls(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("import torch, pickle\nfrom pickle import loads\ntorch.load('x')\npickle.Unpickler(f)\n")
     assert [c.split(" ", 1)[1] for c in _unpickling_calls(sample)] == [
-        "from pickle import loads", "torch.load", "pickle.Unpickler",
+        "from pickle import loads",
+        "torch.load",
+        "pickle.Unpickler",
     ]
 
 
@@ -81,8 +100,12 @@ class _Bomb:
         return (Path.touch, (self.marker,))
 
 
-@pytest.mark.parametrize("file_name", ["adapter_model.bin", "adapter_model.pt", "weights.pth", "adapter.pkl", "model.ckpt"])
-def test_pickle_weights_are_refused_by_push_import_and_load_without_being_opened(tmp_path, tiny_llama, file_name, capsys):
+@pytest.mark.parametrize(
+    "file_name", ["adapter_model.bin", "adapter_model.pt", "weights.pth", "adapter.pkl", "model.ckpt"]
+)
+def test_pickle_weights_are_refused_by_push_import_and_load_without_being_opened(
+    tmp_path, tiny_llama, file_name, capsys
+):
     directory = tmp_path / "pickled"
     directory.mkdir()
     (directory / "adapter_config.json").write_text(json.dumps(LORA_CONFIG))
@@ -103,7 +126,10 @@ def test_a_pickle_beside_the_safetensors_file_is_ignored_not_stored(registry, ad
     (adapter / "adapter_model.bin").write_bytes(pickle.dumps(_Bomb(marker)))
     record = registry.push("a", adapter, method="lora")
     registry.export_peft("a", tmp_path / "export")
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     assert record.size_bytes == (adapter / "adapter_model.safetensors").stat().st_size
     assert not marker.exists()
 
@@ -119,17 +145,49 @@ def _raw_header(text: bytes, data: bytes) -> bytes:
 
 # Cases beyond test_registry_safety.MALFORMED: each breaks one more rule of the format.
 MORE_MALFORMED = {
-    "negative dimension": (_safetensors({"w": {"dtype": "F32", "shape": [-1, 2], "data_offsets": [0, 8]}}, bytes(8)), "invalid shape"),
-    "float dimension": (_safetensors({"w": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, bytes(8)), "invalid shape"),
-    "bool dimension": (_safetensors({"w": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, bytes(4)), "invalid shape"),
-    "lower-case dtype": (_safetensors({"w": {"dtype": "f32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4)), "unknown dtype"),
-    "dtype wider than the data": (_safetensors({"w": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)), "needs 16"),
+    "negative dimension": (
+        _safetensors({"w": {"dtype": "F32", "shape": [-1, 2], "data_offsets": [0, 8]}}, bytes(8)),
+        "invalid shape",
+    ),
+    "float dimension": (
+        _safetensors({"w": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, bytes(8)),
+        "invalid shape",
+    ),
+    "bool dimension": (
+        _safetensors({"w": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, bytes(4)),
+        "invalid shape",
+    ),
+    "lower-case dtype": (
+        _safetensors({"w": {"dtype": "f32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4)),
+        "unknown dtype",
+    ),
+    "dtype wider than the data": (
+        _safetensors({"w": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)),
+        "needs 16",
+    ),
     "reversed offsets": (_safetensors({"w": {"dtype": "U8", "shape": [0], "data_offsets": [4, 0]}}, bytes(4)), "span"),
-    "gap before a tensor": (_safetensors({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8)), "unused bytes"),
-    "huge shape, tiny data": (_safetensors({"w": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 4]}}, bytes(4)), "needs"),
-    "duplicate tensor names": (_raw_header(b'{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', bytes(1)), "duplicate"),
+    "gap before a tensor": (
+        _safetensors({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8)),
+        "unused bytes",
+    ),
+    "huge shape, tiny data": (
+        _safetensors({"w": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 4]}}, bytes(4)),
+        "needs",
+    ),
+    "duplicate tensor names": (
+        _raw_header(
+            b'{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}',
+            bytes(1),
+        ),
+        "duplicate",
+    ),
     "header is a list": (_raw_header(b"[1, 2]", b""), "must be a JSON object"),
-    "metadata not strings": (_safetensors({"__metadata__": {"step": 3}, "w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, bytes(1)), "__metadata__"),
+    "metadata not strings": (
+        _safetensors(
+            {"__metadata__": {"step": 3}, "w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, bytes(1)
+        ),
+        "__metadata__",
+    ),
     "entry not an object": (_safetensors({"w": "F32"}, b""), "must be an object"),
     "header length over 100 MB": (struct.pack("<Q", 200_000_000) + bytes(16), "beyond the file size"),
 }
@@ -155,7 +213,21 @@ def test_tensors_of_the_wrong_shape_for_the_base_are_refused_with_the_tensor_nam
         adapters.load_adapter(load_base(tiny_llama), config, tensors, label="wrong-shape")
 
 
-HOSTILE = ["../escape", "a/b", "a\\b", "/etc/passwd", "C:\\x", "x\x00y", "a\n", ".", ".hidden", "..", "ｆｕｌｌ", "٣", "x" * 129]
+HOSTILE = [
+    "../escape",
+    "a/b",
+    "a\\b",
+    "/etc/passwd",
+    "C:\\x",
+    "x\x00y",
+    "a\n",
+    ".",
+    ".hidden",
+    "..",
+    "ｆｕｌｌ",
+    "٣",
+    "x" * 129,
+]
 
 
 @pytest.mark.parametrize("bad", HOSTILE)
@@ -184,7 +256,12 @@ def test_every_entry_point_refuses_hostile_names(registry, adapter, tmp_path, ba
 def test_hostile_names_are_refused_by_the_cli(registry, adapter, capsys):
     registry.push("ok", adapter, method="lora")
     root = str(registry.root)
-    for args in (["show", "../ok"], ["tag", "ok@1", "../../x"], ["delete", "/etc", "--yes"], ["pull", "ok/../ok", "out"]):
+    for args in (
+        ["show", "../ok"],
+        ["tag", "ok@1", "../../x"],
+        ["delete", "/etc", "--yes"],
+        ["pull", "ok/../ok", "out"],
+    ):
         assert main(["registry", "--root", root, *args]) == 1
         assert "invalid adapter" in capsys.readouterr().err
 
@@ -195,7 +272,9 @@ def _outside_state(directory: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("operation", ["export_peft", "pull"])
 @pytest.mark.parametrize("file_name", ["adapter_config.json", "adapter_model.safetensors", "adapterhub.json"])
-def test_export_and_pull_replace_planted_symlinks_instead_of_writing_through_them(registry, adapter, tmp_path, operation, file_name):
+def test_export_and_pull_replace_planted_symlinks_instead_of_writing_through_them(
+    registry, adapter, tmp_path, operation, file_name
+):
     registry.push("a", adapter, method="lora")
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -211,7 +290,9 @@ def test_export_and_pull_replace_planted_symlinks_instead_of_writing_through_the
         registry.pull("a", dest)
     assert _outside_state(outside) == before and not (outside / "would-be-created").exists()
     written = {p.name for p in dest.iterdir() if not p.is_symlink()}
-    assert written == {"adapter_config.json", "adapter_model.safetensors"} | ({"adapterhub.json"} if operation == "pull" else set())
+    assert written == {"adapter_config.json", "adapter_model.safetensors"} | (
+        {"adapterhub.json"} if operation == "pull" else set()
+    )
 
 
 def test_export_refuses_planted_symlinks_without_overwrite(registry, adapter, tmp_path):

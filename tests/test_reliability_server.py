@@ -13,13 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from adapterhub_registry import Registry
+from live_server import LiveServer
 from test_runtime import push_random_adapter
 
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool
 from adapterhub.server import ServerSettings, create_app
-from live_server import LiveServer
+from adapterhub_registry import Registry
 
 CLIENTS = 12
 REQUESTS = 72
@@ -35,7 +35,9 @@ def live_server(tiny_llama, tmp_path):
     blob = Registry().root / "blobs" / "sha256" / broken.blob_sha256
     blob.write_bytes(blob.read_bytes()[:-4])
     pool = AdapterPool(base, slots=2, max_rank=4)
-    settings = ServerSettings(max_batch_size=8, max_wait_ms=20, max_input_tokens=16, max_new_tokens=8, max_body_bytes=64 << 10)
+    settings = ServerSettings(
+        max_batch_size=8, max_wait_ms=20, max_input_tokens=16, max_new_tokens=8, max_body_bytes=64 << 10
+    )
     server = LiveServer(create_app(pool, settings))
     yield server.url
     server.stop()
@@ -43,15 +45,33 @@ def live_server(tiny_llama, tmp_path):
 
 # (what is sent, the statuses it may get)
 KINDS = {
-    "generate": (lambda r: {"json": {"prompt": "the movie was", "adapter": r.choice(["a", "b", None]), "max_new_tokens": 3}}, {200}),
-    "malformed json": (lambda r: {"content": b'{"prompt": "the', "headers": {"content-type": "application/json"}}, {422}),
-    "not utf-8": (lambda r: {"content": b'{"prompt": "\xff\xfe"}', "headers": {"content-type": "application/json"}}, {400, 422}),
-    "deeply nested": (lambda r: {"content": b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": {"content-type": "application/json"}}, {400, 422}),
+    "generate": (
+        lambda r: {"json": {"prompt": "the movie was", "adapter": r.choice(["a", "b", None]), "max_new_tokens": 3}},
+        {200},
+    ),
+    "malformed json": (
+        lambda r: {"content": b'{"prompt": "the', "headers": {"content-type": "application/json"}},
+        {422},
+    ),
+    "not utf-8": (
+        lambda r: {"content": b'{"prompt": "\xff\xfe"}', "headers": {"content-type": "application/json"}},
+        {400, 422},
+    ),
+    "deeply nested": (
+        lambda r: {
+            "content": b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            "headers": {"content-type": "application/json"},
+        },
+        {400, 422},
+    ),
     "unknown adapter": (lambda r: {"json": {"prompt": "the movie", "adapter": "nope"}}, {404}),
     "hostile adapter name": (lambda r: {"json": {"prompt": "the movie", "adapter": "../../etc/passwd"}}, {400}),
     "damaged adapter": (lambda r: {"json": {"prompt": "the movie", "adapter": "broken"}}, {500}),
     "too many tokens": (lambda r: {"json": {"prompt": " ".join(["the"] * 50)}}, {413}),
-    "body over the limit": (lambda r: {"content": b"x" * (128 << 10), "headers": {"content-type": "application/json"}}, {413}),
+    "body over the limit": (
+        lambda r: {"content": b"x" * (128 << 10), "headers": {"content-type": "application/json"}},
+        {413},
+    ),
 }
 
 
@@ -74,7 +94,9 @@ def test_many_concurrent_clients_get_an_answer_each_and_bad_input_never_breaks_t
     assert unexpected == [], unexpected
     with httpx.Client(base_url=live_server, timeout=60) as client:
         assert client.get("/health").json()["status"] == "ok"
-        assert client.post("/generate", json={"prompt": "still", "adapter": "a", "max_new_tokens": 2}).status_code == 200
+        assert (
+            client.post("/generate", json={"prompt": "still", "adapter": "a", "max_new_tokens": 2}).status_code == 200
+        )
         served = sum(float(line.split()[-1]) for line in client.get("/metrics").text.splitlines()
                      if line.startswith('adapterhub_requests_total{endpoint="/generate"'))  # fmt: skip
     assert served == REQUESTS + 1  # every request was seen and answered, none lost

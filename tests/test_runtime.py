@@ -6,17 +6,20 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from adapterhub_registry import Registry
+from tiny_models import make_tiny_llama
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.errors import IncompatibleBaseError
 from adapterhub.runtime import AdapterPool, GenerationSettings, classify, generate
-from tiny_models import make_tiny_llama
+from adapterhub_registry import Registry
 
 TOKENS = torch.tensor([[7, 8, 9, 10, 11, 12], [12, 11, 10, 9, 8, 7], [7, 7, 8, 8, 9, 9], [20, 21, 22, 23, 24, 25]])
-LLAMA_ADAPTERS = {"plain": {"r": 4}, "rs": {"r": 8, "alpha": 4, "rslora": True, "target_modules": "q_proj,v_proj,down_proj"}}
+LLAMA_ADAPTERS = {
+    "plain": {"r": 4},
+    "rs": {"r": 8, "alpha": 4, "rslora": True, "target_modules": "q_proj,v_proj,down_proj"},
+}
 
 
 def push_random_adapter(base, name, options, directory, seed=0):
@@ -142,7 +145,9 @@ def test_generation_gives_each_row_its_own_adapter(llama_pool, tiny_llama, tmp_p
             out = reference.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         assert result.text == tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     sampled = generate(llama_pool, prompts, rows, GenerationSettings(max_new_tokens=4, do_sample=True, seed=1, top_k=5))
-    assert sampled == generate(llama_pool, prompts, rows, GenerationSettings(max_new_tokens=4, do_sample=True, seed=1, top_k=5))
+    assert sampled == generate(
+        llama_pool, prompts, rows, GenerationSettings(max_new_tokens=4, do_sample=True, seed=1, top_k=5)
+    )
 
 
 def test_classification_heads_are_per_adapter_and_equal_peft(tiny_bert, tmp_path):
@@ -155,7 +160,9 @@ def test_classification_heads_are_per_adapter_and_equal_peft(tiny_bert, tmp_path
     texts = ["great movie", "bad awful film", "i hate this", "so fun"]
     rows = ["sent-a", "sent-b", "sent-b", "sent-a"]
     ours = classify(pool, texts, rows)
-    reference = peft_reference(AutoModelForSequenceClassification, tiny_bert, tmp_path, ["sent-a", "sent-b"], num_labels=3)
+    reference = peft_reference(
+        AutoModelForSequenceClassification, tiny_bert, tmp_path, ["sent-a", "sent-b"], num_labels=3
+    )
     for text, adapter, result in zip(texts, rows, ours):
         logits = alone(reference, adapter, **base.tokenizer(text, return_tensors="pt"))
         expected = logits.softmax(-1)[0].tolist()
@@ -178,7 +185,9 @@ def test_slots_wrap_a_quantized_base_and_equal_peft_on_it(tiny_llama, tmp_path):
 
 
 @pytest.mark.parametrize("slots, host_capacity", [(2, 1), (3, 0)])
-def test_more_adapters_than_slots_and_host_cache_cycle_through_and_equal_peft(tiny_llama, tmp_path, slots, host_capacity):
+def test_more_adapters_than_slots_and_host_cache_cycle_through_and_equal_peft(
+    tiny_llama, tmp_path, slots, host_capacity
+):
     base = load_base(tiny_llama)
     names = [f"cycle{i}" for i in range(5)]
     for seed, name in enumerate(names):

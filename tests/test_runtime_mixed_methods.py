@@ -7,12 +7,12 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from adapterhub_registry import Registry
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool, classify
+from adapterhub_registry import Registry
 
 TOKENS = torch.tensor([[7, 8, 9, 10, 11, 12], [12, 11, 10, 9, 8, 7], [7, 7, 8, 8, 9, 9], [20, 21, 22, 23, 24, 25],
                        [9, 10, 9, 10, 9, 10], [30, 31, 32, 33, 34, 35]])  # fmt: skip

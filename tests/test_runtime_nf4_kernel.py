@@ -17,7 +17,9 @@ from adapterhub.base import load_base  # noqa: E402
 from adapterhub.quantized_forward import Nf4KernelLinear  # noqa: E402
 from adapterhub.runtime import AdapterPool  # noqa: E402
 
-pytestmark = pytest.mark.skipif(kernel_device() != "cpu", reason="interpreter test; the GPU run uses the compiled kernel")
+pytestmark = pytest.mark.skipif(
+    kernel_device() != "cpu", reason="interpreter test; the GPU run uses the compiled kernel"
+)
 INPUT = TOKENS[:2, :4]
 
 

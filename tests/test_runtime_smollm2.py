@@ -25,7 +25,9 @@ def test_smollm2_mixed_batch_equals_peft_per_row_and_generates(tmp_path):
     rows = ["smol-a", "smol-b", None]
     with pool.activate(rows), torch.inference_mode():
         mixed = base.model(**tokens).logits
-    generated = generate(pool, ["The capital of France is", "Hello"], ["smol-b", "smol-a"], GenerationSettings(max_new_tokens=8))
+    generated = generate(
+        pool, ["The capital of France is", "Hello"], ["smol-b", "smol-a"], GenerationSettings(max_new_tokens=8)
+    )
     assert all(g.tokens > 0 and g.text for g in generated)
     pool.close()
 

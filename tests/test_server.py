@@ -14,16 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from adapterhub_registry import Registry
 from fastapi.testclient import TestClient
+from test_runtime import push_random_adapter
+from tiny_models import make_tiny_llama
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from adapterhub.base import load_base
 from adapterhub.cli import main
 from adapterhub.runtime import AdapterPool, GenerationSettings, classify, generate
 from adapterhub.server import AlertThresholds, ServerSettings, create_app
-from test_runtime import push_random_adapter
-from tiny_models import make_tiny_llama
+from adapterhub_registry import Registry
 
 SENTIMENT = ["neg", "neu", "pos"]
 
@@ -59,7 +59,11 @@ def test_concurrent_requests_for_different_adapters_share_a_batch_and_match_runn
 def test_adapters_are_listed_loaded_and_unloaded(llama_server):
     client, _ = llama_server
     loaded = client.post("/adapters/load", json={"ref": "a"})
-    assert loaded.status_code == 200 and loaded.json() == {"adapter": "a@1", "kind": "slotted", "not_slottable_because": None}
+    assert loaded.status_code == 200 and loaded.json() == {
+        "adapter": "a@1",
+        "kind": "slotted",
+        "not_slottable_because": None,
+    }
     listed = client.get("/adapters").json()
     assert [(a["adapter"], a["tier"]) for a in listed["adapters"]] == [("a@1", "device")]
     assert client.post("/adapters/unload", json={"ref": "a@1"}).json() == {"unloaded": "a@1"}
@@ -129,7 +133,9 @@ def concurrently(client, path: str, bodies: list[dict]) -> list:
 
 def batches_run(client) -> float:
     metrics = client.get("/metrics").text
-    return float(next(line for line in metrics.splitlines() if line.startswith("adapterhub_batch_size_count")).split()[-1])
+    return float(
+        next(line for line in metrics.splitlines() if line.startswith("adapterhub_batch_size_count")).split()[-1]
+    )
 
 
 @pytest.fixture
@@ -138,7 +144,9 @@ def bert_server(tiny_bert, tmp_path):
     base = load_base(tiny_bert, model_task="seq-cls", labels=SENTIMENT)
     push_random_adapter(base, "sent-a", {"r": 2}, tmp_path, seed=1)
     push_random_adapter(base, "sent-b", {"r": 2, "target_modules": "query,value"}, tmp_path, seed=2)
-    push_random_adapter(load_base(tiny_bert, model_task="seq-cls", labels=list("12345")), "stars", {"r": 2}, tmp_path, seed=3)
+    push_random_adapter(
+        load_base(tiny_bert, model_task="seq-cls", labels=list("12345")), "stars", {"r": 2}, tmp_path, seed=3
+    )
     pool = AdapterPool(load_base(tiny_bert, model_task="seq-cls", labels=SENTIMENT), slots=2, max_rank=2)
     with TestClient(create_app(pool, ServerSettings(max_batch_size=8, max_wait_ms=300))) as client:
         yield client, pool
@@ -162,12 +170,16 @@ def test_an_adapter_with_another_number_of_labels_gets_409_and_its_batch_mates_t
 def narrow_llama(directory, tiny_llama):
     """A llama like tiny_llama at half the width: its adapters' LoRA factors do not fit tiny_llama's layers."""
     config = LlamaConfig.from_pretrained(tiny_llama).to_dict()
-    LlamaForCausalLM(LlamaConfig(**{**config, "hidden_size": 32, "intermediate_size": 64, "head_dim": 8})).save_pretrained(directory)
+    LlamaForCausalLM(
+        LlamaConfig(**{**config, "hidden_size": 32, "intermediate_size": 64, "head_dim": 8})
+    ).save_pretrained(directory)
     AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(directory)
     return directory
 
 
-def test_a_request_that_fails_inside_its_batch_fails_alone_and_the_others_get_their_answers(llama_server, tiny_llama, tmp_path):
+def test_a_request_that_fails_inside_its_batch_fails_alone_and_the_others_get_their_answers(
+    llama_server, tiny_llama, tmp_path
+):
     client, pool = llama_server
     push_random_adapter(load_base(narrow_llama(tmp_path / "narrow", tiny_llama)), "narrow", {"r": 2}, tmp_path)
     (tmp_path / "narrow" / "adapterhub.json").unlink()  # a plain PEFT adapter: no base recorded to refuse it by
@@ -188,7 +200,9 @@ def test_a_damaged_blob_is_a_server_fault_naming_the_entry_and_verify(llama_serv
     broken = push_random_adapter(load_base(tiny_llama), "broken", {"r": 2}, tmp_path, seed=3)
     blob = Registry().root / "blobs" / "sha256" / broken.blob_sha256
     blob.write_bytes(blob.read_bytes()[:-4])
-    answers = concurrently(client, "/generate", [{"prompt": "the movie", "adapter": "broken"}, {"prompt": "the movie", "adapter": "a"}])
+    answers = concurrently(
+        client, "/generate", [{"prompt": "the movie", "adapter": "broken"}, {"prompt": "the movie", "adapter": "a"}]
+    )
     assert [a.status_code for a in answers] == [500, 200]
     loaded = client.post("/adapters/load", json={"ref": "broken"})
     for detail in (answers[0].json()["detail"], loaded.json()["detail"]):
@@ -227,7 +241,9 @@ def test_serve_console_script_refuses_a_bad_flag_in_one_line_without_traceback(t
     server = run_serve(subprocess.PIPE, "--base", str(tiny_llama), "--slots", "0")
     output = server.communicate(timeout=120)[0].decode()
     assert server.returncode == 1 and "Traceback" not in output
-    assert output.strip().splitlines() == ["error: Invalid value for '--slots': 0 is not in the range x>=1. See `adapterhub serve --help`."]
+    assert output.strip().splitlines() == [
+        "error: Invalid value for '--slots': 0 is not in the range x>=1. See `adapterhub serve --help`."
+    ]
 
 
 def test_serve_with_more_adapters_than_slots_and_host_cache_answers_each_as_alone(tiny_llama, tmp_path):

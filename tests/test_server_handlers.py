@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from test_runtime import push_random_adapter
 
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool, GenerationSettings, generate
@@ -16,7 +17,6 @@ from adapterhub.server import ServerSettings, create_app, handlers
 from adapterhub.server.http_errors import HTTPError
 from adapterhub.server.schemas import AdapterRequest, ClassifyRequest, GenerateRequest
 from adapterhub.server.state import AppState
-from test_runtime import push_random_adapter
 
 
 @pytest.fixture
@@ -84,7 +84,9 @@ def test_generate_handler_answers_through_the_batcher_as_running_alone(state):
     async def served() -> dict:
         state.batcher.start()
         try:
-            return await handlers.generate(GenerateRequest(prompt="the movie was", adapter="a", max_new_tokens=4), state)
+            return await handlers.generate(
+                GenerateRequest(prompt="the movie was", adapter="a", max_new_tokens=4), state
+            )
         finally:
             await state.batcher.stop()
 

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
+from test_runtime import push_random_adapter
 
 from adapterhub import adapters
 from adapterhub.base import load_base
@@ -20,7 +21,6 @@ from adapterhub.server import ServerSettings, create_app, handlers
 from adapterhub.server.http_errors import HTTPError
 from adapterhub.server.schemas import ClassifyRequest
 from adapterhub.server.state import AppState
-from test_runtime import push_random_adapter
 
 TEMPLATE = "{text} ({labels}) it is"
 LABELS = ["negative", "positive"]
@@ -42,7 +42,9 @@ def served(tiny_llama, tmp_path_factory):
         push_random_adapter(base, "lm", {"r": 4}, directory, seed=1)
         push_random_adapter(base, "wide", {"r": 8}, directory, seed=2)
         pool = AdapterPool(base, slots=2, max_rank=4)
-    models = {ref: adapters.load_registry_adapter(load_base(tiny_llama), *pool.registry.load(ref)) for ref in ("lm", "wide")}
+    models = {
+        ref: adapters.load_registry_adapter(load_base(tiny_llama), *pool.registry.load(ref)) for ref in ("lm", "wide")
+    }
     settings = ServerSettings(max_batch_size=8, max_wait_ms=100, max_input_tokens=LIMIT)
     with TestClient(create_app(pool, settings)) as client:
         yield client, {None: load_base(tiny_llama).model, **models}, pool.base.tokenizer
@@ -69,7 +71,9 @@ def assert_answers(answer: dict, expected: list[float], adapter: str | None) -> 
 
 
 def batches_run(client) -> float:
-    line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith("adapterhub_batch_size_count"))
+    line = next(
+        line for line in client.get("/metrics").text.splitlines() if line.startswith("adapterhub_batch_size_count")
+    )
     return float(line.split()[-1])
 
 
@@ -78,7 +82,9 @@ def test_requests_with_and_without_adapters_score_as_prompting_does_batched_toge
     calls = [(text, adapter) for text in TEXTS for adapter in models]
     before = batches_run(client)
     with ThreadPoolExecutor(len(calls)) as threads:
-        answers = list(threads.map(lambda call: client.post("/classify", json=request(call[0], adapter=call[1])), calls))
+        answers = list(
+            threads.map(lambda call: client.post("/classify", json=request(call[0], adapter=call[1])), calls)
+        )
     assert [a.status_code for a in answers] == [200] * len(calls), [a.text for a in answers]
     assert batches_run(client) - before < len(calls)  # requests that arrived together shared a batch
     tiers = {row["adapter"]: row["tier"] for row in client.get("/adapters").json()["adapters"]}
@@ -87,7 +93,10 @@ def test_requests_with_and_without_adapters_score_as_prompting_does_batched_toge
     for (text, adapter), answer in zip(calls, answers):
         assert_answers(answer.json(), expected[adapter][TEXTS.index(text)], adapter)
     for adapter in ("lm", "wide"):  # each adapter changes the scores
-        assert all(max(abs(p - a) for p, a in zip(plain, adapted)) > 1e-3 for plain, adapted in zip(expected[None], expected[adapter]))
+        assert all(
+            max(abs(p - a) for p, a in zip(plain, adapted)) > 1e-3
+            for plain, adapted in zip(expected[None], expected[adapter])
+        )
 
 
 def test_in_context_examples_come_first_and_change_the_scores(served):
@@ -110,11 +119,23 @@ def test_in_context_examples_come_first_and_change_the_scores(served):
         ({"labels": ["positive", "positive"]}, 400, "labels: 'positive' is listed twice"),
         ({"labels": [f"label{i}" for i in range(65)]}, 400, "labels: 65 labels; this server scores at most 64"),
         ({"verbalizer": {"neutral": "so"}}, 400, "verbalizer names label 'neutral', which is not in labels"),
-        ({"verbalizer": {"negative": " ", "positive": "good"}}, 400, "the verbalizer of label 'negative' (' ') tokenizes to nothing"),
-        ({"labels": ["bad", " "], "verbalizer": None}, 400, "label ' ' tokenizes to nothing; give it a word in the verbalizer"),
+        (
+            {"verbalizer": {"negative": " ", "positive": "good"}},
+            400,
+            "the verbalizer of label 'negative' (' ') tokenizes to nothing",
+        ),
+        (
+            {"labels": ["bad", " "], "verbalizer": None},
+            400,
+            "label ' ' tokenizes to nothing; give it a word in the verbalizer",
+        ),
         ({"verbalizer": {"negative": "bad", "positive": "bad"}}, 400, "tokenize to the same answer"),
         ({"examples": [{"text": "so fun", "label": "neutral"}]}, 400, "examples[0].label 'neutral' is not in labels"),
-        ({"examples": [{"text": "the movie was very very good", "label": "positive"}] * 6}, 413, "examples: the prompt with its 6 examples"),
+        (
+            {"examples": [{"text": "the movie was very very good", "label": "positive"}] * 6},
+            413,
+            "examples: the prompt with its 6 examples",
+        ),
     ],
 )
 def test_bad_prompt_fields_are_refused_in_one_line_naming_the_field(served, fields, status, message):
@@ -132,7 +153,10 @@ def test_a_seq_cls_server_refuses_a_template_saying_it_needs_a_causal_lm(tiny_be
         for body in (request("great movie"), {"text": "great movie", "examples": EXAMPLES}):
             with pytest.raises(HTTPError) as refused:
                 asyncio.run(handlers.classify(ClassifyRequest(**body), state))
-            assert refused.value.status == 400 and "need a causal-LM base; this server runs a seq-cls base" in refused.value.detail
+            assert (
+                refused.value.status == 400
+                and "need a causal-LM base; this server runs a seq-cls base" in refused.value.detail
+            )
         assert refused.value.detail.startswith("examples:")
     finally:
         state.batcher.worker.shutdown(wait=True)

@@ -34,7 +34,9 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_accumulated_micro_batches_train_the_adapter_one_big_batch_trains(tiny_llama, text_file, tmp_path, one_batch_of_nine):
+def test_accumulated_micro_batches_train_the_adapter_one_big_batch_trains(
+    tiny_llama, text_file, tmp_path, one_batch_of_nine
+):
     nine, nine_loss = one_batch_of_nine
     accumulated, accumulated_loss = _trained(tiny_llama, text_file, tmp_path, batch_size=3, grad_accum=3)
     # the same sums in another order: float32 rounding only (the last micro-batch of the epoch is short, too);

@@ -63,7 +63,10 @@ def test_a_run_killed_mid_step_and_resumed_ends_with_the_uninterrupted_runs_adap
 
     resumed = cli_json(*_command(tiny_bert, sentiment_csv, checkpoints, tmp_path / "resumed", "--resume"))
     assert resumed["steps"] == 12 and resumed["metrics"] == pytest.approx(whole["metrics"], abs=1e-6)
-    expected, got = load_file(tmp_path / "whole" / "adapter_model.safetensors"), load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    expected, got = (
+        load_file(tmp_path / "whole" / "adapter_model.safetensors"),
+        load_file(tmp_path / "resumed" / "adapter_model.safetensors"),
+    )
     assert expected.keys() == got.keys()
     assert max(float((expected[k] - got[k]).abs().max()) for k in expected) <= 1e-6
 
@@ -83,7 +86,9 @@ def test_checkpoints_are_atomic_pruned_to_the_newest_k_and_refused_for_another_b
     assert newest.step == 3 and newest.state() == {"position": 3} and float(newest.adapter()["w"][0]) == 3.0
     assert json.loads((newest.path / "run.json").read_text()) == _identity()
 
-    with pytest.raises(OptionError, match=r"base: 'bert-1234' in the checkpoint, 'llama-9' now.*another --checkpoint-dir"):
+    with pytest.raises(
+        OptionError, match=r"base: 'bert-1234' in the checkpoint, 'llama-9' now.*another --checkpoint-dir"
+    ):
         CheckpointStore(tmp_path, _identity(base="llama-9"), every=1).newest()
     store.clear()
     assert store.newest() is None and not list(tmp_path.glob(".tmp-*"))
@@ -100,7 +105,11 @@ def test_checkpoint_state_round_trips_without_pickle_and_refuses_unknown_classes
              "fired": [Alert(AlertRule("loss_spike", 4.0, "warn"), 7, "spike")]}  # fmt: skip
     save_state(state, tmp_path)
     back = load_state(tmp_path)
-    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], torch.ones(2, 2)) and back["python"] == (3, (1, 2, 3), None)
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], torch.ones(2, 2)) and back["python"] == (
+        3,
+        (1, 2, 3),
+        None,
+    )
     assert back["losses"].maxlen == 20 and back["active"] == {"nan"} and back["fired"] == state["fired"]
     crafted = json.loads((tmp_path / "state.json").read_text())
     crafted["__dict__"][0][1] = {"__class__": "Popen", "fields": {"args": "touch pwned"}}

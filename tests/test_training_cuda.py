@@ -18,7 +18,9 @@ def _train(cli_json, tiny_llama, text_file, output, *flags: str) -> dict:
                     "--epochs", "1", "--block-size", "16", "--output", str(output), "--json", "--no-progress", *flags)  # fmt: skip
 
 
-def test_auto_places_the_base_on_the_gpu_in_bfloat16_and_trains_float32_adapter_weights(cli_json, tiny_llama, text_file, tmp_path):
+def test_auto_places_the_base_on_the_gpu_in_bfloat16_and_trains_float32_adapter_weights(
+    cli_json, tiny_llama, text_file, tmp_path
+):
     from adapterhub.base import resolve_placement
 
     if torch.cuda.is_bf16_supported():
@@ -26,7 +28,9 @@ def test_auto_places_the_base_on_the_gpu_in_bfloat16_and_trains_float32_adapter_
     trained = _train(cli_json, tiny_llama, text_file, tmp_path / "gpu", "--device", "cuda", "--dtype", "bfloat16")
     assert trained["steps"] > 0 and trained["peak_memory_mb"] > 0
     tensors = load_file(tmp_path / "gpu" / "adapter_model.safetensors")
-    assert {t.dtype for t in tensors.values()} == {torch.float32} and all(torch.isfinite(t).all() for t in tensors.values())
+    assert {t.dtype for t in tensors.values()} == {torch.float32} and all(
+        torch.isfinite(t).all() for t in tensors.values()
+    )
 
 
 def test_float16_training_with_a_gradient_scaler_stays_finite(cli_json, tiny_llama, text_file, tmp_path):
@@ -50,7 +54,9 @@ def test_the_fused_lora_kernel_is_reached_from_train_and_trains_like_peft(tiny_l
     for path in ("fused", "peft"):
         seed_everything(0)
         base = load_base(tiny_llama, model_task="causal-lm", device="cuda", dtype=torch.bfloat16)
-        model = adapters.attach(base, "lora", adapters.make_options("lora", {"r": "4", "dropout": "0", "target_modules": "q_proj,v_proj"}))
+        model = adapters.attach(
+            base, "lora", adapters.make_options("lora", {"r": "4", "dropout": "0", "target_modules": "q_proj,v_proj"})
+        )
         dispatched = sum(hasattr(m, _MARK) for m in model.modules())
         if path == "fused":
             assert dispatched > 0  # the kernel saw the GPU at attach time: the base was placed first

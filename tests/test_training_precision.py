@@ -55,7 +55,9 @@ def test_cuda_without_a_gpu_is_a_one_line_error(tiny_bert, sentiment_csv, capsys
 
 
 def test_a_device_that_is_no_device_is_refused_naming_the_valid_ones(tiny_bert, sentiment_csv, capsys):
-    status = main(["train", "--base", str(tiny_bert), "--method", "lora", "--data", str(sentiment_csv), "--device", "gpu"])
+    status = main(
+        ["train", "--base", str(tiny_bert), "--method", "lora", "--data", str(sentiment_csv), "--device", "gpu"]
+    )
     assert status == 1 and "valid values: auto, cpu, cuda, cuda:N" in capsys.readouterr().err
 
 
@@ -66,7 +68,9 @@ def test_train_eval_serve_and_continual_train_take_the_same_device_and_dtype_fla
 
     ctx = click.Context(group)
     continual = group.get_command(ctx, "continual")
-    commands = [group.get_command(ctx, name) for name in ("train", "eval", "serve")] + [continual.get_command(ctx, "train")]
+    commands = [group.get_command(ctx, name) for name in ("train", "eval", "serve")] + [
+        continual.get_command(ctx, "train")
+    ]
     for command in commands:
         params = {p.name: p for p in command.params}
         assert params["device"].default == "auto" and params["dtype"].default == "auto", command.name

@@ -65,7 +65,9 @@ def test_rank_zero_and_empty_batch(kernel):
     delta = fn(torch.randn(4, 12, device=DEVICE), A, B, scales, torch.tensor([0, 1, 1, 0], device=DEVICE))
     assert delta.shape == (4, 9) and torch.count_nonzero(delta) == 0
     A, B, scales = random_slots(2, 3, 12, 9, torch.float32)
-    assert fn(torch.randn(0, 12, device=DEVICE), A, B, scales, torch.zeros(0, dtype=torch.long, device=DEVICE)).shape == (0, 9)
+    assert fn(
+        torch.randn(0, 12, device=DEVICE), A, B, scales, torch.zeros(0, dtype=torch.long, device=DEVICE)
+    ).shape == (0, 9)
 
 
 def test_sgmv_with_every_row_its_own_adapter():
@@ -98,17 +100,19 @@ def test_gather_is_right_at_every_rank_the_kernels_take(kernel, rank):
     A, B, scales = random_slots(3, rank, 70, 90, torch.float32, ranks=[rank, max(1, rank // 2), 1])
     slot_ids = torch.tensor([2, 0, 0, 1, 1, 1, 0, 2, 2], dtype=torch.int32, device=DEVICE)
     x = torch.randn(9, 70, device=DEVICE)
-    assert_close(KERNELS[kernel](x, A, B, scales, slot_ids), bgmv.bgmv_reference(x, A, B, scales, slot_ids), torch.float32)
+    assert_close(
+        KERNELS[kernel](x, A, B, scales, slot_ids), bgmv.bgmv_reference(x, A, B, scales, slot_ids), torch.float32
+    )
 
 
 def test_a_slot_rank_above_the_tiles_runs_in_torch_through_the_core(monkeypatch):
     """The plugin's ``fits`` refuses the shape, so the chosen kernel hands that call to the torch reference."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the plugin supports the CPU through the interpreter
     kernels = pytest.importorskip("adapterhub.kernels")
-    from adapterhub.plugins import Catalog, Contribution
-
     import adapterhub_triton
     from adapterhub_triton.support import MAX_GATHER_RANK, gather_fits
+
+    from adapterhub.plugins import Catalog, Contribution
 
     spec = next(s for s in adapterhub_triton.adapterhub_kernels() if s.op == "lora_gather_forward")
     catalog = Catalog()

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-from adapterhub_triton.testing import import_kernels, kernel_device  # noqa: E402
-from adapterhub_triton.support import supports  # noqa: E402
-
 from adapterhub_lora.dispatch import patch_lora_model, unpatch_lora_model  # noqa: E402
+from adapterhub_triton.support import supports  # noqa: E402
+from adapterhub_triton.testing import import_kernels, kernel_device  # noqa: E402
 
 (fused,) = import_kernels("fused_lora")
 DEVICE = kernel_device()
@@ -142,7 +141,9 @@ def peft_model(dropout: float, seed: int = 0):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    model = get_peft_model(TwoLayers(), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["up", "down"]))
+    model = get_peft_model(
+        TwoLayers(), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["up", "down"])
+    )
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # peft starts B at zero; make the adapter do something
             torch.nn.init.normal_(parameter, std=0.2)
@@ -177,7 +178,6 @@ def test_dispatched_peft_model_trains_like_peft(dropout, monkeypatch):
 
 def test_dispatch_falls_back_to_peft_where_the_op_cannot_run(monkeypatch):
     """No interpreter and no GPU (or a merged / disabled adapter): peft's own forward runs."""
-    import adapterhub_triton
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     model = peft_model(0.0).to("cpu")

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
+from adapterhub_triton import support
 
 from adapterhub import plugins
 from adapterhub.cli import main
-from adapterhub_triton import support
 
 OPS = {"lora_forward", "lora_gather_forward", "lora_linear", "nf4_linear"}
 
@@ -44,7 +44,9 @@ def test_interpreter_runs_on_cpu_for_float_dtypes_only(monkeypatch):
 
 def test_missing_triton_is_the_reason(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a)
+    )
     assert support.supports("cuda", torch.float16) == "triton is not installed (pip install triton)"
 
 

@@ -15,8 +15,6 @@ import statistics
 from dataclasses import dataclass, field
 
 import torch
-from adapterhub_registry import Registry
-from adapterhub_registry.records import AdapterRecord
 
 from adapterhub.adapters import check_base
 from adapterhub.base import Base
@@ -30,6 +28,8 @@ from adapterhub.evaluation import evaluate_batches
 from adapterhub.manifest import Manifest
 from adapterhub.prepare import prepare
 from adapterhub.runtime.fallback import PeftAttached
+from adapterhub_registry import Registry
+from adapterhub_registry.records import AdapterRecord
 
 
 @dataclass
@@ -80,7 +80,9 @@ def evaluate_sequence(plan: SequencePlan, registry: Registry | None = None) -> S
     records = {t.name: _trained_adapter(plan, t, registry, base, prepared[t.name].source.sha256) for t in plan.tasks}
     for name, data in prepared.items():
         if data.make_eval is None:
-            raise AdapterHubError(f"task {name!r}: its data gives no held-out examples to evaluate; raise its test_split")
+            raise AdapterHubError(
+                f"task {name!r}: its data gives no held-out examples to evaluate; raise its test_split"
+            )
     # Routing first, on the bare base: no adapter may be attached while its features are computed.
     routes = {name: router.nearest(router.features.of_batches(data.make_eval())) for name, data in prepared.items()}
     tests = {name: data.test_set for name, data in prepared.items() if data.test_set is not None}
@@ -106,11 +108,15 @@ def evaluate_sequence(plan: SequencePlan, registry: Registry | None = None) -> S
     ])  # fmt: skip
 
 
-def _trained_adapter(plan: SequencePlan, task: TaskPlan, registry: Registry, base: Base, data_sha256: str) -> AdapterRecord:
+def _trained_adapter(
+    plan: SequencePlan, task: TaskPlan, registry: Registry, base: Base, data_sha256: str
+) -> AdapterRecord:
     """The task's adapter, checked to come from the plan's data file (so the held-out split is the same) and base."""
     record = existing_adapter(registry, plan, task.name)
     if record is None:
-        raise AdapterHubError(f"task {task.name!r} of the plan has no adapter in {registry.root}; run adapterhub continual train PLAN")
+        raise AdapterHubError(
+            f"task {task.name!r} of the plan has no adapter in {registry.root}; run adapterhub continual train PLAN"
+        )
     if Manifest.from_dict(record.manifest).data_sha256 != data_sha256:
         raise AdapterHubError(
             f"task {task.name!r}: {task.data.path} is not the file {record.ref} was trained on (sha256 differs), "
@@ -129,7 +135,9 @@ def _predict(model, base, data: ClassificationData, settings) -> list[int]:
     device = base.model.get_input_embeddings().weight.device
     predictions: list[int] = []
     for batch in classification_batches(data, base.tokenizer, settings.eval_batch_size, settings.max_length):
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        logits = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits
         predictions.extend(logits.argmax(-1).tolist())
     return predictions
 
@@ -139,7 +147,9 @@ def _task_evaluation(name: str, ref: str, oracle: dict, routes: list[Route], tes
     routed_to: dict[str, int] = {}
     for route in routes:
         routed_to[route.task.name] = routed_to.get(route.task.name, 0) + 1
-    evaluation = TaskEvaluation(name, ref, len(routes), oracle, routed_to.get(name, 0) / len(routes), routed_to=routed_to)
+    evaluation = TaskEvaluation(
+        name, ref, len(routes), oracle, routed_to.get(name, 0) / len(routes), routed_to=routed_to
+    )
     if test is not None:
         truth = [test.label_names[label] for label in test.labels]
         evaluation.routed_accuracy = sum(predicted[i] == truth[i] for i in range(len(truth))) / len(truth)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from typing import Callable, ContextManager, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy
 import torch
@@ -27,7 +27,7 @@ class BaseFeatures:
     """Routing features of one loaded base; ``adapters_off()`` is the context in which the base runs bare."""
 
     def __init__(self, base: Base, *, max_length: int, batch_size: int = 64,
-                 adapters_off: Callable[[], ContextManager] | None = None) -> None:  # fmt: skip
+                 adapters_off: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:  # fmt: skip
         self.base, self.max_length, self.batch_size = base, max_length, batch_size
         self.adapters_off = adapters_off or self._bare
 
@@ -54,7 +54,9 @@ class BaseFeatures:
         with self.adapters_off():
             for batch in batches:
                 mask = batch["attention_mask"].to(device)
-                output = self.base.model(input_ids=batch["input_ids"].to(device), attention_mask=mask, output_hidden_states=True)
+                output = self.base.model(
+                    input_ids=batch["input_ids"].to(device), attention_mask=mask, output_hidden_states=True
+                )
                 hidden = output.hidden_states[-1].float()  # (batch, seq, hidden)
                 pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
                 parts.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
@@ -100,5 +102,7 @@ def decode_tensor(encoded: dict, what: str) -> torch.Tensor:
         data = base64.b64decode(encoded["base64"], validate=True)
         array = numpy.frombuffer(data, dtype="<f4").reshape(encoded["shape"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise AdapterHubError(f"{what}: the stored router prototypes are unreadable ({exc}); train that task again") from None
+        raise AdapterHubError(
+            f"{what}: the stored router prototypes are unreadable ({exc}); train that task again"
+        ) from None
     return torch.from_numpy(array.copy())

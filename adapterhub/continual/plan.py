@@ -23,16 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapterhub_registry import InvalidNameError
-from adapterhub_registry.names import validate_name
-
 from adapterhub import adapters, plugins
 from adapterhub.errors import AdapterHubError, OptionError
-from adapterhub.options import build_options
 from adapterhub.model_tasks import NAMES as MODEL_TASKS
 from adapterhub.model_tasks import TRAIN_DEFAULT
+from adapterhub.options import build_options
 from adapterhub.prepare import labels_of
 from adapterhub.settings import DataSpec, TrainSettings
+from adapterhub_registry import InvalidNameError
+from adapterhub_registry.names import validate_name
 
 AUTO = "auto"  # the task id that asks the server to route from the input, so no task may be called that
 DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataSpec))
@@ -74,7 +73,9 @@ class SequencePlan:
     def prefix(self, count: int) -> SequencePlan:
         """The same plan with only its first ``count`` tasks (the sequence as it was after task ``count``)."""
         kept = self.tasks[:count]
-        return dataclasses.replace(self, tasks=kept, labels={t.name: self.labels[t.name] for t in kept if t.name in self.labels})
+        return dataclasses.replace(
+            self, tasks=kept, labels={t.name: self.labels[t.name] for t in kept if t.name in self.labels}
+        )
 
 
 def adapter_name(sequence: str, task: str) -> str:
@@ -126,7 +127,9 @@ def parse_plan(raw: Any, root: str | Path = ".") -> SequencePlan:
     sequence = _valid_name(raw["sequence"], "the plan's sequence name")
     base = _resolve(raw["base"], root)
     if not base.exists():
-        raise PlanError(f"base model {str(base)!r} not found (relative paths are relative to the plan file's directory)")
+        raise PlanError(
+            f"base model {str(base)!r} not found (relative paths are relative to the plan file's directory)"
+        )
     model_task = raw.get("model_task", TRAIN_DEFAULT)
     if model_task not in MODEL_TASKS:
         raise PlanError(f"model_task {model_task!r} is unknown; choose one of: {', '.join(MODEL_TASKS)}")
@@ -146,7 +149,9 @@ def parse_plan(raw: Any, root: str | Path = ".") -> SequencePlan:
     shared = dict(raw.get("data") or {})
     _no_unknown(shared, tuple(k for k in DATA_KEYS if k != "path"), "the plan's data defaults")
     tasks = _tasks(raw["tasks"], sequence, shared, settings.seed, root)
-    plan = SequencePlan(sequence, str(base), raw["method"], tasks, options, settings, model_task, raw.get("quantize"), prototypes)
+    plan = SequencePlan(
+        sequence, str(base), raw["method"], tasks, options, settings, model_task, raw.get("quantize"), prototypes
+    )
     if model_task == "seq-cls":
         plan.labels = _same_label_count(tasks)
     return plan
@@ -154,7 +159,7 @@ def parse_plan(raw: Any, root: str | Path = ".") -> SequencePlan:
 
 def _tasks(raw: Any, sequence: str, shared: dict, seed: int, root: Path) -> list[TaskPlan]:
     if not isinstance(raw, list) or not raw:
-        raise PlanError("the plan's tasks must be a non-empty list, e.g. [{\"name\": \"airline\", \"path\": \"airline.csv\"}]")
+        raise PlanError('the plan\'s tasks must be a non-empty list, e.g. [{"name": "airline", "path": "airline.csv"}]')
     tasks: list[TaskPlan] = []
     for position, entry in enumerate(raw):
         where = f"tasks[{position}]"
@@ -163,7 +168,9 @@ def _tasks(raw: Any, sequence: str, shared: dict, seed: int, root: Path) -> list
         name = _valid_name(entry["name"], f"{where}'s name")
         where = f"task {name!r} ({where})"
         if name == AUTO:
-            raise PlanError(f"{where}: {AUTO!r} is reserved (it asks the server to route from the input); rename the task")
+            raise PlanError(
+                f"{where}: {AUTO!r} is reserved (it asks the server to route from the input); rename the task"
+            )
         if any(t.name == name for t in tasks):
             raise PlanError(f"{where}: the name {name!r} is used by an earlier task; task names must be unique")
         _no_unknown(entry, ("name",) + DATA_KEYS, where)
@@ -176,7 +183,9 @@ def _tasks(raw: Any, sequence: str, shared: dict, seed: int, root: Path) -> list
         spec = _filled(DataSpec, values, where)
         spec.path = str(_resolve(spec.path, root))
         if not Path(spec.path).is_file():
-            raise PlanError(f"{where}: data file {spec.path!r} not found (relative paths are relative to the plan file's directory)")
+            raise PlanError(
+                f"{where}: data file {spec.path!r} not found (relative paths are relative to the plan file's directory)"
+            )
         tasks.append(TaskPlan(name, position, spec))
     return tasks
 

@@ -15,11 +15,10 @@ The server builds one on its adapter pool (``adapterhub serve --router SEQUENCE`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
-from adapterhub_registry import Registry
 
 from adapterhub.adapters import check_base
 from adapterhub.base import Base, load_base
@@ -28,6 +27,7 @@ from adapterhub.continual.plan import sequence_tag
 from adapterhub.errors import AdapterHubError
 from adapterhub.manifest import Manifest
 from adapterhub.model_tasks import TRAIN_DEFAULT
+from adapterhub_registry import Registry
 
 
 class UnknownTaskError(AdapterHubError):
@@ -98,7 +98,9 @@ class Router:
                 f"the adapters of sequence {sequence!r} were trained on different bases or settings "
                 f"({', '.join(map(str, fingerprints))}); retrain them from one plan (adapterhub continual train PLAN --retrain)"
             )
-        router = cls(sequence, tasks, base_fingerprint=fingerprints.pop(), max_length=lengths.pop(), model_task=model_tasks.pop())
+        router = cls(
+            sequence, tasks, base_fingerprint=fingerprints.pop(), max_length=lengths.pop(), model_task=model_tasks.pop()
+        )
         if base is not None:
             router.bind(base)
         return router
@@ -128,7 +130,9 @@ class Router:
     def task(self, name: str) -> RoutedTask:
         """The task called ``name``; an unknown one is an error listing the sequence's tasks."""
         if name not in self._by_name:
-            raise UnknownTaskError(f"sequence {self.sequence!r} has no task {name!r}; its tasks are: {', '.join(self.names)}")
+            raise UnknownTaskError(
+                f"sequence {self.sequence!r} has no task {name!r}; its tasks are: {', '.join(self.names)}"
+            )
         return self._by_name[name]
 
     def ref_for(self, name: str) -> str:

@@ -15,11 +15,9 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
-
-from adapterhub_registry import NotFoundError, Registry
-from adapterhub_registry.records import AdapterRecord
+from typing import Any
 
 from adapterhub import adapters
 from adapterhub.base import Base, load_base, resolve_placement
@@ -35,6 +33,8 @@ from adapterhub.manifest import ContinualEntry, Manifest
 from adapterhub.prepare import prepare
 from adapterhub.settings import Placement
 from adapterhub.workflow import TrainJob, push_trained, train_adapter
+from adapterhub_registry import NotFoundError, Registry
+from adapterhub_registry.records import AdapterRecord
 
 
 @dataclass
@@ -57,7 +57,9 @@ def load_plan_base(plan: SequencePlan, placement: Placement | None = None) -> Ba
     ``placement``'s device and dtype."""
     labels = plan.labels[plan.tasks[0].name] if plan.model_task == "seq-cls" else None
     device, dtype = resolve_placement(**vars(placement or Placement()))
-    return load_base(plan.base, model_task=plan.model_task, quantize=plan.quantize, labels=labels, device=device, dtype=dtype)
+    return load_base(
+        plan.base, model_task=plan.model_task, quantize=plan.quantize, labels=labels, device=device, dtype=dtype
+    )
 
 
 def feature_length(plan: SequencePlan) -> int:
@@ -133,7 +135,9 @@ def _train_task(plan: SequencePlan, task: TaskPlan, digest: str, base: Base, fea
         outcome = train_adapter(job)  # not pushed by the job: the push below adds the sequence's manifest entry
         if not outcome.is_main:
             return None
-        continual = ContinualEntry(plan.sequence, task.name, task.position, digest, _router_entry(plan, task, base, features))
+        continual = ContinualEntry(
+            plan.sequence, task.name, task.position, digest, _router_entry(plan, task, base, features)
+        )
         tags = [task_tag(task.name), sequence_tag(plan.sequence)]
         return push_trained(registry, plan.adapter_name(task.name), outcome, tags=tags, continual=continual)
     finally:

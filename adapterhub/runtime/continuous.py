@@ -200,7 +200,9 @@ class ContinuousEngine:
         tokens = torch.tensor([[s.generated[-1]] for s in self.running], device=self.pool.device)
         try:
             with self.pool.activate([s.adapter for s in self.running]):
-                logits = self.model(input_ids=tokens, use_cache=True, **self.cache.step_inputs(self._cache_kw)).logits[:, -1]
+                logits = self.model(input_ids=tokens, use_cache=True, **self.cache.step_inputs(self._cache_kw)).logits[
+                    :, -1
+                ]
         except Exception as exc:  # the batch's forward failed: its rows end with the error, the engine goes on
             log.exception("a decode step of %d rows failed", len(self.running))
             for s in self.running:

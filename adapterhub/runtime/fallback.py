@@ -9,7 +9,7 @@ instances of their original class, and their slots are simply inactive while a p
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from peft import PeftModel

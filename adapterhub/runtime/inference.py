@@ -8,8 +8,8 @@ rows of a non-slottable adapter run as their own group through peft. Results com
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 
@@ -32,7 +32,13 @@ class GenerationSettings:
         extra = {"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}
         if not self.do_sample:
             return {"do_sample": False, **extra}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or None, **extra}
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k or None,
+            **extra,
+        }
 
 
 @dataclass
@@ -105,7 +111,9 @@ def generate(pool: AdapterPool, prompts: Sequence[str | list[int]], adapters: Se
         new = output[:, batch["input_ids"].shape[1] :]  # (rows, new tokens)
         for row, tokens in zip(rows, new.tolist()):
             tokens = _until_eos(tokens, tokenizer.eos_token_id)
-            results[row] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), adapters[row], tokens)
+            results[row] = Generated(
+                tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), adapters[row], tokens
+            )
     return results
 
 
@@ -115,7 +123,9 @@ def classify(pool: AdapterPool, texts: Sequence[str], adapters: Sequence[str | N
     """Class scores for each text with its own adapter (None: the base head), named by that adapter's labels
     (adapters of different tasks share the head's shape, not the meaning of its outputs)."""
     tokenizer = pool.base.tokenizer
-    base_labels = pool.base.labels or [pool.base.model.config.id2label[i] for i in range(pool.base.model.config.num_labels)]
+    base_labels = pool.base.labels or [
+        pool.base.model.config.id2label[i] for i in range(pool.base.model.config.num_labels)
+    ]
     own_labels = {ref: pool.labels(ref) for ref in set(adapters) if ref is not None}  # once per adapter, not per row
     results: list[Classified | None] = [None] * len(texts)
     for rows, peft_key in groups(pool, adapters):

@@ -22,11 +22,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
-from adapterhub_registry import AdapterRecord, Registry
 
 from adapterhub import kernels
 from adapterhub.adapters import check_base
@@ -37,6 +36,7 @@ from adapterhub.runtime.fallback import PeftAttached
 from adapterhub.runtime.plan import PEFT_PREFIX, SlotPlan, plan_adapter
 from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, remove_slots
 from adapterhub.specs import NotSlottable, SlotLayout
+from adapterhub_registry import AdapterRecord, Registry
 
 log = logging.getLogger(__name__)
 HEAD_NAMES = ("classifier", "score")  # the heads peft saves whole for sequence classification

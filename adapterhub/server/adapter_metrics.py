@@ -11,8 +11,8 @@ without an adapter.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -115,8 +115,12 @@ class AdapterMetrics:
             families["ttft"].add_metric([name], counts.ttft.buckets(), counts.ttft.total)
             families["itl"].add_metric([name], counts.itl.buckets(), counts.itl.total)
         yield from families.values()
-        yield GaugeMetricFamily("adapterhub_queue_depth", "Requests waiting for a row of the running batch.", value=self.queue_depth())
-        yield GaugeMetricFamily("adapterhub_running_rows", "Requests prefilling or decoding.", value=self.running_rows())
+        yield GaugeMetricFamily(
+            "adapterhub_queue_depth", "Requests waiting for a row of the running batch.", value=self.queue_depth()
+        )
+        yield GaugeMetricFamily(
+            "adapterhub_running_rows", "Requests prefilling or decoding.", value=self.running_rows()
+        )
 
 
 def _merged(a: _AdapterCounts, b: _AdapterCounts) -> _AdapterCounts:

@@ -18,7 +18,7 @@ of their own module, added to ``ENDPOINTS``.
 from __future__ import annotations
 
 import contextlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -54,10 +54,11 @@ async def answer_client_gone(request: Request, exc: openai_routes.ClientGone) ->
     return Response(status_code=CLIENT_CLOSED)
 
 
-def create_app(pool: AdapterPool, settings: ServerSettings = ServerSettings(), router: Router | None = None,
+def create_app(pool: AdapterPool, settings: ServerSettings | None = None, router: Router | None = None,
                remote: RemoteRefs | None = None) -> FastAPI:  # fmt: skip
     """The FastAPI app serving ``pool``'s base for its task; ``router`` (bound to ``pool``) adds task routing,
     ``remote`` resolves ``/v1/`` refs on a shared remote registry."""
+    settings = settings or ServerSettings()
     app = FastAPI(title="adapterhub", lifespan=lifespan)
     for endpoints in ENDPOINTS:
         app.include_router(endpoints)

@@ -10,8 +10,9 @@ router, preceded by routing the batch's ``"task": "auto"`` requests in one forwa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 from adapterhub.continual.plan import AUTO
 from adapterhub.continual.router import Router
@@ -144,7 +145,9 @@ def _each_alone_if_failed(run: RunModel, pool: AdapterPool, payloads: list, key:
     except Exception as exc:
         if len(payloads) == 1:
             return [exc]
-        log.warning("a batch of %d requests failed (%s: %s); running them one by one", len(payloads), type(exc).__name__, exc)
+        log.warning(
+            "a batch of %d requests failed (%s: %s); running them one by one", len(payloads), type(exc).__name__, exc
+        )
     results: list[Any] = []
     for payload in payloads:
         try:

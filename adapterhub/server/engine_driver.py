@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
 
 from adapterhub.runtime.continuous import ContinuousEngine, Event, Sequence
 from adapterhub.server.background import BackgroundLoop

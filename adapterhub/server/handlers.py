@@ -17,7 +17,8 @@ batcher's one worker thread (``on_worker``, or the batch itself), between batche
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 from fastapi import APIRouter, Response
 
@@ -39,7 +40,9 @@ async def generate(body: GenerateRequest, state: StateDep) -> dict:
         raise HTTPError(400, f"this server runs a {state.model_task} base; use POST /classify")
     body.max_new_tokens = body.max_new_tokens or min(32, settings.max_new_tokens)
     if body.max_new_tokens > settings.max_new_tokens:
-        raise HTTPError(413, f"max_new_tokens {body.max_new_tokens} is over this server's limit of {settings.max_new_tokens}")
+        raise HTTPError(
+            413, f"max_new_tokens {body.max_new_tokens} is over this server's limit of {settings.max_new_tokens}"
+        )
     check_input(state, body.prompt)
     choose_task(state, body)
     await check_adapter(state, body.adapter)
@@ -131,7 +134,9 @@ def choose_task(state: AppState, body: GenerateRequest | ClassifyRequest) -> Non
     if body.task is None:
         return
     if state.router is None:
-        raise HTTPError(400, "this server has no task router (start it with --router SEQUENCE); name an adapter instead")
+        raise HTTPError(
+            400, "this server has no task router (start it with --router SEQUENCE); name an adapter instead"
+        )
     if body.adapter is not None:
         raise HTTPError(400, f"the request names both adapter {body.adapter!r} and task {body.task!r}; give one")
     if body.task != AUTO:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 
-from adapterhub_registry import CorruptBlobError, InvalidNameError, NotFoundError, RegistryError
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from adapterhub.continual.router import UnknownTaskError
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError
+from adapterhub_registry import CorruptBlobError, InvalidNameError, NotFoundError, RegistryError
 
 log = logging.getLogger("adapterhub.server")
 
@@ -76,4 +76,6 @@ async def answer_invalid_request(request: Request, exc: RequestValidationError) 
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
     openai = request.url.path.startswith("/v1/")
     param = next((str(e["loc"][-1]) for e in errors if len(e["loc"]) > 1), None) if openai else None
-    return error_response(request.url.path, HTTPError(400 if openai else 422, f"invalid request: {problems}", param=param))
+    return error_response(
+        request.url.path, HTTPError(400 if openai else 422, f"invalid request: {problems}", param=param)
+    )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from adapterhub_registry import InvalidNameError, NotFoundError
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
@@ -25,6 +24,7 @@ from adapterhub.server.handlers import on_worker
 from adapterhub.server.http_errors import HTTPError
 from adapterhub.server.openai_schemas import LoraLoadRequest, LoraUnloadRequest
 from adapterhub.server.state import AppState, StateDep
+from adapterhub_registry import InvalidNameError, NotFoundError
 
 lora_endpoints = APIRouter()
 
@@ -42,7 +42,9 @@ async def load_lora_adapter(body: LoraLoadRequest, state: StateDep) -> PlainText
         try:
             key = (await state.record_of(body.lora_path)).ref
         except (NotFoundError, InvalidNameError) as exc:
-            raise HTTPError(404, f"lora_path {body.lora_path!r} is not an adapter in the registry ({exc})", param="lora_path") from None
+            raise HTTPError(
+                404, f"lora_path {body.lora_path!r} is not an adapter in the registry ({exc})", param="lora_path"
+            ) from None
     await on_worker(state, lambda: state.pool.load(key))
     state.lora_names[name] = key
     return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully (serving {key}).")
@@ -55,7 +57,9 @@ async def unload_lora_adapter(body: LoraUnloadRequest, state: StateDep) -> Plain
         raise HTTPError(404, f"The lora adapter '{body.lora_name}' is not loaded; loaded: {sorted(state.lora_names) or 'none'}",
                         param="lora_name")  # fmt: skip
     if key not in state.lora_names.values():  # no other name serves it: free its memory (requests may still fetch it)
-        await on_worker(state, lambda: state.pool.unload(key) if key in {a["adapter"] for a in state.pool.describe()} else None)
+        await on_worker(
+            state, lambda: state.pool.unload(key) if key in {a["adapter"] for a in state.pool.describe()} else None
+        )
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
@@ -78,6 +82,6 @@ def _allowed_directory(state: AppState, value: str) -> Path:
 
 
 def _import(state: AppState, directory: Path, name: str) -> str:
-    from adapterhub.registry_cli import import_peft
+    from adapterhub.peft_import import import_peft
 
     return import_peft(state.pool.registry, directory, name).ref

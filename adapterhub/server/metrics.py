@@ -67,7 +67,9 @@ class ServerMetrics:
     """The app's metrics; requests are counted by endpoint, those to any path not in ``endpoints`` as "other"
     (so requests to made-up paths cannot grow the label set without bound)."""
 
-    def __init__(self, pool: AdapterPool, alerts: AlertThresholds = AlertThresholds(), endpoints: Collection[str] = ()) -> None:
+    def __init__(
+        self, pool: AdapterPool, alerts: AlertThresholds = AlertThresholds(), endpoints: Collection[str] = ()
+    ) -> None:
         self.pool, self.alerts, self.endpoints = pool, alerts, frozenset(endpoints)
         self.registry = CollectorRegistry()
         self.latency = Histogram("adapterhub_request_latency_seconds", "Request latency, queueing included.",
@@ -100,7 +102,9 @@ class ServerMetrics:
     def _check_alerts(self) -> None:
         p95 = self.p95_ms()
         rss_mb = memory_bytes(self.pool)["process_rss"] / 2**20
-        self._alert("p95", self.alerts.p95_ms, p95, f"p95 latency {p95:.1f} ms over the last {len(self._recent)} requests")
+        self._alert(
+            "p95", self.alerts.p95_ms, p95, f"p95 latency {p95:.1f} ms over the last {len(self._recent)} requests"
+        )
         self._alert("memory", self.alerts.memory_mb, rss_mb, f"process memory {rss_mb:.0f} MB")
 
     def _alert(self, name: str, threshold: float | None, value: float | None, what: str) -> None:

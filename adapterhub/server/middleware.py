@@ -44,7 +44,9 @@ class Measure:
 
         try:
             if length.isdigit() and int(length) > limit:
-                await error_response(scope["path"], HTTPError(413, f"request body over {limit} bytes"))(scope, receive, noting_status)
+                await error_response(scope["path"], HTTPError(413, f"request body over {limit} bytes"))(
+                    scope, receive, noting_status
+                )
             else:
                 await self.app(scope, receive, noting_status)
         finally:
@@ -61,7 +63,9 @@ class RequireKey:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 problem = "no API key given" if not given else "the API key is not valid"
-                error = HTTPError(401, f"{problem}: send the server's key as 'Authorization: Bearer <key>'", code="invalid_api_key")
+                error = HTTPError(
+                    401, f"{problem}: send the server's key as 'Authorization: Bearer <key>'", code="invalid_api_key"
+                )
                 await error_response(scope["path"], error, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -19,7 +19,11 @@ def sse(payload: dict) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 @dataclass
@@ -33,13 +37,27 @@ class Answer:
         self.id = self.id or f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
 
     def _object(self, kind: str, choices: list[dict], **extra) -> dict:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices, **extra}
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
 
     def whole(self, text: str, finish: str, used: dict) -> dict:
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
             return self._object("chat.completion", [choice], usage=used)
-        return self._object("text_completion", [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], usage=used)
+        return self._object(
+            "text_completion", [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], usage=used
+        )
 
     def chunk(self, text: str, finish: str | None = None, *, first: bool = False, used: dict | None = None) -> str:
         """One streamed piece; a chat stream's first chunk also says the role, as OpenAI's does."""
@@ -48,7 +66,11 @@ class Answer:
             delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             return sse(self._object("chat.completion.chunk", [choice], **extra))
-        return sse(self._object("text_completion", [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], **extra))
+        return sse(
+            self._object(
+                "text_completion", [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], **extra
+            )
+        )
 
     def usage_chunk(self, used: dict) -> str:
         """The extra last chunk of ``stream_options.include_usage``: no choices, the usage."""

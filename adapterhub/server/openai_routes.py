@@ -16,9 +16,8 @@ chunk when streamed), which is what that batcher can do, kept to compare against
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
-from adapterhub_registry import InvalidNameError, NotFoundError
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -30,6 +29,7 @@ from adapterhub.server.http_errors import HTTPError, http_error
 from adapterhub.server.openai_answers import DONE, Answer, sse, usage
 from adapterhub.server.openai_schemas import ChatCompletionRequest, CompletionRequest, _Sampled
 from adapterhub.server.state import AppState, StateDep
+from adapterhub_registry import InvalidNameError, NotFoundError
 
 openai_endpoints = APIRouter()
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
@@ -82,7 +82,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     except Exception as exc:  # a template may refuse an order of roles it does not support
         raise HTTPError(400, f"the chat template refused these messages: {exc}", param="messages") from None
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]  # the template wrote the special tokens
-    return await _serve(state, request, body, prompt, Answer(chat=True, model=body.model), state.settings.max_new_tokens)
+    return await _serve(
+        state, request, body, prompt, Answer(chat=True, model=body.model), state.settings.max_new_tokens
+    )
 
 
 def _check_text_base(state: AppState) -> None:
@@ -114,13 +116,17 @@ def _check_limits(state: AppState, prompt: list[int], max_tokens: int) -> None:
         raise HTTPError(400, f"the prompt is {len(prompt)} tokens; this server takes at most {settings.max_input_tokens}",
                         param="messages", code="context_length_exceeded")  # fmt: skip
     if max_tokens > settings.max_new_tokens:
-        raise HTTPError(400, f"max_tokens {max_tokens} is over this server's limit of {settings.max_new_tokens}", param="max_tokens")
+        raise HTTPError(
+            400, f"max_tokens {max_tokens} is over this server's limit of {settings.max_new_tokens}", param="max_tokens"
+        )
     context = state.context_length
     if context is not None and len(prompt) + max_tokens > context:
         raise HTTPError(400, f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) is over the model's context "
                              f"of {context} tokens; ask for fewer tokens", param="max_tokens", code="context_length_exceeded")  # fmt: skip
     if state.engine is not None and state.engine.queued >= settings.max_waiting:
-        raise HTTPError(503, f"the server is at capacity ({settings.max_waiting} requests waiting); retry later", code="overloaded")
+        raise HTTPError(
+            503, f"the server is at capacity ({settings.max_waiting} requests waiting); retry later", code="overloaded"
+        )
 
 
 async def _serve(state: AppState, request: Request, body: _Sampled, prompt: list[int], answer: Answer,
@@ -155,7 +161,16 @@ async def _streamed(first: Event, events: AsyncIterator[Event], running: Submitt
         event, opening = first, True
         while True:
             if event.error is not None:
-                yield sse({"error": {"message": str(http_error(event.error).detail), "type": "server_error", "param": None, "code": None}})
+                yield sse(
+                    {
+                        "error": {
+                            "message": str(http_error(event.error).detail),
+                            "type": "server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                )
                 break
             used = usage(prompt_tokens, len(running.sequence.generated)) if event.finish else None
             if event.text or event.finish or opening:

@@ -30,7 +30,9 @@ class _Sampled(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, description="A registry ref (name, name@3, name:tag), a loaded lora_name, or the base's name.")
+    model: str = Field(
+        min_length=1, description="A registry ref (name, name@3, name:tag), a loaded lora_name, or the base's name."
+    )
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -73,7 +75,9 @@ class CompletionRequest(_Sampled):
     @model_validator(mode="after")
     def _one_prompt(self) -> CompletionRequest:
         if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise ValueError(f"prompt: this server completes one prompt per request, got {len(self.prompt)}; send them as separate requests")
+            raise ValueError(
+                f"prompt: this server completes one prompt per request, got {len(self.prompt)}; send them as separate requests"
+            )
         if not self.text:
             raise ValueError("prompt must not be empty")
         return self

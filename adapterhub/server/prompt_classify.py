@@ -13,8 +13,8 @@ thread that touches the model, between batches and continuous-engine steps.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 

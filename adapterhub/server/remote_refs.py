@@ -43,7 +43,9 @@ class RemoteRefs:
         except RegistryError:
             raise  # a damaged entry or blob on the remote: the operator must know, not a silent fallback
         except Exception as exc:  # the remote is unreachable (socket, HTTP, credentials): serve what is here
-            log.warning("remote %s could not resolve %r (%s); resolving it in the local registry", self.remote.name, ref, exc)
+            log.warning(
+                "remote %s could not resolve %r (%s); resolving it in the local registry", self.remote.name, ref, exc
+            )
             return self.registry.resolve(ref)
         with self._lock:
             self._resolved[ref] = (time.monotonic(), record)

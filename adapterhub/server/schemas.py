@@ -5,7 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 PROMPT_FIELDS = ("template", "labels", "verbalizer", "examples", "chat_template")  # classification by prompting
-TASK_FIELD = Field(default=None, description="A task of the server's --router sequence (its adapter is used), or 'auto': the router picks.")
+TASK_FIELD = Field(
+    default=None,
+    description="A task of the server's --router sequence (its adapter is used), or 'auto': the router picks.",
+)
 
 
 class _Strict(BaseModel):
@@ -14,7 +17,9 @@ class _Strict(BaseModel):
 
 class GenerateRequest(_Strict):
     prompt: str = Field(min_length=1)
-    adapter: str | None = Field(default=None, description="Registry ref (name, name@version, name:tag); none: the base.")
+    adapter: str | None = Field(
+        default=None, description="Registry ref (name, name@version, name:tag); none: the base."
+    )
     task: str | None = TASK_FIELD
     max_new_tokens: int | None = Field(default=None, ge=1, description="Default: 32, or the server's limit if lower.")
     do_sample: bool = False
@@ -36,15 +41,21 @@ class ClassifyRequest(_Strict):
     each label's answer after the prompt (``prompt_classify.py``). The prompt fields are refused on a seq-cls base."""
 
     text: str = Field(min_length=1)
-    adapter: str | None = Field(default=None, description="Registry ref (name, name@version, name:tag); none: the base.")
+    adapter: str | None = Field(
+        default=None, description="Registry ref (name, name@version, name:tag); none: the base."
+    )
     task: str | None = TASK_FIELD
     template: str | None = Field(default=None, description="Causal-LM base: the prompt, with {text} (the text) and "
                                  "optionally {labels} (the label words, comma-separated).")  # fmt: skip
     labels: list[str] | None = Field(default=None, description="Causal-LM base: the labels to choose from (2 or more).")
     verbalizer: dict[str, str] | None = Field(default=None, description="Label -> the words answering for it; a label "
                                               "not named is its own word.")  # fmt: skip
-    examples: list[Example] | None = Field(default=None, description="In-context examples, shown with their answers first.")
-    chat_template: bool = Field(default=True, description="Wrap the prompt in the base's chat template when it has one.")
+    examples: list[Example] | None = Field(
+        default=None, description="In-context examples, shown with their answers first."
+    )
+    chat_template: bool = Field(
+        default=True, description="Wrap the prompt in the base's chat template when it has one."
+    )
 
     @property
     def prompt_fields(self) -> list[str]:

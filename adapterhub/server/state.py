@@ -73,7 +73,9 @@ class AppState:
         engine = driver = None
         if pool.base.model_task == "causal-lm" and settings.batching == "continuous":
             engine = ContinuousEngine(pool, max_running=settings.max_running, prefill_chunk=settings.prefill_chunk)
-            driver = EngineDriver(engine, batcher.worker, _recorder(per_adapter))  # the batcher's thread: one model thread
+            driver = EngineDriver(
+                engine, batcher.worker, _recorder(per_adapter)
+            )  # the batcher's thread: one model thread
             per_adapter.queue_depth, per_adapter.running_rows = (lambda: engine.queued), (lambda: engine.active)
         return cls(pool, settings, metrics, batcher, router, engine, driver, per_adapter, remote=remote)
 

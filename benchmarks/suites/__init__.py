@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import click
 
@@ -44,7 +44,9 @@ class Suite:
         """Raise `SuiteUnavailable` saying why, when this suite cannot run here on ``device``."""
         missing = self.missing()
         if missing:
-            raise SuiteUnavailable(f"suite {self.name!r} needs packages that are not installed: pip install {' '.join(missing)}")
+            raise SuiteUnavailable(
+                f"suite {self.name!r} needs packages that are not installed: pip install {' '.join(missing)}"
+            )
         kind = device.split(":")[0]
         if kind not in self.devices:
             raise SuiteUnavailable(f"suite {self.name!r} runs on {' or '.join(self.devices)} only, and this run is on {kind}; "
@@ -65,7 +67,13 @@ def load(name: str) -> Suite:
     if not callable(run):
         raise BenchmarkError(f"benchmarks/suites/{name}.py has no run(ctx) function")
     description = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
-    return Suite(name, description, run, dict(getattr(module, "REQUIRES", {})), tuple(getattr(module, "DEVICES", ("cpu", "cuda"))))
+    return Suite(
+        name,
+        description,
+        run,
+        dict(getattr(module, "REQUIRES", {})),
+        tuple(getattr(module, "DEVICES", ("cpu", "cuda"))),
+    )
 
 
 def require(module: str, pip: str, why: str) -> None:

@@ -26,11 +26,11 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"]}
 
 def run(ctx: Context) -> None:
     import torch
-    from adapterhub_registry import Registry
     from peft import PeftModel
 
     from adapterhub import adapters
     from adapterhub.base import load_base
+    from adapterhub_registry import Registry
 
     path, label = models.model_for(ctx)
     base = load_base(path, model_task="causal-lm")
@@ -43,7 +43,9 @@ def run(ctx: Context) -> None:
                 parameter.normal_(0.0, 0.02)
     manifest = adapters.build_manifest(base, "lora", options)
     size_mb = adapters.trainable_parameters(model) * 4 / 2**20
-    ctx.settings.update(model=label, lora=LORA, adapter_mb=round(size_mb, 2), trainable_parameters=adapters.trainable_parameters(model))
+    ctx.settings.update(
+        model=label, lora=LORA, adapter_mb=round(size_mb, 2), trainable_parameters=adapters.trainable_parameters(model)
+    )
     params = {"adapter_mb": round(size_mb, 1)}
 
     with ctx.scratch("adapter-io") as root:
@@ -87,7 +89,9 @@ def run(ctx: Context) -> None:
         def loading(impl: str, what: str, load) -> Side:
             return Side(impl, what, lambda: loaded.append(load()), teardown=unload)
 
-        peft_load = loading(BASELINE, "PeftModel.from_pretrained(base, dir)", lambda: PeftModel.from_pretrained(base.model, saved))
+        peft_load = loading(
+            BASELINE, "PeftModel.from_pretrained(base, dir)", lambda: PeftModel.from_pretrained(base.model, saved)
+        )
         ctx.compare("load from registry", loading(OURS, "Registry.load(ref) + adapters.load_adapter(base, config, tensors)",
                                                   load_from_registry), peft_load, params=params)  # fmt: skip
         ctx.compare("load from directory", loading(OURS, "adapters.load_adapter_dir(base, dir)",

@@ -61,11 +61,19 @@ def tweet_plan(ctx: Context, suite: str):
     from benchmarks.tweet_tasks import ORDER, write_tasks
 
     if ctx.model:
-        raise BenchmarkError(f"the {suite} suite runs on all-MiniLM-L6-v2 (a tiny BERT with --quick); --model does not apply")
+        raise BenchmarkError(
+            f"the {suite} suite runs on all-MiniLM-L6-v2 (a tiny BERT with --quick); --model does not apply"
+        )
     samples = 80 if ctx.quick else int(os.environ.get("ADAPTERHUB_BENCH_SAMPLES", 800))
     epochs = 1 if ctx.quick else int(os.environ.get("ADAPTERHUB_BENCH_EPOCHS", 2))
     base = tiny_bert(ctx.workdir / "tiny-bert", minilm(), ctx.seed) if ctx.quick else minilm()
-    settings = {"epochs": epochs, "batch_size": 32, "learning_rate": LEARNING_RATES["lora"], "max_length": 48, "seed": ctx.seed}
+    settings = {
+        "epochs": epochs,
+        "batch_size": 32,
+        "learning_rate": LEARNING_RATES["lora"],
+        "max_length": 48,
+        "seed": ctx.seed,
+    }
     # 4x the tweets used: the rare labels (2 % of car tweets are negative) are in the file, as in the corpus
     paths = write_tasks(ctx.workdir / "tasks", 4 * samples, ctx.seed)
     plan = parse_plan({
@@ -102,10 +110,12 @@ def sequential(plan, approach: str) -> tuple[list[list[float]], float]:
     from adapterhub import adapters
     from adapterhub.base import load_base
     from adapterhub.evaluation import evaluate_batches
-    from adapterhub.train import seed_everything, train
     from adapterhub.prepare import prepare
+    from adapterhub.train import seed_everything, train
 
-    settings = dataclasses.replace(plan.settings, learning_rate=LEARNING_RATES["lora" if approach == LORA_SEQ else FULL_SEQ])
+    settings = dataclasses.replace(
+        plan.settings, learning_rate=LEARNING_RATES["lora" if approach == LORA_SEQ else FULL_SEQ]
+    )
     seed_everything(settings.seed)
     shared_head = [f"output {i}" for i in range(len(plan.labels[plan.tasks[0].name]))]
     base = load_base(plan.base, model_task="seq-cls", labels=shared_head)
@@ -119,7 +129,9 @@ def sequential(plan, approach: str) -> tuple[list[list[float]], float]:
     matrix, seconds = [], 0.0
     for i, data in enumerate(prepared):
         # evaluating after each epoch, as train_adapter does for the adapters, keeps the training times comparable
-        seconds += train(model, data.make_train, data.n_train, data.make_eval, "seq-cls", settings, progress=False).train_seconds
+        seconds += train(
+            model, data.make_train, data.n_train, data.make_eval, "seq-cls", settings, progress=False
+        ).train_seconds
         matrix.append([evaluate_batches(model, prepared[j].make_eval(), "seq-cls")["accuracy"] for j in range(i + 1)])
     return matrix, seconds
 
@@ -147,18 +159,36 @@ def record(ctx: Context, plan, matrices: dict, final, train_seconds: dict) -> No
         last = matrices[approach][-1]
         what = "adapterhub.continual train_sequence + evaluate_sequence" if approach in (ORACLE, ROUTED) else \
             f"adapterhub.train.train on each task in turn, lr={LEARNING_RATES['lora' if approach == LORA_SEQ else FULL_SEQ]:g}"  # fmt: skip
-        ctx.record("average accuracy after the last task", approach, [statistics.fmean(last)], what=what, unit="fraction")
-        ctx.record("backward transfer (BWT)", approach, [backward_transfer(matrices[approach])], what=what, unit="Δ accuracy")
+        ctx.record(
+            "average accuracy after the last task", approach, [statistics.fmean(last)], what=what, unit="fraction"
+        )
+        ctx.record(
+            "backward transfer (BWT)", approach, [backward_transfer(matrices[approach])], what=what, unit="Δ accuracy"
+        )
         for name, accuracy in zip(names, last):
-            ctx.record("accuracy after the last task", approach, [accuracy], what=what, params={"task": name}, unit="fraction")
+            ctx.record(
+                "accuracy after the last task", approach, [accuracy], what=what, params={"task": name}, unit="fraction"
+            )
         if approach in train_seconds:
-            ctx.record("train time (all tasks, training loops)", approach, [train_seconds[approach]], what=what, unit="s")
-    ctx.record("router accuracy (all held-out examples)", ROUTED, [final.router_accuracy], what="Router.nearest", unit="fraction")
+            ctx.record(
+                "train time (all tasks, training loops)", approach, [train_seconds[approach]], what=what, unit="s"
+            )
+    ctx.record(
+        "router accuracy (all held-out examples)",
+        ROUTED,
+        [final.router_accuracy],
+        what="Router.nearest",
+        unit="fraction",
+    )
     lost = statistics.fmean(matrices[ORACLE][-1]) - statistics.fmean(matrices[ROUTED][-1])
     ctx.record("accuracy lost to routing", ROUTED, [lost], what="oracle average − routed average", unit="Δ accuracy")
-    ctx.check("forgetting of adapter per task with oracle ids, |BWT|", abs(backward_transfer(matrices[ORACLE])), 1e-6, unit="")
+    ctx.check(
+        "forgetting of adapter per task with oracle ids, |BWT|", abs(backward_transfer(matrices[ORACLE])), 1e-6, unit=""
+    )
     for approach in APPROACHES:
-        rows = [[f"after {names[i]}"] + row + [None] * (len(names) - len(row)) for i, row in enumerate(matrices[approach])]
+        rows = [
+            [f"after {names[i]}"] + row + [None] * (len(names) - len(row)) for i, row in enumerate(matrices[approach])
+        ]
         ctx.table(f"R[i][j], {approach}: accuracy on task j (columns) after training task i (rows)", ["", *names], rows)
     confusion = [[t.task] + [t.routed_to.get(name, 0) for name in names] for t in final.tasks]
     ctx.table("Router after the last task: held-out examples of each task (rows) by the task they were routed to (columns)",
@@ -200,8 +230,12 @@ def time_routing(ctx: Context, plan, registry) -> None:
         repeats=repeats,
     )  # fmt: skip
     extra = (routed.stats.median - oracle.stats.median) / len(texts)
-    ctx.record("routing cost per example (batch)", ROUTED, [extra], what="(routed − oracle median) / batch size", unit="ms")
-    alone = ctx.time("route one text", Side(ROUTED, "router.route([text])", lambda: router.route(texts[:1])), repeats=repeats)
+    ctx.record(
+        "routing cost per example (batch)", ROUTED, [extra], what="(routed − oracle median) / batch size", unit="ms"
+    )
+    alone = ctx.time(
+        "route one text", Side(ROUTED, "router.route([text])", lambda: router.route(texts[:1])), repeats=repeats
+    )
     ctx.note(f"Routing adds {extra:.2f} ms per example in a batch of {len(texts)} ({extra * len(texts) / oracle.stats.median:.0%} "
              f"of classifying it with oracle ids: one more forward of the bare base); routing a single text takes "
              f"{alone.stats.median:.1f} ms.")  # fmt: skip

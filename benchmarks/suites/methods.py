@@ -64,10 +64,21 @@ RUNS = (
     Run("bottleneck (houlsby)", "bottleneck", 3e-3, {"variant": "houlsby"}),
     Run("bottleneck (pfeiffer)", "bottleneck", 3e-3, {"variant": "pfeiffer"}),
     Run("ia3", "ia3", 2e-2),
-    Run("prompt_tuning", "prompt_tuning", 3e-2, {"num_virtual_tokens": 10, "init": "text", "init_text": "Is the sentiment of this tweet positive, negative or neutral?"}),
+    Run(
+        "prompt_tuning",
+        "prompt_tuning",
+        3e-2,
+        {
+            "num_virtual_tokens": 10,
+            "init": "text",
+            "init_text": "Is the sentiment of this tweet positive, negative or neutral?",
+        },
+    ),
     Run(FULL_FINE_TUNING, FULL_FINE_TUNING, 1e-4),
     Run(LINEAR_PROBE, LINEAR_PROBE, 2e-2),
-    Run("prefix_tuning (SmolLM2, causal LM)", "prefix_tuning", 1e-2, {"num_virtual_tokens": 10}, model_task="causal-lm"),
+    Run(
+        "prefix_tuning (SmolLM2, causal LM)", "prefix_tuning", 1e-2, {"num_virtual_tokens": 10}, model_task="causal-lm"
+    ),
 )
 """Learning rates for short CPU runs (tens of steps): LoRA 2e-3, AdaLoRA 5e-3, bottleneck 3e-3, IA3 2e-2, soft
 prompts 3e-2 / 1e-2, full fine-tuning 1e-4, probe 2e-2; at 1e-3 AdaLoRA and bottleneck stayed at the majority class."""
@@ -136,15 +147,17 @@ def _installed(runs: tuple[Run, ...]) -> list[Run]:
 
 
 def run(ctx: Context) -> None:
-    from adapterhub.train import total_steps
     from adapterhub.prepare import classification_split, labels_of
+    from adapterhub.train import total_steps
     from benchmarks.method_baselines import has_peft_side
     from benchmarks.method_runs import record_runs, train_ours, train_peft
     from benchmarks.method_steps import compare_steps
     from benchmarks.models import smollm2_gguf, tiny_llama, transformers_dir
 
     if ctx.model:
-        raise BenchmarkError("the methods suite always runs on all-MiniLM-L6-v2 (and SmolLM2 for prefix tuning); --model does not apply")
+        raise BenchmarkError(
+            "the methods suite always runs on all-MiniLM-L6-v2 (and SmolLM2 for prefix tuning); --model does not apply"
+        )
     samples = 200 if ctx.quick else int(os.environ.get("ADAPTERHUB_BENCH_SAMPLES", 400))
     epochs = 1 if ctx.quick else int(os.environ.get("ADAPTERHUB_BENCH_EPOCHS", 1))
     data = data_spec(samples)
@@ -176,7 +189,12 @@ def _timed_run(train, row: Run, case: Case) -> dict:
     """One side's whole training run, with the load and CPU time around it (rows run one after another)."""
     load_before, cpu_before = os.getloadavg()[0], time.process_time()
     numbers = train(row, case)
-    return {**numbers, "load_before": load_before, "load_after": os.getloadavg()[0], "cpu_seconds": time.process_time() - cpu_before}
+    return {
+        **numbers,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "cpu_seconds": time.process_time() - cpu_before,
+    }
 
 
 def _tweets_as_text(case: Case, texts: list[str], steps: int):

@@ -22,8 +22,8 @@ import itertools
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from benchmarks.harness import BASELINE, OURS, Context, Side
 
@@ -127,10 +127,13 @@ def _drop_source(state: tuple[int, Path]) -> None:
 
 def run(ctx: Context) -> None:
     import torch
+
     from adapterhub_registry import Registry
 
     sizes = QUICK_SIZES if ctx.quick else SIZES
-    ctx.settings.update(sizes=list(sizes), query=QUERY, pushed_adapter_mb=round(LAYERS * RANK * (3 * HIDDEN + KV) * 4 / 2**20, 2))
+    ctx.settings.update(
+        sizes=list(sizes), query=QUERY, pushed_adapter_mb=round(LAYERS * RANK * (3 * HIDDEN + KV) * 4 / 2**20, 2)
+    )
     generator = torch.Generator().manual_seed(ctx.seed + 1)
     with ctx.scratch("registry") as root:
         for n in sizes:
@@ -153,7 +156,9 @@ def run(ctx: Context) -> None:
             found, _ = ctx.compare(
                 "search",
                 Side(OURS, f"Registry.search({QUERY!r}) (first 50)", lambda: registry.search(QUERY, limit=PAGE)),
-                Side(BASELINE, "scan folder, parse every config, filter (first 50)", lambda: _scan_search(folder, QUERY)),
+                Side(
+                    BASELINE, "scan folder, parse every config, filter (first 50)", lambda: _scan_search(folder, QUERY)
+                ),
                 params=params,
             )
             if n == max(SIZES):
@@ -169,7 +174,13 @@ def run(ctx: Context) -> None:
             ctx.compare(
                 "push",
                 Side(OURS, "Registry.push(dir)", push, _fresh_adapters(root / "staging", generator), _drop_source),
-                Side(BASELINE, "shutil.copytree(dir, folder/name)", copy_in, _fresh_adapters(root / "staging", generator), _drop_source),
+                Side(
+                    BASELINE,
+                    "shutil.copytree(dir, folder/name)",
+                    copy_in,
+                    _fresh_adapters(root / "staging", generator),
+                    _drop_source,
+                ),
                 params=params,
             )
             pulled = root / "pulled"
@@ -180,11 +191,20 @@ def run(ctx: Context) -> None:
             ctx.compare(
                 "pull",
                 Side(OURS, "Registry.pull(ref, dir)", lambda _: registry.pull("bench-push-0", pulled), clear),
-                Side(BASELINE, "shutil.copytree(folder/name, dir)", lambda _: shutil.copytree(folder / "bench-push-0", pulled), clear),
+                Side(
+                    BASELINE,
+                    "shutil.copytree(folder/name, dir)",
+                    lambda _: shutil.copytree(folder / "bench-push-0", pulled),
+                    clear,
+                ),
                 params=params,
             )
             registry.close()
             shutil.rmtree(registry.root)
             shutil.rmtree(folder)
-    ctx.note("The registry is opened once per size and reused (library use); `adapterhub registry list` also opens it per call.")
-    ctx.note("Registry.push fsyncs the blob and commits one SQLite transaction; the folder baseline copies without fsync, so it is not crash-safe.")
+    ctx.note(
+        "The registry is opened once per size and reused (library use); `adapterhub registry list` also opens it per call."
+    )
+    ctx.note(
+        "Registry.push fsyncs the blob and commits one SQLite transaction; the folder baseline copies without fsync, so it is not crash-safe."
+    )

@@ -74,16 +74,19 @@ def _adapter(directory: Path, megabytes: int, generator) -> Path:
     columns = megabytes * 2**20 // 4 // 16 // 2  # two (16, columns) tensors
     save_file({f"base_model.model.layer.lora_{p}.weight": torch.randn(16, columns, generator=generator) for p in "AB"},
               str(directory / "adapter_model.safetensors"))  # fmt: skip
-    (directory / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16, "target_modules": ["layer"]}))
+    (directory / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 16, "target_modules": ["layer"]})
+    )
     return directory
 
 
 def _populate_remote(remote, count: int) -> None:
     """`count` names with one small version each, written through the remote layout by 8 threads."""
     import torch
+    from safetensors.torch import save
+
     from adapterhub_registry import remote_layout as layout
     from adapterhub_registry.blobs import sha256_hex
-    from safetensors.torch import save
 
     def one(i: int) -> None:
         data = save({"base_model.model.layer.lora_A.weight": torch.full((4, 16), float(i))})
@@ -101,9 +104,10 @@ def _populate_remote(remote, count: int) -> None:
 def run(ctx: Context) -> None:
     import boto3
     import torch
+    from safetensors.torch import save_file
+
     from adapterhub_registry import Registry
     from adapterhub_registry.remote_config import RemoteConfigs
-    from safetensors.torch import save_file
 
     megabytes = QUICK_ADAPTER_MB if ctx.quick else ADAPTER_MB
     entries = QUICK_ENTRIES if ctx.quick else ENTRIES
@@ -133,9 +137,16 @@ def run(ctx: Context) -> None:
             ctx.compare(
                 f"push {megabytes} MB",
                 Side(REMOTE, "Remote.push(ref): blob PUT + conditional entry PUT", remote.push, fresh_local_ref),
-                Side(LOCAL, "Registry.push(dir)", lambda d: local.push("local-push", d, method="lora"), fresh_dir,
-                     lambda d: shutil.rmtree(d)),  # fmt: skip
-                params=params, repeats=repeats, warmup=1,
+                Side(
+                    LOCAL,
+                    "Registry.push(dir)",
+                    lambda d: local.push("local-push", d, method="lora"),
+                    fresh_dir,
+                    lambda d: shutil.rmtree(d),
+                ),  # fmt: skip
+                params=params,
+                repeats=repeats,
+                warmup=1,
             )
             source = fresh_dir()
             local.push("fetched", source, method="lora")
@@ -191,8 +202,12 @@ def run(ctx: Context) -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    ctx.note("moto runs in its own process on loopback: no network latency or bandwidth limit, so the remote "
-             "figures are the client's cost plus moto's request handling; on a real S3 add its latency per request.")
-    ctx.note("A push makes 5 requests (LIST versions, GET newest entry, HEAD blob, PUT blob, PUT entry if absent); "
-             "a fetch 4 (LIST or GET tag, GET entry, HEAD + GET blob) before the local push; a list 2 LISTs + one GET per "
-             "name not cached.")
+    ctx.note(
+        "moto runs in its own process on loopback: no network latency or bandwidth limit, so the remote "
+        "figures are the client's cost plus moto's request handling; on a real S3 add its latency per request."
+    )
+    ctx.note(
+        "A push makes 5 requests (LIST versions, GET newest entry, HEAD blob, PUT blob, PUT entry if absent); "
+        "a fetch 4 (LIST or GET tag, GET entry, HEAD + GET blob) before the local push; a list 2 LISTs + one GET per "
+        "name not cached."
+    )

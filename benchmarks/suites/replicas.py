@@ -88,13 +88,13 @@ def _send(client, url: str, jobs: list[tuple[str, str]], tokens: int, concurrenc
 def run(ctx: Context) -> None:
     import httpx
     import ray
-    from adapterhub_registry import Registry
     from ray import serve
 
     from adapterhub.base import load_base
     from adapterhub.server import ServerSettings
     from adapterhub.server.ray_serve import APP_NAME, ReplicaSpec, application
     from adapterhub.server.ray_serve.board import STALE_AFTER_S
+    from adapterhub_registry import Registry
 
     path, label = models.model_for(ctx)
     count, tokens, concurrency = (32, 4, 4) if ctx.quick else (192, 16, 8)
@@ -129,13 +129,22 @@ def run(ctx: Context) -> None:
                     measured = ctx.record("request latency", setup, latencies, what=f"{replicas} replica(s), "
                                           f"{'multiplexed' if multiplexed else 'load-only'} routing",
                                           params={"replicas": replicas}, extra={"requests_per_s": count / seconds, "p99_ms": p99, "hit_share": share})  # fmt: skip
-                    summary.append([setup, round(count / seconds, 2), round(measured.stats.median, 1),
-                                    round(p99, 1), round(100 * share, 1)])
+                    summary.append(
+                        [
+                            setup,
+                            round(count / seconds, 2),
+                            round(measured.stats.median, 1),
+                            round(p99, 1),
+                            round(100 * share, 1),
+                        ]
+                    )
                     serve.delete(APP_NAME)
         finally:
             ray.shutdown()
     ctx.table("Replicas on Ray Serve", ["setup", "requests/s", "latency p50 ms", "latency p99 ms", "adapter already held %"], summary,
               note=f"{count} requests, {concurrency} in flight, {tokens} tokens each, adapters uniform over {ADAPTERS}, "
                    f"{SLOTS} slots per replica")  # fmt: skip
-    ctx.note("Each replica reserves one Ray CPU (torch runs one thread there); on this 2-core machine the client, "
-             "the ingress and Ray's proxy share the same cores, so 2 replicas cannot reach twice the throughput of 1.")
+    ctx.note(
+        "Each replica reserves one Ray CPU (torch runs one thread there); on this 2-core machine the client, "
+        "the ingress and Ray's proxy share the same cores, so 2 replicas cannot reach twice the throughput of 1."
+    )

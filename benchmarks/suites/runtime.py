@@ -69,13 +69,17 @@ def _ratio(ctx: Context, case: str, impl: str, numerator, denominator, what: str
 
 def run(ctx: Context) -> None:
     import torch
-    from adapterhub_registry import Registry
     from peft import LoraConfig, PeftModel
-    from peft.utils.hotswap import _insert_adapter_name_into_state_dict, hotswap_adapter, hotswap_adapter_from_state_dict
+    from peft.utils.hotswap import (
+        _insert_adapter_name_into_state_dict,
+        hotswap_adapter,
+        hotswap_adapter_from_state_dict,
+    )
     from safetensors.torch import load_file
 
     from adapterhub.base import load_base
     from adapterhub.runtime import AdapterPool
+    from adapterhub_registry import Registry
 
     path, label = models.model_for(ctx)
     base = load_base(path, model_task="causal-lm")
@@ -149,7 +153,12 @@ def run(ctx: Context) -> None:
             pool.unload(ref)
             return ref
 
-        timed("switch between resident adapters", OURS, lambda: activate(resident[next(switch) % 2]), what="pool.activate([ref]) (both resident)")
+        timed(
+            "switch between resident adapters",
+            OURS,
+            lambda: activate(resident[next(switch) % 2]),
+            what="pool.activate([ref]) (both resident)",
+        )
         cycle = iter(range(10**9))
         timed("swap from host memory", OURS, lambda: activate(names[next(cycle) % ADAPTERS]),
                  what="pool.activate([ref]), 9 adapters cycling through 8 slots: a host-to-slot copy each call", repeats=swap_repeats)  # fmt: skip
@@ -186,16 +195,30 @@ def run(ctx: Context) -> None:
     ours = {m.case: m for m in ctx.measurements if m.impl == OURS}
     # Each target is judged on the case it names: the 10 ms swap is a registry adapter into a slot (disk read
     # and integrity check included); the host-memory swap is a part of it and has no target of its own.
-    ctx.check(f"swap a registry adapter ({adapter_mb:.1f} MB) into a slot, pool.load (median)",
-              ours["swap from registry/disk"].stats.median, 10.0)
+    ctx.check(
+        f"swap a registry adapter ({adapter_mb:.1f} MB) into a slot, pool.load (median)",
+        ours["swap from registry/disk"].stats.median,
+        10.0,
+    )
     ctx.check("switch between resident adapters (median)", ours["switch between resident adapters"].stats.median, 0.1)
     ctx.check("forward one adapter / base forward", ours_overhead, 1.10, unit="x")
-    ctx.check("mixed 8-adapter batch time / one-adapter batch time (≤ 1.11 is throughput ≥ 0.90×)", ours_mix, 1 / 0.9, unit="x")
-    ctx.note(f"Base model: {label}, fp32; LoRA r=16 on every linear layer; forward = one prefill of {batch}×{length} tokens under inference_mode.")
-    ctx.note("The two sides wrap the same base model and so run one after the other (peft first, then the pool). Within "
-             "a side, 'adapter' and 'no adapter' (and 'mixed' and 'one adapter') forwards alternate, so each side's ratio "
-             "is taken under the same load; the bare-base ratio uses one bare forward measured first and is noisier.")
+    ctx.check(
+        "mixed 8-adapter batch time / one-adapter batch time (≤ 1.11 is throughput ≥ 0.90×)",
+        ours_mix,
+        1 / 0.9,
+        unit="x",
+    )
+    ctx.note(
+        f"Base model: {label}, fp32; LoRA r=16 on every linear layer; forward = one prefill of {batch}×{length} tokens under inference_mode."
+    )
+    ctx.note(
+        "The two sides wrap the same base model and so run one after the other (peft first, then the pool). Within "
+        "a side, 'adapter' and 'no adapter' (and 'mixed' and 'one adapter') forwards alternate, so each side's ratio "
+        "is taken under the same load; the bare-base ratio uses one bare forward measured first and is noisier."
+    )
     ctx.note("peft keeps 8 adapters in one PeftModel; adapterhub's pool has 8 slots padded to rank 16.")
-    ctx.note(f"Swap from host memory (a host-to-slot copy, part of a registry swap) has no target of its own: "
-             f"{ours['swap from host memory'].stats.median:.3g} ms median. The registry swap's integrity check is "
-             "xxh3-128 of the whole blob, recorded at push; sha256 is checked on push, pull, export and verify.")
+    ctx.note(
+        f"Swap from host memory (a host-to-slot copy, part of a registry swap) has no target of its own: "
+        f"{ours['swap from host memory'].stats.median:.3g} ms median. The registry swap's integrity check is "
+        "xxh3-128 of the whole blob, recorded at push; sha256 is checked on push, pull, export and verify."
+    )

@@ -66,7 +66,15 @@ class Size:
         return sorted({round(max(floor, factor * capacity), 3) for factor in self.rate_factors})
 
 
-FULL = Size(duration_s=75.0, min_requests=12, max_duration_s=120.0, drain_s=45.0, probe_requests=8, probe_s=40.0, rate_factors=(0.5, 1.0, 2.0))
+FULL = Size(
+    duration_s=75.0,
+    min_requests=12,
+    max_duration_s=120.0,
+    drain_s=45.0,
+    probe_requests=8,
+    probe_s=40.0,
+    rate_factors=(0.5, 1.0, 2.0),
+)
 QUICK = Size(duration_s=5.0, min_requests=5, max_duration_s=8.0, drain_s=3.0, probe_requests=8, probe_s=6.0, rate_factors=(0.5, 1.5),
              startup_s=180.0)  # fmt: skip
 
@@ -90,7 +98,9 @@ class Server:
 
     def start(self, env: dict[str, str]) -> None:
         with self.log.open("w") as out:
-            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, start_new_session=True
+            )
 
     def wait_healthy(self, timeout_s: float) -> None:
         import httpx
@@ -134,7 +144,7 @@ def _free_port() -> int:
 
 
 def _require_batching_option() -> None:
-    from adapterhub.server.command import serve_command
+    from adapterhub.cli.serve import serve_command
 
     if not any(param.name == "batching" for param in serve_command.params):
         raise BenchmarkError("this suite compares `adapterhub serve --batching continuous` with `--batching static`, and this "
@@ -167,7 +177,15 @@ def servers(path: str, registry_root: Path, refs: list[str], logs: Path) -> list
     result = []
     for impl, what, command in systems:
         port = _free_port()
-        result.append(Server(impl, what, [a.replace("{port}", str(port)) for a in command], port, logs / f"{impl.replace(' ', '-')}.log"))
+        result.append(
+            Server(
+                impl,
+                what,
+                [a.replace("{port}", str(port)) for a in command],
+                port,
+                logs / f"{impl.replace(' ', '-')}.log",
+            )
+        )
     return result
 
 
@@ -208,9 +226,10 @@ def start(systems: list[Server], refs: list[str], timeout_s: float) -> None:
 
 
 def run(ctx: Context) -> None:
-    from adapterhub_registry import Registry
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
+
+    from adapterhub_registry import Registry
 
     _require_batching_option()
     size = QUICK if ctx.quick else FULL
@@ -225,7 +244,9 @@ def run(ctx: Context) -> None:
         systems = servers(path, root / "registry", refs, root)
         try:
             start(systems, refs, size.startup_s)
-            shape = loadgen.LoadShape(rate=1.0, duration_s=size.duration_s, adapters=tuple(refs), seed=ctx.seed)  # the probe's draws
+            shape = loadgen.LoadShape(
+                rate=1.0, duration_s=size.duration_s, adapters=tuple(refs), seed=ctx.seed
+            )  # the probe's draws
             capacity, probe_tokens_per_s = probe_capacity(systems[0], shape, size, words, count_tokens)
             rates = size.rates(capacity)
             durations = [size.duration(rate) for rate in rates]
@@ -234,7 +255,13 @@ def run(ctx: Context) -> None:
                                 probe={"requests": size.probe_requests, "cut_off_s": size.probe_s,
                                        "output_tokens_per_s": round(probe_tokens_per_s, 2), "capacity_req_per_s": round(capacity, 4)},
                                 commands={s.impl: " ".join(s.command) for s in systems})  # fmt: skip
-            with tqdm(total=len(rates) * len(systems) + 1, desc="serving: load runs", unit="run", disable=not ctx.progress, leave=False) as bar:
+            with tqdm(
+                total=len(rates) * len(systems) + 1,
+                desc="serving: load runs",
+                unit="run",
+                disable=not ctx.progress,
+                leave=False,
+            ) as bar:
                 for i, (rate, duration) in enumerate(zip(rates, durations)):
                     planned = loadgen.schedule(loadgen.LoadShape(rate, duration, tuple(refs), seed=ctx.seed), words)
                     for server in systems if i % 2 == 0 else systems[::-1]:  # take turns, so load drift hits all alike
@@ -243,7 +270,9 @@ def run(ctx: Context) -> None:
                         _record(ctx, server, rate, results, count_tokens)
                         bar.update(1)
                 one = loadgen.schedule(loadgen.LoadShape(rates[-1], durations[-1], (refs[0],), seed=ctx.seed), words)
-                single = loadgen.summarize(loadgen.run_load(systems[0].url, one, drain_s=size.drain_s, seed=ctx.seed), count_tokens)
+                single = loadgen.summarize(
+                    loadgen.run_load(systems[0].url, one, drain_s=size.drain_s, seed=ctx.seed), count_tokens
+                )
                 _settle(systems[0], refs[0])
                 bar.update(1)
             memory = {s.impl: s.rss_mb() for s in systems}
@@ -256,12 +285,18 @@ def run(ctx: Context) -> None:
 def _record(ctx: Context, server: Server, rate: float, results: list[loadgen.RequestResult], count_tokens) -> None:
     summary = loadgen.summarize(results, count_tokens)
     server.summaries[rate] = summary
-    server.short_ttft_s += [r.ttft_s for r in loadgen.short_while_long(results) if r.error is None and r.ttft_s is not None]
+    server.short_ttft_s += [
+        r.ttft_s for r in loadgen.short_while_long(results) if r.error is None and r.ttft_s is not None
+    ]
     for case, attribute, unit in METRICS:
         value = getattr(summary, attribute)
         if value is None or not summary.output_tokens:  # nothing came back: the table says so, no figure to plot
             continue
-        extra = {"summary": summary.to_dict(), "requests": [r.to_dict() for r in results]} if attribute == "output_tokens_per_s" else None
+        extra = (
+            {"summary": summary.to_dict(), "requests": [r.to_dict() for r in results]}
+            if attribute == "output_tokens_per_s"
+            else None
+        )
         ctx.record(case, server.impl, [value], what=server.what, params={"rate": rate}, unit=unit, extra=extra)
 
 
@@ -298,8 +333,10 @@ def _report(ctx: Context, systems: list[Server], rates: list[float], single: loa
                    "bound. ITL is empty for the static batcher: its answer arrives as one chunk, so TTFT is the whole latency.")  # fmt: skip
     ctx.table("Short requests sent while a long one ran, all rates pooled", ["system", "n", "TTFT p99 (ms)"],
               [[s.impl, len(s.short_ttft_s), None if p99[s.impl] is None else p99[s.impl] * 1000] for s in systems])  # fmt: skip
-    ctx.note("Rates are fractions and multiples of the continuous server's capacity, probed by a burst at the start "
-             "(settings.probe); the highest saturates every system, so its tokens/s is the saturated throughput.")
+    ctx.note(
+        "Rates are fractions and multiples of the continuous server's capacity, probed by a burst at the start "
+        "(settings.probe); the highest saturates every system, so its tokens/s is the saturated throughput."
+    )
     ctx.note(f"Each rate sends Poisson arrivals for its duration (settings.durations_s); requests still running "
              f"{ctx.settings['drain_s']:.0f} s after the last arrival are cancelled (an overloaded server never drains); their "
              "tokens received so far count in tokens/s, which is output tokens over the run's wall time. In the "
@@ -340,7 +377,9 @@ def _plot(document: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     quick = ", quick" if document["quick"] else ""
-    figure.suptitle(f"serving — {document['device']}{quick}: throughput against p99 latency (points: arrival rates)", fontsize=11)
+    figure.suptitle(
+        f"serving — {document['device']}{quick}: throughput against p99 latency (points: arrival rates)", fontsize=11
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

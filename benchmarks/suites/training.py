@@ -41,7 +41,9 @@ SLOW_STEPS = 2
 # memory is not shared with us or the other side, CUDA is never initialised before the fork, and no
 # child pays the import time again.
 _processes = multiprocessing.get_context("forkserver")
-_processes.set_forkserver_preload(["torch", "transformers", "peft", "bitsandbytes", "adapterhub.train", "benchmarks.suites.training"])
+_processes.set_forkserver_preload(
+    ["torch", "transformers", "peft", "bitsandbytes", "adapterhub.train", "benchmarks.suites.training"]
+)
 
 
 @dataclass
@@ -88,7 +90,10 @@ def _peft_model(job: Job):
     kwargs = {"dtype": getattr(torch, job.dtype)}
     if job.quantize == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
         )
         kwargs["device_map"] = job.device
     model = AutoModelForCausalLM.from_pretrained(job.hf_dir, **kwargs)
@@ -99,7 +104,11 @@ def _peft_model(job: Job):
     if job.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
-        task_type="CAUSAL_LM", r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear"
+        task_type="CAUSAL_LM",
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules="all-linear",
     )
     return get_peft_model(model, config), model.config.pad_token_id
 
@@ -112,8 +121,14 @@ def _train_adapterhub(model, blocks, job: Job, on_step) -> None:
     from adapterhub.train import TrainSettings, train
 
     rows = blocks.tolist()
-    settings = TrainSettings(epochs=1, batch_size=job.batch_size, learning_rate=LEARNING_RATE, seed=job.seed, block_size=job.block_size)
-    store = CheckpointStore(job.checkpoint_dir, {"suite": "training"}, job.checkpoint_every) if job.checkpoint_every else None
+    settings = TrainSettings(
+        epochs=1, batch_size=job.batch_size, learning_rate=LEARNING_RATE, seed=job.seed, block_size=job.block_size
+    )
+    store = (
+        CheckpointStore(job.checkpoint_dir, {"suite": "training"}, job.checkpoint_every)
+        if job.checkpoint_every
+        else None
+    )
     train(model, lambda order: block_batches(rows, 0, job.batch_size, order), len(rows), None, "causal-lm", settings,
           on_step=lambda *_: on_step(), progress=False, dtype=getattr(torch, job.dtype), checkpoints=store)  # fmt: skip
 
@@ -180,7 +195,9 @@ def _in_child(ctx: Context, job: Job, label: str) -> dict:
     process = _processes.Process(target=_run_side, args=(job, messages), daemon=True)
     process.start()
     total = job.warmup + job.steps
-    with tqdm(total=total, desc=f"training: {label} (loading)", unit="step", leave=False, disable=not ctx.progress) as bar:
+    with tqdm(
+        total=total, desc=f"training: {label} (loading)", unit="step", leave=False, disable=not ctx.progress
+    ) as bar:
         while True:
             try:
                 kind, value = messages.get(timeout=5)

@@ -35,7 +35,9 @@ class AdapterFiles:
 def read_adapter_dir(directory: Path) -> AdapterFiles:
     """Read a PEFT adapter directory; raise with a fix-it message when something is missing or unsafe."""
     if not directory.is_dir():
-        raise RegistryError(f"{directory} is not a directory; pass the folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise RegistryError(
+            f"{directory} is not a directory; pass the folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -45,7 +47,9 @@ def read_adapter_dir(directory: Path) -> AdapterFiles:
                 f"convert with safetensors (safetensors.torch.save_file(state_dict, '{WEIGHTS_FILE}')) "
                 "or save the adapter with model.save_pretrained(dir, safe_serialization=True)"
             )
-        raise RegistryError(f"{directory} has no {WEIGHTS_FILE}; save the adapter with model.save_pretrained(dir) first")
+        raise RegistryError(
+            f"{directory} has no {WEIGHTS_FILE}; save the adapter with model.save_pretrained(dir) first"
+        )
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise RegistryError(f"{directory} has no {CONFIG_FILE}; save the adapter with model.save_pretrained(dir) first")

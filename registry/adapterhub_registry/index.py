@@ -144,8 +144,13 @@ class Index:
     def describe_name(self, name: str) -> str:
         """What exists under `name` (versions and tags), for not-found messages."""
         with self._reading() as conn:
-            versions = [v for (v,) in conn.execute("SELECT version FROM adapters WHERE name = ? ORDER BY version", (name,))]
-            tags = [f"{t}->@{v}" for t, v in conn.execute("SELECT tag, version FROM tags WHERE name = ? ORDER BY tag", (name,))]
+            versions = [
+                v for (v,) in conn.execute("SELECT version FROM adapters WHERE name = ? ORDER BY version", (name,))
+            ]
+            tags = [
+                f"{t}->@{v}"
+                for t, v in conn.execute("SELECT tag, version FROM tags WHERE name = ? ORDER BY tag", (name,))
+            ]
         if not versions:
             return f"no adapter named {name!r} exists; run `list` to see the stored names"
         text = f"{name!r} has versions {', '.join(f'@{v}' for v in versions)}"
@@ -268,8 +273,16 @@ class Writer:
             "INSERT INTO adapters (name, version, method, base_fingerprint, peft_config, manifest, metrics,"
             " blob_sha256, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                name, version, method, base_fingerprint, peft_config_text,
-                _to_json(manifest, "manifest"), _to_json(metrics, "metrics"), blob_sha256, size_bytes, created_at,
+                name,
+                version,
+                method,
+                base_fingerprint,
+                peft_config_text,
+                _to_json(manifest, "manifest"),
+                _to_json(metrics, "metrics"),
+                blob_sha256,
+                size_bytes,
+                created_at,
             ),
         )
         self._conn.execute(
@@ -291,7 +304,8 @@ class Writer:
 
     def set_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> None:
         self._conn.execute(
-            "UPDATE adapters SET metrics = ? WHERE name = ? AND version = ?", (_to_json(metrics, "metrics"), name, version)
+            "UPDATE adapters SET metrics = ? WHERE name = ? AND version = ?",
+            (_to_json(metrics, "metrics"), name, version),
         )
 
     def delete(self, records: list[AdapterRecord]) -> None:
@@ -355,8 +369,19 @@ def _records(rows: Iterator[tuple[Any, ...]]) -> list[AdapterRecord]:
     # JSON columns stay text until a caller reads them (see records.py); this keeps list() fast.
     return [
         AdapterRecord.from_index_row(
-            (name, version, method, base, config, manifest, metrics,
-             tuple(sorted(tags.split(_TAG_SEP))) if tags else (), sha, size, created)
+            (
+                name,
+                version,
+                method,
+                base,
+                config,
+                manifest,
+                metrics,
+                tuple(sorted(tags.split(_TAG_SEP))) if tags else (),
+                sha,
+                size,
+                created,
+            )
         )  # fmt: skip
         for name, version, method, base, config, manifest, metrics, sha, size, created, tags in rows
     ]

@@ -56,7 +56,9 @@ class Registry:
         try:
             self._blobs = BlobStore(self.root / "blobs" / "sha256")
         except OSError as exc:
-            raise RegistryError(f"cannot create the registry at {self.root}: {exc.strerror}; pick a writable root") from exc
+            raise RegistryError(
+                f"cannot create the registry at {self.root}: {exc.strerror}; pick a writable root"
+            ) from exc
         self._index = Index(self.root / "index.sqlite")
         # On a read-only root the leftovers stay until `verify --repair` runs where it can write.
         with contextlib.suppress(OSError):
@@ -114,9 +116,15 @@ class Registry:
                 created = self._blobs.store(files.weights, digest)
                 writer.set_checksum(digest, checksum)
                 version = writer.add_version(
-                    name=name, method=method, base_fingerprint=base_fingerprint, peft_config_text=files.config_text,
-                    manifest=merged_manifest, metrics=dict(metrics or {}),
-                    blob_sha256=digest, size_bytes=len(files.weights), created_at=time.time(),
+                    name=name,
+                    method=method,
+                    base_fingerprint=base_fingerprint,
+                    peft_config_text=files.config_text,
+                    manifest=merged_manifest,
+                    metrics=dict(metrics or {}),
+                    blob_sha256=digest,
+                    size_bytes=len(files.weights),
+                    created_at=time.time(),
                 )
                 for tag in tag_list:
                     writer.set_tag(name, tag, version)
@@ -147,7 +155,9 @@ class Registry:
             with self._blobs.reading(record.blob_sha256, record.size_bytes, record.ref, recorded, header_size) as read:
                 try:
                     header, data_start = checked_header(memoryview(read.buffer.numpy()), f"blob {record.blob_sha256}")
-                except UnsafeFileError as exc:  # the bytes are as pushed (checked on leaving), so this slipped past push
+                except (
+                    UnsafeFileError
+                ) as exc:  # the bytes are as pushed (checked on leaving), so this slipped past push
                     raise CorruptBlobError(
                         f"adapter {record.ref}: {exc}; the blob is not loadable, delete {record.ref} and push it again"
                     ) from exc
@@ -164,14 +174,21 @@ class Registry:
         weights = self._read_blob(record)
         sidecar = {
             **record.manifest,
-            "name": record.name, "version": record.version, "method": record.method,
-            "base_fingerprint": record.base_fingerprint, "metrics": record.metrics, "tags": list(record.tags),
+            "name": record.name,
+            "version": record.version,
+            "method": record.method,
+            "base_fingerprint": record.base_fingerprint,
+            "metrics": record.metrics,
+            "tags": list(record.tags),
         }
-        write_files(Path(dest_dir), {
-            CONFIG_FILE: self._index.peft_config_text(record).encode("utf-8"),
-            WEIGHTS_FILE: weights,
-            MANIFEST_FILE: manifest_bytes(sidecar),
-        })
+        write_files(
+            Path(dest_dir),
+            {
+                CONFIG_FILE: self._index.peft_config_text(record).encode("utf-8"),
+                WEIGHTS_FILE: weights,
+                MANIFEST_FILE: manifest_bytes(sidecar),
+            },
+        )
         return record
 
     def export_peft(self, ref: str, dest_dir: Path | str, *, overwrite: bool = False) -> Path:

@@ -162,7 +162,9 @@ class Remote:
         if len(data) != entry.size_bytes:
             raise CorruptBlobError(f"{where} has {len(data)} bytes, expected {entry.size_bytes}; refused. {advice}")
         if (digest := sha256_hex(data)) != entry.blob_sha256:
-            raise CorruptBlobError(f"{where} hashes to {digest}, not {entry.blob_sha256}: it is damaged; refused. {advice}")
+            raise CorruptBlobError(
+                f"{where} hashes to {digest}, not {entry.blob_sha256}: it is damaged; refused. {advice}"
+            )
         return data
 
 

@@ -80,7 +80,9 @@ class RemoteConfigs:
                 raise TypeError("'remotes' is not an object")
             return remotes
         except (ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(f"{self.path} is damaged ({exc}); fix or delete it, then add the remotes again") from exc
+            raise RegistryError(
+                f"{self.path} is damaged ({exc}); fix or delete it, then add the remotes again"
+            ) from exc
 
     @contextlib.contextmanager
     def _editing(self) -> Iterator[dict[str, dict]]:

@@ -76,11 +76,12 @@ class FileStore(FsspecStore):
         return target
 
 
-
 def _advice(url: str, key: str, exc: OSError) -> str:
     if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP) and "link" in str(exc).lower():
-        return (f"remote {url}: the file system refuses hard links ({exc.strerror}), which the remote index needs "
-                "for atomic creates; put the remote on a file system with hard links (ext4, xfs, NFS) or use s3://")
+        return (
+            f"remote {url}: the file system refuses hard links ({exc.strerror}), which the remote index needs "
+            "for atomic creates; put the remote on a file system with hard links (ext4, xfs, NFS) or use s3://"
+        )
     return f"remote {url}: cannot write {key}: {exc.strerror or exc}; check that the directory exists and is writable"
 
 

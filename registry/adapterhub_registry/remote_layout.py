@@ -85,11 +85,16 @@ class RemoteEntry:
             validate_name(entry.name)
             if not _SHA256.fullmatch(entry.blob_sha256) or not isinstance(entry.size_bytes, int):
                 raise ValueError(f"blob {entry.blob_sha256!r} of size {entry.size_bytes!r} is not a sha256 and a size")
-            if (match := _ENTRY_KEY.fullmatch(key)) and (match.group(1), int(match.group(2))) != (entry.name, entry.version):
+            if (match := _ENTRY_KEY.fullmatch(key)) and (match.group(1), int(match.group(2))) != (
+                entry.name,
+                entry.version,
+            ):
                 raise ValueError(f"it names {entry.ref}")
             return entry
         except (ValueError, TypeError, AttributeError) as exc:
-            raise RegistryError(f"remote entry {key} is not a valid entry ({exc}); the remote index is damaged") from exc
+            raise RegistryError(
+                f"remote entry {key} is not a valid entry ({exc}); the remote index is damaged"
+            ) from exc
 
     def record(self, tags: tuple[str, ...] = ()) -> AdapterRecord:
         """The entry as an `AdapterRecord`, with the remote's version number and `tags`."""

@@ -42,7 +42,9 @@ class S3Store(FsspecStore):
         # ranged parallel download of large objects); the GETs of all keys still run concurrently.
         start = len(self.root) + 1
         paths = [self.path(k) for k in keys]
-        found = self._call(lambda: self.fs.cat(paths, on_error="omit", max_concurrency=1) if paths else {}, "index entries")
+        found = self._call(
+            lambda: self.fs.cat(paths, on_error="omit", max_concurrency=1) if paths else {}, "index entries"
+        )
         return {path[start:]: data for path, data in found.items()}
 
     def read_with_token(self, key: str) -> tuple[bytes, str] | None:

@@ -91,7 +91,9 @@ def check_url(url: str) -> str:
         raise RegistryError(f"{url!r} is not a remote URL; write s3://bucket/prefix or file:///absolute/path")
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise RegistryError(f"{url!r}: a file URL needs three slashes and an absolute path, e.g. file:///srv/adapters")
+            raise RegistryError(
+                f"{url!r}: a file URL needs three slashes and an absolute path, e.g. file:///srv/adapters"
+            )
     elif not parts.netloc:
         raise RegistryError(f"{url!r} names no bucket or host; write {parts.scheme}://bucket/prefix")
     return url

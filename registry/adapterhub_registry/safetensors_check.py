@@ -26,11 +26,32 @@ if TYPE_CHECKING:  # imported by the checks that need it: listing and tagging ne
 
 # Width in bits of every dtype the safetensors format defines (sub-byte float formats included).
 DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
-    "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64, "C64": 64,
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "F8_E8M0": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "C64": 64,
 }
 _MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
+
+
 @functools.cache
 def torch_dtypes() -> dict[str, torch.dtype]:
     """The torch dtype of each safetensors dtype this torch has (newer float8 kinds may be missing)."""
@@ -57,7 +78,9 @@ def check_safetensors(data: bytes, source: str) -> None:
     try:
         load_safetensors(data)
     except Exception as exc:  # safetensors raises its own SafetensorError and also ValueError/RuntimeError
-        raise UnsafeFileError(f"{source}: safetensors cannot load this file ({exc}); re-save it with safetensors") from exc
+        raise UnsafeFileError(
+            f"{source}: safetensors cannot load this file ({exc}); re-save it with safetensors"
+        ) from exc
 
 
 def checked_header(data: memoryview, source: str) -> tuple[dict[str, Any], int]:
@@ -78,7 +101,9 @@ def checked_header(data: memoryview, source: str) -> tuple[dict[str, Any], int]:
                 f"{source}: tensor {name!r} has dtype {entry['dtype']}, which torch {torch.__version__} lacks; upgrade torch"
             )
     if sys.byteorder != "little":
-        raise UnsafeFileError(f"{source}: safetensors data is little-endian and this CPU is not; load it on one that is")
+        raise UnsafeFileError(
+            f"{source}: safetensors data is little-endian and this CPU is not; load it on one that is"
+        )
     return header, data_start
 
 
@@ -168,12 +193,18 @@ def _check_layout(header: dict[str, Any], buffer_size: int, source: str) -> None
     position = 0
     for (begin, end), name in spans:
         if begin < position:
-            raise UnsafeFileError(f"{source}: tensor {name!r} overlaps the previous tensor (offset {begin} < {position})")
+            raise UnsafeFileError(
+                f"{source}: tensor {name!r} overlaps the previous tensor (offset {begin} < {position})"
+            )
         if begin > position:
-            raise UnsafeFileError(f"{source}: {begin - position} unused bytes before tensor {name!r} at offset {position}")
+            raise UnsafeFileError(
+                f"{source}: {begin - position} unused bytes before tensor {name!r} at offset {position}"
+            )
         position = end
     if position > buffer_size:
-        raise UnsafeFileError(f"{source}: tensor data ends at {position} but the file only has {buffer_size} data bytes")
+        raise UnsafeFileError(
+            f"{source}: tensor data ends at {position} but the file only has {buffer_size} data bytes"
+        )
     if position < buffer_size:
         raise UnsafeFileError(f"{source}: {buffer_size - position} bytes of trailing garbage after the last tensor")
 
@@ -183,7 +214,9 @@ def _tensor_span(name: str, entry: Any, source: str) -> tuple[int, int]:
         raise UnsafeFileError(f"{source}: header entry {name!r} must be an object with dtype, shape, data_offsets")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPE_BITS:
-        raise UnsafeFileError(f"{source}: tensor {name!r} has unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_BITS)}")
+        raise UnsafeFileError(
+            f"{source}: tensor {name!r} has unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_BITS)}"
+        )
     if not _natural_numbers(shape):
         raise UnsafeFileError(
             f"{source}: tensor {name!r} has invalid shape {shape!r}; expected a list of non-negative ints"

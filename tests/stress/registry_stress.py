@@ -154,10 +154,19 @@ def _crash_victim(root: str, adapters: list[str], log_path: str, seed: int, poin
         name = f"n{rng.randrange(4)}"
         if roll < 0.55:
             # Mostly new bytes (a blob is written), sometimes bytes already stored (the blob is shared).
-            directory = _fresh_copy(Path(rng.choice(adapters)), fresh, rng) if rng.random() < 0.7 else Path(rng.choice(adapters))
+            directory = (
+                _fresh_copy(Path(rng.choice(adapters)), fresh, rng)
+                if rng.random() < 0.7
+                else Path(rng.choice(adapters))
+            )
             tags = ["latest"] if rng.random() < 0.5 else []
             record = registry.push(name, directory, method="lora", tags=tags, metrics={"seed": seed})
-            log(op="pushed", ref=record.ref, sha=record.blob_sha256, expected=sha256_of(directory / "adapter_model.safetensors"))
+            log(
+                op="pushed",
+                ref=record.ref,
+                sha=record.blob_sha256,
+                expected=sha256_of(directory / "adapter_model.safetensors"),
+            )
             continue
         versions = registry.list(name=name, all_versions=True)
         if not versions:
@@ -258,7 +267,9 @@ def _check_after_crash(root: Path, log_path: Path, summary: CrashSummary, repair
                 summary.problems.append(f"crash {summary.crashes}: repair left {after.to_dict()}")
 
 
-def run_crashes(root: Path, crashes: int, *, seed: int = 0, repair_every: int = 5, max_wait_s: float = 0.3) -> CrashSummary:
+def run_crashes(
+    root: Path, crashes: int, *, seed: int = 0, repair_every: int = 5, max_wait_s: float = 0.3
+) -> CrashSummary:
     """Kill a writing process `crashes` times (half from outside at random times, half at chosen points)."""
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="crash-work-", dir=root.parent))
@@ -269,7 +280,9 @@ def run_crashes(root: Path, crashes: int, *, seed: int = 0, repair_every: int = 
     for i in range(crashes):
         point = None if i % 2 == 0 else KILL_POINTS[(i // 2) % len(KILL_POINTS)]
         after = rng.randint(1, 6)
-        child = _FORK.Process(target=_crash_victim, args=(str(root), adapters, str(log_path), rng.randrange(1 << 30), point, after))
+        child = _FORK.Process(
+            target=_crash_victim, args=(str(root), adapters, str(log_path), rng.randrange(1 << 30), point, after)
+        )
         child.start()
         if point is None:
             time.sleep(rng.uniform(0.0, max_wait_s))
@@ -320,9 +333,18 @@ def _concurrency_worker(root: str, adapters: list[str], log_path: str, seed: int
         try:
             if roll < 0.4:
                 template = Path(rng.choice(adapters))
-                directory = _fresh_copy(template, Path(pull_dir) / f"fresh-{os.getpid()}", rng) if rng.random() < 0.5 else template
+                directory = (
+                    _fresh_copy(template, Path(pull_dir) / f"fresh-{os.getpid()}", rng)
+                    if rng.random() < 0.5
+                    else template
+                )
                 record = registry.push(name, directory, method="lora", tags=["latest"] if rng.random() < 0.3 else [])
-                log(op="pushed", ref=record.ref, sha=record.blob_sha256, expected=sha256_of(directory / "adapter_model.safetensors"))
+                log(
+                    op="pushed",
+                    ref=record.ref,
+                    sha=record.blob_sha256,
+                    expected=sha256_of(directory / "adapter_model.safetensors"),
+                )
                 continue
             versions = registry.list(name=name, all_versions=True)
             if not versions:
@@ -364,14 +386,19 @@ class ConcurrencySummary:
     problems: list[str] = field(default_factory=list)
 
 
-def run_concurrency(root: Path, workers: int, ops: int, *, seed: int = 0, timeout_s: float = 120.0) -> ConcurrencySummary:
+def run_concurrency(
+    root: Path, workers: int, ops: int, *, seed: int = 0, timeout_s: float = 120.0
+) -> ConcurrencySummary:
     """`workers` processes doing `ops` random operations each on one registry; then check the result."""
     work = Path(tempfile.mkdtemp(prefix="concurrency-work-", dir=root.parent))
     adapters = [str(p) for p in make_adapters(work / "adapters", 6)]
     Registry(root).close()
     logs = [work / f"worker-{w}.jsonl" for w in range(workers)]
     processes = [
-        _FORK.Process(target=_concurrency_worker, args=(str(root), adapters, str(logs[w]), seed * 1000 + w, ops, str(work / "pulled")))
+        _FORK.Process(
+            target=_concurrency_worker,
+            args=(str(root), adapters, str(logs[w]), seed * 1000 + w, ops, str(work / "pulled")),
+        )
         for w in range(workers)
     ]
     for process in processes:
@@ -395,8 +422,12 @@ def run_concurrency(root: Path, workers: int, ops: int, *, seed: int = 0, timeou
             summary.by_op[event["op"]] = summary.by_op.get(event["op"], 0) + 1
             summary.operations += 1
     summary.problems += [f"a caller saw: {e['error']}" for e in events if e["op"] == "error"]
-    summary.problems += [f"pull of {e['ref']} was not byte-exact" for e in events if e["op"] == "pulled" and not e["exact"]]
-    summary.problems += [f"verify during the run reported {e['corrupt']}" for e in events if e["op"] == "verified" and e["corrupt"]]
+    summary.problems += [
+        f"pull of {e['ref']} was not byte-exact" for e in events if e["op"] == "pulled" and not e["exact"]
+    ]
+    summary.problems += [
+        f"verify during the run reported {e['corrupt']}" for e in events if e["op"] == "verified" and e["corrupt"]
+    ]
 
     pushed = [e["ref"] for e in events if e["op"] == "pushed"]
     deleted = [ref for e in events if e["op"] == "deleted" for ref in e["refs"]]
@@ -404,7 +435,9 @@ def run_concurrency(root: Path, workers: int, ops: int, *, seed: int = 0, timeou
         twice = sorted({r for r in refs if refs.count(r) > 1})
         if twice:
             summary.problems.append(f"{kind} twice (duplicated versions): {twice}")
-    summary.problems += [f"{e['ref']} stored as other bytes" for e in events if e["op"] == "pushed" and e["sha"] != e["expected"]]
+    summary.problems += [
+        f"{e['ref']} stored as other bytes" for e in events if e["op"] == "pushed" and e["sha"] != e["expected"]
+    ]
     expected = set(pushed) - set(deleted)
     sha_of = {e["ref"]: e["sha"] for e in events if e["op"] == "pushed"}
     with Registry(root) as registry:

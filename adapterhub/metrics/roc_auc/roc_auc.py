@@ -20,4 +20,6 @@ class RocAuc(evaluate.Metric):
         scores = prediction_scores
         if len(scores) and len(scores[0]) == 2:  # binary: sklearn wants the positive-class score only
             scores = [row[1] for row in scores]
-        return {"roc_auc": float(roc_auc_score(references, scores, multi_class=multi_class, average=average, labels=labels))}
+        return {
+            "roc_auc": float(roc_auc_score(references, scores, multi_class=multi_class, average=average, labels=labels))
+        }

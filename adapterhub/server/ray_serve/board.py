@@ -55,7 +55,9 @@ class ReplicaBoard:
 def board(create: bool = False):
     """The board's handle: created by whoever deploys the application, looked up by the replicas and the ingress."""
     if create:
-        return ReplicaBoard.options(name=BOARD_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote()
+        return ReplicaBoard.options(
+            name=BOARD_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+        ).remote()
     return ray.get_actor(BOARD_NAME, namespace=NAMESPACE)
 
 
@@ -72,8 +74,12 @@ def merged_exposition(texts: Mapping[str, str]) -> bytes:
     families: dict[str, Metric] = {}
     for replica, text in sorted(texts.items()):
         for family in text_string_to_metric_families(text):
-            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
-            merged.samples += [sample._replace(labels={**sample.labels, "replica": replica}) for sample in family.samples]
+            merged = families.setdefault(
+                family.name, Metric(family.name, family.documentation, family.type, family.unit)
+            )
+            merged.samples += [
+                sample._replace(labels={**sample.labels, "replica": replica}) for sample in family.samples
+            ]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families.values()))
     return generate_latest(registry)

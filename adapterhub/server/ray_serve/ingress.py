@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
-from adapterhub_registry import Registry
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -38,6 +37,7 @@ from adapterhub.server.ray_serve.board import board, merged_exposition
 from adapterhub.server.ray_serve.spec import ReplicaSpec
 from adapterhub.server.remote_refs import RemoteRefs
 from adapterhub.server.state import ServerSettings
+from adapterhub_registry import Registry
 
 log = logging.getLogger("adapterhub.server")
 ROUTED_BY_MODEL = ("/v1/completions", "/v1/chat/completions")
@@ -137,7 +137,9 @@ class Ingress:
                 log.warning("request to %s, try %d of %d: %s", request.url.path, attempt, self.spec.attempts, exc)
                 silent = isinstance(exc.__cause__, asyncio.TimeoutError)  # it may still be working: do not pile on
                 if silent or attempt == self.spec.attempts:
-                    return error_response(request.url.path, HTTPError(504 if silent else 503, str(exc), code="replica_failed"))
+                    return error_response(
+                        request.url.path, HTTPError(504 if silent else 503, str(exc), code="replica_failed")
+                    )
                 await asyncio.sleep(RETRY_PAUSE_S)
         raise AssertionError("unreachable: the last attempt returns")
 
@@ -152,7 +154,9 @@ class Ingress:
             async for piece in _pieces(answer, self.spec.reply_timeout_s):
                 yield piece
         except ReplicaFailed as exc:
-            yield sse({"error": {"message": str(exc), "type": "server_error", "param": None, "code": "replica_failed"}}).encode()
+            yield sse(
+                {"error": {"message": str(exc), "type": "server_error", "param": None, "code": "replica_failed"}}
+            ).encode()
         finally:
             answer.cancel()  # a client gone mid-stream: the replica's app sees the disconnect and frees the row
 
@@ -166,7 +170,9 @@ async def _pieces(answer, timeout_s: float) -> AsyncIterator:
         except StopAsyncIteration:
             return
         except REPLICA_GONE as exc:
-            raise ReplicaFailed(f"the replica serving this request stopped ({type(exc).__name__}); retry the request") from exc
+            raise ReplicaFailed(
+                f"the replica serving this request stopped ({type(exc).__name__}); retry the request"
+            ) from exc
         except asyncio.TimeoutError as exc:
             raise ReplicaFailed(f"the replica sent nothing for {timeout_s:g} s; retry the request") from exc
         yield piece

@@ -42,14 +42,15 @@ def application(spec: ReplicaSpec):
 
 def spec_from_options(params: dict) -> ReplicaSpec:
     """The replica spec from ``adapterhub serve``'s options (its click parameters, by name)."""
+    from adapterhub.cli.serve import default_model_name
+    from adapterhub.manifest import Manifest
+    from adapterhub.server.metrics import AlertThresholds
     from adapterhub_registry import Registry
 
-    from adapterhub.manifest import Manifest
-    from adapterhub.server.command import default_model_name
-    from adapterhub.server.metrics import AlertThresholds
-
     if params["sequence"]:
-        raise OptionError("--router is not served with --replicas yet: run one server for a continual-learning sequence")
+        raise OptionError(
+            "--router is not served with --replicas yet: run one server for a continual-learning sequence"
+        )
     settings = ServerSettings(params["max_batch_size"], params["max_wait_ms"], params["max_input_tokens"], params["max_new_tokens"],
                               alerts=AlertThresholds(params["alert_p95_ms"], params["alert_memory_mb"]), batching=params["batching"],
                               max_running=params["max_running"], prefill_chunk=params["prefill_chunk"], max_waiting=params["max_waiting"],

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
-from adapterhub_registry import Registry
 from prometheus_client import Counter
 from ray import serve
 
@@ -29,6 +28,7 @@ from adapterhub.server.ray_serve.asgi_call import Forwarded, Start, call_app
 from adapterhub.server.ray_serve.board import REPORT_EVERY_S, ReplicaReport, board
 from adapterhub.server.ray_serve.spec import ReplicaSpec
 from adapterhub.settings import Placement
+from adapterhub_registry import Registry
 
 log = logging.getLogger("adapterhub.server")
 
@@ -85,6 +85,7 @@ class Replica:
 
     async def report(self) -> ReplicaReport:
         """What this replica posts to the board: its metrics text, pid and resident adapters."""
+
         def read():  # on the model thread: the pool is not read while a step changes it
             return self.state.metrics.exposition().decode(), self._resident()
 

@@ -29,6 +29,8 @@ class ReplicaSpec:
     replicas: int = 2
     replica_cpus: float = 1.0  # Ray CPUs reserved per replica (a replica runs one model thread)
     remote: str | None = None  # --remote: the ingress resolves refs there (fetching into registry_root on a miss)
-    reply_timeout_s: float = 300.0  # the longest the ingress waits for a replica's next piece (a whole unstreamed answer)
+    reply_timeout_s: float = (
+        300.0  # the longest the ingress waits for a replica's next piece (a whole unstreamed answer)
+    )
     attempts: int = 3  # tries of a request whose replica died before any of its answer reached the client
     multiplexed: bool = True  # False: Ray routes by queue length alone (the benchmark's baseline)

@@ -126,7 +126,9 @@ def build_config(options: BottleneckOptions, base):
     from .config import BottleneckConfig
 
     targets = options.target_modules
-    pattern = rf".*\.(?:{'|'.join(targets)})" if targets else target_pattern(options.variant, base.model.config.model_type)
+    pattern = (
+        rf".*\.(?:{'|'.join(targets)})" if targets else target_pattern(options.variant, base.model.config.model_type)
+    )
     return BottleneckConfig(
         task_type=peft_task_type(base.model_task),
         target_modules=pattern,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from peft.config import PeftConfig
 from peft.utils import PeftType
@@ -20,14 +19,14 @@ class BottleneckConfig(PeftConfig):
     is the identity (the near-identity initialisation of Houlsby et al.), ``down`` at N(0, init_std).
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Output projections (module names or one regex) that an adapter follows."}
     )
     reduction_factor: int = field(default=16, metadata={"help": "Hidden width divided by the bottleneck width."})
     non_linearity: str = field(default="relu", metadata={"help": f"One of {', '.join(NON_LINEARITIES)}."})
     init_std: float = field(default=0.02, metadata={"help": "Std of the down-projection's initial weights."})
-    exclude_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "Modules never adapted."})
-    modules_to_save: Optional[list[str]] = field(
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules never adapted."})
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules trained and saved in full (e.g. a classification head)."}
     )
 

@@ -21,7 +21,7 @@ runs in torch, and its output is the op's ``x_lora``. ``unpatch_lora_model`` res
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

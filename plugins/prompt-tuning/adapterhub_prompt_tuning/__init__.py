@@ -28,7 +28,9 @@ class PromptTuningOptions(CheckedOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.init == "text" and not self.init_text.strip():
-            raise OptionError("option 'init_text' is required with init=text (e.g. -o init_text='Classify the sentiment')")
+            raise OptionError(
+                "option 'init_text' is required with init=text (e.g. -o init_text='Classify the sentiment')"
+            )
 
 
 def build_config(options: PromptTuningOptions, base):
@@ -37,7 +39,9 @@ def build_config(options: PromptTuningOptions, base):
     from adapterhub.model_tasks import peft_task_type
 
     if options.init == "random":
-        return PromptTuningConfig(task_type=peft_task_type(base.model_task), num_virtual_tokens=options.num_virtual_tokens)
+        return PromptTuningConfig(
+            task_type=peft_task_type(base.model_task), num_virtual_tokens=options.num_virtual_tokens
+        )
     return PromptTuningConfig(
         task_type=peft_task_type(base.model_task),
         num_virtual_tokens=options.num_virtual_tokens,

@@ -122,7 +122,11 @@ class NF4Linear(torch.autograd.Function):
     def backward(ctx, dy):
         (weight,) = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1])
-        dx = (dy2 @ dequantize(weight, ctx.quant_state, dy.dtype)).reshape(ctx.shape) if ctx.needs_input_grad[0] else None
+        dx = (
+            (dy2 @ dequantize(weight, ctx.quant_state, dy.dtype)).reshape(ctx.shape)
+            if ctx.needs_input_grad[0]
+            else None
+        )
         dbias = dy2.sum(0) if ctx.needs_input_grad[3] else None
         return dx, None, None, dbias
 
@@ -132,6 +136,8 @@ def nf4_linear(x: torch.Tensor, weight: torch.Tensor, quant_state, bias: torch.T
     return NF4Linear.apply(x, weight, quant_state, bias)
 
 
-def nf4_linear_reference(x: torch.Tensor, weight: torch.Tensor, quant_state, bias: torch.Tensor | None = None) -> torch.Tensor:
+def nf4_linear_reference(
+    x: torch.Tensor, weight: torch.Tensor, quant_state, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """Plain torch: bitsandbytes dequantizes the whole weight, then one matmul."""
     return torch.nn.functional.linear(x, dequantize(weight, quant_state, x.dtype), bias)

@@ -20,7 +20,7 @@ KERNEL_MODULES = ("bgmv", "sgmv", "fused_lora", "nf4_matmul")
 
 
 def kernel_device() -> str:
-    """"cuda" when asked for the compiled kernels (TRITON_INTERPRET=0) and a GPU is there, else "cpu"."""
+    """ "cuda" when asked for the compiled kernels (TRITON_INTERPRET=0) and a GPU is there, else "cpu"."""
     return "cuda" if os.environ.get("TRITON_INTERPRET") == "0" and torch.cuda.is_available() else "cpu"
 
 

@@ -9,9 +9,8 @@ import json
 
 import click
 
-from adapterhub.cli import _data_options
-from adapterhub.cli_options import json_option, registry_option
-from adapterhub.cli_output import echo_json
+from adapterhub.cli.flags import data_options, json_option, registry_option
+from adapterhub.cli.output import echo_json
 from adapterhub.options import setting_option
 from adapterhub.settings import DataSpec, TrainSettings
 
@@ -19,7 +18,7 @@ from adapterhub.settings import DataSpec, TrainSettings
 @click.command("zero-shot")
 @click.option("--base", required=True, help="Local causal LM directory or .gguf file.")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4).")
-@_data_options
+@data_options
 @setting_option(DataSpec, "seed", help="Seed of the split, the subset and the choice of shots.")
 @click.option("--template", required=True, help='Prompt with {text} (the example) and optionally {labels} (the label words), '
               'e.g. "Tweet: {text}\\nSentiment ({labels}):". \\n in the value is a newline.')  # fmt: skip
@@ -27,7 +26,9 @@ from adapterhub.settings import DataSpec, TrainSettings
               help="The answer standing for each label (default: the label's own name), e.g. neg=negative,pos=positive.")  # fmt: skip
 @click.option("--shots", type=click.IntRange(min=0), default=0, show_default=True,
               help="Training examples shown with their answers before each one (in-context learning), balanced by class.")  # fmt: skip
-@click.option("--adapter", default=None, metavar="REF", help="Score with this registry adapter (causal LM) on the base.")
+@click.option(
+    "--adapter", default=None, metavar="REF", help="Score with this registry adapter (causal LM) on the base."
+)
 @click.option("--force", is_flag=True, help="Load --adapter even if it was trained on another base.")
 @click.option("--chat-template/--no-chat-template", default=True, show_default=True,
               help="Wrap the prompt in the base's chat template when it has one.")  # fmt: skip

@@ -18,18 +18,25 @@ import sys
 import click
 
 from adapterhub import __version__
-from adapterhub.cli_options import json_option, model_task_option, placement_options, registry_option, stacked
-from adapterhub.cli_output import echo_json
+from adapterhub.cli.flags import (
+    data_options,
+    json_option,
+    model_task_option,
+    placement_options,
+    registry_option,
+    stacked,
+)
+from adapterhub.cli.output import echo_json
 from adapterhub.model_tasks import TRAIN_DEFAULT
 from adapterhub.options import parse_pairs, setting_option
 from adapterhub.settings import CheckpointSettings, DataSpec, Placement, TrainSettings
 
 CORE_COMMANDS = {
-    "registry": "adapterhub.registry_cli:registry_group",
-    "serve": "adapterhub.server.command:serve_command",
-    "continual": "adapterhub.continual.command:continual_group",  # one adapter per task, and a router between them
-    "zero-shot": "adapterhub.zero_shot_command:zero_shot_command",  # prompting a causal LM: the baseline to beat
-    "merge": "adapterhub.merge_command:merge_command",  # registry LoRA adapters into one recorded version
+    "registry": "adapterhub.cli.registry:registry_group",
+    "serve": "adapterhub.cli.serve:serve_command",
+    "continual": "adapterhub.cli.continual:continual_group",  # one adapter per task, and a router between them
+    "zero-shot": "adapterhub.cli.zero_shot:zero_shot_command",  # prompting a causal LM: the baseline to beat
+    "merge": "adapterhub.cli.merge:merge_command",  # registry LoRA adapters into one recorded version
 }
 """Commands of the core defined in other modules, by name: ``module:attribute``, imported when looked up."""
 
@@ -104,36 +111,13 @@ def plugins_command(as_json: bool) -> None:
             click.echo(f"  {method} capabilities: {', '.join(method_capabilities) or '-'}")
     for op in ops:
         passed = "; ".join(f"{name}: {why}" for name, why in op["passed_over"].items())
-        click.echo(f"op {op['op']} on {op['device']}/{op['dtype']}: {op['active']}" + (f" (not: {passed})" if passed else ""))
+        click.echo(
+            f"op {op['op']} on {op['device']}/{op['dtype']}: {op['active']}" + (f" (not: {passed})" if passed else "")
+        )
     for problem in problems:
         click.echo(f"problem: {problem}")
     if not rows:
         click.echo("no plugins installed (pip install adapterhub-lora, ...)")
-
-
-def _known_encoding(ctx, param, value: str | None) -> str | None:
-    """Checks --encoding while parsing, so `eval` refuses it before resolving the adapter."""
-    from adapterhub.data import check_encoding
-    from adapterhub.errors import OptionError
-
-    try:
-        if value is not None:
-            check_encoding(value)
-    except OptionError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
-
-
-# The flags of ``DataSpec``: defaults None, so ``eval`` can tell a flag given from one to take from the record.
-_data_options = stacked(
-    setting_option(DataSpec, "path", "--data", type=click.Path(dir_okay=False)),
-    setting_option(DataSpec, "text_column", override=True),
-    setting_option(DataSpec, "label_column", override=True),
-    setting_option(DataSpec, "encoding", override=True, callback=_known_encoding),
-    setting_option(DataSpec, "dedupe", "--dedupe/--no-dedupe", override=True),
-    setting_option(DataSpec, "test_split", override=True),
-    setting_option(DataSpec, "max_samples", override=True),
-)  # fmt: skip
 
 
 # The flags of ``TrainSettings`` that ``train`` offers, with the dataclass's defaults.
@@ -180,20 +164,31 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
     from adapterhub.monitor import EarlyStopping, MonitorSettings
 
     early = EarlyStopping(early_metric, patience, min_delta) if early_metric else None
-    return MonitorSettings(log_every, log_file, tensorboard_dir, [parse_alert(rule) for rule in alert_rules], eval_every, early)
+    return MonitorSettings(
+        log_every, log_file, tensorboard_dir, [parse_alert(rule) for rule in alert_rules], eval_every, early
+    )
 
 
 @cli.command("train")
 @click.option("--base", required=True, help="Local base model directory or .gguf file.")
 @model_task_option(TRAIN_DEFAULT, "What the base's head computes: labels from a text, or the next token.")
 @click.option("--method", required=True, help="Adapter method (see `adapterhub plugins`).")
-@click.option("-o", "--option", "method_options", multiple=True, metavar="KEY=VALUE", help="Method option, repeatable (e.g. -o r=16).")
+@click.option(
+    "-o",
+    "--option",
+    "method_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Method option, repeatable (e.g. -o r=16).",
+)
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
 @placement_options
-@_data_options
+@data_options
 @_train_options
 @_checkpoint_options
-@click.option("--output", type=click.Path(file_okay=False), default=None, help="Also keep the adapter in this directory.")
+@click.option(
+    "--output", type=click.Path(file_okay=False), default=None, help="Also keep the adapter in this directory."
+)
 @click.option("--push", default=None, metavar="NAME", help="Push the trained adapter to the registry under NAME.")
 @click.option("--tag", "tags", multiple=True, help="Tag for the pushed version, repeatable.")
 @registry_option
@@ -224,7 +219,9 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
                              block_size=block_size, class_weights=class_weights, seed=seed, grad_accum=grad_accum,
                              gradient_checkpointing=gradient_checkpointing)  # fmt: skip
-    monitor = _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir)
+    monitor = _monitor_settings(
+        eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir
+    )
     job = TrainJob(base, method, data, model_task, parse_pairs(list(method_options)), settings, quantize, output, push,
                    list(tags), registry_root, progress=not no_progress, monitor=monitor, placement=Placement(device, dtype),
                    checkpointing=CheckpointSettings(every, directory, keep, resume))  # fmt: skip
@@ -262,7 +259,7 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
 @click.option("--base", required=True, help="Local base model directory or .gguf file.")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4).")
 @placement_options
-@_data_options
+@data_options
 @click.option("--force", is_flag=True, help="Load even if the adapter was trained on another base.")
 @registry_option
 @click.option("--save-metrics", is_flag=True, help="Record the metrics on the registry entry.")
@@ -273,9 +270,8 @@ def eval_command(ref, base, quantize, device, dtype, path, text_column, label_co
 
     The split settings recorded at training time are reused, so the same file gives the same test set.
     """
-    from adapterhub_registry import Registry
-
     from adapterhub.workflow import evaluate_adapter, recorded_data_spec
+    from adapterhub_registry import Registry
 
     placement = Placement(device, dtype)  # a bad --device fails before the registry is read
     registry = Registry(registry_root)
@@ -298,9 +294,8 @@ def eval_command(ref, base, quantize, device, dtype, path, text_column, label_co
 
 def run_command(command: click.Command, argv: list[str] | None, prog_name: str) -> int:
     """Run a click command; errors we raise on purpose become one ``error:`` line and exit status 1."""
-    from adapterhub_registry import RegistryError
-
     from adapterhub.errors import AdapterHubError
+    from adapterhub_registry import RegistryError
 
     try:
         status = command.main(args=argv, prog_name=prog_name, standalone_mode=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from adapterhub.cli_options import model_task_option, placement_options, registry_option
+from adapterhub.cli.flags import model_task_option, placement_options, registry_option
 from adapterhub.errors import OptionError
 
 POSITIVE = click.IntRange(min=1)
@@ -62,39 +62,104 @@ def default_model_name(base: str) -> str:
 @model_task_option(None, "[that of the --router sequence or of the first --load adapter, else causal-lm]")
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
 @placement_options
-@click.option("--labels", default=None, help="Comma-separated class names (seq-cls; default: from the first --load adapter).")
-@click.option("--slots", type=POSITIVE, default=8, show_default=True, help="Adapters resident at once (per layer slots).")
+@click.option(
+    "--labels", default=None, help="Comma-separated class names (seq-cls; default: from the first --load adapter)."
+)
+@click.option(
+    "--slots", type=POSITIVE, default=8, show_default=True, help="Adapters resident at once (per layer slots)."
+)
 @click.option("--max-rank", type=POSITIVE, default=16, show_default=True, help="Largest LoRA rank a slot holds.")
-@click.option("--host-cache", type=click.IntRange(min=0), default=64, show_default=True,
-              help="Adapters kept in host memory besides those in slots (0: only those in slots).")
+@click.option(
+    "--host-cache",
+    type=click.IntRange(min=0),
+    default=64,
+    show_default=True,
+    help="Adapters kept in host memory besides those in slots (0: only those in slots).",
+)
 @click.option("--load", "preload", multiple=True, metavar="REF", help="Adapter to load at start, repeatable.")
-@click.option("--router", "sequence", default=None, metavar="SEQUENCE",
-              help="Route requests naming a task (or task 'auto') to the adapters of this continual-learning sequence.")
+@click.option(
+    "--router",
+    "sequence",
+    default=None,
+    metavar="SEQUENCE",
+    help="Route requests naming a task (or task 'auto') to the adapters of this continual-learning sequence.",
+)
 @registry_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--max-batch-size", type=POSITIVE, default=16, show_default=True)
-@click.option("--max-wait-ms", type=NumberRange(0, 60_000), default=5.0, show_default=True, help="How long a request waits for others to batch with.")
+@click.option(
+    "--max-wait-ms",
+    type=NumberRange(0, 60_000),
+    default=5.0,
+    show_default=True,
+    help="How long a request waits for others to batch with.",
+)
 @click.option("--max-input-tokens", type=POSITIVE, default=512, show_default=True)
-@click.option("--max-new-tokens", type=POSITIVE, default=256, show_default=True, help="Largest max_new_tokens a request may ask.")
-@click.option("--alert-p95-ms", type=NumberRange(min=0), default=None, help="Log a warning when the p95 latency goes above this.")
-@click.option("--alert-memory-mb", type=NumberRange(min=0), default=None, help="Log a warning when process memory goes above this.")
-@click.option("--batching", type=click.Choice(["continuous", "static"]), default="continuous", show_default=True,
-              help="How /v1/ completions are scheduled: rows join and leave at every step, or the static batcher (whole batches).")
+@click.option(
+    "--max-new-tokens", type=POSITIVE, default=256, show_default=True, help="Largest max_new_tokens a request may ask."
+)
+@click.option(
+    "--alert-p95-ms", type=NumberRange(min=0), default=None, help="Log a warning when the p95 latency goes above this."
+)
+@click.option(
+    "--alert-memory-mb",
+    type=NumberRange(min=0),
+    default=None,
+    help="Log a warning when process memory goes above this.",
+)
+@click.option(
+    "--batching",
+    type=click.Choice(["continuous", "static"]),
+    default="continuous",
+    show_default=True,
+    help="How /v1/ completions are scheduled: rows join and leave at every step, or the static batcher (whole batches).",
+)
 @click.option("--max-running", type=POSITIVE, default=16, show_default=True, help="Rows of the continuous batch.")
-@click.option("--prefill-chunk", type=POSITIVE, default=128, show_default=True,
-              help="Prompt tokens prefilled per step: the longest a newcomer's prefill holds the running rows.")
-@click.option("--max-waiting", type=POSITIVE, default=256, show_default=True, help="Requests queued beyond the running rows; more get a 503.")
-@click.option("--model-name", default=None, help="The base's name as an OpenAI `model` [default: its directory or file name].")
-@click.option("--api-key", envvar="ADAPTERHUB_API_KEY", default=None, show_envvar=True,
-              help="Require 'Authorization: Bearer KEY' on every route but /health.")
+@click.option(
+    "--prefill-chunk",
+    type=POSITIVE,
+    default=128,
+    show_default=True,
+    help="Prompt tokens prefilled per step: the longest a newcomer's prefill holds the running rows.",
+)
+@click.option(
+    "--max-waiting",
+    type=POSITIVE,
+    default=256,
+    show_default=True,
+    help="Requests queued beyond the running rows; more get a 503.",
+)
+@click.option(
+    "--model-name", default=None, help="The base's name as an OpenAI `model` [default: its directory or file name]."
+)
+@click.option(
+    "--api-key",
+    envvar="ADAPTERHUB_API_KEY",
+    default=None,
+    show_envvar=True,
+    help="Require 'Authorization: Bearer KEY' on every route but /health.",
+)
 @click.option("--allow-unauthenticated", is_flag=True, help="Serve on a non-loopback address without --api-key.")
-@click.option("--remote", "remote_name", default=None, metavar="REMOTE",
-              help="Resolve /v1/ model refs on this remote of the registry (`registry remote add`), fetching on a miss.")
-@click.option("--allow-lora-dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="/v1/load_lora_adapter may import PEFT directories inside this directory.")
-@click.option("--replicas", type=click.IntRange(min=2), default=None,
-              help="Serve on N Ray Serve replicas, each request routed to one already holding its adapter (pip install 'adapterhub[ray]').")
+@click.option(
+    "--remote",
+    "remote_name",
+    default=None,
+    metavar="REMOTE",
+    help="Resolve /v1/ model refs on this remote of the registry (`registry remote add`), fetching on a miss.",
+)
+@click.option(
+    "--allow-lora-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="/v1/load_lora_adapter may import PEFT directories inside this directory.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Serve on N Ray Serve replicas, each request routed to one already holding its adapter (pip install 'adapterhub[ray]').",
+)
 def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
                   max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens, alert_p95_ms,
                   alert_memory_mb, batching, max_running, prefill_chunk, max_waiting, model_name, api_key,
@@ -102,7 +167,6 @@ def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_
     """Serve one base model over HTTP with per-request adapters from the registry, batched across adapters
     (OpenAI-compatible routes under /v1/, with continuous batching)."""
     import uvicorn
-    from adapterhub_registry import Registry
 
     from adapterhub.base import load_base, resolve_placement
     from adapterhub.continual.router import Router
@@ -110,15 +174,17 @@ def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_
     from adapterhub.model_tasks import LOAD_DEFAULT
     from adapterhub.runtime import AdapterPool
     from adapterhub.server import AlertThresholds, ServerSettings, create_app
-
     from adapterhub.settings import Placement
+    from adapterhub_registry import Registry
 
     check_exposure(host, api_key, allow_unauthenticated)
     if replicas is not None:
         try:
             from adapterhub.server.ray_serve.launch import serve_replicas
         except ModuleNotFoundError as exc:
-            raise OptionError(f"--replicas runs on Ray Serve, which is not installed ({exc}): pip install 'adapterhub[ray]'") from None
+            raise OptionError(
+                f"--replicas runs on Ray Serve, which is not installed ({exc}): pip install 'adapterhub[ray]'"
+            ) from None
         return serve_replicas(click.get_current_context().params)
     placed, precision = resolve_placement(**vars(Placement(device, dtype)))  # a GPU that is not there fails first
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,9 +204,15 @@ def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_
     label_list = labels.split(",") if labels else None
     if model_task == "seq-cls" and not label_list:
         if not preload and router is None:
-            raise OptionError("a seq-cls server needs --labels, an adapter to --load or a --router sequence (their labels are used)")
-        label_list = list(router.tasks[0].labels) if router else Manifest.from_dict(registry.resolve(preload[0]).manifest).labels
-    loaded = load_base(base, model_task=model_task, quantize=quantize, labels=label_list, device=placed, dtype=precision)
+            raise OptionError(
+                "a seq-cls server needs --labels, an adapter to --load or a --router sequence (their labels are used)"
+            )
+        label_list = (
+            list(router.tasks[0].labels) if router else Manifest.from_dict(registry.resolve(preload[0]).manifest).labels
+        )
+    loaded = load_base(
+        base, model_task=model_task, quantize=quantize, labels=label_list, device=placed, dtype=precision
+    )
     pool = AdapterPool(loaded, slots=slots, max_rank=max_rank, host_capacity=host_cache, registry=registry)
     for ref in list(preload) + ([t.ref for t in router.tasks] if router else []):
         click.echo(f"loaded {pool.load(ref)} ({pool.kind(ref)})")

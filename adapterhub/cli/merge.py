@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
-from adapterhub.cli_options import json_option, registry_option
-from adapterhub.cli_output import echo_json
-from adapterhub.merging import COMBINATIONS  # torch-free: adapterhub.merging imports torch and peft inside its functions
+from adapterhub.cli.flags import json_option, registry_option
+from adapterhub.cli.output import echo_json
+from adapterhub.merging import (
+    COMBINATIONS,  # torch-free: adapterhub.merging imports torch and peft inside its functions
+)
 
 
 def parse_weights(ctx, param, value: str | None) -> list[float] | None:
@@ -50,27 +52,41 @@ def report(result, as_json: bool) -> None:
     recipe = result.recipe
     inputs = ", ".join(f"{entry['ref']}×{w:g}" for entry, w in zip(recipe.inputs, recipe.weights))
     density = f" density={recipe.density:g}" if recipe.density is not None else ""
-    click.echo(f"merged {result.record.ref}: {recipe.combination}{density} of {inputs} (sha256 {result.sha256[:12]}, {result.seconds:.1f} s)")
+    click.echo(
+        f"merged {result.record.ref}: {recipe.combination}{density} of {inputs} (sha256 {result.sha256[:12]}, {result.seconds:.1f} s)"
+    )
     for note in result.notes:
         click.echo(f"note: {note}")
 
 
 @click.command("merge")
 @click.argument("name", required=False)
-@click.option("--from", "inputs", multiple=True, metavar="REF", help="An input adapter (name, name@version, name:tag), repeatable.")
-@click.option("--replay", "replay_ref", default=None, metavar="REF",
-              help="Run the recipe recorded on REF again and check the weights are byte-identical (exit 1 if not).")
+@click.option(
+    "--from",
+    "inputs",
+    multiple=True,
+    metavar="REF",
+    help="An input adapter (name, name@version, name:tag), repeatable.",
+)
+@click.option(
+    "--replay",
+    "replay_ref",
+    default=None,
+    metavar="REF",
+    help="Run the recipe recorded on REF again and check the weights are byte-identical (exit 1 if not).",
+)
 @merge_options
-def merge_command(name, inputs, replay_ref, base_path, weights, combination, density, seed, tags, registry_root, as_json) -> None:
+def merge_command(
+    name, inputs, replay_ref, base_path, weights, combination, density, seed, tags, registry_root, as_json
+) -> None:
     """Merge LoRA adapters --from the registry into NAME's next version, recording the recipe.
 
     The inputs must share one base; the merged adapter is loaded back onto --base before it is pushed.
     DoRA adapters and adapters with trained biases are refused; rsLoRA inputs are merged with their own scaling.
     """
-    from adapterhub_registry import Registry
-
     from adapterhub import merging
     from adapterhub.errors import OptionError
+    from adapterhub_registry import Registry
 
     registry = Registry(registry_root)
     if replay_ref is not None:
@@ -79,10 +95,19 @@ def merge_command(name, inputs, replay_ref, base_path, weights, combination, den
         result, record = merging.replay(registry, replay_ref, base_path)
         same = result.sha256 == record.blob_sha256
         if as_json:
-            echo_json({"replayed": record.ref, "identical": same, "recorded_sha256": record.blob_sha256, "sha256": result.sha256})
+            echo_json(
+                {
+                    "replayed": record.ref,
+                    "identical": same,
+                    "recorded_sha256": record.blob_sha256,
+                    "sha256": result.sha256,
+                }
+            )
         else:
             verdict = "identical" if same else "DIFFERS"
-            click.echo(f"replayed {record.ref}: {verdict} (recorded sha256 {record.blob_sha256[:12]}, now {result.sha256[:12]})")
+            click.echo(
+                f"replayed {record.ref}: {verdict} (recorded sha256 {record.blob_sha256[:12]}, now {result.sha256[:12]})"
+            )
         if not same:
             import peft
             import torch

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from adapterhub.options import setting_option
+from adapterhub.settings import DataSpec
+
 registry_option = click.option(
     "--registry", "registry_root", default=None, envvar="ADAPTERHUB_REGISTRY", metavar="PATH",
     help="Registry root [$ADAPTERHUB_REGISTRY, else $ADAPTERHUB_HOME/registry].",
@@ -42,3 +45,28 @@ def placement_options(function):
 
     device = setting_option(Placement, "device", metavar="auto|cpu|cuda|cuda:N")
     return stacked(device, setting_option(Placement, "dtype"))(function)
+
+
+def _known_encoding(ctx, param, value: str | None) -> str | None:
+    """Checks --encoding while parsing, so `eval` refuses it before resolving the adapter."""
+    from adapterhub.data import check_encoding
+    from adapterhub.errors import OptionError
+
+    try:
+        if value is not None:
+            check_encoding(value)
+    except OptionError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+# The flags of ``DataSpec``: defaults None, so ``eval`` can tell a flag given from one to take from the record.
+data_options = stacked(
+    setting_option(DataSpec, "path", "--data", type=click.Path(dir_okay=False)),
+    setting_option(DataSpec, "text_column", override=True),
+    setting_option(DataSpec, "label_column", override=True),
+    setting_option(DataSpec, "encoding", override=True, callback=_known_encoding),
+    setting_option(DataSpec, "dedupe", "--dedupe/--no-dedupe", override=True),
+    setting_option(DataSpec, "test_split", override=True),
+    setting_option(DataSpec, "max_samples", override=True),
+)  # fmt: skip

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from adapterhub_registry import Registry
 
-from adapterhub.cli_options import registry_option
-from adapterhub.cli_output import echo_json
+from adapterhub.cli.flags import registry_option
+from adapterhub.cli.output import echo_json
+from adapterhub_registry import Registry
 
 
 def _registry(ctx: click.Context) -> Registry:
@@ -28,8 +28,13 @@ def _remote(ctx: click.Context, name: str):
     return _registry(ctx).remote(name, stores=plugins.catalog().remote_store_specs())
 
 
-remote_option = click.option("--remote", "remote_name", default=None, metavar="REMOTE",
-                             help="Read the index of this remote (see `registry remote list`) instead of the local one.")
+remote_option = click.option(
+    "--remote",
+    "remote_name",
+    default=None,
+    metavar="REMOTE",
+    help="Read the index of this remote (see `registry remote list`) instead of the local one.",
+)
 
 
 def _print_records(records, as_json: bool) -> None:
@@ -42,12 +47,16 @@ def _print_records(records, as_json: bool) -> None:
     for r in records:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items()) if isinstance(v, (int, float)))
         tags = f" [{', '.join(r.tags)}]" if r.tags else ""
-        click.echo(f"{r.ref:<32} {r.method:<10} {r.size_bytes / 1024:>9.1f} KiB  {r.base_fingerprint or '-'}{tags}  {metrics}")
+        click.echo(
+            f"{r.ref:<32} {r.method:<10} {r.size_bytes / 1024:>9.1f} KiB  {r.base_fingerprint or '-'}{tags}  {metrics}"
+        )
 
 
 @click.group("registry")
 @registry_option
-@click.option("--root", "old_root", default=None, hidden=True, help="The former name of --registry, kept for old scripts.")
+@click.option(
+    "--root", "old_root", default=None, hidden=True, help="The former name of --registry, kept for old scripts."
+)
 @click.pass_context
 def registry_group(ctx: click.Context, registry_root: str | None, old_root: str | None) -> None:
     """The local adapter registry: versions, tags, checksums, metrics, PEFT import/export."""
@@ -66,7 +75,9 @@ def registry_group(ctx: click.Context, registry_root: str | None, old_root: str 
 def list_command(ctx, name, method, base_fingerprint, tag, all_versions, remote_name, as_json) -> None:
     """List adapters (latest version of each unless --all-versions)."""
     source = _remote(ctx, remote_name) if remote_name else _registry(ctx)
-    records = source.list(name=name, method=method, base_fingerprint=base_fingerprint, tag=tag, all_versions=all_versions)
+    records = source.list(
+        name=name, method=method, base_fingerprint=base_fingerprint, tag=tag, all_versions=all_versions
+    )
     _print_records(records, as_json)
 
 
@@ -108,8 +119,11 @@ def remote_group() -> None:
 @remote_group.command("add")
 @click.argument("name")
 @click.argument("url")
-@click.option("--endpoint-url", default=None, help="S3-compatible endpoint (MinIO, ...); default: AWS settings "
-              "such as $AWS_ENDPOINT_URL.")
+@click.option(
+    "--endpoint-url",
+    default=None,
+    help="S3-compatible endpoint (MinIO, ...); default: AWS settings such as $AWS_ENDPOINT_URL.",
+)
 @click.pass_context
 def remote_add_command(ctx, name, url, endpoint_url) -> None:
     """Add remote NAME at URL (s3://bucket/prefix or file:///absolute/path)."""
@@ -195,7 +209,9 @@ def delete_command(ctx, ref, yes) -> None:
     """Delete REF (all versions for a bare name); blobs no longer used are removed."""
     registry = _registry(ctx)
     if not yes:
-        click.confirm(f"delete {ref}" + (" (all versions)" if "@" not in ref and ":" not in ref else "") + "?", abort=True)
+        click.confirm(
+            f"delete {ref}" + (" (all versions)" if "@" not in ref and ":" not in ref else "") + "?", abort=True
+        )
     for record in registry.delete(ref):
         click.echo(f"deleted {record.ref}")
 
@@ -242,9 +258,16 @@ def export_command(ctx, ref, directory, overwrite) -> None:
 @registry_group.command("export-merged")
 @click.argument("ref")
 @click.argument("directory", metavar="OUT", type=click.Path(file_okay=False))
-@click.option("--base", "base_path", required=True, help="The base model the adapter was trained on (directory or .gguf).")
-@click.option("--dtype", type=click.Choice(("float32", "bfloat16", "float16")), default="float32", show_default=True,
-              help="Dtype of the written weights.")
+@click.option(
+    "--base", "base_path", required=True, help="The base model the adapter was trained on (directory or .gguf)."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(("float32", "bfloat16", "float16")),
+    default="float32",
+    show_default=True,
+    help="Dtype of the written weights.",
+)
 @click.pass_context
 def export_merged_command(ctx, ref, directory, base_path, dtype) -> None:
     """Write --base with REF merged into its weights to OUT: a transformers model directory (safetensors, config,
@@ -266,37 +289,7 @@ def export_merged_command(ctx, ref, directory, base_path, dtype) -> None:
 @click.pass_context
 def import_command(ctx, directory, name, base, tags, force) -> None:
     """Import a PEFT adapter DIRECTORY (adapter_config.json + adapter_model.safetensors) as NAME."""
+    from adapterhub.peft_import import import_peft
+
     record = import_peft(_registry(ctx), Path(directory), name, base=base, tags=tags, force=force)
     click.echo(f"imported {record.ref} ({record.method}, base {record.base_fingerprint or 'not recorded'})")
-
-
-def import_peft(registry: Registry, directory: Path, name: str, *, base: str | None = None, tags=(), force=False):
-    """Record a PEFT directory under ``name``; with ``base``, the adapter must load onto it first."""
-    import dataclasses
-
-    from adapterhub import adapters, plugins
-    from adapterhub.base import load_base
-    from adapterhub.manifest import BaseIdentity, Manifest
-    from adapterhub.model_tasks import from_peft_task_type
-
-    files, tensors = adapters.read_adapter(directory)
-    peft_config = files.peft_config
-    method = plugins.catalog().method_for_peft_type(peft_config.get("peft_type", "?"))
-    manifest = dataclasses.replace(Manifest.from_dict(files.manifest), method=method.name, imported_from="peft")
-    if base is not None:
-        model_task = from_peft_task_type(peft_config.get("task_type"))
-        labels = (manifest.labels or _labels_from_head(tensors)) if model_task == "seq-cls" else None
-        loaded = load_base(base, model_task=model_task, labels=labels)
-        recorded = manifest.base.fingerprint if manifest.base else None
-        adapters.load_adapter(loaded, peft_config, tensors, label=str(directory), adapter_base=recorded, force=force)
-        manifest = dataclasses.replace(manifest, model_task=model_task, labels=loaded.labels,
-                                       base=BaseIdentity.from_dict(loaded.describe()))  # fmt: skip
-    # the registry records the base fingerprint from the manifest's base (none: not recorded)
-    return registry.push(name, directory, method=method.name, manifest=manifest.to_dict(), tags=tags)
-
-
-def _labels_from_head(tensors: dict) -> list[str]:
-    """Class names for a classifier adapter imported without them: one per row of its saved head."""
-    heads = [t for key, t in tensors.items() if key.endswith(("classifier.weight", "score.weight", "out_proj.weight"))]
-    n = heads[0].shape[0] if heads else 2
-    return [f"LABEL_{i}" for i in range(n)]

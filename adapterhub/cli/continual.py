@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from adapterhub.cli_options import json_option, placement_options, registry_option
-from adapterhub.cli_output import echo_json
-from adapterhub.merge_command import merge_options, report, summary
+from adapterhub.cli.flags import json_option, placement_options, registry_option
+from adapterhub.cli.merge import merge_options, report, summary
+from adapterhub.cli.output import echo_json
 from adapterhub.merging import HEAD_MODES
 
 
@@ -53,7 +53,9 @@ def train_command(plan_path, registry_root, retrain, device, dtype, no_progress,
         return
     for run in runs:
         state = "trained" if run.trained else "kept"
-        click.echo(f"{run.task:<20} {run.record.ref:<32} {state:<8} accuracy={run.record.metrics.get('accuracy', float('nan')):.4f}")
+        click.echo(
+            f"{run.task:<20} {run.record.ref:<32} {state:<8} accuracy={run.record.metrics.get('accuracy', float('nan')):.4f}"
+        )
 
 
 @continual_group.command("show")
@@ -75,7 +77,9 @@ def show_command(sequence, registry_root, as_json) -> None:
     for row in rows:
         accuracy = row["metrics"].get("accuracy")
         shown = f"accuracy={accuracy:.4f}" if accuracy is not None else ""
-        click.echo(f"{row['position'] + 1}. {row['task']:<20} {row['adapter']:<32} labels={','.join(row['labels'])} {shown}")
+        click.echo(
+            f"{row['position'] + 1}. {row['task']:<20} {row['adapter']:<32} labels={','.join(row['labels'])} {shown}"
+        )
 
 
 @continual_group.command("route")
@@ -102,9 +106,13 @@ def route_command(sequence, texts, base, quantize, registry_root, as_json) -> No
 
 @continual_group.command("eval")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.option("--sequence", default=None, metavar="NAME",
-              help="Evaluate sequence NAME's adapters on PLAN's tasks and data instead of the plan's own (e.g. the "
-                   "per-task merge of `continual merge --heads per-task`).")
+@click.option(
+    "--sequence",
+    default=None,
+    metavar="NAME",
+    help="Evaluate sequence NAME's adapters on PLAN's tasks and data instead of the plan's own (e.g. the "
+    "per-task merge of `continual merge --heads per-task`).",
+)
 @registry_option
 @json_option
 def eval_command(plan_path, sequence, registry_root, as_json) -> None:
@@ -135,11 +143,18 @@ def eval_command(plan_path, sequence, registry_root, as_json) -> None:
 @continual_group.command("merge")
 @click.argument("sequence")
 @click.option("--name", default=None, help="Registry name of the merged adapter [<SEQUENCE>-merged].")
-@click.option("--heads", type=click.Choice(HEAD_MODES), default="mean", show_default=True,
-              help="mean: one version with the weighted mean of the heads (tasks must share their labels); per-task: "
-                   "one version <NAME>-<task> per task, the merged LoRA with that task's own head, forming sequence NAME.")
+@click.option(
+    "--heads",
+    type=click.Choice(HEAD_MODES),
+    default="mean",
+    show_default=True,
+    help="mean: one version with the weighted mean of the heads (tasks must share their labels); per-task: "
+    "one version <NAME>-<task> per task, the merged LoRA with that task's own head, forming sequence NAME.",
+)
 @merge_options
-def merge_command(sequence, name, heads, base_path, weights, combination, density, seed, tags, registry_root, as_json) -> None:
+def merge_command(
+    sequence, name, heads, base_path, weights, combination, density, seed, tags, registry_root, as_json
+) -> None:
     """Merge the task adapters of SEQUENCE, in task order, into one LoRA with a recorded recipe (as `adapterhub
     merge`), with one weighted-mean head (refused when the tasks' heads classify into different labels) or each
     task's own head (--heads per-task)."""
