@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-METRICS_DIR = Path(__file__).parent / "metrics"
+METRICS_DIR = Path(__file__).parent / "evaluate_metrics"  # the `evaluate` metric scripts we ship (no hub download)
 
 
 @functools.cache

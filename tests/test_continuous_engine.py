@@ -10,7 +10,7 @@ from test_runtime import push_random_adapter
 
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool, GenerationSettings, generate
-from adapterhub.runtime.continuous import ContinuousEngine, Sequence
+from adapterhub.runtime.continuous import ContinuousEngine, EngineRequest
 from adapterhub.runtime.kv_rows import RowCache
 from adapterhub.runtime.sampling import SamplingParams
 
@@ -32,7 +32,7 @@ def greedy(n: int, **extra) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0, min_tokens=n, **extra)
 
 
-def run(engine: ContinuousEngine, arrivals: dict[int, list[Sequence]]) -> tuple[dict[int, str], list[int], int]:
+def run(engine: ContinuousEngine, arrivals: dict[int, list[EngineRequest]]) -> tuple[dict[int, str], list[int], int]:
     """Step until done, submitting ``arrivals[step]`` at that step; each sequence's text, the finish order, steps."""
     texts: dict[int, str] = {}
     finished: list[int] = []
@@ -57,7 +57,7 @@ def test_each_row_equals_its_request_alone_while_others_join_and_leave(pool):
     tokenizer = pool.base.tokenizer
     adapters = ["a0@1", "a1@1", None, "a2@1", "a0@1", "a1@1", None, "a2@1"]  # 3 adapters on 2 slots: some must wait
     lengths = [12, 5, 9, 7, 20, 3, 15, 6]
-    sequences = [Sequence(tokenizer(p)["input_ids"], a, greedy(n)) for p, a, n in zip(PROMPTS, adapters, lengths)]
+    sequences = [EngineRequest(tokenizer(p)["input_ids"], a, greedy(n)) for p, a, n in zip(PROMPTS, adapters, lengths)]
     engine = ContinuousEngine(pool, max_running=3, prefill_chunk=4)  # long prompts take several steps to prefill
     texts, finished, _ = run(engine, {0: sequences[:2], 2: sequences[2:4], 5: sequences[4:6], 9: sequences[6:]})
     assert sorted(finished) == sorted(s.id for s in sequences)
@@ -69,16 +69,18 @@ def test_each_row_equals_its_request_alone_while_others_join_and_leave(pool):
 
 def test_short_requests_arriving_during_a_long_one_finish_first(pool):
     tokenizer = pool.base.tokenizer
-    long = Sequence(tokenizer(PROMPTS[0])["input_ids"], "a0@1", greedy(60))
-    shorts = [Sequence(tokenizer(p)["input_ids"], a, greedy(3)) for p, a in zip(PROMPTS[1:4], ["a1@1", None, "a0@1"])]
+    long = EngineRequest(tokenizer(PROMPTS[0])["input_ids"], "a0@1", greedy(60))
+    shorts = [
+        EngineRequest(tokenizer(p)["input_ids"], a, greedy(3)) for p, a in zip(PROMPTS[1:4], ["a1@1", None, "a0@1"])
+    ]
     _, finished, _ = run(ContinuousEngine(pool, max_running=4), {0: [long], 5: shorts})
     assert finished[-1] == long.id and set(finished[:3]) == {s.id for s in shorts}
 
 
 def test_a_long_prompt_is_prefilled_one_chunk_per_step_while_running_rows_keep_decoding(pool):
     tokenizer = pool.base.tokenizer
-    running = Sequence(tokenizer(PROMPTS[1])["input_ids"], "a0@1", greedy(30))
-    newcomer = Sequence(tokenizer(" ".join([PROMPTS[5]] * 4))["input_ids"], "a1@1", greedy(2))
+    running = EngineRequest(tokenizer(PROMPTS[1])["input_ids"], "a0@1", greedy(30))
+    newcomer = EngineRequest(tokenizer(" ".join([PROMPTS[5]] * 4))["input_ids"], "a1@1", greedy(2))
     engine = ContinuousEngine(pool, max_running=4, prefill_chunk=8)
     engine.submit(running)
     engine.step()
@@ -96,7 +98,7 @@ def test_a_long_prompt_is_prefilled_one_chunk_per_step_while_running_rows_keep_d
 def test_a_cancelled_row_is_freed_at_the_next_step_and_the_others_go_on(pool):
     tokenizer = pool.base.tokenizer
     keep, drop = (
-        Sequence(tokenizer(p)["input_ids"], a, greedy(10)) for p, a in ((PROMPTS[0], "a0@1"), (PROMPTS[2], "a1@1"))
+        EngineRequest(tokenizer(p)["input_ids"], a, greedy(10)) for p, a in ((PROMPTS[0], "a0@1"), (PROMPTS[2], "a1@1"))
     )
     engine = ContinuousEngine(pool)
     engine.submit(keep)
@@ -117,11 +119,12 @@ def test_stop_strings_min_tokens_and_seeded_sampling(pool):
     prompt = tokenizer(PROMPTS[3])["input_ids"]
     reference = alone(pool, PROMPTS[3], "a2@1", 12)
     stop = reference.split()[3]  # a word the greedy text contains
-    stopped = Sequence(prompt, "a2@1", greedy(12, stop=(stop,)))
+    stopped = EngineRequest(prompt, "a2@1", greedy(12, stop=(stop,)))
     eos = pool.base.tokenizer.eos_token_id
-    at_least = Sequence(prompt, None, SamplingParams(max_tokens=6, temperature=0, min_tokens=6))
+    at_least = EngineRequest(prompt, None, SamplingParams(max_tokens=6, temperature=0, min_tokens=6))
     sampled = [
-        Sequence(prompt, "a0@1", SamplingParams(max_tokens=8, temperature=1.3, top_p=0.9, seed=7)) for _ in range(2)
+        EngineRequest(prompt, "a0@1", SamplingParams(max_tokens=8, temperature=1.3, top_p=0.9, seed=7))
+        for _ in range(2)
     ]
     texts, _, _ = run(ContinuousEngine(pool), {0: [stopped, at_least, sampled[0]], 3: [sampled[1]]})
     assert texts[stopped.id] == reference[: reference.index(stop)] and stopped.finished == "stop"

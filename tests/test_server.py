@@ -110,7 +110,7 @@ def test_metrics_expose_latency_swaps_pool_and_memory_and_alerts_are_logged(llam
     assert "ALERT p95 latency" in caplog.text
     metrics = client.get("/metrics").text
     for name in ("adapterhub_request_latency_seconds_bucket", "adapterhub_adapter_swaps_total 2.0",
-                 "adapterhub_pool_hits_total", "adapterhub_pool_misses_total 2.0", 'adapterhub_memory_bytes{kind="slots"}',
+                 "adapterhub_pool_slot_hits_total", "adapterhub_pool_slot_misses_total 2.0", "adapterhub_pool_hits_total", 'adapterhub_memory_bytes{kind="slots"}',
                  "adapterhub_throughput_requests_per_second", "adapterhub_generated_tokens_total"):  # fmt: skip
         assert name in metrics
     assert client.get("/health").json()["alerts"] == ["p95"]

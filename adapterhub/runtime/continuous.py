@@ -2,7 +2,7 @@
 
 ``ContinuousEngine.step()`` is one iteration of the scheduler, run on the model thread:
 
-1. drop requests whose client went away (``Sequence.cancel``), wherever they are;
+1. drop requests whose client went away (``EngineRequest.cancel``), wherever they are;
 2. admit waiting requests, first come first served, while the batch has room (``max_running`` rows) and the
    pool has slots for their adapters (at most ``pool.slots`` distinct adapters in a forward); a request that
    does not fit stops later requests that would take another slot from passing it, so it cannot starve;
@@ -21,7 +21,7 @@ Adapters that are not slottable (prompt and prefix tuning, adapters with trained
 model around the forward; such a request runs whole through ``generate`` (``inference.generate``) in one step,
 holding the running rows for its length: the price of a method the slots cannot express, said in the README.
 
-Everything in a ``Sequence`` is read and written on the model thread, except ``cancel`` (a flag) and the
+Everything in a ``EngineRequest`` is read and written on the model thread, except ``cancel`` (a flag) and the
 events, which the caller collects from ``step``'s return value.
 """
 
@@ -60,7 +60,7 @@ class Event:
 
 
 @dataclass(eq=False)
-class Sequence:
+class EngineRequest:
     """One request: its prompt tokens, adapter key (``name@version``, None: the base), settings and progress."""
 
     prompt: list[int]
@@ -93,17 +93,17 @@ class ContinuousEngine:
         self.eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos]) | (
             {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
         )
-        self.incoming: collections.deque[Sequence] = collections.deque()  # appended by other threads
-        self.waiting: collections.deque[Sequence] = collections.deque()
-        self.prefilling: list[Sequence] = []
-        self.running: list[Sequence] = []
+        self.incoming: collections.deque[EngineRequest] = collections.deque()  # appended by other threads
+        self.waiting: collections.deque[EngineRequest] = collections.deque()
+        self.prefilling: list[EngineRequest] = []
+        self.running: list[EngineRequest] = []
         self.cache = RowCache()
         accepted = inspect.signature(self.model.forward).parameters
         self._last_logits = "logits_to_keep" in accepted
         self._cache_kw = "cache" if "cache" in accepted else "past_key_values"  # renamed in transformers 5.2x
 
     # -- called from any thread -----------------------------------------------------------------------
-    def submit(self, sequence: Sequence) -> None:
+    def submit(self, sequence: EngineRequest) -> None:
         self.incoming.append(sequence)
 
     @property
@@ -119,8 +119,8 @@ class ContinuousEngine:
 
     # -- the model thread ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self) -> list[tuple[Sequence, Event]]:
-        events: list[tuple[Sequence, Event]] = []
+    def step(self) -> list[tuple[EngineRequest, Event]]:
+        events: list[tuple[EngineRequest, Event]] = []
         while self.incoming:
             self.waiting.append(self.incoming.popleft())
         self._drop_cancelled(events)
@@ -222,7 +222,7 @@ class ContinuousEngine:
             self.running = [self.running[i] for i in keep]
             self.cache.keep(keep)
 
-    def _advance(self, s: Sequence, token: int, events: list) -> None:
+    def _advance(self, s: EngineRequest, token: int, events: list) -> None:
         """Add ``token`` to ``s``: release its text, and end it at a stop (EOS, stop string) or its length."""
         s.generated.append(token)
         eos = token in self.eos and not s.params.ignore_eos
@@ -234,14 +234,14 @@ class ContinuousEngine:
         else:
             events.append((s, Event(text, 1)))
 
-    def _end(self, s: Sequence, reason: FinishReason, events: list, error: Exception | None = None, *,
+    def _end(self, s: EngineRequest, reason: FinishReason, events: list, error: Exception | None = None, *,
              text: str = "", tokens: int = 0) -> None:  # fmt: skip
         s.finished, s.cache = reason, None
         if s.text is not None and reason in ("stop", "length"):
             text += s.text.finish()
         events.append((s, Event(text, tokens, reason, error)))
 
-    def _whole(self, s: Sequence, events: list) -> None:
+    def _whole(self, s: EngineRequest, events: list) -> None:
         """Run a request for a non-slottable adapter whole through peft's ``generate`` (see the module docstring)."""
         p = s.params
         settings = GenerationSettings(

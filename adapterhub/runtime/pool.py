@@ -44,10 +44,11 @@ HEAD_NAMES = ("classifier", "score")  # the heads peft saves whole for sequence 
 
 @dataclass
 class PoolStats:
-    """Counters for /metrics: a hit found the adapter in a device slot, a miss had to copy it in."""
+    """Counters for /metrics. Each model call activates every distinct adapter of its rows once: a slot hit found
+    the adapter already in a device slot, a slot miss had to copy it in. They count activations, not requests."""
 
-    hits: int = 0
-    misses: int = 0
+    slot_hits: int = 0
+    slot_misses: int = 0
     swaps: int = 0  # copies into a device slot
     registry_loads: int = 0
     device_evictions: int = 0
@@ -229,9 +230,9 @@ class AdapterPool:
     def _to_slot(self, key: str) -> int:
         if key in self._device:
             self._device.move_to_end(key)
-            self.stats.hits += 1
+            self.stats.slot_hits += 1
             return self._device[key]
-        self.stats.misses += 1
+        self.stats.slot_misses += 1
         plan = self._fetch(key).plan
         slot = self._free_slot_index()
         copies = []

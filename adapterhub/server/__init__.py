@@ -7,7 +7,7 @@ import importlib
 _MODULE_OF = {
     "ServerSettings": "adapterhub.server.app",
     "create_app": "adapterhub.server.app",
-    "AlertThresholds": "adapterhub.server.metrics",
+    "AlertThresholds": "adapterhub.server.prometheus",
 }
 __all__ = sorted(_MODULE_OF)
 

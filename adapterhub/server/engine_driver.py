@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from adapterhub.runtime.continuous import ContinuousEngine, Event, Sequence
+from adapterhub.runtime.continuous import ContinuousEngine, EngineRequest, Event
 from adapterhub.server.background import BackgroundLoop
 
 log = logging.getLogger("adapterhub.server")
@@ -26,7 +26,7 @@ log = logging.getLogger("adapterhub.server")
 class Submitted:
     """A request handed to the engine: its sequence and the queue its events arrive on."""
 
-    sequence: Sequence
+    sequence: EngineRequest
     label: str = "base"  # the adapter's name in metrics
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     first_token_at: float | None = None
@@ -56,7 +56,7 @@ class EngineDriver(BackgroundLoop):
         self.wake = asyncio.Event()
         super().start()
 
-    def submit(self, sequence: Sequence, label: str = "base") -> Submitted:
+    def submit(self, sequence: EngineRequest, label: str = "base") -> Submitted:
         submitted = Submitted(sequence, label)
         self.requests[sequence.id] = submitted
         self.engine.submit(sequence)

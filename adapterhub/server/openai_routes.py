@@ -8,7 +8,7 @@ never in the middle of one.
 
 Every limit is checked before the request queues (prompt length, ``max_tokens``, the model's context, the
 queue's depth), and an unknown model is a 404 there too. With ``--batching continuous`` (the default) the
-request becomes a ``Sequence`` of the continuous-batching engine and its tokens are streamed as the engine
+request becomes a ``EngineRequest`` of the continuous-batching engine and its tokens are streamed as the engine
 makes them; with ``--batching static`` it waits for a batch of the static batcher and is answered whole (one
 chunk when streamed), which is what that batcher can do, kept to compare against.
 """
@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from adapterhub.runtime.continuous import Event, Sequence
+from adapterhub.runtime.continuous import EngineRequest, Event
 from adapterhub.server.batch_runs import StaticCompletion, StaticKey
 from adapterhub.server.engine_driver import Submitted
 from adapterhub.server.handlers import submitted
@@ -137,7 +137,7 @@ async def _serve(state: AppState, request: Request, body: _Sampled, prompt: list
     state.adapter_metrics.request(label)
     if state.engine is None:
         return await _serve_static(state, body, prompt, adapter, label, params, answer)
-    running = state.driver.submit(Sequence(prompt, adapter, params), label)
+    running = state.driver.submit(EngineRequest(prompt, adapter, params), label)
     events = running.events()
     first = await _next(events, request, running)  # errors found before the first token are a plain error answer
     if first.error is not None:

@@ -23,7 +23,7 @@ from adapterhub.server.adapter_metrics import AdapterMetrics
 from adapterhub.server.batch_runs import batch_runner
 from adapterhub.server.batcher import Batcher
 from adapterhub.server.engine_driver import EngineDriver, Submitted
-from adapterhub.server.metrics import AlertThresholds, ServerMetrics
+from adapterhub.server.prometheus import AlertThresholds, ServerMetrics
 from adapterhub.server.remote_refs import RemoteRefs
 
 

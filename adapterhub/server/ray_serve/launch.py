@@ -44,7 +44,7 @@ def spec_from_options(params: dict) -> ReplicaSpec:
     """The replica spec from ``adapterhub serve``'s options (its click parameters, by name)."""
     from adapterhub.cli.serve import default_model_name
     from adapterhub.manifest import Manifest
-    from adapterhub.server.metrics import AlertThresholds
+    from adapterhub.server.prometheus import AlertThresholds
     from adapterhub_registry import Registry
 
     if params["sequence"]:

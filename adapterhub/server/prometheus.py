@@ -1,7 +1,7 @@
 """Prometheus metrics of the server, and the alert thresholds that log a warning when crossed.
 
 Each app owns its own ``CollectorRegistry`` (several apps can live in one process, as in tests). Pool
-counters (hits, misses, swaps, evictions) are read from ``AdapterPool.stats`` at scrape time.
+counters (slot hits, slot misses, swaps, evictions) are read from ``AdapterPool.stats`` at scrape time.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from adapterhub.runtime import AdapterPool
 
 log = logging.getLogger("adapterhub.server")
+SLOT_HITS = "Adapter activations (one per distinct adapter per model call) that found it in a device slot."
+SLOT_MISSES = "Adapter activations (one per distinct adapter per model call) that copied it into a slot."
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -39,8 +41,11 @@ class _PoolCollector:
     def collect(self):
         stats = self.pool.stats
         for name, value, text in (
-            ("adapterhub_pool_hits", stats.hits, "Adapter requests served from a resident device slot."),
-            ("adapterhub_pool_misses", stats.misses, "Adapter requests that had to copy the adapter into a slot."),
+            ("adapterhub_pool_slot_hits", stats.slot_hits, SLOT_HITS),
+            ("adapterhub_pool_slot_misses", stats.slot_misses, SLOT_MISSES),
+            # the old names, kept for dashboards until 0.3 (they always counted activations, not requests)
+            ("adapterhub_pool_hits", stats.slot_hits, "Deprecated (removed in 0.3): adapterhub_pool_slot_hits."),
+            ("adapterhub_pool_misses", stats.slot_misses, "Deprecated (removed in 0.3): adapterhub_pool_slot_misses."),
             ("adapterhub_adapter_swaps", stats.swaps + self.pool.peft.swaps, "Adapters copied into a slot or attached through peft."),
             ("adapterhub_registry_loads", stats.registry_loads, "Adapters read (and integrity-checked) from the registry."),
             ("adapterhub_device_evictions", stats.device_evictions, "Adapters evicted from a device slot to host memory."),
