@@ -40,7 +40,3 @@ def block_batches(
             mask[i, : len(row)] = 1
         labels = input_ids.masked_fill(mask == 0, -100)  # padding never counts in the loss
         yield {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
-def count_batches(n: int, batch_size: int) -> int:
-    return (n + batch_size - 1) // batch_size

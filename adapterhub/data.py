@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapterhub import packaged
 from adapterhub.errors import DataError, OptionError
 
 _RETWEET = re.compile(r"^(rt\s+)?(@\w+:?\s*)+", re.IGNORECASE)
@@ -75,10 +76,14 @@ class DataFile:
 
 
 def read_data_file(path: str | Path, encoding: str = "utf-8", *, kind: str = "data file") -> DataFile:
-    """Read ``path`` once; a missing file or one not in ``encoding`` is a ``DataError`` naming it."""
-    path = Path(path)
+    """Read ``path`` (or the file of a packaged name: ``adapterhub.packaged``) once; a missing file or one not in
+    ``encoding`` is a ``DataError`` naming it."""
+    path = packaged.resolve(path, packaged.DATA)
     if not path.is_file():
-        raise DataError(f"{kind} {str(path)!r} not found")
+        raise DataError(
+            f"{kind} {str(path)!r} not found: pass --data with the path of a file, or a packaged name: "
+            f"{packaged.help_names(packaged.DATA)}"
+        )
     raw = path.read_bytes()
     try:
         text = raw.decode(encoding)
@@ -210,3 +215,11 @@ def split_blocks(blocks: list[list[int]], test_fraction: float, seed: int) -> tu
     if test_fraction > 0 and not any(test_flags) and len(blocks) > 1:
         test_flags[-1] = True
     return [b for b, t in zip(blocks, test_flags) if not t], [b for b, t in zip(blocks, test_flags) if t]
+
+
+def balanced_class_weights(labels: list[int], n_classes: int) -> list[float]:
+    """``n / (n_classes * count(c))`` per class ``c`` (a class absent from ``labels`` gets weight 0: it adds no loss).
+    scikit-learn's ``compute_class_weight("balanced")`` computes the same but refuses a class absent from the
+    training split, which a small or hash-cut split can have."""
+    counts = [labels.count(c) for c in range(n_classes)]
+    return [len(labels) / (n_classes * count) if count else 0.0 for count in counts]

@@ -82,9 +82,6 @@ class Distributed:
         """The model wrapped for data-parallel training (DDP / FSDP), or unchanged in a one-process run."""
         return self.accelerator.prepare_model(model) if self.active else model
 
-    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(model) if self.active else model
-
     def clip_grad_norm(self, parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
         """Clip the (already synchronised) gradients; returns their total norm before clipping."""
         if self.active:  # FSDP shards gradients: only the accelerator knows how to take their norm

@@ -20,6 +20,7 @@ from adapterhub.batches import block_batches, classification_batches
 from adapterhub.data import (
     ClassificationData,
     DataFile,
+    balanced_class_weights,
     cap,
     parse_classification,
     read_data_file,
@@ -29,7 +30,6 @@ from adapterhub.data import (
 )
 from adapterhub.errors import OptionError
 from adapterhub.settings import DataSpec, TrainSettings
-from adapterhub.train import balanced_class_weights
 
 Batches = Iterator[dict[str, torch.Tensor]]
 

@@ -12,6 +12,6 @@ import adapterhub
 
 @adapterhub.hookimpl
 def adapterhub_remote_stores() -> list:
-    from adapterhub_registry.remote_store import bundled_stores
+    from adapterhub_registry.bundled_stores import bundled_stores
 
     return list(bundled_stores().values())

@@ -34,14 +34,6 @@ from adapterhub.monitor import EarlyStopper, MonitorSettings, StepRecord, Traini
 from adapterhub.settings import TrainSettings
 
 
-def balanced_class_weights(labels: list[int], n_classes: int) -> list[float]:
-    """``n / (n_classes * count(c))`` per class ``c`` (a class absent from ``labels`` gets weight 0: it adds no loss).
-    scikit-learn's ``compute_class_weight("balanced")`` computes the same but refuses a class absent from the
-    training split, which a small or hash-cut split can have."""
-    counts = [labels.count(c) for c in range(n_classes)]
-    return [len(labels) / (n_classes * count) if count else 0.0 for count in counts]
-
-
 @dataclass
 class TrainResult:
     """History of evaluations (with the mean train loss since the previous one), the metrics of the adapter

@@ -15,7 +15,8 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from adapterhub import adapters
 from adapterhub.base import load_base
-from adapterhub.train import TrainSettings, balanced_class_weights, train
+from adapterhub.data import balanced_class_weights
+from adapterhub.train import TrainSettings, train
 
 SETTINGS = TrainSettings(epochs=2, batch_size=4, learning_rate=1e-2, warmup_ratio=0.1, grad_clip=1.0, seed=3,
                          class_weights="balanced")  # fmt: skip

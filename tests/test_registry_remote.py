@@ -102,7 +102,7 @@ def test_a_blob_without_its_entry_is_never_visible(two_homes, tmp_path):
     trainer, server = two_homes
     local = trainer.push("sst2", write_adapter(tmp_path / "a"), method="lora")
     remote = trainer.remote("origin")
-    remote.store.put(layout.blob_key(local.blob_sha256), trainer._read_blob(local))  # what the killed push left
+    remote.store.put(layout.blob_key(local.blob_sha256), trainer.read_blob(local))  # what the killed push left
     reader = server.remote("origin")
     assert reader.list(all_versions=True) == [] and reader.search("sst2") == []
     with pytest.raises(NotFoundError, match="has no adapter 'sst2'"):

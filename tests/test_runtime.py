@@ -119,7 +119,7 @@ def test_adapter_for_another_base_is_refused_naming_both(tiny_llama, tmp_path):
 def test_lora_with_trained_biases_is_not_slottable_and_swaps_through_peft(llama_pool, tiny_llama, tmp_path):
     push_random_adapter(llama_pool.base, "biased", {"r": 4, "bias": "lora_only"}, tmp_path, seed=7)
     llama_pool.load("biased")
-    assert llama_pool.kind("biased") == "peft" and "bias" in llama_pool.reason("biased")
+    assert llama_pool.fetch("biased").kind == "peft" and "bias" in llama_pool.fetch("biased").reason
     reference = peft_reference(AutoModelForCausalLM, tiny_llama, tmp_path, ["biased", "plain"])
     with llama_pool.peft_adapter("biased") as model:
         ours = model(TOKENS).logits

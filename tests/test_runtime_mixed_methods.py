@@ -55,7 +55,7 @@ def mixed_pool(tiny_llama, tmp_path):
 def test_every_method_of_the_mix_is_slotted(mixed_pool):
     for name in MIXED:
         mixed_pool.load(name)
-        assert mixed_pool.kind(name) == "slotted", mixed_pool.reason(name)
+        assert mixed_pool.fetch(name).kind == "slotted", mixed_pool.fetch(name).reason
 
 
 def test_a_batch_mixing_lora_rslora_dora_and_ia3_equals_peft_per_row(mixed_pool, tiny_llama, tmp_path):
@@ -108,7 +108,7 @@ def test_classifiers_of_different_methods_share_a_batch_with_their_own_heads(tin
     texts = ["great movie", "bad awful film", "i hate this"]
     rows = ["cls-ia3", "cls-dora", "cls-ia3"]
     ours = classify(pool, texts, rows)
-    assert all(pool.kind(name) == "slotted" for name in methods)
+    assert all(pool.fetch(name).kind == "slotted" for name in methods)
     for text, name, result in zip(texts, rows, ours):
         inputs = base.tokenizer(text, return_tensors="pt")
         model = peft.PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3),

@@ -187,8 +187,10 @@ def fetch_command(ctx, remote_name, ref, as_json) -> None:
     if as_json:
         echo_json(record.to_dict())
     else:
-        origin = record.manifest["remote"]
-        click.echo(f"fetched {remote_name} {origin['ref']} as {record.ref} (sha256 {record.blob_sha256[:12]})")
+        from adapterhub_registry.remote import provenance
+
+        origin = provenance(record) or {}
+        click.echo(f"fetched {remote_name} {origin.get('ref', '?')} as {record.ref} (sha256 {record.blob_sha256[:12]})")
 
 
 @registry_group.command("untag")

@@ -147,7 +147,7 @@ class ContinuousEngine:
             if self.active >= self.max_running:
                 return
             try:
-                slotted = s.adapter is None or self.pool.kind(s.adapter) == "slotted"
+                slotted = s.adapter is None or self.pool.fetch(s.adapter).kind == "slotted"
             except Exception as exc:  # unreadable, damaged or for another base: this request fails alone
                 self.waiting.remove(s)
                 self._end(s, "error", events, exc)

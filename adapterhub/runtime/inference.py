@@ -62,7 +62,7 @@ def groups(pool: AdapterPool, adapters: Sequence[str | None]) -> list[tuple[list
     slotted: list[int] = []
     by_peft: dict[str, list[int]] = {}
     for row, adapter in enumerate(adapters):
-        if adapter is not None and pool.kind(adapter) == "peft":
+        if adapter is not None and pool.fetch(adapter).kind == "peft":
             by_peft.setdefault(pool.key_of(adapter), []).append(row)
         else:
             slotted.append(row)
@@ -126,7 +126,9 @@ def classify(pool: AdapterPool, texts: Sequence[str], adapters: Sequence[str | N
     base_labels = pool.base.labels or [
         pool.base.model.config.id2label[i] for i in range(pool.base.model.config.num_labels)
     ]
-    own_labels = {ref: pool.labels(ref) for ref in set(adapters) if ref is not None}  # once per adapter, not per row
+    own_labels = {
+        ref: pool.fetch(ref).labels for ref in set(adapters) if ref is not None
+    }  # once per adapter, not per row
     results: list[Classified | None] = [None] * len(texts)
     for rows, peft_key in groups(pool, adapters):
         batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,

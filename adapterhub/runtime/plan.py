@@ -35,10 +35,6 @@ class SlotPlan:
                    for c in self.layers.values())  # fmt: skip
 
     @property
-    def max_rank(self) -> int:
-        return max((c.rank for c in self.layers.values()), default=0)
-
-    @property
     def nbytes(self) -> int:
         layers = sum(t.nbytes for contents in self.layers.values() for t in contents.tensors())
         return layers + sum(t.nbytes for head in self.heads.values() for t in head.values())

@@ -73,6 +73,16 @@ class HostAdapter:
             return self.plan.nbytes
         return sum(t.nbytes for t in self.tensors.values())
 
+    @property
+    def kind(self) -> str:
+        """``"slotted"`` (served from resident slots in mixed batches) or ``"peft"`` (swapped in through peft)."""
+        return "slotted" if self.plan is not None else "peft"
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The class names a classifier adapter was trained with (recorded in its manifest), if any."""
+        return Manifest.from_dict(self.manifest).labels or None
+
 
 class AdapterPool:
     """Resident adapter slots on one base model; see the module docstring."""
@@ -272,17 +282,10 @@ class AdapterPool:
                 head.clear(slot)
 
     # -- running ----------------------------------------------------------------------------------------
-    def kind(self, ref: str) -> str:
-        """``"slotted"`` or ``"peft"`` for a loaded adapter (loading it into host memory if needed)."""
-        return "slotted" if self._fetch(self.key_of(ref)).plan is not None else "peft"
-
-    def reason(self, ref: str) -> str | None:
-        """Why a loaded adapter is not slottable (None when it is)."""
-        return self._fetch(self.key_of(ref)).reason
-
-    def labels(self, ref: str) -> list[str] | None:
-        """The class names a classifier adapter was trained with (recorded in its manifest), if any."""
-        return Manifest.from_dict(self._fetch(self.key_of(ref)).manifest).labels or None
+    def fetch(self, ref: str) -> HostAdapter:
+        """The host copy of ``ref``, read from the registry (integrity and base checks) when it is not in host
+        memory: ``fetch(ref).kind``, ``.reason`` (why it is not slottable) and ``.labels`` read it."""
+        return self._fetch(self.key_of(ref))
 
     @contextlib.contextmanager
     def activate(self, adapters: Sequence[str | None]) -> Iterator[None]:

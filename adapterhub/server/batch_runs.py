@@ -122,7 +122,7 @@ def _isolating(run: RunModel, pool: AdapterPool) -> RunBatch:
         failed: dict[str, Exception] = {}
         for adapter in {p.adapter for p in payloads if p.adapter is not None}:
             try:
-                pool.kind(adapter)  # fetch it now: registry, integrity and base fingerprint checks
+                pool.fetch(adapter)  # now: registry, integrity and base fingerprint checks
             except Exception as exc:
                 failed[adapter] = exc
         ok = [i for i, p in enumerate(payloads) if p.adapter not in failed]

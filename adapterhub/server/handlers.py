@@ -77,7 +77,8 @@ async def load_adapter(body: AdapterRequest, state: StateDep) -> dict:
 
     def load() -> dict:
         key = pool.load(body.ref, force=body.force)
-        return {"adapter": key, "kind": pool.kind(key), "not_slottable_because": pool.reason(key)}
+        fetched = pool.fetch(key)
+        return {"adapter": key, "kind": fetched.kind, "not_slottable_because": fetched.reason}
 
     return await on_worker(state, load)
 

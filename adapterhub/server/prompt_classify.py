@@ -125,7 +125,7 @@ def run_prompt_classify(pool: AdapterPool, payloads: list[ClassifyRequest], key:
 def _model_with(pool: AdapterPool, adapter: str | None) -> Iterator[torch.nn.Module]:
     """The model to run with ``adapter`` on every row (None: the bare base), applied the way the pool applies a
     row's adapter in a mixed batch: its device slot, or peft for an adapter that cannot live in one."""
-    if adapter is not None and pool.kind(adapter) == "peft":
+    if adapter is not None and pool.fetch(adapter).kind == "peft":
         with pool.peft_adapter(adapter) as model:
             yield model
     else:

@@ -171,7 +171,7 @@ class Registry:
     def pull(self, ref: str, dest_dir: Path | str) -> AdapterRecord:
         """Write the adapter directory (PEFT files + adapterhub.json with the record's fields) into `dest_dir`."""
         record = self.resolve(ref)
-        weights = self._read_blob(record)
+        weights = self.read_blob(record)
         sidecar = {
             **record.manifest,
             "name": record.name,
@@ -184,7 +184,7 @@ class Registry:
         write_files(
             Path(dest_dir),
             {
-                CONFIG_FILE: self._index.peft_config_text(record).encode("utf-8"),
+                CONFIG_FILE: self.peft_config_text(record).encode("utf-8"),
                 WEIGHTS_FILE: weights,
                 MANIFEST_FILE: manifest_bytes(sidecar),
             },
@@ -200,9 +200,9 @@ class Registry:
             raise RegistryError(
                 f"{', '.join(map(str, existing))} already exist(s); choose an empty directory or pass overwrite=True"
             )
-        weights = self._read_blob(record)
+        weights = self.read_blob(record)
         # Temp file + rename replaces a symlink rather than following it, so nothing outside dest is written.
-        write_files(dest, {CONFIG_FILE: self._index.peft_config_text(record).encode("utf-8"), WEIGHTS_FILE: weights})
+        write_files(dest, {CONFIG_FILE: self.peft_config_text(record).encode("utf-8"), WEIGHTS_FILE: weights})
         return dest
 
     def list(
@@ -330,10 +330,15 @@ class Registry:
             if not best_effort:
                 raise
 
-    def _read_blob(self, record: AdapterRecord) -> bytes:
-        """The record's blob, sha256-checked: for bytes that leave the registry (`pull`, `export_peft`)."""
+    def read_blob(self, record: AdapterRecord) -> bytes:
+        """The record's weights file (safetensors bytes), sha256-checked: for bytes that leave the registry (`pull`,
+        `export_peft`, a remote push)."""
         with self._deleted_meanwhile_is_not_found(record):
             return self._blobs.read(record.blob_sha256, record.size_bytes, record.ref)
+
+    def peft_config_text(self, record: AdapterRecord) -> str:
+        """The record's `adapter_config.json`, exactly as it was pushed."""
+        return self._index.peft_config_text(record)
 
     @contextlib.contextmanager
     def _deleted_meanwhile_is_not_found(self, record: AdapterRecord) -> Iterator[None]:

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 from adapterhub_registry import remote_layout as layout
 from adapterhub_registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub_registry.blobs import sha256_hex
+from adapterhub_registry.bundled_stores import bundled_stores
 from adapterhub_registry.errors import CorruptBlobError
 from adapterhub_registry.names import parse_ref, validate_tag
 from adapterhub_registry.records import AdapterRecord
 from adapterhub_registry.remote_cache import EntryCache
 from adapterhub_registry.remote_config import RemoteConfig, RemoteConfigs
-from adapterhub_registry.remote_store import RemoteStore, RemoteStoreSpec, bundled_stores, open_store
+from adapterhub_registry.remote_store import RemoteStore, RemoteStoreSpec, open_store
 
 if TYPE_CHECKING:
     from adapterhub_registry.registry import Registry
@@ -53,8 +54,8 @@ class Remote:
         version when it holds the same bytes and config); `tags` then point at it there. Returns the remote's record."""
         tag_list = list(dict.fromkeys(validate_tag(t) for t in tags))
         local = self.registry.resolve(ref)
-        weights = self.registry._read_blob(local)  # sha256-checked: a damaged local copy is never uploaded
-        config_text = self.registry._index.peft_config_text(local)
+        weights = self.registry.read_blob(local)  # sha256-checked: a damaged local copy is never uploaded
+        config_text = self.registry.peft_config_text(local)
         versions = layout.versions(self.store, local.name)
         newest = layout.read_entry(self.store, local.name, versions[-1]) if versions else None
         if newest is not None and newest.blob_sha256 == local.blob_sha256 and newest.peft_config_text == config_text:
@@ -96,8 +97,8 @@ class Remote:
     def local_copy(self, name: str, version: int, sha256: str) -> AdapterRecord | None:
         """The local record fetched from this remote's `name@version` with that blob, if there is one."""
         for record in reversed(self.registry.list(name=name, all_versions=True)):
-            origin = record.manifest.get(PROVENANCE_KEY)
-            if (isinstance(origin, dict) and origin.get("url") == self.config.url
+            origin = provenance(record)
+            if (origin is not None and origin.get("url") == self.config.url
                     and origin.get("version") == version and record.blob_sha256 == sha256):  # fmt: skip
                 return record
         return None

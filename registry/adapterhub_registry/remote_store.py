@@ -2,7 +2,7 @@
 
 A remote is a URL (`s3://bucket/prefix`, `file:///shared/adapters`); its scheme names a `RemoteStoreSpec`
 whose `open(url, endpoint_url)` returns a `RemoteStore`. The bundled stores (S3 and file) are listed by
-`bundled_stores()`; adapterhub adds those of plugins through its `adapterhub_remote_stores` hook. The remote
+`bundled_stores.bundled_stores()` (a module of its own: the stores import this one); adapterhub adds those of plugins through its `adapterhub_remote_stores` hook. The remote
 layout (remote_layout.py) is written against this small interface only, so the guarantees it relies on are
 spelled out here, once: whole-object writes that are never seen half done, and two conditional writes.
 """
@@ -72,14 +72,6 @@ class RemoteStoreSpec:
     name: str
     description: str
     open: Callable[[str, str | None], RemoteStore]  # (url, endpoint_url or None) -> store
-
-
-def bundled_stores() -> dict[str, RemoteStoreSpec]:
-    """The S3 and file stores that ship with adapterhub-registry, by scheme."""
-    from adapterhub_registry.remote_file import FILE_STORE
-    from adapterhub_registry.remote_s3 import S3_STORE
-
-    return {spec.name: spec for spec in (S3_STORE, FILE_STORE)}
 
 
 def check_url(url: str) -> str:
