@@ -22,6 +22,7 @@ from safetensors.torch import load
 
 from adapterhub import plugins
 from adapterhub.base import Base
+from adapterhub.deprecation import moved_names
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
 from adapterhub.manifest import BaseIdentity, Manifest, PluginIdentity
 from adapterhub.options import build_options
@@ -35,6 +36,11 @@ from adapterhub_registry.adapter_dir import (
     read_adapter_dir,
 )
 from adapterhub_registry.files import fsync_path
+
+# plugins written against plugin API 1.0 import peft_task_type from here
+__getattr__ = moved_names(
+    __name__, {"peft_task_type": "adapterhub.model_tasks.peft_task_type"}, since="1.1", removed_in="1.3"
+)
 
 
 def make_options(method: str, values: dict[str, Any] | None = None) -> Any:

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers import logging as transformers_logging
 
 from adapterhub import plugins
+from adapterhub.deprecation import renamed_attribute
 from adapterhub.errors import AdapterHubError, OptionError
 from adapterhub.fingerprint import content_hash, fingerprint, weight_files
 from adapterhub.model_tasks import LOAD_DEFAULT, SEQ_CLS
@@ -41,6 +42,9 @@ class Base:
     quantization: str | None
     fingerprint: dict
     labels: list[str] = field(default_factory=list)
+
+    # plugins written against plugin API 1.0 read ``base.task`` in build_config
+    task = renamed_attribute[str]("model_task", since="1.1", removed_in="1.3")
 
     @property
     def fingerprint_id(self) -> str:

@@ -13,32 +13,43 @@ torch, peft or triton inside the functions that need them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pluggy
+
+if TYPE_CHECKING:  # annotations only: plugins import this module without click or the registry
+    import click
+
+    from adapterhub.specs import KernelSpec, MethodSpec, QuantizerSpec
+    from adapterhub_registry.remote_store import RemoteStoreSpec
 
 hookspec = pluggy.HookspecMarker("adapterhub")
 
-
-@hookspec
-def adapterhub_methods() -> list:
-    """Return ``list[MethodSpec]``: adapter methods (LoRA, IA3, ...) the plugin provides."""
+# A hookspec has no body: pluggy never calls it, it reads its name, arguments and docstring only.
+# mypy: disable-error-code="empty-body"
 
 
 @hookspec
-def adapterhub_kernels() -> list:
-    """Return ``list[KernelSpec]``: accelerated implementations of named ops, each with a support check."""
+def adapterhub_methods() -> list[MethodSpec]:
+    """Return the adapter methods (LoRA, IA3, ...) the plugin provides."""
 
 
 @hookspec
-def adapterhub_quantizers() -> list:
-    """Return ``list[QuantizerSpec]``: ways to load the frozen base quantized (nf4, int8, ...)."""
+def adapterhub_kernels() -> list[KernelSpec]:
+    """Return accelerated implementations of named ops (``adapterhub.kernels``), each with a support check."""
 
 
 @hookspec
-def adapterhub_commands(cli) -> None:
+def adapterhub_quantizers() -> list[QuantizerSpec]:
+    """Return ways to load the frozen base quantized (nf4, int8, ...)."""
+
+
+@hookspec
+def adapterhub_commands(cli: click.Group) -> None:
     """Add subcommands to the ``adapterhub`` click group passed in as ``cli``; returns nothing."""
 
 
 @hookspec
-def adapterhub_remote_stores() -> list:
-    """Return ``list[RemoteStoreSpec]`` (``adapterhub_registry.remote_store``): remote registry backends, one per URL
-    scheme (``s3``, ``file``, ...), each opening a store with atomic create and compare-and-swap."""
+def adapterhub_remote_stores() -> list[RemoteStoreSpec]:
+    """Return remote registry backends, one per URL scheme (``s3``, ``file``, ...), each opening a store with
+    atomic create and compare-and-swap."""

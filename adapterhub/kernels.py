@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adapterhub import plugins
+from adapterhub.specs import KernelSpec
 
 log = logging.getLogger(__name__)
 
@@ -145,20 +146,21 @@ def choose_kernel(catalog: plugins.Catalog, op: str, device: torch.device | str,
     if op not in REFERENCES:
         raise KeyError(f"unknown op {op!r}; known ops: {', '.join(sorted(REFERENCES))}")
     device = _device_type(device)
-    candidates = sorted(catalog.kernels.get(op, []), key=lambda c: -c.spec.priority)
+    # (plugin, spec) pairs; the catalog files only KernelSpecs under kernels, the isinstance tells the type checker
+    kernels = [(c.plugin, c.spec) for c in catalog.kernels.get(op, []) if isinstance(c.spec, KernelSpec)]
+    candidates = sorted(kernels, key=lambda pair: -pair[1].priority)
     passed_over: dict[str, str] = {}
-    for contribution in candidates:
-        label = f"{contribution.plugin}:{contribution.spec.name}"
+    for position, (plugin, spec) in enumerate(candidates):
+        label = f"{plugin}:{spec.name}"
         try:
-            reason = contribution.spec.supports(device, dtype)
+            reason = spec.supports(device, dtype)
         except Exception as exc:
             reason = f"support check raised {type(exc).__name__}: {exc}"
         if reason is None:
             others = dict(passed_over)
-            for rest in candidates[candidates.index(contribution) + 1 :]:
-                others[f"{rest.plugin}:{rest.spec.name}"] = f"lower priority than {label}"
-            guarded = _GuardedKernel(op, label, contribution.spec.fn, contribution.spec.fits)
-            return KernelChoice(op, contribution.spec.name, contribution.plugin, guarded, others)
+            for rest_plugin, rest in candidates[position + 1 :]:
+                others[f"{rest_plugin}:{rest.name}"] = f"lower priority than {label}"
+            return KernelChoice(op, spec.name, plugin, _GuardedKernel(op, label, spec.fn, spec.fits), others)
         passed_over[label] = reason
     return KernelChoice(op, "torch", None, REFERENCES[op], passed_over)
 

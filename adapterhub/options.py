@@ -16,11 +16,14 @@ import json
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from adapterhub.errors import OptionError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 _LIMITS = "adapterhub.limits"
 _HELP = "adapterhub.help"
@@ -61,6 +64,8 @@ class Limits:
         if low and high:
             return f"{low[1]:g} {low[0].replace('>', '<')} {name} {high[0]} {high[1]:g}"
         bound = low or high
+        if bound is None:  # no range given: only NaN and infinities are refused
+            return "any finite number"
         return f"{name} {bound[0]} {bound[1]:g}"
 
 
@@ -86,7 +91,7 @@ class CheckedOptions:
     """
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(cast("DataclassInstance", self)):  # a subclass is the dataclass
             limits, value = f.metadata.get(_LIMITS), getattr(self, f.name)
             if limits is None:
                 continue
@@ -110,7 +115,8 @@ def click_type(options_class: type, name: str) -> click.ParamType:
     number = next((t for t in (int, float, bool) if t in (annotation, *typing.get_args(annotation))), None)
     limits = _field(options_class, name).metadata.get(_LIMITS)
     if limits is None or limits == Limits():
-        return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(number, click.STRING)
+        plain: dict[type | None, click.ParamType] = {int: click.INT, float: click.FLOAT, bool: click.BOOL}
+        return plain.get(number, click.STRING)
     if limits.choices:
         return click.Choice(limits.choices)
     low, high = (

@@ -79,7 +79,7 @@ def cli() -> None:
 @json_option
 def plugins_command(as_json: bool) -> None:
     """List installed plugins, their versions and what each contributes (and any that failed to load)."""
-    from adapterhub import plugins
+    from adapterhub import PLUGIN_API_VERSION, plugins
     from adapterhub.kernels import kernel_report
 
     catalog = plugins.catalog()
@@ -97,8 +97,9 @@ def plugins_command(as_json: bool) -> None:
     ]
     ops = kernel_report()
     if as_json:
-        echo_json({"plugins": rows, "problems": problems, "ops": ops})
+        echo_json({"plugin_api_version": PLUGIN_API_VERSION, "plugins": rows, "problems": problems, "ops": ops})
         return
+    click.echo(f"plugin API {PLUGIN_API_VERSION} (docs/plugins.md)")
     for row in rows:
         click.echo(f"{row['name']} ({row['distribution']} {row['version']})")
         if row["error"]:
