@@ -26,6 +26,7 @@ uint8 tensor the caller keeps and views tensors from.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import threading
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import xxhash
 
@@ -127,7 +128,7 @@ class BlobStore:
             import torch
 
             read = CheckedRead(torch.empty(size, dtype=torch.uint8))
-            data = memoryview(read.buffer.numpy())
+            data = read.buffer.numpy().data
             first = _fill(handle, data[:8])
             head = first + _fill(handle, data[first : max(first, min(size, head_size(data[:first])))])
             rest = _Rest(handle, data, head)
@@ -182,7 +183,7 @@ class BlobStore:
 class _Rest(threading.Thread):
     """Reads the bytes after the head and checksums the whole buffer; the GIL is free for both."""
 
-    def __init__(self, handle: BinaryIO, data: memoryview, head: int) -> None:
+    def __init__(self, handle: io.RawIOBase | io.BufferedIOBase, data: memoryview, head: int) -> None:
         super().__init__(name="adapterhub-blob-read", daemon=True)
         self.handle, self.data, self.head = handle, data, head
         self.length = head
@@ -210,7 +211,7 @@ def _check(rest: _Rest, data: memoryview, path: Path, sha256: str, size: int, re
     return rest.checksum
 
 
-def _fill(handle: BinaryIO, data: memoryview) -> int:
+def _fill(handle: io.RawIOBase | io.BufferedIOBase, data: memoryview) -> int:
     """Read into `data` until it is full or the file ends; the number of bytes read."""
     length = 0
     while length < len(data) and (count := handle.readinto(data[length:])):

@@ -337,6 +337,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _find(conn: sqlite3.Connection, ref: Ref) -> AdapterRecord | None:
+    params: tuple[int | str, ...]
     if ref.version is not None:
         where, params = "a.version = ?", (ref.version,)
     elif ref.tag is not None:

@@ -42,10 +42,10 @@ class AdapterRecord:
     peft_config: dict[str, Any] = _JSONDictField()  # type: ignore[assignment]
     manifest: dict[str, Any] = _JSONDictField()  # type: ignore[assignment]
     metrics: dict[str, Any] = _JSONDictField()  # type: ignore[assignment]
-    tags: tuple[str, ...]
-    blob_sha256: str
-    size_bytes: int
-    created_at: float
+    tags: tuple[str, ...]  # type: ignore[misc]  # the JSON fields above have no default (see _JSONDictField)
+    blob_sha256: str  # type: ignore[misc]  # the JSON fields above have no default (see _JSONDictField)
+    size_bytes: int  # type: ignore[misc]  # the JSON fields above have no default (see _JSONDictField)
+    created_at: float  # type: ignore[misc]  # the JSON fields above have no default (see _JSONDictField)
 
     @classmethod
     def from_index_row(cls, values: tuple[Any, ...]) -> AdapterRecord:

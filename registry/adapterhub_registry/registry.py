@@ -9,6 +9,7 @@ concurrent `push` can never reuse a blob that a concurrent `delete` is removing.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import time
@@ -154,7 +155,7 @@ class Registry:
         with self._deleted_meanwhile_is_not_found(record):
             with self._blobs.reading(record.blob_sha256, record.size_bytes, record.ref, recorded, header_size) as read:
                 try:
-                    header, data_start = checked_header(memoryview(read.buffer.numpy()), f"blob {record.blob_sha256}")
+                    header, data_start = checked_header(read.buffer.numpy().data, f"blob {record.blob_sha256}")
                 except (
                     UnsafeFileError
                 ) as exc:  # the bytes are as pushed (checked on leaving), so this slipped past push
@@ -164,7 +165,7 @@ class Registry:
                 tensors, pending = tensor_views(read.buffer, header, data_start)
         for destination, source in pending:
             destination.copy_(source)
-        if read.checksum != recorded:
+        if read.checksum is not None and read.checksum != recorded:
             self._index.remember_checksum(record.blob_sha256, read.checksum)
         return record, tensors
 
@@ -214,7 +215,7 @@ class Registry:
         tag: str | None = None,
         all_versions: bool = False,
         limit: int | None = None,
-    ) -> list[AdapterRecord]:
+    ) -> builtins.list[AdapterRecord]:
         """Records matching every given filter, sorted by name; only each name's newest match unless `all_versions`."""
         return self._index.query(
             name=None if name is None else validate_name(name),
@@ -225,7 +226,7 @@ class Registry:
             limit=limit,
         )
 
-    def search(self, query: str, *, limit: int | None = 50) -> list[AdapterRecord]:
+    def search(self, query: str, *, limit: int | None = 50) -> builtins.list[AdapterRecord]:
         """Newest versions whose name, method, tags or manifest "description" contain `query` (case-insensitive)."""
         return self._index.search(query, limit)
 
@@ -245,7 +246,7 @@ class Registry:
             if not writer.remove_tag(name, tag):
                 raise NotFoundError(f"tag {name}:{tag} does not exist; {self._index.describe_name(name)}")
 
-    def delete(self, ref: str) -> list[AdapterRecord]:
+    def delete(self, ref: str) -> builtins.list[AdapterRecord]:
         """Delete all versions (`name`) or one (`name@v`, `name:tag`), then the blobs nothing refers to any more."""
         parsed = parse_ref(ref)
         with self._index.write() as writer:
@@ -286,10 +287,11 @@ class Registry:
                     problems[digest] = self._blobs.problem(digest, size)
                 except CorruptBlobError as exc:
                     problems[digest] = str(exc)
-            if problems[digest] is None:
+            problem = problems[digest]
+            if problem is None:
                 report.ok.append(ref)
             else:
-                report.corrupt.append((ref, problems[digest]))
+                report.corrupt.append((ref, problem))
         if report.corrupt:
             # A blob removed by a concurrent `delete` looks missing; only report refs that still use it.
             current = set(self._index.blob_usage())

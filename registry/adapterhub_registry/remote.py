@@ -10,6 +10,7 @@ blob before anything is stored locally.
 
 from __future__ import annotations
 
+import builtins
 import tempfile
 import threading
 import time
@@ -115,7 +116,7 @@ class Remote:
         base_fingerprint: str | None = None,
         tag: str | None = None,
         all_versions: bool = False,
-    ) -> list[AdapterRecord]:
+    ) -> builtins.list[AdapterRecord]:
         """Like `Registry.list`, over the remote's index: only each name's newest match unless `all_versions`."""
         filtered = method is not None or base_fingerprint is not None or tag is not None
         entries = layout.all_entries(self.store, name=name, all_versions=all_versions or filtered, cache=self.cache)
@@ -132,7 +133,7 @@ class Remote:
             records = list(newest.values())
         return records
 
-    def search(self, query: str, *, limit: int | None = 50) -> list[AdapterRecord]:
+    def search(self, query: str, *, limit: int | None = 50) -> builtins.list[AdapterRecord]:
         """Newest versions whose name, method, tags or manifest "description" contain `query` (case-insensitive)."""
         text = query.lower()
         found = [

@@ -8,6 +8,8 @@ module implements `create` and `replace_if` with its store's own atomic operatio
 
 from __future__ import annotations
 
+import builtins
+
 from adapterhub_registry.remote_store import RemoteStore
 
 
@@ -40,7 +42,7 @@ class FsspecStore(RemoteStore):
             return []
         return sorted(p[start:] for p in paths if not self.hidden(p))
 
-    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+    def read_many(self, keys: builtins.list[str]) -> dict[str, bytes]:
         if not keys:
             return {}
         found = self.fs.cat([self.path(k) for k in keys], on_error="omit")

@@ -202,7 +202,9 @@ def tags_by_version(store: RemoteStore, name: str | None = None) -> dict[tuple[s
     keys = [k for k in store.list(f"tags/{name}/" if name else "tags/") if _TAG_KEY.fullmatch(k)]
     found: dict[tuple[str, int], list[str]] = {}
     for key, data in store.read_many(keys).items():
-        tag_name, tag = _TAG_KEY.fullmatch(key).groups()
+        match = _TAG_KEY.fullmatch(key)
+        assert match is not None  # the keys were filtered by this pattern above
+        tag_name, tag = match.groups()
         try:
             found.setdefault((tag_name, int(json.loads(data)["version"])), []).append(tag)
         except (ValueError, TypeError, KeyError):

@@ -13,6 +13,7 @@ the ETag (`info`), never both from one request, so `read_with_token` calls the a
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -37,7 +38,7 @@ class S3Store(FsspecStore):
     def list(self, prefix: str) -> list[str]:
         return self._call(lambda: super(S3Store, self).list(prefix), prefix)
 
-    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+    def read_many(self, keys: builtins.list[str]) -> dict[str, bytes]:
         # Index entries are small: max_concurrency=1 makes s3fs send one GET each, not a HEAD first (for its
         # ranged parallel download of large objects); the GETs of all keys still run concurrently.
         start = len(self.root) + 1

@@ -9,6 +9,7 @@ spelled out here, once: whole-object writes that are never seen half done, and t
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class RemoteStore(ABC):
         """Every key under `prefix` (recursively), sorted; [] when there is none."""
 
     @abstractmethod
-    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+    def read_many(self, keys: builtins.list[str]) -> dict[str, bytes]:
         """The bytes of each key that exists (fetched concurrently where the store can)."""
 
     @abstractmethod

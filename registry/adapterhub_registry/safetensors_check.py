@@ -17,7 +17,7 @@ import json
 import math
 import struct
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from adapterhub_registry.errors import UnsafeFileError
 
@@ -233,7 +233,7 @@ def _tensor_span(name: str, entry: Any, source: str) -> tuple[int, int]:
     return begin, end
 
 
-def _natural_numbers(values: Any) -> bool:
+def _natural_numbers(values: Any) -> TypeGuard[list[int]]:
     """`values` is a list of ints >= 0 (bools excluded). A plain loop: this runs twice per tensor on every load."""
     if type(values) is not list:
         return False
