@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers import logging as transformers_logging
 
-from adapterhub import plugins
+from adapterhub import packaged, plugins
 from adapterhub.deprecation import renamed_attribute
 from adapterhub.errors import AdapterHubError, OptionError
 from adapterhub.fingerprint import content_hash, fingerprint, weight_files
@@ -62,12 +62,16 @@ class Base:
 
 
 def resolve_source(path: str | os.PathLike) -> tuple[Path, str | None]:
-    """``(model_dir, gguf_file_name_or_None)`` for a model directory, a ``.gguf`` file, or a directory holding one."""
-    path = Path(path).expanduser()
+    """``(model_dir, gguf_file_name_or_None)`` for a model directory, a ``.gguf`` file, a directory holding one, or
+    a packaged name (``minilm``, ``smollm2``: ``adapterhub.packaged``), which every base flag reaches through here."""
+    path = packaged.resolve(path, packaged.BASE)
     if path.is_file() and path.suffix == ".gguf":
         return path.parent, path.name
     if not path.is_dir():
-        raise AdapterHubError(f"base model {str(path)!r} not found: pass a local model directory or a .gguf file.")
+        raise AdapterHubError(
+            f"base model {str(path)!r} not found: pass a local model directory, a .gguf file, or a packaged name: "
+            f"{packaged.help_names(packaged.BASE)}."
+        )
     if (path / "config.json").is_file():
         return path, None
     ggufs = sorted(p.name for p in path.glob("*.gguf"))

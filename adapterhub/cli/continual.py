@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from adapterhub.cli.flags import json_option, placement_options, registry_option
+from adapterhub.cli.flags import base_help, json_option, placement_options, registry_option
 from adapterhub.cli.merge import merge_options, report, summary
 from adapterhub.cli.output import echo_json
 from adapterhub.merging import HEAD_MODES
@@ -85,7 +85,9 @@ def show_command(sequence, registry_root, as_json) -> None:
 @continual_group.command("route")
 @click.argument("sequence")
 @click.argument("texts", nargs=-1, required=True)
-@click.option("--base", required=True, help="The base model the sequence was trained on (directory or .gguf).")
+@click.option(
+    "--base", required=True, help=base_help("The base model the sequence was trained on (directory or .gguf).")
+)
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4).")
 @registry_option
 @json_option

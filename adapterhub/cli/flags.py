@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from adapterhub.options import setting_option
+from adapterhub.packaged import BASE, help_names
 from adapterhub.settings import DataSpec
 
 registry_option = click.option(
@@ -15,6 +16,11 @@ registry_option = click.option(
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 """``--json``: print the command's outcome as JSON (``as_json`` in the command's arguments)."""
+
+
+def base_help(text: str) -> str:
+    """The help of a ``--base`` flag: ``text`` (what it is) and the packaged names it takes as well."""
+    return f"{text.removesuffix('.')}; or a packaged name, if no such path exists: {help_names(BASE)}."
 
 
 def model_task_option(default: str | None, help: str):

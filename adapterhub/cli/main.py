@@ -19,6 +19,7 @@ import click
 
 from adapterhub import __version__
 from adapterhub.cli.flags import (
+    base_help,
     data_options,
     json_option,
     model_task_option,
@@ -37,6 +38,7 @@ CORE_COMMANDS = {
     "continual": "adapterhub.cli.continual:continual_group",  # one adapter per task, and a router between them
     "zero-shot": "adapterhub.cli.zero_shot:zero_shot_command",  # prompting a causal LM: the baseline to beat
     "merge": "adapterhub.cli.merge:merge_command",  # registry LoRA adapters into one recorded version
+    "quickstart": "adapterhub.cli.quickstart:quickstart_command",  # the main job on the packaged model and data
 }
 """Commands of the core defined in other modules, by name: ``module:attribute``, imported when looked up."""
 
@@ -171,7 +173,7 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 
 
 @cli.command("train")
-@click.option("--base", required=True, help="Local base model directory or .gguf file.")
+@click.option("--base", required=True, help=base_help("Local base model directory or .gguf file."))
 @model_task_option(TRAIN_DEFAULT, "What the base's head computes: labels from a text, or the next token.")
 @click.option("--method", required=True, help="Adapter method (see `adapterhub plugins`).")
 @click.option(
@@ -257,7 +259,7 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
 
 @cli.command("eval")
 @click.argument("ref")
-@click.option("--base", required=True, help="Local base model directory or .gguf file.")
+@click.option("--base", required=True, help=base_help("Local base model directory or .gguf file."))
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4).")
 @placement_options
 @data_options

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from adapterhub.cli.flags import json_option, registry_option
+from adapterhub.cli.flags import base_help, json_option, registry_option
 from adapterhub.cli.output import echo_json
 from adapterhub.merging import (
     COMBINATIONS,  # torch-free: adapterhub.merging imports torch and peft inside its functions
@@ -23,7 +23,7 @@ def parse_weights(ctx, param, value: str | None) -> list[float] | None:
 def merge_options(function):
     """The flags of a merge recipe, shared with ``adapterhub continual merge``."""
     for option in reversed([
-        click.option("--base", "base_path", required=True, help="The base model the inputs were trained on (directory or .gguf)."),
+        click.option("--base", "base_path", required=True, help=base_help("The base model the inputs were trained on (directory or .gguf).")),
         click.option("--weights", callback=parse_weights, default=None, metavar="W,W,...",
                      help="One weight per input, in order [equal weights summing to 1]."),
         click.option("--combination", type=click.Choice(COMBINATIONS), default="linear", show_default=True,

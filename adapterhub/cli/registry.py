@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from adapterhub.cli.flags import registry_option
+from adapterhub.cli.flags import base_help, registry_option
 from adapterhub.cli.output import echo_json
 from adapterhub_registry import Registry
 
@@ -261,7 +261,10 @@ def export_command(ctx, ref, directory, overwrite) -> None:
 @click.argument("ref")
 @click.argument("directory", metavar="OUT", type=click.Path(file_okay=False))
 @click.option(
-    "--base", "base_path", required=True, help="The base model the adapter was trained on (directory or .gguf)."
+    "--base",
+    "base_path",
+    required=True,
+    help=base_help("The base model the adapter was trained on (directory or .gguf)."),
 )
 @click.option(
     "--dtype",
@@ -285,7 +288,9 @@ def export_merged_command(ctx, ref, directory, base_path, dtype) -> None:
 @registry_group.command("import-peft")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.argument("name")
-@click.option("--base", default=None, help="Base model the adapter belongs to: checked to load, and recorded.")
+@click.option(
+    "--base", default=None, help=base_help("Base model the adapter belongs to: checked to load, and recorded.")
+)
 @click.option("--tag", "tags", multiple=True)
 @click.option("--force", is_flag=True, help="Record against --base even if it does not match.")
 @click.pass_context

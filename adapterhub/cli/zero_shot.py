@@ -9,14 +9,14 @@ import json
 
 import click
 
-from adapterhub.cli.flags import data_options, json_option, registry_option
+from adapterhub.cli.flags import base_help, data_options, json_option, registry_option
 from adapterhub.cli.output import echo_json
 from adapterhub.options import setting_option
 from adapterhub.settings import DataSpec, TrainSettings
 
 
 @click.command("zero-shot")
-@click.option("--base", required=True, help="Local causal LM directory or .gguf file.")
+@click.option("--base", required=True, help=base_help("Local causal LM directory or .gguf file."))
 @click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4).")
 @data_options
 @setting_option(DataSpec, "seed", help="Seed of the split, the subset and the choice of shots.")

@@ -6,7 +6,8 @@ validated when the plan is read, so a typo or a missing file fails before the fi
 with a message naming the task and what to change. ``adapterhub continual train|eval`` and the continual
 benchmark read plans through ``load_plan`` (a file) or ``parse_plan`` (a dict).
 
-Example (JSON; relative paths are relative to the plan file)::
+Example (JSON; relative paths are relative to the plan file; the base and a task's path may also be packaged
+names, ``"base": "minilm"``, ``"path": "tweets"``, see ``adapterhub.packaged``)::
 
     {"sequence": "tweets", "base": "models/minilm", "method": "lora", "options": {"r": 8},
      "settings": {"epochs": 1, "batch_size": 32, "learning_rate": 0.002, "max_length": 48},
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapterhub import adapters, plugins
+from adapterhub import adapters, packaged, plugins
 from adapterhub.errors import AdapterHubError, OptionError
 from adapterhub.model_tasks import NAMES as MODEL_TASKS
 from adapterhub.model_tasks import TRAIN_DEFAULT
@@ -125,7 +126,7 @@ def parse_plan(raw: Any, root: str | Path = ".") -> SequencePlan:
             raise PlanError(f"the plan has no {key!r}; it needs sequence, base, method and tasks")
     root = Path(root)
     sequence = _valid_name(raw["sequence"], "the plan's sequence name")
-    base = _resolve(raw["base"], root)
+    base = _resolve(raw["base"], root, packaged.BASE)
     if not base.exists():
         raise PlanError(
             f"base model {str(base)!r} not found (relative paths are relative to the plan file's directory)"
@@ -180,8 +181,9 @@ def _tasks(raw: Any, sequence: str, shared: dict, seed: int, root: Path) -> list
         for tag in (task_tag(name), sequence_tag(sequence)):
             _valid_name(tag, f"{where}: its tag", kind="tag")
         values = {"seed": seed, **shared, **{k: v for k, v in entry.items() if k != "name"}}
+        if packaged.named(values["path"], packaged.DATA, root) is None:  # a name goes on to DataSpec: it has defaults
+            values["path"] = str(_resolve(values["path"], root, packaged.DATA))
         spec = _filled(DataSpec, values, where)
-        spec.path = str(_resolve(spec.path, root))
         if not Path(spec.path).is_file():
             raise PlanError(
                 f"{where}: data file {spec.path!r} not found (relative paths are relative to the plan file's directory)"
@@ -229,8 +231,12 @@ def _valid_name(value: Any, what: str, kind: str = "name") -> str:
         raise PlanError(f"{what}: {exc}") from None
 
 
-def _resolve(path: Any, root: Path) -> Path:
+def _resolve(path: Any, root: Path, kind: str) -> Path:
+    """``path`` relative to the plan's directory, or the packaged file of ``kind`` it names when nothing there has
+    that name."""
     if not isinstance(path, str) or not path:
         raise PlanError(f"expected a path string, got {path!r}")
+    if (entry := packaged.named(path, kind, root)) is not None:
+        return entry.path()
     resolved = Path(path).expanduser()
     return resolved if resolved.is_absolute() else root / resolved
