@@ -13,21 +13,13 @@ from collections import deque
 from dataclasses import dataclass
 
 from adapterhub.errors import AdapterHubError, OptionError
+from adapterhub.settings import AlertRule  # defined beside MonitorSettings, which holds the rules
 
 ACTIONS = ("warn", "stop")
 
 
 class TrainingStopped(AdapterHubError):
     """A ``stop`` alert fired: training ended early and nothing was saved or pushed."""
-
-
-@dataclass(frozen=True)
-class AlertRule:
-    """``name``: nan | loss_spike | grad_norm | throughput_drop | memory_mb; ``threshold`` as described in RULES."""
-
-    name: str
-    threshold: float | None = None
-    action: str = "warn"
 
 
 RULES = {

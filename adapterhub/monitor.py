@@ -1,6 +1,7 @@
 """What a training run reports while it runs: per-step loss, learning rate, gradient norm, throughput
 (samples/s, tokens/s) and memory, to the console, an optional JSONL file and optional TensorBoard event
-files; plus early stopping on a validation metric.
+files; plus early stopping on a validation metric. How (``MonitorSettings``, ``EarlyStopping``) is set in
+``adapterhub.settings``, with the other settings.
 
 The training loop (``adapterhub.train``) measures; this module records and decides. Only the main rank
 of a data-parallel run writes anything.
@@ -12,52 +13,14 @@ import functools
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from adapterhub.alerts import AlertRule
 from adapterhub.errors import OptionError
-
-LOWER_IS_BETTER = ("loss", "perplexity")
-
-
-@dataclass
-class EarlyStopping:
-    """Stop when ``metric`` (an eval metric: accuracy, f1_macro, roc_auc, loss, perplexity) has not improved
-    by more than ``min_delta`` for ``patience`` evaluations in a row; the best weights are kept."""
-
-    metric: str
-    patience: int = 3
-    min_delta: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.patience < 1:
-            raise OptionError(f"early stopping patience must be at least 1, not {self.patience}")
-
-    @property
-    def lower_is_better(self) -> bool:
-        return self.metric in LOWER_IS_BETTER
-
-
-@dataclass
-class MonitorSettings:
-    """How a run is watched. ``eval_every``: evaluate every N optimizer steps (default: after each epoch)."""
-
-    log_every: int = 10
-    log_file: str | None = None
-    tensorboard_dir: str | None = None
-    alerts: list[AlertRule] = field(default_factory=list)
-    eval_every: int | None = None
-    early_stopping: EarlyStopping | None = None
-
-    def recorded(self) -> dict:
-        """The settings as stored in the adapter's manifest (no machine-local paths)."""
-        info = asdict(self)
-        info["log_file"] = info["tensorboard_dir"] = None
-        return info
+from adapterhub.settings import EarlyStopping, MonitorSettings  # defined there (torch-free), for the CLI
 
 
 @dataclass

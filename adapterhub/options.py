@@ -78,9 +78,9 @@ def limited(
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
-def described(default: Any = dataclasses.MISSING, *, help: str) -> Any:
+def described(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, help: str) -> Any:
     """A dataclass field without limits whose command-line flag has ``help``: ``text_column: str = described("text", help=...)``."""
-    return dataclasses.field(default=default, metadata={_HELP: help})
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={_HELP: help})
 
 
 class CheckedOptions:
@@ -103,6 +103,16 @@ class CheckedOptions:
                 raise OptionError(f"option {f.name!r}: bad value {value!r}; valid values: {limits.describe(f.name)}")
 
 
+class NumberRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan, which compares false with both bounds and so passes it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number ({self})", param, ctx)
+        return number
+
+
 def _field(options_class: type, name: str) -> dataclasses.Field:
     return next(f for f in dataclasses.fields(options_class) if f.name == name)
 
@@ -123,7 +133,7 @@ def click_type(options_class: type, name: str) -> click.ParamType:
         limits.min if limits.min is not None else limits.above,
         limits.max if limits.max is not None else limits.below,
     )
-    kind = click.IntRange if number is int else click.FloatRange
+    kind = click.IntRange if number is int else NumberRange
     return kind(low, high, min_open=limits.above is not None, max_open=limits.below is not None)
 
 

@@ -1,5 +1,6 @@
-"""The settings of a training run, of its data, of where it runs (``Placement``: device, dtype) and of its
-checkpoints (``CheckpointSettings``): the one place their defaults, limits and help live.
+"""The settings of a training run, of its data, of where it runs (``Placement``: device, dtype), of its
+checkpoints (``CheckpointSettings``) and of how it is watched (``MonitorSettings``, ``EarlyStopping``): the one
+place their defaults, limits and help live.
 
 ``TrainSettings`` and ``DataSpec`` are read by the training loop (``adapterhub.train``), the jobs behind
 ``adapterhub train`` and ``eval`` (``adapterhub.workflow``) and continual-learning plans, and the command line
@@ -138,4 +139,59 @@ class DataSpec(CheckedOptions):
         if sha256 is None and path.is_file():
             sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         info["sha256"] = sha256
+        return info
+
+
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """``name``: nan | loss_spike | grad_norm | throughput_drop | memory_mb; ``threshold`` as described in
+    ``adapterhub.alerts.RULES``, which parses (``parse_alert``) and applies the rules. Defined here, beside
+    ``MonitorSettings`` that holds them, because settings import nothing above them."""
+
+    name: str
+    threshold: float | None = None
+    action: str = "warn"
+
+
+@dataclass
+class EarlyStopping(CheckedOptions):
+    """Stop when ``metric`` has not improved by more than ``min_delta`` for ``patience`` evaluations in a row; the
+    best weights are kept (``adapterhub.monitor.EarlyStopper``)."""
+
+    metric: str = described(
+        help="Stop when this eval metric (accuracy, f1_macro, roc_auc, loss, perplexity) stops improving; keep the best weights."
+    )
+    patience: int = limited(3, min=1, help="Evaluations without improvement before stopping.")
+    min_delta: float = limited(0.0, min=0, help="Smallest change that counts as an improvement.")
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in LOWER_IS_BETTER
+
+
+@dataclass
+class MonitorSettings(CheckedOptions):
+    """How a training run is watched (``adapterhub.monitor``): what it logs and where, its alert rules (added to
+    ``adapterhub.alerts.DEFAULT_RULES``), how often it evaluates and whether it stops early."""
+
+    log_every: int = limited(10, min=1, help="Print the step monitor every N steps.")
+    log_file: str | None = described(None, help="Append every step, eval and alert as JSON lines.")
+    tensorboard_dir: str | None = described(
+        None, help="Write TensorBoard event files here (pip install 'adapterhub[tensorboard]')."
+    )
+    alerts: list[AlertRule] = described(
+        default_factory=list,
+        help="Alert rule, repeatable: nan=stop, loss_spike=4, grad_norm=100, throughput_drop=0.5, memory_mb=8000 "
+        "(defaults: nan=stop, loss_spike=4:warn).",
+    )
+    eval_every: int | None = limited(None, min=1, help="Evaluate every N steps [after each epoch].")
+    early_stopping: EarlyStopping | None = None
+
+    def recorded(self) -> dict:
+        """The settings as stored in the adapter's manifest (no machine-local paths)."""
+        info = dataclasses.asdict(self)
+        info["log_file"] = info["tensorboard_dir"] = None
         return info

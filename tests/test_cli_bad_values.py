@@ -60,9 +60,16 @@ TRAIN_FLAGS = [  # (flag, bad value)
     ("--max-length", "0"), ("--block-size", "1"), ("--test-split", "1"), ("--test-split", "-0.1"),
     ("--max-samples", "0"), ("--eval-every", "0"), ("--patience", "0"), ("--log-every", "0"), ("--min-delta", "-1"),
     ("--encoding", "utf-9"), ("--alert", "loss_spike=-1"), ("--alert", "no_such_rule=1"), ("--task", "translation"),
+    ("--min-delta", "nan"),
 ]  # fmt: skip
 
 EVAL_FLAGS = [("--test-split", "1.5"), ("--max-samples", "0"), ("--encoding", "utf-9")]
+
+SERVE_FLAGS = [  # (flag, bad value): ServeSpec's, ServerSettings' and AlertThresholds' limits, as flags
+    ("--max-running", "0"), ("--prefill-chunk", "0"), ("--max-waiting", "-1"), ("--batching", "dynamic"),
+    ("--max-wait-ms", "nan"), ("--max-wait-ms", "60001"), ("--max-batch-size", "0"), ("--slots", "0"),
+    ("--host-cache", "-1"), ("--alert-p95-ms", "-1"), ("--alert-memory-mb", "nan"), ("--model-task", "translation"),
+]  # fmt: skip
 
 
 def one_error_line(capsys, args: list[str]) -> str:
@@ -103,6 +110,18 @@ def test_bad_eval_flag_is_one_line_naming_it(flag, value, sentiment_csv, capsys)
         capsys, ["eval", "some-adapter", "--base", MISSING_BASE, "--data", str(sentiment_csv), flag, value]
     )
     assert flag in line and MISSING_BASE not in line
+
+
+@pytest.mark.parametrize("flag, value", SERVE_FLAGS)
+def test_bad_serve_flag_is_one_line_naming_it_before_the_base_loads(flag, value, capsys):
+    line = one_error_line(capsys, ["serve", "--base", MISSING_BASE, flag, value])
+    assert flag in line and MISSING_BASE not in line
+
+
+def test_serve_reports_the_missing_base_itself_once_the_values_are_good(capsys):
+    """What makes the test above an ordering check for serve."""
+    line = one_error_line(capsys, ["serve", "--base", MISSING_BASE, "--max-running", "4", "--device", "cpu"])
+    assert MISSING_BASE in line
 
 
 def test_the_missing_base_itself_is_reported_once_the_values_are_good(sentiment_csv, capsys):

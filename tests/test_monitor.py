@@ -4,6 +4,7 @@ JSONL and TensorBoard, and early stopping that keeps the best weights."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 from pathlib import Path
@@ -118,6 +119,30 @@ def test_alert_parsing_and_defaults():
                      ("loss_spike=2:panic", "'warn' or 'stop'"), ("throughput_drop=1.5", "between 0 and 1")]:  # fmt: skip
         with pytest.raises(OptionError, match=why):
             parse_alert(bad)
+
+
+@pytest.mark.parametrize("make, option", [
+    (lambda: MonitorSettings(log_every=0), "'log_every'"), (lambda: MonitorSettings(eval_every=0), "'eval_every'"),
+    (lambda: EarlyStopping("loss", patience=0), "'patience'"), (lambda: EarlyStopping("loss", min_delta=-0.1), "'min_delta'"),
+    (lambda: EarlyStopping("loss", min_delta=float("nan")), "'min_delta'"),
+])  # fmt: skip
+def test_monitor_settings_out_of_range_are_refused_when_built_naming_the_setting(make, option):
+    with pytest.raises(OptionError, match=option):
+        make()
+
+
+def test_monitor_flags_default_to_the_settings_dataclasses_and_set_their_fields(sentiment_csv):
+    from adapterhub.cli.main import _monitor_settings, train_command
+
+    def monitor_of(*flags: str) -> MonitorSettings:
+        args = ["--base", "some-base", "--data", str(sentiment_csv), "--method", "lora", *flags]
+        params = train_command.make_context("train", args).params
+        return _monitor_settings(**{name: params[name] for name in inspect.signature(_monitor_settings).parameters})
+
+    assert monitor_of() == MonitorSettings()
+    given = monitor_of("--early-stopping", "loss", "--patience", "5", "--alert", "grad_norm=9", "--log-every", "3")
+    assert given == MonitorSettings(log_every=3, alerts=[AlertRule("grad_norm", 9.0, "warn")],
+                                    early_stopping=EarlyStopping("loss", patience=5))  # fmt: skip
 
 
 def test_step_log_goes_to_jsonl_and_tensorboard(logged_run):

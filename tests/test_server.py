@@ -21,8 +21,10 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from adapterhub.base import load_base
 from adapterhub.cli import main
+from adapterhub.cli.serve import serve_command, spec_from_flags
 from adapterhub.runtime import AdapterPool, GenerationSettings, classify, generate
-from adapterhub.server import AlertThresholds, ServerSettings, create_app
+from adapterhub.server import AlertThresholds, ServerSettings, ServeSpec, build_server, create_app
+from adapterhub.server.ray_serve.spec import ReplicaSpec
 from adapterhub_registry import Registry
 
 SENTIMENT = ["neg", "neu", "pos"]
@@ -222,6 +224,48 @@ def test_serve_refuses_an_out_of_range_flag_in_one_line_naming_it(option, value,
     assert main(["serve", "--base", str(tiny_llama), option, value]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: Invalid value for '{option}'"), err
+
+
+def serve_flags(*args: str) -> dict:
+    """The parameters `adapterhub serve ARGS` parses to, by name (nothing is loaded)."""
+    return serve_command.make_context("serve", list(args)).params
+
+
+def test_serve_flags_default_to_the_settings_dataclasses(tiny_llama):
+    spec = spec_from_flags(serve_flags("--base", str(tiny_llama)))
+    assert spec == ServeSpec(base=str(tiny_llama), settings=ServerSettings(model_name=tiny_llama.name))
+
+
+def test_serve_flags_set_the_fields_they_are_named_after(tiny_llama, tmp_path):
+    flags = serve_flags("--base", str(tiny_llama), "--max-running", "4", "--alert-p95-ms", "50", "--labels", "a,b",
+                        "--load", "x", "--load", "y", "--device", "cpu", "--host-cache", "0", "--router", "seq",
+                        "--model-name", "tiny", "--allow-lora-dir", str(tmp_path))  # fmt: skip
+    spec = spec_from_flags(flags)
+    settings = spec.settings
+    assert (settings.max_running, settings.alerts, settings.model_name) == (4, AlertThresholds(50.0), "tiny")
+    assert settings.allow_lora_dir == tmp_path and spec.placement.device == "cpu"
+    assert (spec.labels, spec.preload, spec.host_cache, spec.router) == (("a", "b"), ("x", "y"), 0, "seq")
+
+
+def test_build_server_builds_the_same_server_from_the_cli_flags_and_for_a_replica(tiny_bert, tmp_path):
+    push_random_adapter(
+        load_base(tiny_bert, model_task="seq-cls", labels=SENTIMENT), "senti", {"r": 2}, tmp_path, seed=5
+    )
+    spec = spec_from_flags(serve_flags("--base", str(tiny_bert), "--load", "senti", "--slots", "3", "--max-rank", "2",
+                                       "--batching", "static", "--max-wait-ms", "0"))  # fmt: skip
+    replica_spec = ReplicaSpec.of(spec, replicas=2)
+    assert replica_spec.registry_root == Registry().root and replica_spec.model_task is None  # each replica infers
+    alone, replica = build_server(spec), build_server(replica_spec.replica_server())
+    for built in (alone, replica):  # the model task and labels recorded by the adapter: no --task or --labels given
+        assert (built.spec.model_task, built.spec.labels) == ("seq-cls", tuple(SENTIMENT))
+        assert built.state.pool.base.labels == SENTIMENT and built.state.pool.slots == 3
+        assert built.loaded == ("senti@1 (slotted)",)
+    assert replica.state.settings == alone.state.settings == spec.settings
+    answers = []
+    for built in (alone, replica):
+        with TestClient(built.app) as client:
+            answers.append(client.post("/classify", json={"text": "the movie was fine", "adapter": "senti"}).json())
+    assert answers[0] == answers[1] and answers[0]["label"] in SENTIMENT
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ from adapterhub.cli.flags import (
 from adapterhub.cli.output import echo_json
 from adapterhub.model_tasks import TRAIN_DEFAULT
 from adapterhub.options import parse_pairs, setting_option
-from adapterhub.settings import CheckpointSettings, DataSpec, Placement, TrainSettings
+from adapterhub.settings import CheckpointSettings, DataSpec, EarlyStopping, MonitorSettings, Placement, TrainSettings
 
 CORE_COMMANDS = {
     "registry": "adapterhub.cli.registry:registry_group",
@@ -146,30 +146,26 @@ _checkpoint_options = stacked(
 )  # fmt: skip
 
 
+# The flags of ``MonitorSettings`` and ``EarlyStopping``: what a run logs, its alerts, when it evaluates and stops.
 _monitor_options = stacked(
-    click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Evaluate every N steps [after each epoch]."),
-    click.option("--early-stopping", "early_metric", default=None, metavar="METRIC",
-                 help="Stop when this eval metric (accuracy, f1_macro, roc_auc, loss, perplexity) stops improving; keep the best weights."),
-    click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True, help="Evaluations without improvement before stopping."),
-    click.option("--min-delta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Smallest change that counts as an improvement."),
-    click.option("--alert", "alert_rules", multiple=True, metavar="RULE=THRESHOLD[:warn|stop]",
-                 help="Alert rule, repeatable: nan=stop, loss_spike=4, grad_norm=100, throughput_drop=0.5, memory_mb=8000 "
-                      "(defaults: nan=stop, loss_spike=4:warn)."),
-    click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Print the step monitor every N steps."),
-    click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append every step, eval and alert as JSON lines."),
-    click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None,
-                 help="Write TensorBoard event files here (pip install 'adapterhub[tensorboard]')."),
+    setting_option(MonitorSettings, "eval_every"),
+    setting_option(EarlyStopping, "metric", "--early-stopping", required=False, default=None, metavar="METRIC"),
+    setting_option(EarlyStopping, "patience"),
+    setting_option(EarlyStopping, "min_delta"),
+    setting_option(MonitorSettings, "alerts", "--alert", required=False, multiple=True, metavar="RULE=THRESHOLD[:warn|stop]"),
+    setting_option(MonitorSettings, "log_every"),
+    setting_option(MonitorSettings, "log_file", type=click.Path(dir_okay=False)),
+    setting_option(MonitorSettings, "tensorboard_dir", "--tensorboard", type=click.Path(file_okay=False)),
 )  # fmt: skip
 
 
-def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir):
+def _monitor_settings(eval_every, metric, patience, min_delta, alerts, log_every, log_file, tensorboard_dir):
+    """``MonitorSettings`` of the ``_monitor_options`` flags; an --alert rule that does not parse names itself."""
     from adapterhub.alerts import parse_alert
-    from adapterhub.monitor import EarlyStopping, MonitorSettings
 
-    early = EarlyStopping(early_metric, patience, min_delta) if early_metric else None
-    return MonitorSettings(
-        log_every, log_file, tensorboard_dir, [parse_alert(rule) for rule in alert_rules], eval_every, early
-    )
+    early = EarlyStopping(metric, patience, min_delta) if metric else None
+    return MonitorSettings(log_every=log_every, log_file=log_file, tensorboard_dir=tensorboard_dir,
+                           alerts=[parse_alert(rule) for rule in alerts], eval_every=eval_every, early_stopping=early)  # fmt: skip
 
 
 @cli.command("train")
@@ -201,7 +197,7 @@ def _monitor_settings(eval_every, early_metric, patience, min_delta, alert_rules
 def train_command(base, model_task, method, method_options, quantize, device, dtype, path, text_column, label_column,
                   encoding, dedupe, test_split, max_samples, epochs, batch_size, grad_accum, gradient_checkpointing,
                   learning_rate, max_length, block_size, class_weights, seed, every, directory, keep, resume, output,
-                  push, tags, registry_root, eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file,
+                  push, tags, registry_root, eval_every, metric, patience, min_delta, alerts, log_every, log_file,
                   tensorboard_dir, as_json, no_progress) -> None:  # fmt: skip
     """Train an adapter on a frozen base, evaluate it each epoch and push it to the registry.
 
@@ -222,9 +218,7 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
                              block_size=block_size, class_weights=class_weights, seed=seed, grad_accum=grad_accum,
                              gradient_checkpointing=gradient_checkpointing)  # fmt: skip
-    monitor = _monitor_settings(
-        eval_every, early_metric, patience, min_delta, alert_rules, log_every, log_file, tensorboard_dir
-    )
+    monitor = _monitor_settings(eval_every, metric, patience, min_delta, alerts, log_every, log_file, tensorboard_dir)
     job = TrainJob(base, method, data, model_task, parse_pairs(list(method_options)), settings, quantize, output, push,
                    list(tags), registry_root, progress=not no_progress, monitor=monitor, placement=Placement(device, dtype),
                    checkpointing=CheckpointSettings(every, directory, keep, resume))  # fmt: skip

@@ -1,29 +1,25 @@
-"""``adapterhub serve``: load the base, create the adapter pool, preload adapters (and a sequence's task
-router with ``--router``), run uvicorn."""
+"""``adapterhub serve``: flags -> ``ServeSpec`` -> ``build_server`` -> uvicorn (or, with ``--replicas``, Ray Serve).
+
+The flags are made from the fields of ``ServeSpec``, ``ServerSettings`` and ``AlertThresholds``
+(``adapterhub.server.settings``), so their defaults, limits and help are written once, there; click refuses a
+value out of range, naming the flag, before anything is loaded.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
-import math
 from pathlib import Path
+from typing import Any
 
 import click
 
-from adapterhub.cli.flags import model_task_option, placement_options, registry_option
+from adapterhub.cli.flags import base_help, model_task_option, placement_options, registry_option, stacked
 from adapterhub.errors import OptionError
-
-POSITIVE = click.IntRange(min=1)
-
-
-class NumberRange(click.FloatRange):
-    """``click.FloatRange`` that also refuses nan, which compares false with both bounds and so passes it."""
-
-    def convert(self, value, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        number = super().convert(value, param, ctx)
-        if math.isnan(number):
-            self.fail(f"{value!r} is not a number ({self})", param, ctx)
-        return number
+from adapterhub.options import setting_option
+from adapterhub.server.settings import AlertThresholds, ServerSettings, ServeSpec, default_model_name
+from adapterhub.settings import Placement
 
 
 class ServeCommand(click.Command):
@@ -51,177 +47,108 @@ def check_exposure(host: str, api_key: str | None, allow_unauthenticated: bool) 
                           f"ADAPTERHUB_API_KEY): set a key, or pass --allow-unauthenticated to serve anyone who can connect")  # fmt: skip
 
 
-def default_model_name(base: str) -> str:
-    """``models/smollm2`` -> ``smollm2``; ``SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``SmolLM2-135M-Instruct.Q4_1``."""
-    path = Path(base)
-    return path.stem if path.suffix == ".gguf" else path.resolve().name
+def _fields_of(options_class: type, flags: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``flags`` (click parameters, named after the fields they set) that ``options_class`` has."""
+    return {field.name: flags[field.name] for field in dataclasses.fields(options_class) if field.name in flags}
+
+
+def spec_from_flags(flags: dict[str, Any]) -> ServeSpec:
+    """The ``ServeSpec`` of ``serve``'s flags (its click parameters but --host, --port and the like), each flag
+    named after the field it sets. What the command line fills in itself: the model name from the base's
+    directory or file name, the labels from a comma-separated list."""
+    settings = ServerSettings(**{
+        **_fields_of(ServerSettings, flags),
+        "alerts": AlertThresholds(**_fields_of(AlertThresholds, flags)),
+        "model_name": flags["model_name"] or default_model_name(flags["base"]),
+    })  # fmt: skip
+    return ServeSpec(**{
+        **_fields_of(ServeSpec, flags),
+        "settings": settings,
+        "placement": Placement(**_fields_of(Placement, flags)),
+        "labels": tuple(flags["labels"].split(",")) if flags["labels"] else None,
+        "preload": tuple(flags["preload"]),
+    })  # fmt: skip
+
+
+# The flags of ``ServeSpec``: which base, how it is loaded, the adapter pool and what it serves from the start.
+_spec_options = stacked(
+    setting_option(ServeSpec, "base", help=base_help("Local base model directory or .gguf file.")),
+    model_task_option(None, "[that of the --router sequence or of the first --load adapter, else causal-lm]"),
+    setting_option(ServeSpec, "quantize"),
+    placement_options,
+    setting_option(ServeSpec, "labels"),
+    setting_option(ServeSpec, "slots"),
+    setting_option(ServeSpec, "max_rank"),
+    setting_option(ServeSpec, "host_cache"),
+    setting_option(ServeSpec, "preload", "--load", multiple=True, metavar="REF", show_default=False),
+    setting_option(ServeSpec, "router", metavar="SEQUENCE"),
+    registry_option,
+)  # fmt: skip
+
+# The flags of ``ServerSettings`` and its ``AlertThresholds``.
+_settings_options = stacked(
+    setting_option(ServerSettings, "max_batch_size"),
+    setting_option(ServerSettings, "max_wait_ms"),
+    setting_option(ServerSettings, "max_input_tokens"),
+    setting_option(ServerSettings, "max_new_tokens"),
+    setting_option(AlertThresholds, "p95_ms", "--alert-p95-ms"),
+    setting_option(AlertThresholds, "memory_mb", "--alert-memory-mb"),
+    setting_option(ServerSettings, "batching"),
+    setting_option(ServerSettings, "max_running"),
+    setting_option(ServerSettings, "prefill_chunk"),
+    setting_option(ServerSettings, "max_waiting"),
+    setting_option(ServerSettings, "model_name", default=None, show_default=False),  # default: from --base
+    setting_option(ServerSettings, "api_key", envvar="ADAPTERHUB_API_KEY", show_envvar=True),
+)  # fmt: skip
 
 
 @click.command("serve", cls=ServeCommand)
-@click.option("--base", required=True, help="Local base model directory or .gguf file.")
-@model_task_option(None, "[that of the --router sequence or of the first --load adapter, else causal-lm]")
-@click.option("--quantize", default=None, help="Load the base quantized (e.g. nf4, int8).")
-@placement_options
-@click.option(
-    "--labels", default=None, help="Comma-separated class names (seq-cls; default: from the first --load adapter)."
-)
-@click.option(
-    "--slots", type=POSITIVE, default=8, show_default=True, help="Adapters resident at once (per layer slots)."
-)
-@click.option("--max-rank", type=POSITIVE, default=16, show_default=True, help="Largest LoRA rank a slot holds.")
-@click.option(
-    "--host-cache",
-    type=click.IntRange(min=0),
-    default=64,
-    show_default=True,
-    help="Adapters kept in host memory besides those in slots (0: only those in slots).",
-)
-@click.option("--load", "preload", multiple=True, metavar="REF", help="Adapter to load at start, repeatable.")
-@click.option(
-    "--router",
-    "sequence",
-    default=None,
-    metavar="SEQUENCE",
-    help="Route requests naming a task (or task 'auto') to the adapters of this continual-learning sequence.",
-)
-@registry_option
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--max-batch-size", type=POSITIVE, default=16, show_default=True)
-@click.option(
-    "--max-wait-ms",
-    type=NumberRange(0, 60_000),
-    default=5.0,
-    show_default=True,
-    help="How long a request waits for others to batch with.",
-)
-@click.option("--max-input-tokens", type=POSITIVE, default=512, show_default=True)
-@click.option(
-    "--max-new-tokens", type=POSITIVE, default=256, show_default=True, help="Largest max_new_tokens a request may ask."
-)
-@click.option(
-    "--alert-p95-ms", type=NumberRange(min=0), default=None, help="Log a warning when the p95 latency goes above this."
-)
-@click.option(
-    "--alert-memory-mb",
-    type=NumberRange(min=0),
-    default=None,
-    help="Log a warning when process memory goes above this.",
-)
-@click.option(
-    "--batching",
-    type=click.Choice(["continuous", "static"]),
-    default="continuous",
-    show_default=True,
-    help="How /v1/ completions are scheduled: rows join and leave at every step, or the static batcher (whole batches).",
-)
-@click.option("--max-running", type=POSITIVE, default=16, show_default=True, help="Rows of the continuous batch.")
-@click.option(
-    "--prefill-chunk",
-    type=POSITIVE,
-    default=128,
-    show_default=True,
-    help="Prompt tokens prefilled per step: the longest a newcomer's prefill holds the running rows.",
-)
-@click.option(
-    "--max-waiting",
-    type=POSITIVE,
-    default=256,
-    show_default=True,
-    help="Requests queued beyond the running rows; more get a 503.",
-)
-@click.option(
-    "--model-name", default=None, help="The base's name as an OpenAI `model` [default: its directory or file name]."
-)
-@click.option(
-    "--api-key",
-    envvar="ADAPTERHUB_API_KEY",
-    default=None,
-    show_envvar=True,
-    help="Require 'Authorization: Bearer KEY' on every route but /health.",
-)
+@_spec_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
+@_settings_options
 @click.option("--allow-unauthenticated", is_flag=True, help="Serve on a non-loopback address without --api-key.")
-@click.option(
-    "--remote",
-    "remote_name",
-    default=None,
-    metavar="REMOTE",
-    help="Resolve /v1/ model refs on this remote of the registry (`registry remote add`), fetching on a miss.",
-)
-@click.option(
-    "--allow-lora-dir",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="/v1/load_lora_adapter may import PEFT directories inside this directory.",
-)
+@setting_option(ServeSpec, "remote", metavar="REMOTE")
+@setting_option(ServerSettings, "allow_lora_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--replicas",
     type=click.IntRange(min=2),
     default=None,
     help="Serve on N Ray Serve replicas, each request routed to one already holding its adapter (pip install 'adapterhub[ray]').",
 )
-def serve_command(base, model_task, quantize, device, dtype, labels, slots, max_rank, host_cache, preload, sequence, registry_root, host, port,
-                  max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens, alert_p95_ms,
-                  alert_memory_mb, batching, max_running, prefill_chunk, max_waiting, model_name, api_key,
-                  allow_unauthenticated, remote_name, allow_lora_dir, replicas) -> None:  # fmt: skip
+def serve_command(host: str, port: int, allow_unauthenticated: bool, replicas: int | None, **flags: Any) -> None:
     """Serve one base model over HTTP with per-request adapters from the registry, batched across adapters
     (OpenAI-compatible routes under /v1/, with continuous batching)."""
+    check_exposure(host, flags["api_key"], allow_unauthenticated)
+    spec = spec_from_flags(flags)
+    if replicas is not None:
+        return _serve_replicas(spec, replicas, host, port)
     import uvicorn
 
-    from adapterhub.base import load_base, resolve_placement
-    from adapterhub.continual.router import Router
-    from adapterhub.manifest import Manifest
-    from adapterhub.model_tasks import LOAD_DEFAULT
-    from adapterhub.runtime import AdapterPool
-    from adapterhub.server import AlertThresholds, ServerSettings, create_app
-    from adapterhub.settings import Placement
-    from adapterhub_registry import Registry
+    from adapterhub.server.build import build_server
 
-    check_exposure(host, api_key, allow_unauthenticated)
-    if replicas is not None:
-        try:
-            from adapterhub.server.ray_serve.launch import serve_replicas
-        except ModuleNotFoundError as exc:
-            raise OptionError(
-                f"--replicas runs on Ray Serve, which is not installed ({exc}): pip install 'adapterhub[ray]'"
-            ) from None
-        return serve_replicas(click.get_current_context().params)
-    placed, precision = resolve_placement(**vars(Placement(device, dtype)))  # a GPU that is not there fails first
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    registry = Registry(registry_root)
-    remote = None
-    if remote_name is not None:
-        from adapterhub import plugins
-        from adapterhub.server.remote_refs import RemoteRefs
+    built = build_server(spec)
+    for loaded in built.loaded:
+        click.echo(f"loaded {loaded}")
+    if built.state.router is not None:
+        click.echo(f"routing sequence {spec.router}: tasks {', '.join(built.state.router.names)}")
+    uvicorn.run(built.app, host=host, port=port, log_level="info")
 
-        remote = RemoteRefs(registry, registry.remote(remote_name, stores=plugins.catalog().remote_store_specs()))
-    router = Router.from_registry(sequence, registry) if sequence else None
-    if router is not None and model_task not in (None, router.model_task):
-        raise OptionError(f"sequence {sequence!r} is a {router.model_task} sequence; drop --model-task or pass "
-                          f"--model-task {router.model_task}")  # fmt: skip
-    recorded = Manifest.from_dict(registry.resolve(preload[0]).manifest).model_task if preload and not router else None
-    model_task = model_task or (router.model_task if router else recorded or LOAD_DEFAULT)
-    label_list = labels.split(",") if labels else None
-    if model_task == "seq-cls" and not label_list:
-        if not preload and router is None:
-            raise OptionError(
-                "a seq-cls server needs --labels, an adapter to --load or a --router sequence (their labels are used)"
-            )
-        label_list = (
-            list(router.tasks[0].labels) if router else Manifest.from_dict(registry.resolve(preload[0]).manifest).labels
+
+def _serve_replicas(spec: ServeSpec, replicas: int, host: str, port: int) -> None:
+    """``--replicas N``: refuse what replicas cannot serve, then deploy on Ray Serve."""
+    if spec.router is not None:
+        raise OptionError(
+            "--router is not served with --replicas yet: run one server for a continual-learning sequence"
         )
-    loaded = load_base(
-        base, model_task=model_task, quantize=quantize, labels=label_list, device=placed, dtype=precision
-    )
-    pool = AdapterPool(loaded, slots=slots, max_rank=max_rank, host_capacity=host_cache, registry=registry)
-    for ref in list(preload) + ([t.ref for t in router.tasks] if router else []):
-        click.echo(f"loaded {pool.load(ref)} ({pool.kind(ref)})")
-    if router is not None:
-        router.bind(pool)  # features of the pooled base with no adapter active
-        click.echo(f"routing sequence {sequence}: tasks {', '.join(router.names)}")
-    settings = ServerSettings(max_batch_size, max_wait_ms, max_input_tokens, max_new_tokens,
-                              alerts=AlertThresholds(alert_p95_ms, alert_memory_mb), batching=batching,
-                              max_running=max_running, prefill_chunk=prefill_chunk, max_waiting=max_waiting,
-                              model_name=model_name or default_model_name(base),
-                              api_key=api_key, allow_lora_dir=Path(allow_lora_dir) if allow_lora_dir else None)  # fmt: skip
-    uvicorn.run(create_app(pool, settings, router, remote), host=host, port=port, log_level="info")
+    if spec.settings.allow_lora_dir is not None:
+        raise OptionError("--allow-lora-dir is not served with --replicas: import PEFT directories with "
+                          "`adapterhub registry import-peft` and name them by their ref")  # fmt: skip
+    try:
+        from adapterhub.server.ray_serve.launch import serve_replicas
+    except ModuleNotFoundError as exc:
+        raise OptionError(
+            f"--replicas runs on Ray Serve, which is not installed ({exc}): pip install 'adapterhub[ray]'"
+        ) from None
+    serve_replicas(spec, replicas, host, port)

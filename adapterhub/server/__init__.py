@@ -1,13 +1,16 @@
-"""HTTP serving of one base model with many adapters: ``create_app`` (app.py), run by ``adapterhub serve``."""
+"""HTTP serving of one base model with many adapters: ``build_server`` (build.py) loads what a ``ServeSpec``
+(settings.py) names and assembles the app (``create_app``, app.py); ``adapterhub serve`` runs it."""
 
 from __future__ import annotations
 
 import importlib
 
 _MODULE_OF = {
-    "ServerSettings": "adapterhub.server.app",
+    "ServerSettings": "adapterhub.server.settings",
+    "ServeSpec": "adapterhub.server.settings",
+    "AlertThresholds": "adapterhub.server.settings",
     "create_app": "adapterhub.server.app",
-    "AlertThresholds": "adapterhub.server.prometheus",
+    "build_server": "adapterhub.server.build",
 }
 __all__ = sorted(_MODULE_OF)
 

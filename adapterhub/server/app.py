@@ -1,4 +1,5 @@
-"""The HTTP app: one base model, many adapters, each request naming its own (``adapterhub serve`` runs it).
+"""The HTTP app: one base model, many adapters, each request naming its own (``build_server`` builds it for
+``adapterhub serve`` and for each Ray Serve replica).
 
 ``create_app`` only assembles: it registers the endpoints of ``handlers.py`` (``/generate`` or ``/classify``,
 ``/adapters``, ``/adapters/load``, ``/adapters/unload``, ``/health``, ``/metrics``), the OpenAI-compatible ones of
@@ -29,7 +30,8 @@ from adapterhub.server import handlers, lora_routes, openai_routes
 from adapterhub.server.http_errors import HTTPError, answer_http_error, answer_invalid_request
 from adapterhub.server.middleware import BodyLimit, Measure, RequireKey
 from adapterhub.server.remote_refs import RemoteRefs
-from adapterhub.server.state import AppState, ServerSettings
+from adapterhub.server.settings import ServerSettings
+from adapterhub.server.state import AppState
 
 __all__ = ["ServerSettings", "create_app"]
 ENDPOINTS: tuple[APIRouter, ...] = (handlers.endpoints, openai_routes.openai_endpoints, lora_routes.lora_endpoints)

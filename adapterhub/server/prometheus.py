@@ -10,7 +10,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Collection
-from dataclasses import dataclass
 
 import psutil
 import torch
@@ -18,20 +17,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from adapterhub.runtime import AdapterPool
+from adapterhub.server.settings import AlertThresholds  # defined with the other settings (torch-free)
 
 log = logging.getLogger("adapterhub.server")
 SLOT_HITS = "Adapter activations (one per distinct adapter per model call) that found it in a device slot."
 SLOT_MISSES = "Adapter activations (one per distinct adapter per model call) that copied it into a slot."
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-
-@dataclass(frozen=True)
-class AlertThresholds:
-    """Warn in the log when the p95 latency over the last ``window`` requests, or the memory, goes above these."""
-
-    p95_ms: float | None = None
-    memory_mb: float | None = None
-    window: int = 200
 
 
 class _PoolCollector:
@@ -73,9 +64,9 @@ class ServerMetrics:
     (so requests to made-up paths cannot grow the label set without bound)."""
 
     def __init__(
-        self, pool: AdapterPool, alerts: AlertThresholds = AlertThresholds(), endpoints: Collection[str] = ()
+        self, pool: AdapterPool, alerts: AlertThresholds | None = None, endpoints: Collection[str] = ()
     ) -> None:
-        self.pool, self.alerts, self.endpoints = pool, alerts, frozenset(endpoints)
+        self.pool, self.alerts, self.endpoints = pool, alerts or AlertThresholds(), frozenset(endpoints)
         self.registry = CollectorRegistry()
         self.latency = Histogram("adapterhub_request_latency_seconds", "Request latency, queueing included.",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip

@@ -1,4 +1,4 @@
-"""What the server's handlers share: its settings and the ``AppState`` that ``create_app`` puts on ``app.state``.
+"""What the server's handlers share: the ``AppState`` that ``create_app`` puts on ``app.state``.
 
 Handlers take the state through ``StateDep`` (FastAPI resolves it from the request's app), so a handler is a
 plain async function of its request body and an ``AppState``: a test may build the state from a tiny model and
@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -23,26 +22,9 @@ from adapterhub.server.adapter_metrics import AdapterMetrics
 from adapterhub.server.batch_runs import batch_runner
 from adapterhub.server.batcher import Batcher
 from adapterhub.server.engine_driver import EngineDriver, Submitted
-from adapterhub.server.prometheus import AlertThresholds, ServerMetrics
+from adapterhub.server.prometheus import ServerMetrics
 from adapterhub.server.remote_refs import RemoteRefs
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    max_batch_size: int = 16
-    max_wait_ms: float = 5.0
-    max_input_tokens: int = 512
-    max_new_tokens: int = 256
-    max_body_bytes: int = 1 << 20
-    alerts: AlertThresholds = AlertThresholds()
-    batching: Literal["continuous", "static"] = "continuous"  # how /v1/ completions are scheduled
-    max_running: int = 16  # rows of the continuous batch
-    prefill_chunk: int = 128  # prompt tokens prefilled per scheduler step (bounds the stall of running rows)
-    max_waiting: int = 256  # requests queued beyond the running rows; more are refused with a 503
-    model_name: str = "base"  # the base's name as an OpenAI `model`
-    api_key: str | None = None  # every route but /health then needs `Authorization: Bearer <key>`
-    allow_lora_dir: Path | None = None  # /v1/load_lora_adapter may import PEFT directories inside it
-    top_adapters: int = 20  # adapters shown by name in the per-adapter metrics; the rest are "other"
+from adapterhub.server.settings import ServerSettings  # defined there, torch-free, for the CLI; importable here too
 
 
 @dataclass(frozen=True)

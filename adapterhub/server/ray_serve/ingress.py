@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from adapterhub.server.build import open_remote
 from adapterhub.server.http_errors import HTTPError, error_response
 from adapterhub.server.middleware import BodyLimit, RequireKey
 from adapterhub.server.openai_answers import sse
@@ -36,7 +37,7 @@ from adapterhub.server.ray_serve.asgi_call import Forwarded, Start
 from adapterhub.server.ray_serve.board import board, merged_exposition
 from adapterhub.server.ray_serve.spec import ReplicaSpec
 from adapterhub.server.remote_refs import RemoteRefs
-from adapterhub.server.state import ServerSettings
+from adapterhub.server.settings import ServerSettings
 from adapterhub_registry import Registry
 
 log = logging.getLogger("adapterhub.server")
@@ -73,11 +74,7 @@ class Ingress:
     def __init__(self, replicas, spec: ReplicaSpec) -> None:
         self.replicas, self.spec = replicas, spec
         registry = Registry(spec.registry_root)
-        remote = None
-        if spec.remote is not None:
-            from adapterhub import plugins
-
-            remote = RemoteRefs(registry, registry.remote(spec.remote, stores=plugins.catalog().remote_store_specs()))
+        remote = open_remote(registry, spec.remote) if spec.remote is not None else None
         self.edge = Edge(spec.settings, registry, remote)
         self.board = board()
 

@@ -1,5 +1,5 @@
 """A replica: one process with its own base, ``AdapterPool`` and continuous-batching engine, serving the one
-server's app (``create_app``) to requests the ingress forwards through a Ray Serve handle.
+server's app (``build_server``, from the ``ReplicaSpec``) to requests the ingress forwards through a Ray Serve handle.
 
 Adapters are Ray Serve's multiplexed models, keyed by ``name@version``: the ingress resolves a request's ``model``
 and sends it with ``multiplexed_model_id=key``; Ray routes it to a replica that already holds that key when one
@@ -20,15 +20,11 @@ from collections.abc import AsyncIterator
 from prometheus_client import Counter
 from ray import serve
 
-from adapterhub.base import load_base, resolve_placement
-from adapterhub.model_tasks import LOAD_DEFAULT
-from adapterhub.runtime import AdapterPool
-from adapterhub.server.app import create_app, lifespan
+from adapterhub.server.app import lifespan
+from adapterhub.server.build import build_server
 from adapterhub.server.ray_serve.asgi_call import Forwarded, Start, call_app
 from adapterhub.server.ray_serve.board import REPORT_EVERY_S, ReplicaReport, board
 from adapterhub.server.ray_serve.spec import ReplicaSpec
-from adapterhub.settings import Placement
-from adapterhub_registry import Registry
 
 log = logging.getLogger("adapterhub.server")
 
@@ -40,16 +36,10 @@ class Replica:
     start on the loop every later request runs on."""
 
     async def __init__(self, spec: ReplicaSpec) -> None:
-        device, dtype = resolve_placement(**vars(Placement(spec.device, spec.dtype)))
-        base = load_base(spec.base, model_task=spec.model_task or LOAD_DEFAULT, quantize=spec.quantize,
-                         labels=list(spec.labels) if spec.labels else None, device=device, dtype=dtype)  # fmt: skip
-        self.pool = AdapterPool(base, slots=spec.slots, max_rank=spec.max_rank, host_capacity=spec.host_cache,
-                                registry=Registry(spec.registry_root))  # fmt: skip
-        for ref in spec.preload:
-            self.pool.load(ref)
-        # no --remote here: the ingress resolved (and fetched) every key into the registry these replicas read
-        self.app = create_app(self.pool, spec.settings)
+        # the server one `adapterhub serve` would build from this spec, without --remote (the ingress's alone)
+        self.app = build_server(spec.replica_server()).app
         self.state = self.app.state.adapterhub
+        self.pool = self.state.pool
         self.routed = Counter("adapterhub_routed_requests", "Adapter requests routed here, by whether this replica "
                               "already held the adapter (Ray Serve's multiplexed routing).", ["adapter_resident"],
                               registry=self.state.metrics.registry)  # fmt: skip
