@@ -1,22 +1,18 @@
-"""Merging registry LoRA adapters into one, as a recorded and reproducible registry version.
+"""Merging registry adapters of one method into one, as a recorded and reproducible registry version.
 
 ``merge`` (``adapterhub merge``, ``adapterhub continual merge``) loads the inputs from the registry (checksummed),
-refuses what peft's ``add_weighted_adapter`` would merge wrongly, combines them with it, loads the result back
-onto the base exactly as any pulled adapter is loaded, and pushes it with its recipe in the manifest
-(``extra["merge"]``). ``replay`` runs a recorded recipe again and compares the sha256 of the weights.
+asks their method how they combine (``MethodSpec.merge``: which inputs it refuses because peft would merge them
+wrongly, which tensors are the per-module deltas, how peft combines them, what the merged config is), loads the
+result back onto the base exactly as any pulled adapter is loaded, and pushes it with its recipe in the manifest
+(``extra["merge"]``). ``replay`` runs a recorded recipe again and compares the sha256 of the weights. A method
+without a merge spec is refused, naming it; the core knows no method's tensor or config names.
 
-What peft gets wrong, and what is done about it:
-
-* rsLoRA: the merged config copies the first input's ``use_rslora`` while peft has already multiplied every
-  input's own scaling into the merged weights and set ``lora_alpha = r``; the merged adapter must scale by 1,
-  so its config is written with ``use_rslora = false`` (tested against the hand-computed delta).
-* DoRA: the inputs' magnitude vectors are not combined (the merged adapter gets freshly initialised ones): refused.
-* Trained biases (``bias`` other than "none", ``lora_bias``): they live in the shared base layers: refused.
-* Classification heads: peft refuses heads of several adapters (``modules_to_save``). Heads over the same label
-  list are combined here as the weighted mean (weights normalised to sum 1; one full head per input, not a
-  delta); different label lists are refused, naming them. Or the merge keeps one input's own head
-  (``head_from``): ``merge_sequence(heads="per-task")`` pushes one version per task, each the merged LoRA with
-  that task's head, the way multi-task merging is evaluated (a shared body, a head per task).
+What is the same for every method is done here. Classification heads: peft refuses heads of several adapters
+(``modules_to_save``). Heads over the same label list are combined here as the weighted mean (weights normalised
+to sum 1; one full head per input, not a delta); different label lists are refused, naming them. Or the merge
+keeps one input's own head (``head_from``): ``merge_sequence(heads="per-task")`` pushes one version per task,
+each the merged adapter with that task's head, the way multi-task merging is evaluated (a shared body, a head
+per task).
 """
 
 from __future__ import annotations
@@ -34,11 +30,14 @@ from typing import Any
 
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
 from adapterhub.manifest import BaseIdentity, ContinualEntry, Manifest
+from adapterhub.specs import MergeSpec
 from adapterhub_registry import AdapterRecord, Registry
 from adapterhub_registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub_registry.names import validate_name
 
 COMBINATIONS = ("linear", "svd", "cat", "ties", "ties_svd", "dare_linear", "dare_ties", "magnitude_prune")
+"""The combinations a recipe may name (peft's ``add_weighted_adapter`` names); each method's ``MergeSpec`` says
+which of them it computes."""
 PRUNING = ("ties", "ties_svd", "dare_linear", "dare_ties", "magnitude_prune")
 """The combinations that keep a fraction ``density`` of each delta (and need it)."""
 HEADS = "weighted mean"
@@ -104,7 +103,8 @@ def merge(
         result, manifest = _merge_into(registry, records, recipe, base_path, Path(directory))
         if continual is not None:
             manifest = replace(manifest, continual=continual)
-        result.record = registry.push(name, directory, method="lora", manifest=manifest.to_dict(), tags=list(tags))
+        result.record = registry.push(name, directory, method=manifest.method, manifest=manifest.to_dict(),
+                                      tags=list(tags))  # fmt: skip
     return result
 
 
@@ -114,7 +114,7 @@ def merge_sequence(registry: Registry, sequence: str, base_path: str, *, name: s
 
     ``heads="mean"``: one version of ``name`` (default ``<sequence>-merged``) with the heads' weighted mean;
     tasks whose heads classify into other labels are refused, naming them (one head cannot answer for two
-    label sets). ``heads="per-task"``: one version of ``<name>-<task>`` per task, the same merged LoRA with that
+    label sets). ``heads="per-task"``: one version of ``<name>-<task>`` per task, the same merged adapter with that
     task's own head, labels and data record; together they form the sequence ``name`` (each keeps its task's
     router entry and tags), so ``Router.from_registry(name)``, ``serve --router name`` and ``continual eval PLAN
     --sequence name`` treat them as that sequence's task adapters.
@@ -203,7 +203,8 @@ def _merge_into(registry, records, recipe: Recipe, base_path: str, directory: Pa
 
     started = time.perf_counter()
     manifests = [Manifest.from_dict(r.manifest) for r in records]
-    _check_inputs(records, manifests, own_heads=recipe.head_from is not None)
+    method, spec = _merge_spec(records, recipe.combination)
+    _check_inputs(records, manifests, spec, own_heads=recipe.head_from is not None)
     first = manifests[0]
     head = (
         manifests[recipe.head_from] if recipe.head_from is not None else first
@@ -212,8 +213,8 @@ def _merge_into(registry, records, recipe: Recipe, base_path: str, directory: Pa
     loaded = [registry.load_record(r) for r in records]  # checksummed reads
     for record in records:
         adapters.check_base(base, record.base_fingerprint, record.ref)
-    config, tensors = _combine(base, loaded, recipe)
-    if any(_head_keys(t) for _, t in loaded):
+    config, tensors = _combine(base, loaded, recipe, spec)
+    if any(_head_keys(t, spec) for _, t in loaded):
         recipe = replace(
             recipe, heads=HEADS if recipe.head_from is None else f"own head of {records[recipe.head_from].ref}"
         )
@@ -233,7 +234,7 @@ def _merge_into(registry, records, recipe: Recipe, base_path: str, directory: Pa
         data = head.data
     else:
         data = first.data if all(m.data == first.data for m in manifests) else None
-    manifest = Manifest(method="lora", plugin=first.plugin, model_task=base.model_task, labels=base.labels or None,
+    manifest = Manifest(method=method, plugin=first.plugin, model_task=base.model_task, labels=base.labels or None,
                         base=identity, data=data, extra={"merge": recipe.to_dict()})  # fmt: skip
     sha256 = hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()
     notes = []
@@ -244,14 +245,42 @@ def _merge_into(registry, records, recipe: Recipe, base_path: str, directory: Pa
     return MergeResult(recipe, sha256, time.perf_counter() - started, notes=notes), manifest
 
 
-def _check_inputs(records: list[AdapterRecord], manifests: list[Manifest], *, own_heads: bool = False) -> None:
+def _merge_spec(records: list[AdapterRecord], combination: str) -> tuple[str, MergeSpec]:
+    """The inputs' one method and how it merges; refused when the inputs mix methods, when the method has no merge
+    spec, or when it does not compute ``combination``."""
+    from adapterhub import plugins
+
+    first = records[0]
+    for record in records[1:]:
+        if record.method != first.method:
+            raise OptionError(
+                f"{record.ref} is an adapter of method {record.method!r}, {first.ref} of method {first.method!r}: "
+                "merge adapters of one method"
+            )
+    catalog = plugins.catalog()
+    spec = catalog.method(first.method)
+    if spec.merge is None:
+        plugin = catalog.plugin_of_method(spec.name)
+        made_by = f" (plugin {plugin.distribution} {plugin.version})" if plugin else ""
+        raise OptionError(
+            f"{first.ref} is an adapter of method {spec.name!r}{made_by}, which does not support merging (the "
+            "method gives no merge spec); merge adapters of a method with the capability 'mergeable' "
+            "(`adapterhub plugins` lists them)"
+        )
+    if combination not in spec.merge.combinations:
+        raise OptionError(
+            f"method {spec.name!r} does not merge with {combination}; choose one of: "
+            f"{', '.join(spec.merge.combinations)} (--combination)"
+        )
+    return spec.name, spec.merge
+
+
+def _check_inputs(records: list[AdapterRecord], manifests: list[Manifest], spec: MergeSpec, *,
+                  own_heads: bool = False) -> None:  # fmt: skip
     """Refuse inputs on different bases or model tasks, heads over different labels (unless the merge keeps one
-    input's own head), and what peft merges wrong."""
+    input's own head), and what the method says peft merges wrong."""
     first, first_manifest = records[0], manifests[0]
     for record, manifest in zip(records, manifests):
-        config = record.peft_config
-        if config.get("peft_type") != "LORA":
-            raise OptionError(f"{record.ref} is a {record.method} adapter; merging combines LoRA adapters only")
         if record.base_fingerprint != first.base_fingerprint:
             raise IncompatibleBaseError(
                 f"{record.ref} was trained on base {record.base_fingerprint}, but {first.ref} on "
@@ -266,21 +295,14 @@ def _check_inputs(records: list[AdapterRecord], manifests: list[Manifest], *, ow
                 f"{record.ref} classifies into {manifest.labels} but {first.ref} into {first_manifest.labels}: "
                 "heads over different labels cannot be merged into one"
             )
-        if config.get("use_dora"):
-            raise OptionError(
-                f"{record.ref} is a DoRA adapter: peft's merge drops the inputs' magnitude vectors; "
-                "merging DoRA adapters is not supported"
-            )
-        if config.get("bias", "none") != "none" or config.get("lora_bias"):
-            raise OptionError(
-                f"{record.ref} trained biases (bias={config.get('bias')!r}, lora_bias={config.get('lora_bias')}), "
-                "which live in the shared base layers and are lost by the merge; merge adapters trained with bias=none"
-            )
+        reason = spec.refuse(record.peft_config)
+        if reason:
+            raise OptionError(f"{record.ref} {reason}")
 
 
-def _combine(base, loaded: list[tuple[AdapterRecord, dict]], recipe: Recipe) -> tuple[dict, dict]:
-    """peft's ``add_weighted_adapter`` on the LoRA tensors, the heads' weighted mean beside it: the merged adapter's
-    config (as adapter_config.json holds it) and tensors (in saved-key form)."""
+def _combine(base, loaded: list[tuple[AdapterRecord, dict]], recipe: Recipe, spec: MergeSpec) -> tuple[dict, dict]:
+    """The inputs as adapters of one peft model, combined by their method; the heads' weighted mean beside it: the
+    merged adapter's config (as adapter_config.json holds it) and tensors (in saved-key form)."""
     import torch
     from peft import PeftConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -296,14 +318,14 @@ def _combine(base, loaded: list[tuple[AdapterRecord, dict]], recipe: Recipe) -> 
             model = get_peft_model(base.model, config, adapter_name=adapter_name)
         else:
             model.add_adapter(adapter_name, config)
+        heads = set(_head_keys(tensors, spec))
         set_peft_model_state_dict(
-            model, {k: v for k, v in tensors.items() if k not in _head_keys(tensors)}, adapter_name=adapter_name
+            model, {k: v for k, v in tensors.items() if k not in heads}, adapter_name=adapter_name
         )
     torch.manual_seed(recipe.seed)  # dare_* drop at random
     try:
         with torch.no_grad():
-            model.base_model.add_weighted_adapter(names, recipe.weights, "merged", combination_type=recipe.combination,
-                                                  density=recipe.density)  # fmt: skip
+            spec.combine(model, names, recipe.weights, "merged", recipe.combination, recipe.density)
     except ValueError as exc:  # peft's reasons: ranks differ for linear/ties/dare, mixed target_modules kinds
         raise OptionError(
             f"peft cannot merge {', '.join(r.ref for r, _ in loaded)} with {recipe.combination}: {exc}"
@@ -312,27 +334,29 @@ def _combine(base, loaded: list[tuple[AdapterRecord, dict]], recipe: Recipe) -> 
     tensors = {
         k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name="merged").items()
     }
-    model.unload()  # base.model without LoRA layers again, for the check that loads the merged adapter onto it
+    model.unload()  # base.model without adapter layers again, for the check that loads the merged adapter onto it
     with contextlib.suppress(AttributeError):
         del base.model.peft_config
     first = loaded[0][0].peft_config
-    config = {**_plain(merged_config.to_dict()), "use_rslora": False, "inference_mode": True,
-              "task_type": first.get("task_type"), "modules_to_save": first.get("modules_to_save")}  # fmt: skip
+    recorded = {**_plain(merged_config.to_dict()), "inference_mode": True, "task_type": first.get("task_type"),
+                "modules_to_save": first.get("modules_to_save")}  # fmt: skip
+    config = spec.merged_config(recorded)
     if recipe.head_from is None:
-        tensors.update(_mean_heads(loaded, recipe.weights))
+        tensors.update(_mean_heads(loaded, recipe.weights, spec))
     else:
         own = loaded[recipe.head_from][1]
-        tensors.update({key: own[key].clone().contiguous() for key in _head_keys(own)})
+        tensors.update({key: own[key].clone().contiguous() for key in _head_keys(own, spec)})
     return config, tensors
 
 
-def _head_keys(tensors: dict) -> list[str]:
-    """The classification head's tensors (peft's ``modules_to_save``): everything that is not a LoRA matrix."""
-    return [key for key in tensors if "lora_" not in key]
+def _head_keys(tensors: dict, spec: MergeSpec) -> list[str]:
+    """The classification head's tensors (peft's ``modules_to_save``): every tensor that the method does not count
+    among its per-module deltas."""
+    return [key for key in tensors if not spec.is_delta(key)]
 
 
-def _mean_heads(loaded: list[tuple[AdapterRecord, dict]], weights: list[float]) -> dict:
-    keys = [sorted(_head_keys(tensors)) for _, tensors in loaded]
+def _mean_heads(loaded: list[tuple[AdapterRecord, dict]], weights: list[float], spec: MergeSpec) -> dict:
+    keys = [sorted(_head_keys(tensors, spec)) for _, tensors in loaded]
     if not keys[0]:
         return {}
     for (record, _), own in zip(loaded, keys):
@@ -401,7 +425,7 @@ def export_merged(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OptionError(f"{out} already exists and is not an empty directory; choose a new one")
     record, tensors = registry.load(ref)
-    if "mergeable" not in plugins.catalog().method(record.method).capabilities:
+    if "merges-into-base" not in plugins.catalog().method(record.method).capabilities:
         raise OptionError(f"{record.ref} is a {record.method} adapter, which has no weights to merge into the base; "
                           "serve it with the adapter instead")  # fmt: skip
     manifest = Manifest.from_dict(record.manifest)

@@ -184,6 +184,10 @@ def _contract_problem(hook_name: str, specs: object) -> str | None:
         if isinstance(spec, MethodSpec) and ("slottable" in spec.capabilities) != (spec.slot_plan is not None):
             return (f"method {spec.name!r} has the capability 'slottable' without a slot_plan, or a slot_plan "
                     f"without the capability; give both or neither")  # fmt: skip
+        if isinstance(spec, MethodSpec) and ("mergeable" in spec.capabilities) != (spec.merge is not None):
+            return (f"method {spec.name!r} has the capability 'mergeable' without a merge spec, or a merge spec "
+                    f"without the capability; give both or neither (merging an adapter into the base weights is "
+                    f"the capability 'merges-into-base')")  # fmt: skip
     return None
 
 

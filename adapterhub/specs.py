@@ -31,10 +31,10 @@ class MethodSpec:
     depends on the length of the run (AdaLoRA's budget schedule) fills it in there, before the adapter is
     attached. ``after_load(model)`` runs after a stored adapter has been attached and its tensors loaded
     (a method repairs peft state there that peft only sets up for training). ``capabilities`` are shown by
-    ``adapterhub plugins`` (e.g. ``mergeable``, ``slottable``, ``rank-schedule``, ``causal-lm-only``,
-    ``quantized-base``).
+    ``adapterhub plugins`` (e.g. ``mergeable``, ``merges-into-base``, ``slottable``, ``rank-schedule``,
+    ``causal-lm-only``, ``quantized-base``).
 
-    The two seams to the runtime, both optional:
+    The seams through which the core uses a method without knowing its tensors' names, all optional:
 
     * ``slot_plan(peft_config, modules, layout)`` says how a stored adapter becomes slot contents, so the
       adapter pool can serve it from resident slots in mixed batches. ``modules`` maps each slotted module
@@ -45,6 +45,11 @@ class MethodSpec:
     * ``dispatch(model)`` runs after ``adapters.attach`` has wrapped the base: the method routes its peft
       layers to a kernel of ``adapterhub.kernels`` where one is chosen for the base's device and dtype
       (LoRA sends its layers to the fused ``lora_linear`` op), and leaves peft's forward where none is.
+    * ``merge`` (a ``MergeSpec``) says how the method's adapters combine into one (``adapterhub merge``,
+      ``continual merge``): which of their tensors are the per-module deltas, how peft combines them, what the
+      merged config is, and which adapters it refuses. The merge refuses a method without one, naming it. A
+      method with a ``merge`` has the capability ``mergeable``; the catalog checks the two agree. (Merging an
+      adapter into the base's weights, ``registry export-merged``, is the capability ``merges-into-base``.)
     """
 
     name: str
@@ -58,6 +63,37 @@ class MethodSpec:
     after_load: Callable[[Any], None] | None = None
     slot_plan: Callable[[dict, dict[str, dict[str, Any]], SlotLayout], dict[str, SlotContents]] | None = None
     dispatch: Callable[[Any], None] | None = None
+    merge: MergeSpec | None = None
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """How a method's adapters combine into one adapter, given as ``MethodSpec.merge``.
+
+    The core checks the recipe and the inputs (one base, one model task, one method), loads every input onto one
+    ``peft.PeftModel`` as the adapters ``inputs`` (their task heads left out), and asks the method for the rest:
+
+    * ``combinations``: which of the core's combinations (``adapterhub.merging.COMBINATIONS``, peft's names) the
+      method computes; another is refused before anything loads.
+    * ``refuse(peft_config)``: why an input with this ``adapter_config.json`` would be merged wrongly, as the words
+      that follow its ref in the error (``"is a DoRA adapter: ..."``), or None when it merges correctly.
+    * ``is_delta(key)``: whether a saved tensor (its key in the PEFT file) is one of the method's per-module
+      tensors, which ``combine`` merges. The others are the task head (peft's ``modules_to_save``): the core
+      combines heads itself, as their weighted mean or one input's own head, because peft refuses several heads.
+    * ``combine(model, inputs, weights, into, combination, density)``: add the merged adapter to ``model`` as the
+      adapter ``into``, with peft's own merging utilities where peft has them. The core seeds torch beforehand
+      (dare drops at random) and turns a ``ValueError`` (inputs that cannot be combined so, naming why) into an
+      error naming the inputs.
+    * ``merged_config(config)``: the merged adapter's ``adapter_config.json`` from the one peft records for it
+      (a dict), where the method repairs what peft's merge records wrong (LoRA: the inputs' rsLoRA scaling is
+      already in the merged tensors).
+    """
+
+    combinations: tuple[str, ...]
+    is_delta: Callable[[str], bool]
+    combine: Callable[[Any, list[str], list[float], str, str, float | None], None]
+    refuse: Callable[[dict], str | None] = lambda peft_config: None
+    merged_config: Callable[[dict], dict] = lambda config: config
 
 
 class NotSlottable(Exception):

@@ -1,5 +1,6 @@
-"""Merging registry LoRA adapters (adapterhub.merging, `adapterhub merge`): the recorded recipe, byte-identical
-replay, identity, the hand-computed rsLoRA delta, heads, and the inputs peft would merge wrong, refused."""
+"""Merging registry adapters (adapterhub.merging, `adapterhub merge`): the recorded recipe, byte-identical
+replay, identity, the hand-computed rsLoRA delta, heads, IA3 through the same method seam, and the inputs peft
+would merge wrong, refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from tiny_models import make_tiny_llama
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from adapterhub import adapters, merging
+from adapterhub import adapters, merging, plugins
 from adapterhub.base import load_base
 from adapterhub.cli import main
 from adapterhub.continual.features import encode_tensor
@@ -25,16 +26,24 @@ LABELS = ["neg", "pos"]
 def push_lora(registry: Registry, base_path, name: str, tmp_path, *, seed: int, model_task="causal-lm", labels=None,
               quantize=None, data=None, **options):  # fmt: skip
     """Push a LoRA with random non-zero weights (B is zero at init) on a freshly loaded base."""
+    options = {"r": 4, "dropout": 0, **options}
+    return push_adapter(registry, base_path, name, tmp_path, seed=seed, method="lora", options=options,
+                        model_task=model_task, labels=labels, quantize=quantize, data=data)  # fmt: skip
+
+
+def push_adapter(registry: Registry, base_path, name: str, tmp_path, *, seed: int, method: str, options: dict,
+                 model_task="causal-lm", labels=None, quantize=None, data=None):  # fmt: skip
+    """Push an adapter of ``method`` whose trainable tensors are random (seeded), on a freshly loaded base."""
     base = load_base(base_path, model_task=model_task, labels=labels, quantize=quantize)
-    model = adapters.attach(base, "lora", adapters.make_options("lora", {"r": 4, "dropout": 0, **options}))
+    model = adapters.attach(base, method, adapters.make_options(method, options))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in (p for p in model.parameters() if p.requires_grad):
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
     directory = tmp_path / f"{name}-{seed}"
-    manifest = adapters.build_manifest(base, "lora", adapters.make_options("lora", options), data=data)
+    manifest = adapters.build_manifest(base, method, adapters.make_options(method, options), data=data)
     adapters.save_adapter(model, directory, manifest)
-    return registry.push(name, directory, method="lora")
+    return registry.push(name, directory, method=method)
 
 
 def logits_of(
@@ -139,6 +148,61 @@ def test_inputs_peft_merges_wrong_are_refused_with_the_reason(tiny_llama, tmp_pa
     with pytest.raises(OptionError, match=f"odd@1.*{reason}"):
         merging.merge(registry, "never", [plain.ref, odd.ref], str(tiny_llama))
     assert registry.list(name="never") == []
+
+
+def test_the_lora_merge_spec_refuses_dora_and_accepts_plain_lora(tiny_llama, tmp_path):
+    spec = plugins.catalog().method("lora").merge
+    registry = Registry()
+    dora = push_lora(registry, tiny_llama, "dora", tmp_path, seed=1, dora=True)
+    plain = push_lora(registry, tiny_llama, "plain", tmp_path, seed=2)
+    assert spec.refuse(dora.peft_config).startswith("is a DoRA adapter: peft's merge drops the inputs' magnitude")
+    assert spec.refuse(plain.peft_config) is None
+
+
+def push_ia3(registry: Registry, base_path, name: str, tmp_path, *, seed: int, **options):
+    return push_adapter(registry, base_path, name, tmp_path, seed=seed, method="ia3", options=options)
+
+
+def test_ia3_adapters_merge_through_their_method_to_the_weighted_sum_of_their_vectors(tiny_llama, tmp_path):
+    registry = Registry()
+    refs = [push_ia3(registry, tiny_llama, "ia3", tmp_path, seed=s).ref for s in (1, 2)]
+    result = merging.merge(registry, "ia3-mix", refs, str(tiny_llama), weights=[0.7, 0.3])
+    record, merged = registry.load("ia3-mix")
+    (_, first), (_, second) = (registry.load(ref) for ref in refs)
+    assert record.method == "ia3" and record.manifest["method"] == "ia3"
+    assert sorted(merged) == sorted(first) and any(key.endswith(".ia3_l") for key in merged)
+    for key in first:
+        torch.testing.assert_close(merged[key], 0.7 * first[key] + 0.3 * second[key])
+    replayed, stored = merging.replay(registry, result.record.ref, str(tiny_llama))
+    assert replayed.sha256 == stored.blob_sha256
+
+
+def test_a_combination_the_method_does_not_compute_is_refused_naming_the_method(tiny_llama, tmp_path):
+    registry = Registry()
+    refs = [push_ia3(registry, tiny_llama, "ia3", tmp_path, seed=s).ref for s in (1, 2)]
+    with pytest.raises(OptionError, match="method 'ia3' does not merge with ties; choose one of: linear"):
+        merging.merge(registry, "never", refs, str(tiny_llama), combination="ties", density=0.5)
+    assert registry.list(name="never") == []
+
+
+def test_ia3_inputs_scaling_different_modules_are_refused_naming_them(tiny_llama, tmp_path):
+    # peft would start the v_proj vectors of the merge from zero, adding only wide's: v_proj nearly silenced
+    registry = Registry()
+    wide = push_ia3(registry, tiny_llama, "wide", tmp_path, seed=1)  # peft's Llama default: k, v and down_proj
+    narrow = push_ia3(registry, tiny_llama, "narrow", tmp_path, seed=2, target_modules=["k_proj", "down_proj"],
+                      feedforward_modules=["down_proj"])  # fmt: skip
+    with pytest.raises(
+        OptionError, match=r"peft cannot merge wide@1, narrow@1 with linear: .*different target_modules"
+    ):
+        merging.merge(registry, "never", [wide.ref, narrow.ref], str(tiny_llama))
+
+
+def test_inputs_of_different_methods_are_refused_naming_both(tiny_llama, tmp_path):
+    registry = Registry()
+    lora = push_lora(registry, tiny_llama, "lora", tmp_path, seed=1)
+    ia3 = push_ia3(registry, tiny_llama, "ia3", tmp_path, seed=2)
+    with pytest.raises(OptionError, match="ia3@1 is an adapter of method 'ia3', lora@1 of method 'lora'"):
+        merging.merge(registry, "never", [lora.ref, ia3.ref], str(tiny_llama))
 
 
 def test_inputs_on_another_base_are_refused_naming_the_odd_one(tiny_llama, tmp_path):
@@ -255,7 +319,7 @@ def test_continual_merge_per_task_keeps_each_tasks_own_head_and_forms_a_routable
     merged = [registry.load(o["merged"]) for o in out]
     for (record, tensors), task in zip(merged, (films, roads)):
         _, own = registry.load(task.ref)
-        heads = merging._head_keys(own)
+        heads = [key for key in own if "lora_" not in key]
         assert heads and all(torch.equal(tensors[key], own[key]) for key in heads)  # the task's own head, untouched
         assert record.manifest["labels"] == task.manifest["labels"]
         assert record.manifest["continual"]["sequence"] == "mixed-merged"

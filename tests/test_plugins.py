@@ -161,3 +161,63 @@ def test_hook_returning_the_wrong_type_is_reported_and_ignored(site_dir, returne
     errors = [e for e in catalog.hook_errors if "fakeplugin_type" in e]
     assert errors and "adapterhub_methods contract" in errors[0] and problem in errors[0]
     assert "m" not in catalog.methods and catalog.method("lora").name == "lora"
+
+
+NO_MERGE = """
+    from dataclasses import dataclass
+    import adapterhub
+    from adapterhub.specs import MethodSpec
+
+    @dataclass
+    class Options:
+        r: int = 2
+
+    def build_config(options, base):
+        from peft import LoraConfig
+
+        return LoraConfig(r=options.r, target_modules=["q_proj", "v_proj"])
+
+    @adapterhub.hookimpl
+    def adapterhub_methods():
+        return [MethodSpec("lowrank-plain", "peft's LoRA tuner, without a merge spec", "LOWRANK_PLAIN", Options,
+                           build_config)]
+"""
+
+
+def test_merging_adapters_of_a_method_without_a_merge_spec_is_refused_naming_the_method(site_dir, tiny_llama, tmp_path):
+    from adapterhub import adapters, merging
+    from adapterhub.base import load_base
+    from adapterhub.errors import OptionError
+    from adapterhub_registry import Registry
+
+    install_fake_distribution(site_dir, "fakeplugin-nomerge", "fakeplugin_nomerge", NO_MERGE)
+    assert "mergeable" not in plugins.reload().method("lowrank-plain").capabilities
+    base = load_base(tiny_llama, model_task="causal-lm")
+    options = adapters.make_options("lowrank-plain", {})
+    adapters.save_adapter(adapters.attach(base, "lowrank-plain", options), tmp_path / "plain",
+                          adapters.build_manifest(base, "lowrank-plain", options))  # fmt: skip
+    registry = Registry()
+    ref = registry.push("plain", tmp_path / "plain", method="lowrank-plain").ref
+    with pytest.raises(OptionError, match=r"plain@1 is an adapter of method 'lowrank-plain' \(plugin "
+                                          r"fakeplugin-nomerge 0\.3\.1\), which does not support merging"):  # fmt: skip
+        merging.merge(registry, "never", [ref], str(tiny_llama))
+    assert registry.list(name="never") == []
+
+
+@pytest.mark.parametrize("fields", [
+    "frozenset({'mergeable'})",
+    "merge=MergeSpec(('linear',), lambda key: True, lambda *args: None)",
+])  # fmt: skip
+def test_a_method_whose_mergeable_capability_disagrees_with_its_merge_spec_breaks_the_contract(site_dir, fields):
+    install_fake_distribution(site_dir, "fakeplugin-merge", "fakeplugin_merge", f"""
+        import adapterhub
+        from adapterhub.specs import MergeSpec, MethodSpec
+
+        @adapterhub.hookimpl
+        def adapterhub_methods():
+            return [MethodSpec('m', 'd', 'M', object, lambda o, b: None, {fields})]
+    """)  # fmt: skip
+    catalog = plugins.reload()
+    errors = [e for e in catalog.hook_errors if "fakeplugin_merge" in e]
+    assert errors and "capability 'mergeable' without a merge spec, or a merge spec without" in errors[0]
+    assert "m" not in catalog.methods and catalog.method("lora").merge is not None

@@ -122,7 +122,7 @@ def adapterhub_methods() -> list[MethodSpec]:
             peft_type="ADALORA",
             options=AdaLoraOptions,
             build_config=build_config,
-            capabilities=frozenset({"mergeable", "rank-schedule", "quantized-base"}),
+            capabilities=frozenset({"merges-into-base", "rank-schedule", "quantized-base"}),
             on_train_step=reallocate_ranks,
             for_run=for_run,
             after_load=name_the_trained_adapter,

@@ -1,8 +1,9 @@
 """adapterhub method plugin: IA3 on peft.
 
 IA3 learns one scaling vector per targeted projection (keys, values and the feed-forward input), so it
-trains very few parameters. Here: the mapping from our options to ``peft.IA3Config``, and (in ``slots``,
-imported on first use) how a stored IA3 adapter becomes slot contents, so it mixes with LoRA rows in a batch.
+trains very few parameters. Here: the mapping from our options to ``peft.IA3Config``, (in ``slots``, imported
+on first use) how a stored IA3 adapter becomes slot contents, so it mixes with LoRA rows in a batch, and (in
+``merging``, torch-free) how IA3 adapters combine into one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import adapterhub
 from adapterhub.errors import OptionError
 from adapterhub.options import CheckedOptions
 from adapterhub.specs import MethodSpec
+from adapterhub_ia3.merging import MERGE
 
 
 @dataclass
@@ -62,7 +64,8 @@ def adapterhub_methods() -> list[MethodSpec]:
             peft_type="IA3",
             options=IA3Options,
             build_config=build_config,
-            capabilities=frozenset({"mergeable", "slottable", "quantized-base"}),
+            capabilities=frozenset({"mergeable", "merges-into-base", "slottable", "quantized-base"}),
             slot_plan=slot_plan,
+            merge=MERGE,
         )
     ]

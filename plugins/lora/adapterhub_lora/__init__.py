@@ -1,8 +1,9 @@
 """adapterhub method plugin: LoRA on peft (rsLoRA and DoRA options).
 
-Here: the mapping from our options to ``peft.LoraConfig``, and the method's two seams to the runtime, each in
-its own module and imported on first use (this module stays import-light for the CLI): ``slots`` (a stored
-adapter as slot contents, DoRA included) and ``dispatch`` (peft's LoRA layers sent to a fused kernel).
+Here: the mapping from our options to ``peft.LoraConfig``, and the method's seams to the core, each in its own
+module: ``slots`` (a stored adapter as slot contents, DoRA included) and ``dispatch`` (peft's LoRA layers sent
+to a fused kernel), both imported on first use (this module stays import-light for the CLI), and ``merging``
+(how LoRA adapters combine into one, and which are refused; torch-free).
 Attaching, training, saving and loading are shared by every method in the core.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import adapterhub
 from adapterhub.options import CheckedOptions, limited
 from adapterhub.specs import MethodSpec
+from adapterhub_lora.merging import MERGE
 
 
 @dataclass
@@ -67,8 +69,9 @@ def adapterhub_methods() -> list[MethodSpec]:
             peft_type="LORA",
             options=LoraOptions,
             build_config=build_config,
-            capabilities=frozenset({"mergeable", "slottable", "quantized-base"}),
+            capabilities=frozenset({"mergeable", "merges-into-base", "slottable", "quantized-base"}),
             slot_plan=slot_plan,
             dispatch=dispatch_layers,
+            merge=MERGE,
         )
     ]
