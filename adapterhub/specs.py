@@ -12,8 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from adapterhub.deprecation import moved_names
+
 if TYPE_CHECKING:  # specs stay import-light: plugins and the CLI import them without torch
     import torch
+
+# plugin API 1.0 had the model tasks here; they live in adapterhub.model_tasks now (docs/plugins.md, deprecation)
+__getattr__ = moved_names(__name__, {"TASKS": "adapterhub.model_tasks.NAMES"}, since="1.1", removed_in="1.3")
 
 
 @dataclass(frozen=True)
