@@ -37,7 +37,7 @@ CORE_COMMANDS = {
     "serve": "adapterhub.cli.serve:serve_command",
     "continual": "adapterhub.cli.continual:continual_group",  # one adapter per task, and a router between them
     "zero-shot": "adapterhub.cli.zero_shot:zero_shot_command",  # prompting a causal LM: the baseline to beat
-    "merge": "adapterhub.cli.merge:merge_command",  # registry LoRA adapters into one recorded version
+    "merge": "adapterhub.cli.merge:merge_command",  # registry adapters of one method into one recorded version
     "quickstart": "adapterhub.cli.quickstart:quickstart_command",  # the main job on the packaged model and data
 }
 """Commands of the core defined in other modules, by name: ``module:attribute``, imported when looked up."""

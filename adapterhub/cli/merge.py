@@ -1,4 +1,4 @@
-"""``adapterhub merge``: combine registry LoRA adapters into a new, recorded version, or replay a recorded merge."""
+"""``adapterhub merge``: combine registry adapters of one method into a new, recorded version, or replay a recorded merge."""
 
 from __future__ import annotations
 
@@ -79,10 +79,11 @@ def report(result, as_json: bool) -> None:
 def merge_command(
     name, inputs, replay_ref, base_path, weights, combination, density, seed, tags, registry_root, as_json
 ) -> None:
-    """Merge LoRA adapters --from the registry into NAME's next version, recording the recipe.
+    """Merge adapters --from the registry into NAME's next version, recording the recipe.
 
-    The inputs must share one base; the merged adapter is loaded back onto --base before it is pushed.
-    DoRA adapters and adapters with trained biases are refused; rsLoRA inputs are merged with their own scaling.
+    The inputs must share one base and one method that merges (`adapterhub plugins`: capability mergeable, e.g.
+    LoRA, IA3); the method refuses what it cannot combine (LoRA: DoRA and trained biases). The merged adapter is
+    loaded back onto --base before it is pushed.
     """
     from adapterhub import merging
     from adapterhub.errors import OptionError
