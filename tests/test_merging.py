@@ -8,17 +8,16 @@ import json
 
 import pytest
 import torch
+from bitsandbytes_reference import bitsandbytes_in_float32
 from tiny_models import make_tiny_llama
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from adapterhub import adapters, kernels, merging, plugins
+from adapterhub import adapters, merging, plugins
 from adapterhub.base import load_base
 from adapterhub.cli import main
 from adapterhub.continual.features import encode_tensor
 from adapterhub.continual.router import Router
 from adapterhub.errors import IncompatibleBaseError, OptionError
-from adapterhub.module_classes import mixed_in
-from adapterhub.quantized_forward import Nf4KernelLinear
 from adapterhub_registry import Registry
 
 TOKENS = torch.tensor([[7, 8, 9, 10, 11, 12]])
@@ -55,31 +54,12 @@ def logits_of(
     record, tensors = registry.load(ref)
     base = load_base(base_path, model_task=model_task, labels=labels, quantize=quantize)
     if nf4_in_float32:
-        compute_nf4_in_float32(base.model)
+        bitsandbytes_in_float32(base.model)  # the same on every CPU (tests/bitsandbytes_reference.py)
     model = adapters.load_adapter(
         base, record.peft_config, tensors, adapter_base=record.base_fingerprint, manifest=record.manifest
     )
     with torch.no_grad():
         return model(input_ids=tokens).logits
-
-
-def compute_nf4_in_float32(model: torch.nn.Module) -> None:
-    """Every NF4 linear of ``model`` computes ``x @ dequantize_4bit(W).T`` in float32: the torch reference of the
-    ``nf4_linear`` op (adapterhub.kernels), put in front of the layer the way ``load_base`` puts a plugin's kernel.
-
-    Not bitsandbytes' own forward: on a CPU with AVX512-BF16, ``Linear4bit.forward`` in eval mode without grad
-    repacks the weight (``packing_format_for_cpu``) and runs bitsandbytes' fused CPU ``gemv_4bit``, which casts the
-    input and the absmax to bfloat16 whatever the compute dtype (float32 here): about 0.4 % per layer (up to 1.7e-2
-    on an output of 5.7 in the tiny llama), 4.8e-4 on its logits, where the float32 merge agrees to 4e-7.
-    """
-    from bitsandbytes.nn import Linear4bit
-
-    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
-    assert layers, "no bitsandbytes NF4 linear to compute in float32"
-    for module in layers:  # a layer load_base already sent to a plugin's kernel gets the reference instead
-        module.nf4_op = kernels.nf4_linear
-        if not isinstance(module, Nf4KernelLinear):
-            module.__class__ = mixed_in(Nf4KernelLinear, type(module))
 
 
 def delta_of(registry: Registry, ref: str, module: str) -> torch.Tensor:

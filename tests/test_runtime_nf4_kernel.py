@@ -1,6 +1,6 @@
 """An NF4 base's linears run through a plugin's ``nf4_linear`` kernel when one is chosen (here Triton's, in its
 CPU interpreter): the adapter pool's slotted layers and LoRA training on top of them give the same logits and
-gradients as bitsandbytes' own forward; without such a kernel the layers stay bitsandbytes' own."""
+gradients as bitsandbytes' own forward (kept in float32: tests/bitsandbytes_reference.py); without such a kernel the layers stay bitsandbytes' own."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("triton")
 pytest.importorskip("bitsandbytes")
 from adapterhub_triton.testing import import_kernels, kernel_device  # noqa: E402
+from bitsandbytes_reference import bitsandbytes_in_float32  # noqa: E402
 from test_runtime import TOKENS, push_random_adapter  # noqa: E402
 
 from adapterhub import adapters, plugins  # noqa: E402
@@ -70,7 +71,9 @@ def test_pool_over_nf4_base_runs_the_kernel_and_equals_bitsandbytes(tiny_llama, 
     with pytest.MonkeyPatch.context() as off:
         off.delenv("TRITON_INTERPRET")
         plugins.reload()
-        expected = pooled_logits(load_base(tiny_llama, quantize="nf4"))
+        nf4 = load_base(tiny_llama, quantize="nf4")
+        bitsandbytes_in_float32(nf4.model)
+        expected = pooled_logits(nf4)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -80,7 +83,9 @@ def test_lora_training_over_nf4_runs_the_kernel_and_equals_bitsandbytes_gradient
     with pytest.MonkeyPatch.context() as off:
         off.delenv("TRITON_INTERPRET")
         plugins.reload()
-        expected = lora_gradients(load_base(tiny_llama, quantize="nf4"))
+        nf4 = load_base(tiny_llama, quantize="nf4")
+        bitsandbytes_in_float32(nf4.model)
+        expected = lora_gradients(nf4)
     assert ours.keys() == expected.keys()
     for name in ours:
         torch.testing.assert_close(ours[name], expected[name], rtol=1e-3, atol=1e-4, msg=name)
