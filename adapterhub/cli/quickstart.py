@@ -12,6 +12,7 @@ Registered in ``adapterhub.cli.main.CORE_COMMANDS``; imports torch and transform
 from __future__ import annotations
 
 import shlex
+import shutil
 
 import click
 
@@ -35,7 +36,7 @@ EXAMPLE_TWEET = "my flight got cancelled again"
 def equivalent_train_command(name: str, max_samples: int, epochs: int, seed: int, registry: str | None) -> str:
     """The `adapterhub train` command line the quickstart runs (the tweets' defaults include --dedupe)."""
     return _command(
-        "train", "--base", BASE, "--method", METHOD, *(f"-o {k}={v}" for k, v in OPTIONS.items()), "--data", DATA,
+        "train", "--base", BASE, "--method", METHOD, *(w for k, v in OPTIONS.items() for w in ("-o", f"{k}={v}")), "--data", DATA,
         "--max-samples", max_samples, "--epochs", epochs, "--batch-size", SETTINGS["batch_size"],
         "--max-length", SETTINGS["max_length"], "--lr", SETTINGS["learning_rate"], "--seed", seed,
         "--push", name, "--tag", TAG, *_registry_flag(registry),
@@ -59,7 +60,7 @@ def _registry_flag(registry: str | None) -> list[str]:
 
 
 def _command(*words) -> str:
-    return " ".join(["adapterhub", *(w if str(w).startswith("-o ") else shlex.quote(str(w)) for w in words)])
+    return " ".join(["adapterhub", *(shlex.quote(str(word)) for word in words)])
 
 
 @click.command("quickstart")
@@ -96,6 +97,7 @@ def quickstart_command(name, max_samples, epochs, seed, registry_root, as_json, 
                    settings=settings, push=name, tags=[TAG], registry_root=registry_root,
                    progress=not no_progress)  # fmt: skip
     outcome = train_adapter(job)
+    shutil.rmtree(outcome.adapter_dir, ignore_errors=True)  # train's temporary copy: the registry holds the adapter
     ref = outcome.record.ref
     stderr_line(f"quickstart: evaluating {ref} as `adapterhub eval` does")
     data = recorded_data_spec(outcome.record.manifest, DATA)  # the split rebuilt from the adapter's record
