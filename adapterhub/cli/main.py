@@ -39,6 +39,7 @@ CORE_COMMANDS = {
     "zero-shot": "adapterhub.cli.zero_shot:zero_shot_command",  # prompting a causal LM: the baseline to beat
     "merge": "adapterhub.cli.merge:merge_command",  # registry adapters of one method into one recorded version
     "quickstart": "adapterhub.cli.quickstart:quickstart_command",  # the main job on the packaged model and data
+    "ui": "adapterhub.cli.ui:ui_command",  # the registry's web pages, no model loaded (serve mounts them at /ui)
 }
 """Commands of the core defined in other modules, by name: ``module:attribute``, imported when looked up."""
 

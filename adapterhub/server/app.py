@@ -4,7 +4,8 @@
 ``create_app`` only assembles: it registers the endpoints of ``handlers.py`` (``/generate`` or ``/classify``,
 ``/adapters``, ``/adapters/load``, ``/adapters/unload``, ``/health``, ``/metrics``), the OpenAI-compatible ones of
 ``openai_routes.py`` (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``) and ``lora_routes.py``
-(vLLM's ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``), the middleware of ``middleware.py`` (metrics,
+(vLLM's ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``), the web pages under ``/ui`` (``adapterhub.web``:
+the registry's pages, the serving views and the playground), the middleware of ``middleware.py`` (metrics,
 API key, body limit), the error answers of ``http_errors.py``, and puts the ``AppState`` (``state.py``: pool,
 batcher, continuous-batching engine, router, settings, metrics) on ``app.state``, where every handler reads it.
 ``/v1/`` completions run on the continuous-batching engine (``runtime/continuous.py``, driven by
@@ -32,6 +33,7 @@ from adapterhub.server.middleware import BodyLimit, Measure, RequireKey
 from adapterhub.server.remote_refs import RemoteRefs
 from adapterhub.server.settings import ServerSettings
 from adapterhub.server.state import AppState
+from adapterhub.web import Sessions, ui_router
 
 __all__ = ["ServerSettings", "create_app"]
 ENDPOINTS: tuple[APIRouter, ...] = (handlers.endpoints, openai_routes.openai_endpoints, lora_routes.lora_endpoints)
@@ -66,8 +68,12 @@ def create_app(pool: AdapterPool, settings: ServerSettings | None = None, router
         app.include_router(endpoints)
     paths = {route.path for endpoints in ENDPOINTS for route in endpoints.routes}
     app.state.adapterhub = AppState.build(pool, settings, router, paths, remote)
+    sessions = Sessions(settings.api_key)  # the pages' sign-ins; their playground tokens are bearer keys here
+    app.include_router(
+        ui_router(pool.registry, api_key=settings.api_key, state=app.state.adapterhub, sessions=sessions)
+    )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(RequireKey, api_key=settings.api_key)
+    app.add_middleware(RequireKey, api_key=settings.api_key, also_accept=sessions.accepts_bearer)
     app.add_middleware(Measure)  # added last: outermost, so it sees every answer, 401s included
     app.add_exception_handler(RequestValidationError, answer_invalid_request)
     app.add_exception_handler(HTTPError, answer_http_error)

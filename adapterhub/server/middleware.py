@@ -7,7 +7,9 @@ without middleware.
 - ``Measure`` (outermost) refuses a body whose Content-Length is over the limit with a 413 before reading it,
   and times every answer into the app's metrics (a stream: until its last byte);
 - ``RequireKey`` answers 401 to a request without ``Authorization: Bearer <key>`` when the server has a key,
-  on every path but ``/health`` (load balancers probe it without credentials);
+  on every path but ``/health`` (load balancers probe it without credentials) and the web pages under ``/ui``
+  (which sign in with the same key themselves, ``adapterhub.web.sessions``); it also takes the short-lived
+  bearer tokens the playground page is given (``also_accept``);
 - ``BodyLimit`` counts the bytes of a body as they arrive, for bodies sent without a Content-Length.
 """
 
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 
 from fastapi import HTTPException
 
 from adapterhub.server.http_errors import HTTPError, error_response
 
 OPEN_PATHS = frozenset({"/health"})
+OPEN_PREFIX = "/ui/"  # the web pages: their own sign-in, sessions and CSRF tokens
 
 
 class Measure:
@@ -54,14 +58,18 @@ class Measure:
 
 
 class RequireKey:
-    def __init__(self, app, api_key: str | None) -> None:
+    def __init__(self, app, api_key: str | None, also_accept: Callable[[bytes], bool] | None = None) -> None:
         self.app = app
         self.expected = None if api_key is None else f"Bearer {api_key}".encode()
+        self.also_accept = also_accept
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and self.expected is not None and scope["path"] not in OPEN_PATHS:
+        path = scope.get("path", "")
+        if (scope["type"] == "http" and self.expected is not None and path not in OPEN_PATHS
+                and not path.startswith(OPEN_PREFIX) and path != OPEN_PREFIX.rstrip("/")):  # fmt: skip
             given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            accepted = self.also_accept is not None and given and self.also_accept(given)
+            if not hmac.compare_digest(given, self.expected) and not accepted:
                 problem = "no API key given" if not given else "the API key is not valid"
                 error = HTTPError(
                     401, f"{problem}: send the server's key as 'Authorization: Bearer <key>'", code="invalid_api_key"

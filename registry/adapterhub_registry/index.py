@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from adapterhub_registry.errors import NotFoundError, RegistryError
 from adapterhub_registry.names import Ref
+from adapterhub_registry.paging import PageQuery, page_sql
 from adapterhub_registry.records import AdapterRecord
 
 SCHEMA_VERSION = 1
@@ -57,6 +58,7 @@ CREATE INDEX IF NOT EXISTS adapters_name ON adapters (name);
 CREATE INDEX IF NOT EXISTS adapters_method ON adapters (method);
 CREATE INDEX IF NOT EXISTS adapters_base ON adapters (base_fingerprint);
 CREATE INDEX IF NOT EXISTS adapters_blob ON adapters (blob_sha256);
+CREATE INDEX IF NOT EXISTS adapters_created ON adapters (created_at);
 CREATE TABLE IF NOT EXISTS tags (
     name TEXT NOT NULL,
     tag TEXT NOT NULL,
@@ -192,6 +194,13 @@ class Index:
         """
         with self._reading() as conn:
             return _records(conn.execute(sql, {"p": pattern, "limit": _sql_limit(limit)}))
+
+    def page(self, query: PageQuery) -> tuple[list[AdapterRecord], int]:
+        """One page of newest-matching versions and the number of names that match (see paging.py)."""
+        select, count, params = page_sql(query, _COLUMNS)
+        with self._reading() as conn:
+            (total,) = conn.execute(count, params).fetchone()
+            return _records(conn.execute(select, params)), total
 
     def peft_config_text(self, record: AdapterRecord) -> str:
         """adapter_config.json of `record` exactly as it was pushed."""

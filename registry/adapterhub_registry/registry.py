@@ -29,6 +29,7 @@ from adapterhub_registry.blobs import BlobStore, fast_checksum, sha256_hex
 from adapterhub_registry.errors import CorruptBlobError, InvalidNameError, NotFoundError, RegistryError, UnsafeFileError
 from adapterhub_registry.index import Index
 from adapterhub_registry.names import Ref, parse_ref, validate_name, validate_tag
+from adapterhub_registry.paging import MetricFilter, PageQuery
 from adapterhub_registry.records import AdapterRecord, VerifyReport
 from adapterhub_registry.safetensors_check import check_safetensors, checked_header, header_size, tensor_views
 
@@ -229,6 +230,36 @@ class Registry:
     def search(self, query: str, *, limit: int | None = 50) -> builtins.list[AdapterRecord]:
         """Newest versions whose name, method, tags or manifest "description" contain `query` (case-insensitive)."""
         return self._index.search(query, limit)
+
+    def page(
+        self,
+        query: str | None = None,
+        *,
+        tag: str | None = None,
+        method: str | None = None,
+        base: str | None = None,
+        metrics: Sequence[MetricFilter | str] = (),
+        sort: str = "-created",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[builtins.list[AdapterRecord], int]:
+        """One page of adapters (each name's newest version matching the filters) and how many names match.
+
+        `query` matches as in `search`; `base` is a fingerprint or its prefix; `metrics` are filters such as
+        `"accuracy>=0.7"`; `sort` is `-created` (default), `created`, `name`, `-name`, `metric:NAME` or
+        `-metric:NAME` (versions without the metric last). Sorting and paging run in SQLite (see paging.py).
+        """
+        page = PageQuery(
+            text=query or None,
+            tag=None if tag is None else validate_tag(tag),
+            method=method,
+            base=base,
+            metrics=tuple(m if isinstance(m, MetricFilter) else MetricFilter.parse(m) for m in metrics),
+            sort=sort,
+            offset=offset,
+            limit=limit,
+        )
+        return self._index.page(page)
 
     def tag(self, ref: str, tag: str) -> AdapterRecord:
         """Point `tag` at the version `ref` resolves to (moving it if it pointed elsewhere)."""
