@@ -39,6 +39,9 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} </s> {% endfor %}"
     "{% if add_generation_prompt %}<s> assistant{% endif %}"
 )
+# What `adapterhub train` keeps per evaluation (adapterhub/train.py), stored as the manifest's training.history.
+TRAINING_HISTORY = [{"epoch": e, "step": 10 * e, "train_loss": loss, "accuracy": accuracy}
+                    for e, loss, accuracy in ((1, 0.69, 0.64), (2, 0.52, 0.77), (3, 0.41, 0.83))]  # fmt: skip
 HOSTILE_DESCRIPTION = "<script>alert(1)</script> and <img src=x onerror=alert(1)>"
 HOSTILE_LABELS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>"]
 
@@ -56,10 +59,13 @@ def browser_context_args(browser_context_args):
     return {**browser_context_args, "viewport": {"width": 1100, "height": 760}}
 
 
-def screenshot(page, name: str) -> Path:
-    """Save what the page shows as docs/images/ui-NAME.png (the viewport: small files, the top of the page)."""
+def screenshot(page, name: str, part=None) -> Path:
+    """Save what the page shows as docs/images/ui-NAME.png: the viewport (small files), at the top of the page or
+    scrolled to the locator ``part``."""
     path = SCREENSHOTS / f"ui-{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if part is not None:
+        part.evaluate("element => element.scrollIntoView({block: 'center'})")
     page.screenshot(path=path, animations="disabled")
     return path
 
@@ -162,7 +168,8 @@ class UiRegistry:
 def fill_registry(workdir: Path) -> UiRegistry:
     """Every kind of adapter the pages show, made on one tiny Llama:
 
-    - ``sentiment`` @1..3 (tags ``prod`` -> 1, ``staging`` -> 3; accuracy 0.62, 0.71, 0.83; @2 has r=8),
+    - ``sentiment`` @1..3 (tags ``prod`` -> 1, ``staging`` -> 3; accuracy 0.62, 0.71, 0.83; @2 has r=8; @3
+      recorded a training history, the curve),
     - ``topic-00`` .. ``topic-11`` (accuracy 0.50 .. 0.61): paging,
     - ``blend`` @1: ``sentiment@1`` and ``topic-00@1`` merged (lineage),
     - ``shared`` @1: fetched from the file remote ``team`` (lineage: the remote and its version),
@@ -174,8 +181,11 @@ def fill_registry(workdir: Path) -> UiRegistry:
     base = load_base(base_path)
     made = workdir / "made"
     for version, (accuracy, r) in enumerate([(0.62, 4), (0.71, 8), (0.83, 4)], start=1):
+        manifest = {"description": f"Sentiment, run {version}"}
+        if version == 3:
+            manifest["training"] = {"epochs": 3, "history": TRAINING_HISTORY}
         push_lora(registry, base, "sentiment", made, seed=version, r=r, metrics={"accuracy": accuracy},
-                  manifest={"description": f"Sentiment, run {version}"})  # fmt: skip
+                  manifest=manifest)  # fmt: skip
     registry.tag("sentiment@1", "prod")
     registry.tag("sentiment@3", "staging")
     page_names = [f"topic-{i:02d}" for i in range(12)]
