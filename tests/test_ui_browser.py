@@ -134,6 +134,18 @@ def test_paging_walks_the_matches_five_at_a_time(ui_server, ui_registry, watched
     assert watched.problems == []
 
 
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [("size=100000", "size"), ("page=99", "past the end"), ("colour=red", "colour"), ("metric=accuracy~0.7", "metric")],
+)
+def test_a_bad_query_string_answers_a_400_page_that_says_what_is_wrong(ui_server, watched, query, message):
+    response = watched.goto(ui_server.url + "/ui/adapters?" + query)
+    assert response.status == 400
+    expect(watched.locator("p#error")).to_contain_text(message)
+    if query.startswith("page"):
+        screenshot(watched, "bad-query")
+
+
 def test_a_merged_adapters_lineage_links_to_its_inputs(ui_server, ui_registry, watched):
     watched.goto(ui_server.url + "/ui/adapters/blend")
     links = watched.locator("svg#lineage a.lineage-link")
