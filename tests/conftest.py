@@ -14,6 +14,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# One intra-op thread (before torch is imported; children inherit it): the tiny models gain nothing from more, and
+# on a busy machine OpenMP's waiting threads make each op much slower (a 32-wide linear: 88 us with one thread,
+# 2.3 ms with two, at load 7 on 2 cores). Set OMP_NUM_THREADS to give the real models of `-m slow` more.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from tiny_models import make_tiny_bert, make_tiny_llama  # noqa: E402
 

@@ -57,6 +57,7 @@ def test_poisson_schedule_is_seeded_and_the_same_whatever_the_number_of_adapters
     assert [(p.at_s, p.prompt, p.max_tokens) for p in one] == [(p.at_s, p.prompt, p.max_tokens) for p in first]
 
 
+@pytest.mark.integration
 def test_load_generator_streams_every_request_and_summarises_what_it_saw(baseline, words):
     url, tokenizer = baseline
     shape = loadgen.LoadShape(
@@ -96,6 +97,7 @@ def test_short_while_long_counts_short_requests_sent_during_a_long_one():
     assert loadgen.short_while_long([long_one, inside, after, middle]) == [inside]
 
 
+@pytest.mark.integration
 def test_baseline_answers_an_unknown_model_with_an_openai_error(baseline):
     url, _ = baseline
     answer = httpx.post(

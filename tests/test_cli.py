@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import peft
+import pytest
 from transformers import AutoModelForSequenceClassification
 
 from adapterhub.cli import main
@@ -79,6 +80,7 @@ def test_bad_input_gives_one_line_errors(tiny_bert, sentiment_csv, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_console_script_runs_in_a_fresh_process(tmp_path):
     executable = shutil.which("adapterhub")
     assert executable, "the adapterhub console script is not installed"

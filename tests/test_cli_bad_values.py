@@ -173,6 +173,7 @@ def test_bad_plan_settings_are_one_line_naming_the_setting(tiny_bert, sentiment_
     assert "'batch_size'" in line
 
 
+@pytest.mark.integration
 def test_a_fresh_process_prints_one_line_and_no_bitsandbytes_notice(sentiment_csv, tmp_path):
     executable = shutil.which("adapterhub")
     assert executable, "the adapterhub console script is not installed"
@@ -201,6 +202,7 @@ if sys.argv[1] == "adapterhub":
 
 
 @pytest.mark.parametrize("first_import", ["adapterhub", "bitsandbytes"])
+@pytest.mark.integration
 def test_bitsandbytes_kernels_notice_is_silenced_but_its_other_warnings_are_not(first_import, tmp_path):
     pytest.importorskip("bitsandbytes")
     result = subprocess.run(

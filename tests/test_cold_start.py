@@ -9,6 +9,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.integration  # each test runs a fresh interpreter
+
 HEAVY = ("torch", "peft", "transformers", "benchmarks")
 
 

@@ -69,6 +69,7 @@ def deterministic_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("bert-no-dropout"), dropout=0.0)
 
 
+@pytest.mark.integration
 def test_torchrun_two_gloo_processes_train_the_adapter_one_process_trains(
     deterministic_bert, sentiment_csv, tmp_path, one_process
 ):
@@ -97,6 +98,7 @@ def test_torchrun_two_gloo_processes_train_the_adapter_one_process_trains(
     assert records[0].manifest["training"]["world_size"] == 2
 
 
+@pytest.mark.integration
 def test_accelerate_launch_trains_a_causal_lm_like_one_process(tmp_path, text_file, tiny_llama, one_process):
     args = [
         "--base",
@@ -133,6 +135,7 @@ def test_fsdp_config_without_a_gpu_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_torchrun_on_minilm_and_real_tweets_matches_one_process(tmp_path, one_process):
     """The real 22.7M-parameter BERT (dropout switched off so the runs can be compared) on 240 tweets."""
     from shipped_assets import minilm_dir, tweets_csv
@@ -155,6 +158,7 @@ def test_torchrun_on_minilm_and_real_tweets_matches_one_process(tmp_path, one_pr
     assert parallel["metrics"]["accuracy"] == pytest.approx(single["metrics"]["accuracy"], abs=1e-9)
 
 
+@pytest.mark.integration
 def test_continual_train_under_torchrun_pushes_each_task_once_with_its_router_entry(deterministic_bert, tmp_path):
     from continual_tasks import write_plan
 
@@ -173,6 +177,7 @@ def test_continual_train_under_torchrun_pushes_each_task_once_with_its_router_en
         assert record.manifest["training"]["world_size"] == 2 and record.manifest["continual"]["router"]["prototypes"]
 
 
+@pytest.mark.integration
 def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, sentiment_csv):
     from tiny_models import poison_embeddings
 

@@ -81,7 +81,13 @@ def test_kernel_that_raises_falls_back_to_torch_with_a_warning(caplog):
 def test_installed_plugins_leave_torch_active_on_cpu_and_the_report_names_each_op():
     report = {row["op"]: row for row in kernels.kernel_report("cpu")}
     assert set(report) == {"lora_forward", "lora_gather_forward", "lora_linear", "nf4_linear"}
-    assert kernels.select_kernel("lora_gather_forward", "cpu", torch.float32).fn is not None
+    assert {op: row["active"] for op, row in report.items()} == dict.fromkeys(report, "torch (reference)")
+    choice = kernels.select_kernel("lora_gather_forward", "cpu", torch.float32)
+    assert (choice.name, choice.plugin) == ("torch", None) and choice.fn is kernels.lora_gather_forward
+    A, B, scales = _slots()
+    x, slot_ids = torch.randn(4, 3, 12, generator=torch.Generator().manual_seed(1)), torch.tensor([3, 0, 3, 1])
+    expected = torch.stack([scales[s] * (x[b] @ A[s].T) @ B[s].T for b, s in enumerate(slot_ids.tolist())])
+    torch.testing.assert_close(choice.fn(x, A, B, scales, slot_ids), expected, rtol=1e-5, atol=1e-5)
 
 
 FUSED_LORA_PLUGIN = """

@@ -65,12 +65,14 @@ def client(served):
     return openai.OpenAI(base_url=served[0].url + "/v1", api_key=KEY, max_retries=0)
 
 
+@pytest.mark.integration
 def test_models_list_the_base_and_every_adapter_of_the_registry(client):
     models = {m.id: m for m in client.models.list().data}
     assert {"tiny", "a", "b", "c"} <= set(models)
     assert models["a"].model_extra["root"] == "a@1" and models["a"].model_extra["parent"] == "tiny"
 
 
+@pytest.mark.integration
 def test_completion_and_stream_equal_the_request_served_alone(client, served):
     _, references, _ = served
     for adapter, model in (("a@1", "a"), (None, "tiny"), ("b@1", "b@1")):
@@ -89,6 +91,7 @@ def test_completion_and_stream_equal_the_request_served_alone(client, served):
         assert chunks[-1].usage.completion_tokens == 6 and not chunks[-1].choices
 
 
+@pytest.mark.integration
 def test_chat_completion_streams_chunks_while_the_request_is_still_running(client, served):
     server = served[0]
     whole = client.chat.completions.create(model="a", messages=[{"role": "user", "content": "the movie was great"}],
@@ -107,6 +110,7 @@ def test_chat_completion_streams_chunks_while_the_request_is_still_running(clien
     assert text.startswith(whole.choices[0].message.content)
 
 
+@pytest.mark.integration
 def test_a_wrong_key_is_401_and_an_unknown_model_a_404_openai_error(client, served):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=served[0].url + "/v1", api_key="sk-wrong", max_retries=0).models.list()
@@ -122,6 +126,7 @@ def test_a_wrong_key_is_401_and_an_unknown_model_a_404_openai_error(client, serv
     assert httpx.get(served[0].url + "/health").status_code == 200  # no key needed there
 
 
+@pytest.mark.integration
 def test_a_client_that_disconnects_mid_stream_frees_its_row(served, client):
     server = served[0]
     state = server.app.state.adapterhub
@@ -160,6 +165,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(served, client):
     assert after.choices[0].finish_reason in ("length", "stop")
 
 
+@pytest.mark.integration
 def test_load_and_unload_lora_adapter_like_vllm(served, client):
     server, _, peft_dir = served
     auth = {"Authorization": f"Bearer {KEY}"}
@@ -190,6 +196,7 @@ def test_load_and_unload_lora_adapter_like_vllm(served, client):
     )
 
 
+@pytest.mark.integration
 def test_per_adapter_metrics_are_bounded_to_the_busiest(served, client):
     for model in ("a", "a", "b", "tiny"):
         client.completions.create(model=model, prompt="the movie", max_tokens=2, temperature=0)
@@ -237,6 +244,7 @@ def test_static_batching_answers_whole_and_chat_needs_a_template(tiny_llama, tmp
     pool.close()
 
 
+@pytest.mark.integration
 def test_a_tag_moved_in_the_registry_is_picked_up_by_the_next_request(served, client, tmp_path):
     server, references, _ = served
     registry = server.app.state.adapterhub.pool.registry
@@ -254,6 +262,7 @@ def test_a_tag_moved_in_the_registry_is_picked_up_by_the_next_request(served, cl
     assert before.choices[0].text == references[("the movie was", "a@1")] != after.choices[0].text
 
 
+@pytest.mark.integration
 def test_an_adapter_that_is_not_slottable_is_served_through_peft(served, client, tmp_path):
     from test_runtime import push_random_adapter
 

@@ -17,7 +17,7 @@ from adapterhub.runtime import AdapterPool, GenerationSettings, generate
 from adapterhub.server import ServerSettings, create_app
 from adapterhub_registry import Registry
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # SmolLM2 behind uvicorn
 TOKENS = 12
 
 

@@ -155,9 +155,19 @@ def test_smollm2_classifies_tweets_zero_shot_and_with_shots_in_context():
             )
     zero = evaluate_prompting(base, spec, PromptSpec(template))
     two = evaluate_prompting(base, spec, PromptSpec(template, shots=2))
-    for report in (zero, two):
-        assert (
-            report["test_examples"] == len(test.texts) > 5
-            and 0 <= report["f1_macro"] <= 1
-            and 0 <= report["accuracy"] <= 1
-        )
+    truth = torch.tensor(test.labels)
+    for shots, report in ((None, zero), (balanced_shots(train, 2, seed=0), two)):  # the split and shots it names
+        scores = PromptScorer(tokenizer, PromptSpec(template), test.label_names, shots).score(base.model, test.texts)
+        assert report["test_examples"] == len(test.texts) > 5
+        assert report["accuracy"] == pytest.approx((scores.argmax(1) == truth).double().mean().item(), abs=1e-12)
+        assert report["majority_baseline"] == test.majority_fraction()
+    # On these tweets SmolLM2-135M does not beat the majority class (0.31 against 0.46 on 521 of them in
+    # benchmarks/results/shots-cpu.md), so its sense of sentiment is checked where there is no doubt: zero-shot,
+    # every plainly positive text scores "positive" over "negative" by more than every plainly negative text does.
+    plain = ["I love this so much, best day ever!", "What a wonderful, happy surprise!",
+             "Thank you, the crew was amazing and the flight was great!", "This is fantastic, I am so happy!",
+             "This is awful, I hate it.", "Terrible service, never again.",
+             "Worst flight ever, rude staff and lost my bag.", "I am so angry and disappointed."]  # fmt: skip
+    scores = PromptScorer(tokenizer, PromptSpec(template), test.label_names).score(base.model, plain)
+    margin = scores[:, test.label_names.index("positive")] - scores[:, test.label_names.index("negative")]
+    assert margin[:4].min() > margin[4:].max(), margin  # measured: 0.19 at least against -0.30 at most

@@ -93,6 +93,7 @@ def _complete(client, adapter: str, prompt: str) -> str:
     return done.choices[0].text
 
 
+@pytest.mark.integration
 def test_forty_requests_over_six_adapters_each_equal_the_adapter_served_alone(fleet, client):
     _, references = fleet
     for adapter in ADAPTERS:  # one each first, so Ray learns where each adapter lives before the burst
@@ -106,6 +107,7 @@ def test_forty_requests_over_six_adapters_each_equal_the_adapter_served_alone(fl
     assert "".join(c.choices[0].text for c in stream if c.choices) == references[(PROMPTS[1], "style2")]
 
 
+@pytest.mark.integration
 def test_multiplexed_routing_keeps_each_adapter_on_the_replica_that_holds_it(fleet, client):
     reports = _reports(lambda reports: len(reports) == 2 and all(_holders(reports).values()))
     holders = _holders(reports)
@@ -129,6 +131,7 @@ def _routed(url: str) -> dict[str, float]:
     return routed
 
 
+@pytest.mark.integration
 def test_the_ingress_checks_the_key_and_the_model_and_refuses_per_server_loads(fleet, client):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=fleet[0] + "/v1", api_key="sk-wrong", max_retries=0).completions.create(
@@ -145,6 +148,7 @@ def test_the_ingress_checks_the_key_and_the_model_and_refuses_per_server_loads(f
     assert {"tiny", *ADAPTERS} <= {m.id for m in client.models.list().data}  # forwarded to a replica
 
 
+@pytest.mark.integration
 def test_metrics_cover_every_replica_with_its_label(fleet):
     reports = _reports()
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(fleet[0] + "/metrics", headers=AUTH).text)}
@@ -158,6 +162,7 @@ def test_metrics_cover_every_replica_with_its_label(fleet):
     assert all(count > 0 for count in served.values()) and sum(resident.values()) == len(ADAPTERS)
 
 
+@pytest.mark.integration
 def test_a_killed_replica_is_replaced_its_stream_says_to_retry_and_its_whole_answer_is_sent_again(fleet, client):
     _, references = fleet
     before = _reports()

@@ -28,6 +28,7 @@ def two_homes(tmp_path, bucket, moto_endpoint):
         registry.close()
 
 
+@pytest.mark.integration
 def test_two_homes_share_an_adapter_through_the_s3_remote(two_homes, tmp_path):
     trainer, server = two_homes
     adapter = write_adapter(tmp_path / "a", seed=3, manifest={"description": "Sentiment on SST-2"})
@@ -53,6 +54,7 @@ def test_two_homes_share_an_adapter_through_the_s3_remote(two_homes, tmp_path):
     assert [r.ref for r in server.list(all_versions=True)] == ["sst2@1"]
 
 
+@pytest.mark.integration
 def test_remote_versions_are_the_remotes_own_and_tags_move(two_homes, tmp_path):
     trainer, server = two_homes
     remote = trainer.remote("origin")
@@ -72,6 +74,7 @@ def test_remote_versions_are_the_remotes_own_and_tags_move(two_homes, tmp_path):
     assert server.remote("origin").fetch("sst2:prod").manifest["remote"]["ref"] == "sst2@2"
 
 
+@pytest.mark.integration
 def test_fetch_refuses_a_corrupted_blob_and_stores_nothing(two_homes, tmp_path):
     trainer, server = two_homes
     local = trainer.push("sst2", write_adapter(tmp_path / "a"), method="lora")
@@ -87,6 +90,7 @@ def test_fetch_refuses_a_corrupted_blob_and_stores_nothing(two_homes, tmp_path):
     assert server.list() == []
 
 
+@pytest.mark.integration
 def test_fetch_of_a_missing_blob_says_to_push_again(two_homes, tmp_path):
     trainer, server = two_homes
     local = trainer.push("sst2", write_adapter(tmp_path / "a"), method="lora")
@@ -97,6 +101,7 @@ def test_fetch_of_a_missing_blob_says_to_push_again(two_homes, tmp_path):
         server.remote("origin").fetch("sst2@1")
 
 
+@pytest.mark.integration
 def test_a_blob_without_its_entry_is_never_visible(two_homes, tmp_path):
     """A pusher killed after its blob and before its entry (the entry is written last) leaves no entry."""
     trainer, server = two_homes
@@ -119,6 +124,7 @@ registry.remote({remote!r}).push("big")
 """
 
 
+@pytest.mark.integration
 def test_a_push_killed_mid_upload_leaves_no_entry(tmp_path):
     """kill -9 while the blob is being written to a file remote: no entry, a hidden temp file, and pushes go on.
 
@@ -215,6 +221,7 @@ def test_unknown_remote_and_bad_urls_are_refused_with_what_to_do(tmp_path):
         add_remote(registry, f"file://{tmp_path}/y")
 
 
+@pytest.mark.integration
 def test_a_missing_bucket_names_the_fix(tmp_path, moto_endpoint, aws_env):
     registry = Registry(tmp_path / "r")
     registry.push("sst2", write_adapter(tmp_path / "a"), method="lora")
@@ -223,6 +230,7 @@ def test_a_missing_bucket_names_the_fix(tmp_path, moto_endpoint, aws_env):
         registry.remote("origin").push("sst2")
 
 
+@pytest.mark.integration
 def test_pushing_a_fetched_version_drops_its_provenance(two_homes, tmp_path):
     trainer, server = two_homes
     trainer.push("sst2", write_adapter(tmp_path / "a"), method="lora")

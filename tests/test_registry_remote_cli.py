@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 
+import pytest
 from test_registry_remote_support import aws_env, bucket, moto_endpoint  # noqa: F401
 from test_registry_support import write_adapter
 
@@ -14,6 +15,7 @@ from adapterhub_registry import Registry
 from adapterhub_registry.remote_store import RemoteStoreSpec
 
 
+@pytest.mark.integration
 def test_cli_shares_an_adapter_between_two_registries_through_s3(cli, cli_json, tmp_path, bucket, moto_endpoint):
     trainer, server = str(tmp_path / "trainer"), str(tmp_path / "server")
     with Registry(trainer) as registry:

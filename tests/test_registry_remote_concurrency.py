@@ -26,7 +26,7 @@ print(json.dumps([[remote.push(f"shared@{{v}}").ref, v] for v in range(1, {count
 """
 
 
-@pytest.fixture(params=["s3", "file"])
+@pytest.fixture(params=[pytest.param("s3", marks=pytest.mark.integration), "file"])  # s3: moto's server
 def remote_url(request, tmp_path):
     """(url, endpoint) of an empty remote on moto's S3 server or in a directory."""
     if request.param == "file":
@@ -34,6 +34,7 @@ def remote_url(request, tmp_path):
     return f"s3://{request.getfixturevalue('bucket')}/team", request.getfixturevalue("moto_endpoint")
 
 
+@pytest.mark.integration
 def test_concurrent_pushes_of_one_name_from_two_processes_get_distinct_versions(tmp_path, remote_url):
     url, endpoint = remote_url
     go = tmp_path / "go"

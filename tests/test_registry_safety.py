@@ -189,6 +189,7 @@ def _push_many(root: str, adapter_dir: str, count: int) -> None:
     registry.close()
 
 
+@pytest.mark.integration
 def test_concurrent_writer_processes_get_distinct_versions(tmp_path, adapter):
     root = tmp_path / "reg"
     Registry(root).close()

@@ -19,6 +19,7 @@ from adapterhub_registry import NotFoundError, Registry
 
 STRESS = os.environ.get("ADAPTERHUB_STRESS") == "1"
 _FORK = multiprocessing.get_context("fork")
+pytestmark = pytest.mark.integration  # every test kills forked writers
 
 
 def _killed_while(root: str, point: str, action: str, adapter_dir: str) -> None:

@@ -53,6 +53,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
+@pytest.mark.integration
 def test_push_onto_a_full_disk_fails_clearly_and_changes_nothing(small_disk, tmp_path):
     disk = small_disk("256k")
     small, big = (
@@ -69,6 +70,7 @@ def test_push_onto_a_full_disk_fails_clearly_and_changes_nothing(small_disk, tmp
         assert registry.verify().ok_all
 
 
+@pytest.mark.integration
 def test_disk_filling_up_before_the_index_commits_leaves_no_entry_and_no_orphan_blob(small_disk, tmp_path, monkeypatch):
     disk = small_disk("1m")
     with Registry(disk / "registry") as registry:
@@ -114,6 +116,7 @@ def test_index_full_gives_a_clear_error_and_removes_the_new_blob(registry, adapt
     assert registry.push("a", write_adapter(tmp_path / "v2", seed=7), method="lora").version == 2
 
 
+@pytest.mark.integration
 def test_read_only_root_gives_a_clear_error_and_leaves_the_registry_intact(small_disk, adapter):
     disk = small_disk("1m")
     root = disk / "registry"
@@ -146,6 +149,7 @@ def test_read_only_blob_directory_fails_the_push_clearly(registry, adapter, tmp_
     assert _state(registry) == before
 
 
+@pytest.mark.integration
 def test_export_onto_a_full_disk_leaves_no_partial_file(small_disk, tmp_path):
     big = make_adapters(tmp_path / "adapters", 8)[7]
     disk = small_disk("128k")
@@ -171,6 +175,7 @@ def _listing(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in directory.iterdir()} if directory.exists() else {}
 
 
+@pytest.mark.integration
 def test_save_adapter_on_a_full_disk_leaves_no_half_file(small_disk, tiny_lora):
     model, manifest = tiny_lora
     disk = small_disk("16k")  # the weights alone are ~70 KB

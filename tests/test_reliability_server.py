@@ -21,6 +21,7 @@ from adapterhub.runtime import AdapterPool
 from adapterhub.server import ServerSettings, create_app
 from adapterhub_registry import Registry
 
+pytestmark = pytest.mark.integration  # uvicorn on a loopback socket
 CLIENTS = 12
 REQUESTS = 72
 

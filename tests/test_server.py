@@ -281,6 +281,7 @@ def run_serve(log, *args: str) -> subprocess.Popen:
     return subprocess.Popen([executable, "serve", *args], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
 
 
+@pytest.mark.integration
 def test_serve_console_script_refuses_a_bad_flag_in_one_line_without_traceback(tiny_llama):
     server = run_serve(subprocess.PIPE, "--base", str(tiny_llama), "--slots", "0")
     output = server.communicate(timeout=120)[0].decode()
@@ -290,6 +291,7 @@ def test_serve_console_script_refuses_a_bad_flag_in_one_line_without_traceback(t
     ]
 
 
+@pytest.mark.integration
 def test_serve_with_more_adapters_than_slots_and_host_cache_answers_each_as_alone(tiny_llama, tmp_path):
     base = load_base(tiny_llama)
     names = [f"n{i}" for i in range(4)]

@@ -43,6 +43,7 @@ def _command(tiny_bert, sentiment_csv, checkpoints: Path, output: Path, *flags: 
             "--output", str(output), "--json", "--no-progress", *flags]  # fmt: skip
 
 
+@pytest.mark.integration
 def test_a_run_killed_mid_step_and_resumed_ends_with_the_uninterrupted_runs_adapter(cli_json, tiny_bert, sentiment_csv,
                                                                                    tmp_path, capsys):  # fmt: skip
     checkpoints = tmp_path / "checkpoints"

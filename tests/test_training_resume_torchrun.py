@@ -18,6 +18,7 @@ import pytest
 from safetensors.torch import load_file
 from test_distributed import _torchrun
 
+pytestmark = pytest.mark.integration  # torchrun and its ranks
 STEPS = 14  # 46 training blocks of 16 tokens in global batches of 7: 7 steps, twice
 EVERY = 2
 # A middle step after the first checkpoint, seeded so a failure replays (seed 1 draws 5: the resumed run starts from
