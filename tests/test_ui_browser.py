@@ -152,6 +152,10 @@ def test_a_merged_adapters_lineage_links_to_its_inputs(ui_server, ui_registry, w
     hrefs = sorted(links.evaluate_all("links => links.map(a => a.getAttribute('href'))"))
     assert "/ui/adapters/sentiment/1" in hrefs and "/ui/adapters/topic-00/1" in hrefs
     screenshot(watched, "lineage")
+    watched.locator('svg#lineage a.lineage-link[href="/ui/adapters/topic-00/1"]').click()
+    expect(watched).to_have_url(ui_server.url + "/ui/adapters/topic-00/1")
+    expect(watched.locator("#metrics")).to_contain_text("0.5")
+    watched.go_back()
     watched.locator('svg#lineage a.lineage-link[href="/ui/adapters/sentiment/1"]').click()
     expect(watched).to_have_url(ui_server.url + "/ui/adapters/sentiment/1")
     expect(watched.locator("#manifest")).to_contain_text("Sentiment, run 1")
@@ -246,6 +250,19 @@ def test_signing_in_with_a_wrong_key_is_refused_and_shows_no_tag_form(ui_server,
     expect(watched.locator("form#move-tag")).to_have_count(0)
 
 
+def test_signing_out_ends_the_session_and_its_tag_form(ui_server, watched):
+    sign_in(watched, ui_server.url)
+    watched.goto(ui_server.url + "/ui/adapters/tagged")
+    expect(watched.locator("form#move-tag")).to_have_count(1)
+    cookie = next(c for c in watched.context.cookies() if c["path"] == "/ui")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert watched.evaluate("document.cookie") == ""  # scripts cannot read it
+    watched.locator('form[action="/ui/logout"] button').click()
+    expect(watched).to_have_url(ui_server.url + "/ui/adapters")
+    watched.goto(ui_server.url + "/ui/adapters/tagged")
+    expect(watched.locator("form#move-tag")).to_have_count(0)
+
+
 def test_markup_in_a_manifest_shows_as_text_and_runs_nothing(ui_server, watched):
     watched.goto(ui_server.url + "/ui/adapters/hostile")
     manifest = watched.locator("#manifest")
@@ -295,6 +312,8 @@ def test_the_serving_view_counts_a_request_without_reloading(serve_server, watch
                                        extra_body={"min_tokens": 6})  # fmt: skip
     row = watched.locator('#per-adapter tr[data-adapter="sentiment"]')
     expect(row.locator(".requests")).to_have_text(str(int(before["requests"]) + 1), timeout=10_000)
+    for figure in (".ttft", ".itl"):
+        expect(row.locator(figure)).to_contain_text(re.compile(r"\d ms"))
     after = row_numbers(watched, "sentiment")
     assert after["tokens"] >= before["tokens"] + answer.usage.completion_tokens
     assert watched.evaluate("window.sameDocument === true")
