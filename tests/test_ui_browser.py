@@ -200,7 +200,7 @@ def test_comparing_two_versions_marks_the_settings_and_metrics_that_differ(ui_se
     expect(row("#compare", "method")).not_to_have_class("differs")
     expect(row("#compare-metrics", "accuracy")).to_have_class("differs")
     expect(row("#compare-metrics", "accuracy").locator("td")).to_have_text(["0.62", "0.71"])
-    screenshot(watched, "compare")
+    screenshot(watched, "compare", watched.locator("#compare tr.differs").first)
     watched.goto(ui_server.url + "/ui/adapters/sentiment/compare?a=1&b=1")
     expect(watched.locator("#compare tr").first).to_be_attached()
     expect(watched.locator("#compare tr.differs")).to_have_count(0)
