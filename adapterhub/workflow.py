@@ -106,7 +106,8 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
                    resume_from=resume_from)  # fmt: skip
     training = {**dataclasses.asdict(job.settings), "train_seconds": result.train_seconds, "steps": result.steps,
                 "world_size": distributed.world_size, "monitor": job.monitor.recorded(),
-                "stopped_early": result.stopped_early, "best_step": result.best_step}  # fmt: skip
+                "stopped_early": result.stopped_early, "best_step": result.best_step,
+                "history": result.history}  # fmt: skip  # the curve the web page draws: one row per evaluation
     manifest = adapters.build_manifest(base, job.method, options, data=job.data.recorded(source.sha256),
                                        data_summary=data.summary, training=training)  # fmt: skip
     outcome = TrainOutcome(result, None, manifest, adapters.trainable_parameters(model), 0,
