@@ -111,6 +111,7 @@ def test_metric_sort_puts_versions_without_the_metric_last(client, filled):
         ("size=201", "over the most this page shows, 200"),
         ("size=0", "not a whole number from 1"),
         ("page=abc", "not a whole number from 1"),
+        ("page=99999999999999999999", "not a whole number from 1"),
         ("page=99", "past the end: 240 adapters match"),
         ("colour=red", "unknown filter 'colour'"),
         ("sort=popularity", "unknown sort 'popularity'"),
@@ -130,6 +131,7 @@ def test_bad_queries_answer_a_400_page_saying_what_to_do(client, query, says):
 def test_unknown_adapter_and_bad_version_are_clear_pages(client):
     assert client.get("/ui/adapters/nothing-here").status_code == 404
     assert client.get("/ui/adapters/news-0000/first").status_code == 400
+    assert client.get("/ui/adapters/news-0000/99999999999999999999").status_code == 400
     assert client.get("/ui/adapters/news-0000/compare?a=1").status_code == 400
 
 

@@ -82,11 +82,12 @@ def add_routes(router: APIRouter, ui: UI) -> None:
     async def move_tag(name: str, request: Request):
         form = await form_fields(request)
         ui.sessions.require(request, form.get("csrf"))
-        tag, version = form.get("tag", "").strip(), form.get("version", "").strip()
-        if not tag or not version.isdigit():
+        tag = form.get("tag", "").strip()
+        if not tag:
             raise PageError(400, "give the tag to move and the version (a number) it should point at")
+        version = positive_int(form.get("version", "").strip() or "-", "version", 1)
         try:
-            ui.registry.tag(f"{name}@{int(version)}", tag)
+            ui.registry.tag(f"{name}@{version}", tag)
         except NotFoundError as exc:
             raise PageError(404, str(exc)) from None
         except (InvalidNameError, RegistryError) as exc:

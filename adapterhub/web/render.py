@@ -8,6 +8,7 @@ styles and images only: even text that slipped past escaping could not run an in
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -92,8 +93,8 @@ def query_fields(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
 def positive_int(value: str | None, name: str, default: int, maximum: int | None = None) -> int:
     if value is None or value == "":
         return default
-    if not value.isdigit() or int(value) < 1:
-        raise PageError(400, f"{name}={value!r} is not a whole number from 1; e.g. {name}={default}")
+    if not re.fullmatch(r"[0-9]{1,15}", value) or int(value) < 1:
+        raise PageError(400, f"{name}={value!r} is not a whole number from 1 (up to 15 digits); e.g. {name}={default}")
     number = int(value)
     if maximum is not None and number > maximum:
         raise PageError(400, f"{name}={number} is over the most this page shows, {maximum}; ask for {maximum} or fewer")
