@@ -133,6 +133,8 @@ def test_unknown_adapter_and_bad_version_are_clear_pages(client):
     assert client.get("/ui/adapters/news-0000/first").status_code == 400
     assert client.get("/ui/adapters/news-0000/99999999999999999999").status_code == 400
     assert client.get("/ui/adapters/news-0000/compare?a=1").status_code == 400
+    missing = client.get("/ui/no-such-page")
+    assert missing.status_code == 404 and "start from /ui/adapters" in missing.text
 
 
 def test_a_hostile_manifest_is_shown_as_text(tmp_path):

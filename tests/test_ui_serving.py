@@ -112,6 +112,10 @@ def test_adapters_load_and_unload_from_the_page_with_a_session_only(server):
     assert server.post("/ui/serving/load", data={"ref": "b"}).status_code == 403
     loaded = server.post("/ui/serving/load", data={"ref": "b", "csrf": csrf}, follow_redirects=False)
     assert loaded.status_code == 303 and 'data-adapter="b@1"' in _live(server)
+    assert (
+        '<input type="hidden" name="ref" value="b@1"><button type="submit">Unload</button>'
+        in server.get("/ui/serving").text
+    )
     missing = server.post("/ui/serving/load", data={"ref": "nothing", "csrf": csrf})
     assert missing.status_code == 404 and "nothing" in missing.text
     server.post("/ui/serving/unload", data={"ref": "b@1", "csrf": csrf})

@@ -55,6 +55,11 @@ def ui_router(registry: Registry, *, api_key: str | None, state: Any | None = No
         from adapterhub.web import serving_pages
 
         serving_pages.add_routes(router, ui)
+
+    @router.api_route("/{path:path}", methods=["GET", "POST"])
+    def unknown(path: str) -> None:  # last: a page under /ui that does not exist is a page too, not JSON
+        raise PageError(404, f"there is no page /ui/{path}; start from /ui/adapters")
+
     return router
 
 
