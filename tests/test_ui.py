@@ -297,3 +297,11 @@ def test_adapterhub_ui_starts_without_a_model_and_answers(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.integration
+def test_the_registry_pages_import_no_torch_or_transformers():
+    code = ("import sys, adapterhub.web, adapterhub.cli.ui; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")  # fmt: skip
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert found.strip() == "[]"
