@@ -91,6 +91,7 @@ _settings_options = stacked(
     setting_option(ServerSettings, "max_wait_ms"),
     setting_option(ServerSettings, "max_input_tokens"),
     setting_option(ServerSettings, "max_new_tokens"),
+    setting_option(ServerSettings, "max_body_bytes"),
     setting_option(AlertThresholds, "p95_ms", "--alert-p95-ms"),
     setting_option(AlertThresholds, "memory_mb", "--alert-memory-mb"),
     setting_option(ServerSettings, "batching"),

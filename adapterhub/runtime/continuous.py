@@ -98,6 +98,7 @@ class ContinuousEngine:
         self.prefilling: list[EngineRequest] = []
         self.running: list[EngineRequest] = []
         self.cache = RowCache()
+        self.decoded_rows = 0  # rows of the last step's decode forward (0: it had none)
         accepted = inspect.signature(self.model.forward).parameters
         self._last_logits = "logits_to_keep" in accepted
         self._cache_kw = "cache" if "cache" in accepted else "past_key_values"  # renamed in transformers 5.2x
@@ -195,6 +196,7 @@ class ContinuousEngine:
                 self.running.append(s)
 
     def _decode(self, events: list) -> None:
+        self.decoded_rows = len(self.running)
         if not self.running:
             return
         tokens = torch.tensor([[s.generated[-1]] for s in self.running], device=self.pool.device)
@@ -254,7 +256,7 @@ class ContinuousEngine:
             self._end(s, "error", events, exc)
             return
         cut = min((at for at in (result.text.find(x) for x in p.stop) if at != -1), default=-1)
+        text = result.text if cut == -1 else result.text[:cut]
         s.generated = [0] * result.tokens  # counted, not kept: the text is what the caller gets
         stopped = cut != -1 or result.tokens < p.max_tokens
-        self._end(s, "stop" if stopped else "length", events, text=result.text if cut == -1 else result.text[:cut],
-                  tokens=result.tokens)  # fmt: skip
+        self._end(s, "stop" if stopped else "length", events, text=text, tokens=result.tokens)

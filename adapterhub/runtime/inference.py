@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adapterhub.runtime.pool import AdapterPool
+from adapterhub.runtime.text_stream import complete_text
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,8 @@ def generate(pool: AdapterPool, prompts: Sequence[str | list[int]], adapters: Se
         new = output[:, batch["input_ids"].shape[1] :]  # (rows, new tokens)
         for row, tokens in zip(rows, new.tolist()):
             tokens = _until_eos(tokens, tokenizer.eos_token_id)
-            results[row] = Generated(
-                tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), adapters[row], tokens
-            )
+            text = complete_text(tokenizer.decode(tokens, skip_special_tokens=True))  # cut inside a character
+            results[row] = Generated(text, len(tokens), adapters[row], tokens)
     return results
 
 

@@ -102,11 +102,11 @@ class AdapterMetrics:
 
     def collect(self) -> Iterator:
         families = {
-            "requests": CounterMetricFamily("adapterhub_adapter_requests", "Generation requests, by adapter.", labels=["adapter"]),
-            "tokens": CounterMetricFamily("adapterhub_adapter_generated_tokens", "Tokens generated, by adapter.", labels=["adapter"]),
-            "cancelled": CounterMetricFamily("adapterhub_adapter_cancelled", "Requests whose client went away before the end, by adapter.", labels=["adapter"]),
-            "ttft": HistogramMetricFamily("adapterhub_time_to_first_token_seconds", "From arrival to the first token, by adapter.", labels=["adapter"]),
-            "itl": HistogramMetricFamily("adapterhub_inter_token_latency_seconds", "Between two tokens of a request, by adapter.", labels=["adapter"]),
+            "requests": CounterMetricFamily("adapterhub_adapter_requests", "Generation requests (/generate, /v1/completions, /v1/chat/completions), by adapter.", labels=["adapter"]),
+            "tokens": CounterMetricFamily("adapterhub_adapter_generated_tokens", "Tokens generated (/generate and /v1/ completions), by adapter.", labels=["adapter"]),
+            "cancelled": CounterMetricFamily("adapterhub_adapter_cancelled", "/v1/ completions whose client went away before the end, by adapter.", labels=["adapter"]),
+            "ttft": HistogramMetricFamily("adapterhub_time_to_first_token_seconds", "From arrival to the first token (/generate and /v1/ completions; an answer sent whole: its latency), by adapter.", labels=["adapter"]),
+            "itl": HistogramMetricFamily("adapterhub_inter_token_latency_seconds", "Between two tokens of a /v1/ completion on the continuous batch, by adapter.", labels=["adapter"]),
         }  # fmt: skip
         for name, counts in self.folded().items():
             families["requests"].add_metric([name], counts.requests)
@@ -116,10 +116,14 @@ class AdapterMetrics:
             families["itl"].add_metric([name], counts.itl.buckets(), counts.itl.total)
         yield from families.values()
         yield GaugeMetricFamily(
-            "adapterhub_queue_depth", "Requests waiting for a row of the running batch.", value=self.queue_depth()
+            "adapterhub_queue_depth",
+            "/v1/ completions waiting for a row of the continuous batch.",
+            value=self.queue_depth(),
         )
         yield GaugeMetricFamily(
-            "adapterhub_running_rows", "Requests prefilling or decoding.", value=self.running_rows()
+            "adapterhub_running_rows",
+            "/v1/ completions prefilling or decoding in the continuous batch.",
+            value=self.running_rows(),
         )
 
 

@@ -4,7 +4,8 @@
 ``create_app`` only assembles: it registers the endpoints of ``handlers.py`` (``/generate`` or ``/classify``,
 ``/adapters``, ``/adapters/load``, ``/adapters/unload``, ``/health``, ``/metrics``), the OpenAI-compatible ones of
 ``openai_routes.py`` (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``) and ``lora_routes.py``
-(vLLM's ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``), the web pages under ``/ui`` (``adapterhub.web``:
+(vLLM's ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``), ``/docs`` (``api_docs.py``: Swagger UI from the
+package, no CDN), the web pages under ``/ui`` (``adapterhub.web``:
 the registry's pages, the serving views and the playground), the middleware of ``middleware.py`` (metrics,
 API key, body limit), the error answers of ``http_errors.py``, and puts the ``AppState`` (``state.py``: pool,
 batcher, continuous-batching engine, router, settings, metrics) on ``app.state``, where every handler reads it.
@@ -28,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from adapterhub.continual.router import Router
 from adapterhub.runtime import AdapterPool
 from adapterhub.server import handlers, lora_routes, openai_routes
+from adapterhub.server.api_docs import add_api_docs
 from adapterhub.server.http_errors import HTTPError, answer_http_error, answer_invalid_request
 from adapterhub.server.middleware import BodyLimit, Measure, RequireKey
 from adapterhub.server.remote_refs import RemoteRefs
@@ -63,7 +65,8 @@ def create_app(pool: AdapterPool, settings: ServerSettings | None = None, router
     """The FastAPI app serving ``pool``'s base for its task; ``router`` (bound to ``pool``) adds task routing,
     ``remote`` resolves ``/v1/`` refs on a shared remote registry."""
     settings = settings or ServerSettings()
-    app = FastAPI(title="adapterhub", lifespan=lifespan)
+    app = FastAPI(title="adapterhub", lifespan=lifespan, docs_url=None, redoc_url=None)  # /docs: add_api_docs
+    add_api_docs(app)
     for endpoints in ENDPOINTS:
         app.include_router(endpoints)
     paths = {route.path for endpoints in ENDPOINTS for route in endpoints.routes}

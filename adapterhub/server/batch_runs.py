@@ -103,7 +103,8 @@ def _run_static_completions(pool: AdapterPool, payloads: list[StaticCompletion],
             if text.stopped:
                 break
         finish = "stop" if ended or text.stopped else "length"
-        results.append({"text": text.text, "tokens": count, "finish": finish})
+        text.finish()
+        results.append({"text": text.released, "tokens": count, "finish": finish})
     return results
 
 

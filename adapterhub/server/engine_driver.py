@@ -43,12 +43,16 @@ class Submitted:
 
 OnEvent = Callable[[Submitted, Event, float], None]
 """``on_event(request, event, now)``: called for every event as it leaves the engine (metrics)."""
+OnStep = Callable[[int], None]
+"""``on_step(rows)``: called after each step whose decode forward ran ``rows`` rows (metrics)."""
 
 
 class EngineDriver(BackgroundLoop):
-    def __init__(self, engine: ContinuousEngine, worker: ThreadPoolExecutor, on_event: OnEvent | None = None) -> None:
+    def __init__(self, engine: ContinuousEngine, worker: ThreadPoolExecutor, on_event: OnEvent | None = None,
+                 on_step: OnStep | None = None) -> None:  # fmt: skip
         self.engine, self.worker = engine, worker
         self.on_event = on_event or (lambda request, event, now: None)
+        self.on_step = on_step or (lambda rows: None)
         self.requests: dict[int, Submitted] = {}
         self.wake: asyncio.Event | None = None
 
@@ -77,6 +81,8 @@ class EngineDriver(BackgroundLoop):
                 await asyncio.sleep(0.05)
                 continue
             now = time.perf_counter()
+            if self.engine.decoded_rows:
+                self.on_step(self.engine.decoded_rows)
             for sequence, event in events:
                 submitted = self.requests.get(sequence.id)
                 if submitted is None:

@@ -17,6 +17,7 @@ batcher's one worker thread (``on_worker``, or the batch itself), between batche
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -25,10 +26,11 @@ from fastapi import APIRouter, Response
 from adapterhub.continual.plan import AUTO
 from adapterhub.continual.router import UnknownTaskError
 from adapterhub.runtime import GenerationSettings
-from adapterhub.server.http_errors import HTTPError, http_error
+from adapterhub.server.http_errors import HTTPError, http_error, raised_by
 from adapterhub.server.prompt_classify import prompt_key, refuse_prompt_fields
 from adapterhub.server.schemas import AdapterRequest, ClassifyRequest, GenerateRequest
 from adapterhub.server.state import AppState, StateDep
+from adapterhub_registry.names import parse_ref
 
 endpoints = APIRouter()
 
@@ -40,15 +42,17 @@ async def generate(body: GenerateRequest, state: StateDep) -> dict:
         raise HTTPError(400, f"this server runs a {state.model_task} base; use POST /classify")
     body.max_new_tokens = body.max_new_tokens or min(32, settings.max_new_tokens)
     if body.max_new_tokens > settings.max_new_tokens:
-        raise HTTPError(
-            413, f"max_new_tokens {body.max_new_tokens} is over this server's limit of {settings.max_new_tokens}"
-        )
+        raise HTTPError(413, f"max_new_tokens {body.max_new_tokens} is over this server's limit of {settings.max_new_tokens} "
+                             f"({raised_by('max_new_tokens')}); ask for fewer")  # fmt: skip
     check_input(state, body.prompt)
     choose_task(state, body)
     await check_adapter(state, body.adapter)
     key = GenerationSettings(body.max_new_tokens, body.do_sample, body.temperature, body.top_p, body.top_k, body.seed)
+    started = time.perf_counter()
     result = await submitted(state, key, body)
-    state.metrics.tokens.inc(result["tokens"])
+    label = "base" if result["adapter"] is None else parse_ref(result["adapter"]).name  # as /v1/ names it
+    state.adapter_metrics.request(label)
+    state.answered_whole(label, result["tokens"], time.perf_counter() - started)
     return result
 
 
@@ -122,7 +126,8 @@ async def submitted(state: AppState, key: Hashable, payload: Any) -> Any:
 def check_input(state: AppState, text: str) -> None:
     tokens = len(state.pool.base.tokenizer(text)["input_ids"])
     if tokens > state.settings.max_input_tokens:
-        raise HTTPError(413, f"input is {tokens} tokens; this server takes at most {state.settings.max_input_tokens}")
+        raise HTTPError(413, f"input is {tokens} tokens; this server takes at most {state.settings.max_input_tokens} "
+                             f"({raised_by('max_input_tokens')})")  # fmt: skip
 
 
 async def check_adapter(state: AppState, ref: str | None) -> None:

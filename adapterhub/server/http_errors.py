@@ -31,6 +31,11 @@ class HTTPError(Exception):
         self.status, self.detail, self.param, self.code = status, detail, param, code
 
 
+def raised_by(setting: str) -> str:
+    """How the server's operator raises the limit of ``ServerSettings.<setting>``: its `adapterhub serve` flag."""
+    return f"`adapterhub serve --{setting.replace('_', '-')}` raises it"
+
+
 def http_error(exc: Exception) -> HTTPError:
     """The status and message a caller gets for an error raised while serving its request."""
     if isinstance(exc, HTTPError):
@@ -71,11 +76,27 @@ async def answer_http_error(request: Request, exc: HTTPError) -> JSONResponse:
 
 
 async def answer_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """A body that is not JSON or does not fit the endpoint's model: 422 (400 on ``/v1/``) naming each field."""
+    """A body that is not JSON (saying where) or does not fit the endpoint's model (naming each field): 422, 400 on
+    ``/v1/``."""
     errors = exc.errors()
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
     openai = request.url.path.startswith("/v1/")
+    status = 400 if openai else 422
+    not_json = next((e for e in errors if e["type"] == "json_invalid"), None)
+    if not_json is not None:  # its loc is ("body", character offset): no field to name
+        where = _line_and_column(exc.body, not_json["loc"][-1])
+        problem = not_json.get("ctx", {}).get("error", "JSON decode error")
+        return error_response(request.url.path, HTTPError(status, f"invalid request: the body is not valid JSON: {problem} "
+                                                                  f"at {where}; send one JSON object"))  # fmt: skip
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
     param = next((str(e["loc"][-1]) for e in errors if len(e["loc"]) > 1), None) if openai else None
-    return error_response(
-        request.url.path, HTTPError(400 if openai else 422, f"invalid request: {problems}", param=param)
-    )
+    return error_response(request.url.path, HTTPError(status, f"invalid request: {problems}", param=param))
+
+
+def _line_and_column(document: object, offset: object) -> str:
+    """``line L, column C`` (from 1) of the character at ``offset`` of ``document``, as Python's json reports them."""
+    if not isinstance(document, (str, bytes)) or not isinstance(offset, int):
+        return f"character {offset}"
+    text = document.decode("utf-8", "replace") if isinstance(document, bytes) else document
+    line = text.count("\n", 0, offset) + 1
+    column = offset - text.rfind("\n", 0, offset)
+    return f"line {line}, column {column} (character {offset})"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from fastapi import HTTPException
 
-from adapterhub.server.http_errors import HTTPError, error_response
+from adapterhub.server.http_errors import HTTPError, error_response, raised_by
 
 OPEN_PATHS = frozenset({"/health"})
 OPEN_PREFIX = "/ui/"  # the web pages: their own sign-in, sessions and CSRF tokens
@@ -48,9 +48,9 @@ class Measure:
 
         try:
             if length.isdigit() and int(length) > limit:
-                await error_response(scope["path"], HTTPError(413, f"request body over {limit} bytes"))(
-                    scope, receive, noting_status
-                )
+                await error_response(
+                    scope["path"], HTTPError(413, f"request body over {limit} bytes ({raised_by('max_body_bytes')})")
+                )(scope, receive, noting_status)
             else:
                 await self.app(scope, receive, noting_status)
         finally:
@@ -98,7 +98,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise HTTPException(413, f"request body over {self.limit} bytes")
+                    raise HTTPException(413, f"request body over {self.limit} bytes ({raised_by('max_body_bytes')})")
             return message
 
         await self.app(scope, counted_receive, send)

@@ -25,7 +25,7 @@ from adapterhub.runtime.continuous import EngineRequest, Event
 from adapterhub.server.batch_runs import StaticCompletion, StaticKey
 from adapterhub.server.engine_driver import Submitted
 from adapterhub.server.handlers import submitted
-from adapterhub.server.http_errors import HTTPError, http_error
+from adapterhub.server.http_errors import HTTPError, http_error, raised_by
 from adapterhub.server.openai_answers import DONE, Answer, sse, usage
 from adapterhub.server.openai_schemas import ChatCompletionRequest, CompletionRequest, _Sampled
 from adapterhub.server.state import AppState, StateDep
@@ -113,19 +113,20 @@ def _check_limits(state: AppState, prompt: list[int], max_tokens: int) -> None:
     if not prompt:
         raise HTTPError(400, "the prompt encodes to no tokens; send some text", param="prompt")
     if len(prompt) > settings.max_input_tokens:
-        raise HTTPError(400, f"the prompt is {len(prompt)} tokens; this server takes at most {settings.max_input_tokens}",
-                        param="messages", code="context_length_exceeded")  # fmt: skip
+        raise HTTPError(400, f"the prompt is {len(prompt)} tokens; this server takes at most {settings.max_input_tokens} "
+                             f"({raised_by('max_input_tokens')})", param="messages", code="context_length_exceeded")  # fmt: skip
     if max_tokens > settings.max_new_tokens:
-        raise HTTPError(
-            400, f"max_tokens {max_tokens} is over this server's limit of {settings.max_new_tokens}", param="max_tokens"
-        )
+        raise HTTPError(400, f"max_tokens {max_tokens} is over this server's limit of {settings.max_new_tokens} "
+                             f"({raised_by('max_new_tokens')}); ask for fewer", param="max_tokens")  # fmt: skip
     context = state.context_length
     if context is not None and len(prompt) + max_tokens > context:
         raise HTTPError(400, f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) is over the model's context "
                              f"of {context} tokens; ask for fewer tokens", param="max_tokens", code="context_length_exceeded")  # fmt: skip
     if state.engine is not None and state.engine.queued >= settings.max_waiting:
         raise HTTPError(
-            503, f"the server is at capacity ({settings.max_waiting} requests waiting); retry later", code="overloaded"
+            503,
+            f"the server is at capacity ({settings.max_waiting} requests waiting, {raised_by('max_waiting')}); retry later",
+            code="overloaded",
         )
 
 
@@ -208,8 +209,7 @@ async def _serve_static(state: AppState, body: _Sampled, prompt: list[int], adap
     loop = asyncio.get_running_loop()
     started = loop.time()
     result = await submitted(state, StaticKey.of(params), StaticCompletion(prompt, adapter, params))
-    state.adapter_metrics.first_token(label, loop.time() - started)
-    state.adapter_metrics.tokens(label, result["tokens"])
+    state.answered_whole(label, result["tokens"], loop.time() - started)
     used = usage(len(prompt), result["tokens"])
     if not body.stream:
         return _json(answer.whole(result["text"], result["finish"], used))

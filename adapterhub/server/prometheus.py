@@ -22,6 +22,10 @@ from adapterhub.server.settings import AlertThresholds  # defined with the other
 log = logging.getLogger("adapterhub.server")
 SLOT_HITS = "Adapter activations (one per distinct adapter per model call) that found it in a device slot."
 SLOT_MISSES = "Adapter activations (one per distinct adapter per model call) that copied it into a slot."
+BATCH_SIZE = (
+    "Rows per batched model call: a batch of the static batcher (/generate, /classify, and /v1/ completions "
+    "with --batching static), or a decode step of the continuous batch (/v1/ completions)."
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -68,12 +72,16 @@ class ServerMetrics:
     ) -> None:
         self.pool, self.alerts, self.endpoints = pool, alerts or AlertThresholds(), frozenset(endpoints)
         self.registry = CollectorRegistry()
-        self.latency = Histogram("adapterhub_request_latency_seconds", "Request latency, queueing included.",
+        self.latency = Histogram("adapterhub_request_latency_seconds", "Request latency on every route, queueing included (a stream: until its last byte).",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
-        self.requests = Counter("adapterhub_requests", "Requests answered, by endpoint and HTTP status.",
+        self.requests = Counter("adapterhub_requests", "Requests answered on every route, by endpoint (other: any path but the API routes) and HTTP status.",
                                 ["endpoint", "status"], registry=self.registry)  # fmt: skip
-        self.tokens = Counter("adapterhub_generated_tokens", "New tokens generated.", registry=self.registry)
-        self.batch_size = Histogram("adapterhub_batch_size", "Requests per model batch.",
+        self.tokens = Counter(
+            "adapterhub_generated_tokens",
+            "New tokens generated: /generate, /v1/completions and /v1/chat/completions, streamed or whole.",
+            registry=self.registry,
+        )
+        self.batch_size = Histogram("adapterhub_batch_size", BATCH_SIZE,
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)  # fmt: skip
         self.throughput = Gauge("adapterhub_throughput_requests_per_second",
                                 "Requests answered per second over the last minute (counted among the last alert-window requests).", registry=self.registry)  # fmt: skip

@@ -22,7 +22,7 @@ from adapterhub.data import ClassificationData
 from adapterhub.errors import OptionError
 from adapterhub.prompting import PromptScorer, PromptSpec
 from adapterhub.runtime import AdapterPool
-from adapterhub.server.http_errors import HTTPError
+from adapterhub.server.http_errors import HTTPError, raised_by
 from adapterhub.server.schemas import ClassifyRequest
 
 
@@ -96,9 +96,9 @@ def _check_size(scorer: PromptScorer, text: str, examples: int, limit: int) -> N
         return
     if examples:
         raise HTTPError(413, f"examples: the prompt with its {examples} examples and an answer is {tokens} tokens; this "
-                             f"server takes at most {limit}: give fewer or shorter examples")  # fmt: skip
+                             f"server takes at most {limit} ({raised_by('max_input_tokens')}): give fewer or shorter examples")  # fmt: skip
     raise HTTPError(413, f"template: the prompt with the text and an answer is {tokens} tokens; this server takes "
-                         f"at most {limit}")  # fmt: skip
+                         f"at most {limit} ({raised_by('max_input_tokens')})")  # fmt: skip
 
 
 def run_prompt_classify(pool: AdapterPool, payloads: list[ClassifyRequest], key: PromptKey) -> list[dict]:

@@ -37,7 +37,7 @@ class ServerSettings(CheckedOptions):
     max_wait_ms: float = limited(5.0, min=0, max=60_000, help="How long a request waits for others to batch with.")
     max_input_tokens: int = limited(512, min=1, help="Longest prompt or text a request may send, in tokens.")
     max_new_tokens: int = limited(256, min=1, help="Largest max_new_tokens a request may ask.")
-    max_body_bytes: int = limited(1 << 20, min=1)
+    max_body_bytes: int = limited(1 << 20, min=1, help="Largest request body, in bytes; larger ones get a 413.")
     alerts: AlertThresholds = dataclasses.field(default_factory=AlertThresholds)
     batching: str = limited(
         "continuous", choices=("continuous", "static"),

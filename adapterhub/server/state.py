@@ -55,9 +55,9 @@ class AppState:
         engine = driver = None
         if pool.base.model_task == "causal-lm" and settings.batching == "continuous":
             engine = ContinuousEngine(pool, max_running=settings.max_running, prefill_chunk=settings.prefill_chunk)
-            driver = EngineDriver(
-                engine, batcher.worker, _recorder(per_adapter)
-            )  # the batcher's thread: one model thread
+            driver = EngineDriver(  # on the batcher's thread: one model thread
+                engine, batcher.worker, _recorder(metrics, per_adapter), on_step=metrics.batch_size.observe
+            )
             per_adapter.queue_depth, per_adapter.running_rows = (lambda: engine.queued), (lambda: engine.active)
         return cls(pool, settings, metrics, batcher, router, engine, driver, per_adapter, remote=remote)
 
@@ -67,6 +67,13 @@ class AppState:
         if self.remote is None:
             return self.pool.registry.resolve(ref)
         return await asyncio.to_thread(self.remote.resolve, ref)
+
+    def answered_whole(self, label: str, tokens: int, seconds: float) -> None:
+        """Count a generation answered whole (``/generate``, ``--batching static``): its tokens, in all and by
+        adapter, and its time to first token, which for a whole answer is its latency."""
+        self.metrics.tokens.inc(tokens)
+        self.adapter_metrics.tokens(label, tokens)
+        self.adapter_metrics.first_token(label, seconds)
 
     @property
     def context_length(self) -> int | None:
@@ -79,14 +86,16 @@ class AppState:
         return self.pool.base.model_task
 
 
-def _recorder(metrics: AdapterMetrics):
-    """The driver's event callback: tokens, time to first token and the gaps between tokens, by adapter."""
+def _recorder(server: ServerMetrics, metrics: AdapterMetrics):
+    """The driver's event callback: tokens (in all and by adapter), time to first token and the gaps between
+    tokens, by adapter."""
 
     def record(request: Submitted, event: Event, now: float) -> None:
         if event.finish == "abort":
             metrics.cancel(request.label)
         if not event.tokens:
             return
+        server.tokens.inc(event.tokens)
         metrics.tokens(request.label, event.tokens)
         if request.first_token_at is None:
             metrics.first_token(request.label, now - request.sequence.arrived)
