@@ -305,3 +305,17 @@ def test_the_registry_pages_import_no_torch_or_transformers():
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")  # fmt: skip
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert found.strip() == "[]"
+
+
+def test_lineage_names_the_base_the_data_an_import_and_a_continual_task(tmp_path):
+    registry = Registry(tmp_path / "registry")
+    manifest = {"imported_from": "peft", "base": {"fingerprint": BASE_A, "source": "tiny-llama"},
+                "data": {"path": "tweets.csv", "sha256": "c" * 64},
+                "continual": {"sequence": "tweets", "task": "sentiment", "position": 0}}  # fmt: skip
+    registry.push("seq-a", write_adapter(tmp_path / "a"), method="lora", manifest=manifest)
+    html = TestClient(ui_app(registry, api_key=None)).get("/ui/adapters/seq-a").text
+    svg = re.search(r'<svg id="lineage".*?</svg>', html, re.S).group(0)
+    assert re.findall(r'<a class="lineage-link" href="([^"]+)"', svg) == [
+        f"/ui/adapters?base={BASE_A}", "/ui/adapters?tag=sequence-tweets"]  # fmt: skip
+    for text in ("base tiny-llama", "data tweets.csv", "imported from peft", "sequence tweets, task sentiment"):
+        assert f">{text}</text>" in svg, text
