@@ -139,11 +139,23 @@ def _checkpoints(settings: CheckpointSettings, identity: dict, distributed: Dist
 
 
 def _save_and_push(job: TrainJob, model, outcome: TrainOutcome, registry: Registry | None) -> None:
-    output = Path(job.output) if job.output else Path(tempfile.mkdtemp(prefix="adapterhub-"))
+    """Save the adapter to ``--output`` and push it. Pushed without ``--output``, it is saved into a temporary
+    folder removed once the registry holds it (``adapter_dir`` None); with neither, that folder is the only copy
+    and is kept, as ``adapter_dir``."""
+    if job.output or registry is None:
+        _save(model, Path(job.output or tempfile.mkdtemp(prefix="adapterhub-")), outcome)
+        if registry is not None:
+            outcome.record = push_trained(registry, job.push, outcome, tags=job.tags)
+        return
+    with tempfile.TemporaryDirectory(prefix="adapterhub-") as staging:
+        _save(model, Path(staging), outcome)
+        outcome.record = push_trained(registry, job.push, outcome, tags=job.tags)
+    outcome.adapter_dir = None
+
+
+def _save(model, output: Path, outcome: TrainOutcome) -> None:
     adapters.save_adapter(model, output, outcome.manifest)
     outcome.adapter_dir, outcome.adapter_bytes = output, (output / adapters.WEIGHTS_FILE).stat().st_size
-    if registry is not None:
-        outcome.record = push_trained(registry, job.push, outcome, tags=job.tags)
 
 
 def push_trained(registry: Registry, name: str, outcome: TrainOutcome, *, tags: Sequence[str] = (),

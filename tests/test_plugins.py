@@ -58,6 +58,19 @@ def test_bundled_plugins_are_listed_with_their_contributions(capsys):
     assert listed["bitsandbytes"]["version"] == "0.1.0"
 
 
+def test_plugins_names_each_ops_implementation_and_says_why_others_were_passed_over_only_when_verbose(capsys):
+    from adapterhub.kernels import kernel_report
+
+    ops = kernel_report()
+    assert main(["plugins"]) == 0
+    plain = [line for line in capsys.readouterr().out.splitlines() if line.startswith("op ")]
+    assert [line.split()[1] for line in plain] == [op["op"] for op in ops]
+    assert all(line.endswith(f": {op['active']}") for line, op in zip(plain, ops, strict=True))
+    assert main(["--verbose", "plugins"]) == 0
+    verbose = [line for line in capsys.readouterr().out.splitlines() if line.startswith("op ")]
+    assert [("(not: " in line) for line in verbose] == [bool(op["passed_over"]) for op in ops]
+
+
 def test_plugin_is_discovered_through_its_entry_point(site_dir):
     install_fake_distribution(site_dir, "fakeplugin-good", "fakeplugin_good", GOOD)
     catalog = plugins.reload()

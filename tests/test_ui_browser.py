@@ -78,17 +78,19 @@ def refs(page: Page) -> list[str]:
     return page.locator("#adapters tr[data-ref]").evaluate_all("rows => rows.map(r => r.dataset.ref)")
 
 
-def sign_in(page: Page, url: str) -> None:
-    page.goto(url + "/ui/login")
+def sign_in(page: Page, url: str, then: str = "/ui/adapters") -> None:
+    """Give the key on the sign-in page (a server with --api-key shows nothing before); lands on ``then``."""
+    page.goto(url + "/ui/login?next=" + then)
     page.fill("input[name=key]", KEY)
     page.locator("input[name=key]").press("Enter")
-    page.wait_for_url(re.compile(r".*/ui/adapters$"))
+    page.wait_for_url(url + then)
 
 
 # ---- the registry's pages (`adapterhub ui`)
 
 
 def test_root_redirects_to_the_table_of_the_newest_version_of_each_adapter(ui_server, ui_registry, watched):
+    sign_in(watched, ui_server.url)
     watched.goto(ui_server.url + "/ui/")
     expect(watched).to_have_url(ui_server.url + "/ui/adapters")
     expected = {
@@ -109,6 +111,7 @@ def test_root_redirects_to_the_table_of_the_newest_version_of_each_adapter(ui_se
 
 
 def test_search_box_and_metric_filter_narrow_the_table(ui_server, watched):
+    sign_in(watched, ui_server.url)
     watched.goto(ui_server.url + "/ui/adapters")
     watched.fill("#search input[name=q]", "sentiment")
     watched.locator("#search input[name=q]").press("Enter")
@@ -123,6 +126,7 @@ def test_search_box_and_metric_filter_narrow_the_table(ui_server, watched):
 
 
 def test_paging_walks_the_matches_five_at_a_time(ui_server, ui_registry, watched):
+    sign_in(watched, ui_server.url)
     watched.goto(ui_server.url + "/ui/adapters?q=topic&sort=name&size=5")
     names = [f"{n}@1" for n in sorted(ui_registry.page_names)]
     assert refs(watched) == names[:5] and watched.locator("a[rel=prev]").count() == 0
@@ -144,6 +148,7 @@ def test_paging_walks_the_matches_five_at_a_time(ui_server, ui_registry, watched
     [("size=100000", "size"), ("page=99", "past the end"), ("colour=red", "colour"), ("metric=accuracy~0.7", "metric")],
 )
 def test_a_bad_query_string_answers_a_400_page_that_says_what_is_wrong(ui_server, watched, query, message):
+    sign_in(watched, ui_server.url)
     response = watched.goto(ui_server.url + "/ui/adapters?" + query)
     assert response.status == 400
     expect(watched.locator("p#error")).to_contain_text(message)
@@ -152,6 +157,7 @@ def test_a_bad_query_string_answers_a_400_page_that_says_what_is_wrong(ui_server
 
 
 def test_a_merged_adapters_lineage_links_to_its_inputs(ui_server, ui_registry, watched):
+    sign_in(watched, ui_server.url)
     watched.goto(ui_server.url + "/ui/adapters/blend")
     links = watched.locator("svg#lineage a.lineage-link")
     hrefs = sorted(links.evaluate_all("links => links.map(a => a.getAttribute('href'))"))
@@ -175,6 +181,7 @@ def test_a_merged_adapters_lineage_links_to_its_inputs(ui_server, ui_registry, w
 
 
 def test_an_adapter_page_shows_its_training_curve(ui_server, watched):
+    sign_in(watched, ui_server.url)
     watched.goto(ui_server.url + "/ui/adapters/sentiment/3")
     expect(watched.locator("svg#curve")).to_be_visible()
     expect(watched.locator("svg#curve")).to_contain_text("train_loss")
@@ -183,6 +190,7 @@ def test_an_adapter_page_shows_its_training_curve(ui_server, watched):
 
 
 def test_a_fetched_adapter_names_the_remote_and_its_version_there(ui_server, watched):
+    sign_in(watched, ui_server.url)
     watched.goto(ui_server.url + "/ui/adapters/shared")
     expect(watched.locator("svg#lineage")).to_contain_text("remote team")
     expect(watched.locator("svg#lineage")).to_contain_text("version 1 there")
@@ -190,6 +198,7 @@ def test_a_fetched_adapter_names_the_remote_and_its_version_there(ui_server, wat
 
 
 def test_comparing_two_versions_marks_the_settings_and_metrics_that_differ(ui_server, watched):
+    sign_in(watched, ui_server.url)
     watched.goto(ui_server.url + "/ui/adapters/sentiment/2")
     form = watched.locator("form#compare-form")
     expect(form.locator("select[name=a]")).to_have_value("1")  # the version before this one, beside it
@@ -250,9 +259,11 @@ def test_signing_in_with_a_wrong_key_is_refused_and_shows_no_tag_form(ui_server,
     with watched.expect_navigation() as navigation:
         watched.locator("input[name=key]").press("Enter")
     assert navigation.value.status == 403
-    watched.goto(ui_server.url + "/ui/adapters/tagged")
-    expect(watched.locator("#tags")).to_be_visible()
-    expect(watched.locator("form#move-tag")).to_have_count(0)
+    watched.goto(ui_server.url + "/ui/adapters/tagged")  # still no session: the page asks for the key first
+    expect(watched).to_have_url(re.compile(r"/ui/login\?next=%2Fui%2Fadapters%2Ftagged$"))
+    expect(watched.locator("#tags")).to_have_count(0)
+    sign_in(watched, ui_server.url, then="/ui/adapters/tagged")  # and comes back to it
+    expect(watched.locator("form#move-tag")).to_have_count(1)
 
 
 def test_signing_out_ends_the_session_and_its_tag_form(ui_server, watched):
@@ -263,12 +274,14 @@ def test_signing_out_ends_the_session_and_its_tag_form(ui_server, watched):
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert watched.evaluate("document.cookie") == ""  # scripts cannot read it
     watched.locator('form[action="/ui/logout"] button').click()
-    expect(watched).to_have_url(ui_server.url + "/ui/adapters")
-    watched.goto(ui_server.url + "/ui/adapters/tagged")
+    expect(watched).to_have_url(ui_server.url + "/ui/login")
+    watched.goto(ui_server.url + "/ui/adapters/tagged")  # the session is gone: the key is asked for again
+    expect(watched).to_have_url(re.compile(r"/ui/login\?next="))
     expect(watched.locator("form#move-tag")).to_have_count(0)
 
 
 def test_markup_in_a_manifest_shows_as_text_and_runs_nothing(ui_server, watched):
+    sign_in(watched, ui_server.url)
     watched.goto(ui_server.url + "/ui/adapters/hostile")
     manifest = watched.locator("#manifest")
     expect(manifest).to_contain_text(HOSTILE_DESCRIPTION)
@@ -284,6 +297,7 @@ def test_markup_in_a_manifest_shows_as_text_and_runs_nothing(ui_server, watched)
 
 
 def test_benchmark_results_show_as_tables_with_their_plots(ui_server, watched):
+    sign_in(watched, ui_server.url)
     watched.goto(ui_server.url + "/ui/benchmarks")
     suite = watched.locator('a[href^="/ui/benchmarks/"]').first
     suite.click()
@@ -306,6 +320,7 @@ def row_numbers(page: Page, adapter: str) -> dict[str, float]:
 
 
 def test_the_serving_view_counts_a_request_without_reloading(serve_server, watched):
+    sign_in(watched, serve_server.url)
     watched.goto(serve_server.url + "/ui/serving")
     expect(watched.locator("#slots")).to_contain_text("sentiment")
     for part in ("#host-cache", "#queue-depth", "#running", "#per-adapter"):

@@ -1,7 +1,8 @@
 """The pages `adapterhub serve` adds at /ui, on a tiny Llama through FastAPI's TestClient: the serving view shows
 the pool and the per-adapter figures /metrics has after a request; the playground's short-lived token is a bearer
 key of the API (a made-up one is not); adapters load and unload from the page only with a session and its CSRF
-token; the API still wants its key while the pages answer without one."""
+token; with an API key the pages, like the API, want it: a read without a session goes to sign in first and comes
+back."""
 
 from __future__ import annotations
 
@@ -63,17 +64,34 @@ def _signed_in(client: TestClient) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', client.get("/ui/serving").text).group(1)
 
 
-def test_the_pages_answer_without_the_key_while_the_api_wants_it(server):
+def test_with_an_api_key_a_page_is_read_after_signing_in_and_comes_back_to_it(server):
+    server.cookies.clear()
+    assert server.get("/v1/models").status_code == 401
+    for path in ("/ui/serving", "/ui/serving/live", "/ui/adapters?q=a", "/ui/playground"):
+        anonymous = server.get(path, follow_redirects=False)
+        assert anonymous.status_code == 303, path
+        assert anonymous.headers["location"].startswith("/ui/login?next=%2Fui%2F"), path
+    login = server.get("/ui/login?next=/ui/serving")
+    assert login.status_code == 200 and 'name="next" value="/ui/serving"' in login.text
+    back = server.post("/ui/login", data={"key": KEY, "next": "/ui/serving"}, follow_redirects=False)
+    assert back.status_code == 303 and back.headers["location"] == "/ui/serving"
     page = server.get("/ui/serving")
     assert page.status_code == 200
     for element in ('id="slots"', 'id="host-cache"', 'id="queue-depth"', 'id="running"', 'id="per-adapter"',
                     'hx-get="/ui/serving/live" hx-trigger="every 1s"'):  # fmt: skip
         assert element in page.text
-    assert server.get("/v1/models").status_code == 401
-    assert server.get("/ui/adapters").status_code == 200
+    elsewhere = server.post("/ui/login", data={"key": KEY, "next": "//evil.example/ui/x"}, follow_redirects=False)
+    assert elsewhere.headers["location"] == "/ui/adapters"  # never sent to another host
+
+
+def test_a_page_asked_for_without_a_session_refuses_a_change_instead_of_redirecting(server):
+    server.cookies.clear()
+    refused = server.post("/ui/serving/load", data={"ref": "b", "csrf": "x"}, follow_redirects=False)
+    assert refused.status_code == 403
 
 
 def test_the_live_view_counts_a_request_as_metrics_does(server):
+    _signed_in(server)
     before = _row(_live(server), "a")["requests"] if 'data-adapter="a"' in _live(server) else "0"
     done = server.post("/v1/completions", headers=AUTH,
                        json={"model": "a", "prompt": "the movie was", "max_tokens": 5, "temperature": 0,
@@ -89,8 +107,7 @@ def test_the_live_view_counts_a_request_as_metrics_does(server):
 
 def test_the_playground_token_is_a_short_lived_bearer_key(server):
     server.cookies.clear()  # one client throughout: the engine runs on its event loop
-    page = server.get("/ui/playground").text
-    assert 'data-token=""' in page and '<button id="send" type="submit" disabled>' in page
+    assert server.get("/ui/playground", follow_redirects=False).status_code == 303  # no token without a session
     _signed_in(server)
     page = server.get("/ui/playground").text
     token = re.search(r'data-token="(ui-[^"]+)"', page).group(1)

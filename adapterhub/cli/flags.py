@@ -76,3 +76,25 @@ data_options = stacked(
     setting_option(DataSpec, "test_split", override=True),
     setting_option(DataSpec, "max_samples", override=True),
 )  # fmt: skip
+
+
+VERBOSE_KEY = "adapterhub.verbose"
+
+
+def _remember_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta[VERBOSE_KEY] = value  # meta is shared by the contexts of every subcommand
+    return value
+
+
+verbose_option = click.option(
+    "--verbose", is_flag=True, callback=_remember_verbose,
+    help="Also show the model libraries' warnings, logs and progress bars, and why each op runs on the "
+    "implementation it does (`adapterhub --verbose train ...`).",
+)  # fmt: skip
+"""``adapterhub --verbose``: the top-level flag; a command reads it with ``verbose_requested()``."""
+
+
+def verbose_requested() -> bool:
+    """Whether ``adapterhub --verbose`` was given (False outside a command, e.g. when called from Python)."""
+    context = click.get_current_context(silent=True)
+    return bool(context and context.meta.get(VERBOSE_KEY, False))

@@ -26,6 +26,8 @@ from adapterhub.cli.flags import (
     placement_options,
     registry_option,
     stacked,
+    verbose_option,
+    verbose_requested,
 )
 from adapterhub.cli.output import echo_json
 from adapterhub.model_tasks import TRAIN_DEFAULT
@@ -74,8 +76,12 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="adapterhub")
-def cli() -> None:
+@verbose_option
+def cli(verbose: bool) -> None:
     """Train, store and evaluate parameter-efficient adapters on one frozen base model."""
+    from adapterhub.quiet import show_library_output
+
+    show_library_output(verbose)
 
 
 @cli.command("plugins")
@@ -113,10 +119,12 @@ def plugins_command(as_json: bool) -> None:
                 click.echo(f"  {kind.replace('_', ' ')}: {', '.join(row[kind])}")
         for method, method_capabilities in row["capabilities"].items():
             click.echo(f"  {method} capabilities: {', '.join(method_capabilities) or '-'}")
+    verbose = verbose_requested()  # why each other implementation was passed over: only with --verbose
     for op in ops:
         passed = "; ".join(f"{name}: {why}" for name, why in op["passed_over"].items())
         click.echo(
-            f"op {op['op']} on {op['device']}/{op['dtype']}: {op['active']}" + (f" (not: {passed})" if passed else "")
+            f"op {op['op']} on {op['device']}/{op['dtype']}: {op['active']}"
+            + (f" (not: {passed})" if passed and verbose else "")
         )
     for problem in problems:
         click.echo(f"problem: {problem}")
@@ -242,7 +250,7 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
         "alerts": result.alerts,
         "trainable_parameters": outcome.trainable_parameters,
         "adapter_bytes": outcome.adapter_bytes,
-        "adapter_dir": str(outcome.adapter_dir),
+        "adapter_dir": str(outcome.adapter_dir) if outcome.adapter_dir else None,  # pushed: only in the registry
         "pushed": outcome.record.ref if outcome.record else None,
     }
     if as_json:

@@ -12,7 +12,6 @@ Registered in ``adapterhub.cli.main.CORE_COMMANDS``; imports torch and transform
 from __future__ import annotations
 
 import shlex
-import shutil
 
 import click
 
@@ -97,7 +96,6 @@ def quickstart_command(name, max_samples, epochs, seed, registry_root, as_json, 
                    settings=settings, push=name, tags=[TAG], registry_root=registry_root,
                    progress=not no_progress)  # fmt: skip
     outcome = train_adapter(job)
-    shutil.rmtree(outcome.adapter_dir, ignore_errors=True)  # train's temporary copy: the registry holds the adapter
     ref = outcome.record.ref
     stderr_line(f"quickstart: evaluating {ref} as `adapterhub eval` does")
     data = recorded_data_spec(outcome.record.manifest, DATA)  # the split rebuilt from the adapter's record

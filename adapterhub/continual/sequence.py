@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -128,8 +127,7 @@ def train_sequence(
 
 def _train_task(plan: SequencePlan, task: TaskPlan, digest: str, base: Base, features: BaseFeatures,
                 registry: Registry, progress: bool, placement: Placement) -> AdapterRecord | None:  # fmt: skip
-    output = tempfile.mkdtemp(prefix=f"adapterhub-{plan.adapter_name(task.name)}-")
-    try:
+    with tempfile.TemporaryDirectory(prefix=f"adapterhub-{plan.adapter_name(task.name)}-") as output:
         job = TrainJob(plan.base, plan.method, task.data, plan.model_task, dict(plan.options), plan.settings,
                        plan.quantize, output, progress=progress, placement=placement)  # fmt: skip
         outcome = train_adapter(job)  # not pushed by the job: the push below adds the sequence's manifest entry
@@ -140,8 +138,6 @@ def _train_task(plan: SequencePlan, task: TaskPlan, digest: str, base: Base, fea
         )
         tags = [task_tag(task.name), sequence_tag(plan.sequence)]
         return push_trained(registry, plan.adapter_name(task.name), outcome, tags=tags, continual=continual)
-    finally:
-        shutil.rmtree(output, ignore_errors=True)
 
 
 def _digest_of(record: AdapterRecord) -> str | None:

@@ -15,10 +15,11 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from adapterhub.web import adapter_pages, auth_pages, bench_pages
 from adapterhub.web.context import UI
-from adapterhub.web.render import STATIC, PageError, PageRoute
+from adapterhub.web.render import STATIC, PageError, PageRoute, SignInFirst
 from adapterhub.web.sessions import Sessions
 from adapterhub_registry import Registry
 
+OPEN_PATHS = ("/ui/login",)  # what a server with an API key shows before sign-in (besides /ui/static)
 STATIC_FILES = {  # name -> media type: the only files /ui/static serves
     "htmx.min.js": "text/javascript",
     "htmx.LICENSE": "text/plain",
@@ -34,7 +35,17 @@ def ui_router(registry: Registry, *, api_key: str | None, state: Any | None = No
     ui = UI(registry, sessions or Sessions(api_key), state, bench_results or default_bench_results())
 
     def remember(request: Request) -> None:  # before every handler, so that error pages know the session too
-        ui.common(request)
+        common = ui.common(request)
+        # With an API key the pages are the API's data: reading them needs a session too (a change is refused by its
+        # own handler with a 403, so only reads are sent to sign in first).
+        path = request.url.path
+        if (
+            ui.sessions.configured
+            and common["session"] is None
+            and request.method == "GET"
+            and not (path in OPEN_PATHS or path.startswith("/ui/static/"))
+        ):
+            raise SignInFirst(path + (f"?{request.url.query}" if request.url.query else ""))
 
     router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False, dependencies=[Depends(remember)])
 

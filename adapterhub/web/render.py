@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from fastapi import Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -52,6 +52,22 @@ def error_page(error: PageError, request: Request) -> HTMLResponse:
     return render("error.html", error.status, title=titles.get(error.status, "Error"), message=error.message, **common)
 
 
+class SignInFirst(Exception):
+    """A page read without a session on a server with an API key: answered by a redirect to the sign-in page, which
+    comes back to ``next`` (the page asked for) once the key is given."""
+
+    def __init__(self, next_url: str) -> None:
+        super().__init__(next_url)
+        self.next_url = next_url
+
+
+def safe_next(value: str | None) -> str:
+    """``value`` if it is a page of this UI (a path under /ui/, never another host), else the adapters page."""
+    if value and value.startswith("/ui/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/ui/adapters"
+
+
 class PageRoute(APIRoute):
     """A route whose ``PageError`` becomes the error page."""
 
@@ -63,6 +79,8 @@ class PageRoute(APIRoute):
                 return await handler(request)
             except PageError as error:
                 return error_page(error, request)
+            except SignInFirst as sign_in:
+                return RedirectResponse("/ui/login?" + urlencode({"next": sign_in.next_url}), status_code=303)
 
         return handle
 
