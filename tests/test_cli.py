@@ -37,8 +37,8 @@ def test_train_push_eval_export_import_round_trip(cli, cli_json, tiny_bert, sent
     out = cli("registry", "import-peft", str(tmp_path / "exported"), "senti-copy", "--base", str(tiny_bert))
     assert "imported senti-copy@1 (lora, base bert-" in out
     assert (
-        cli_json("registry", "show", "senti-copy")["blob_sha256"]
-        == cli_json("registry", "show", "senti")["blob_sha256"]
+        cli_json("registry", "show", "senti-copy", "--json")["blob_sha256"]
+        == cli_json("registry", "show", "senti", "--json")["blob_sha256"]
     )
     assert [r["name"] for r in cli_json("registry", "search", "copy", "--json")] == ["senti-copy"]
     assert "ok" in cli("registry", "verify")

@@ -56,7 +56,9 @@ def test_a_flipped_byte_is_caught_by_the_fast_check_and_nothing_is_returned(regi
     data[position] ^= 0x10
     blob.write_bytes(bytes(data))
     assert xxhash.xxh3_128_hexdigest(bytes(data)) != _recorded(registry, "a@1")
-    with pytest.raises(CorruptBlobError, match=f"adapter a@1: blob {blob} content hashes to .*run `verify`"):
+    with pytest.raises(
+        CorruptBlobError, match=f"adapter a@1: blob {blob} content hashes to .*`adapterhub registry verify`"
+    ):
         registry.load("a")
 
 

@@ -40,7 +40,7 @@ def test_cli_shares_an_adapter_between_two_registries_through_s3(cli, cli_json, 
     assert cli_json("registry", "--registry", server, "list", "--json") == []
     out = cli("registry", "--registry", server, "fetch", "origin", "sst2:prod")
     assert out.strip() == f"fetched origin sst2@1 as sst2@1 (sha256 {local.blob_sha256[:12]})"
-    shown = cli_json("registry", "--registry", server, "show", "sst2")
+    shown = cli_json("registry", "--registry", server, "show", "sst2", "--json")
     origin = shown["manifest"]["remote"]
     assert (origin["name"], origin["url"], origin["ref"], origin["version"], origin["sha256"]) == (
         "origin",
@@ -55,7 +55,8 @@ def test_cli_shares_an_adapter_between_two_registries_through_s3(cli, cli_json, 
         cli("registry", "--registry", server, "tag", "--remote", "origin", "sst2@1", "stable").strip()
         == "stable -> sst2@1"
     )
-    assert cli_json("registry", "--registry", trainer, "show", "--remote", "origin", "sst2:stable")["tags"] == [
+    shown = cli_json("registry", "--registry", trainer, "show", "--remote", "origin", "sst2:stable", "--json")
+    assert shown["tags"] == [
         "prod",
         "stable",
     ]

@@ -91,7 +91,7 @@ def test_cli_eval_of_a_damaged_entry_fails_naming_it_and_loads_nothing(pushed_ca
     blob.write_bytes(bytes(data))
     assert main(["eval", "tiny", "--base", str(tiny_llama), "--data", str(text_file), "--json"]) == 1
     captured = capsys.readouterr()
-    assert "error: adapter tiny@1: blob" in captured.err and "run `verify`" in captured.err
+    assert "error: adapter tiny@1: blob" in captured.err and "run `adapterhub registry verify`" in captured.err
     assert captured.out == ""  # no metrics: nothing was evaluated
 
 

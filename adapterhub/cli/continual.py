@@ -113,7 +113,7 @@ def route_command(sequence, texts, base, quantize, registry_root, as_json) -> No
     default=None,
     metavar="NAME",
     help="Evaluate sequence NAME's adapters on PLAN's tasks and data instead of the plan's own (e.g. the "
-    "per-task merge of `continual merge --heads per-task`).",
+    "per-task merge of `adapterhub continual merge --heads per-task`).",
 )
 @registry_option
 @json_option

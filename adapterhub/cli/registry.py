@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from adapterhub.cli.flags import base_help, registry_option
-from adapterhub.cli.output import echo_json
+from adapterhub.cli.output import echo_json, record_lines
 from adapterhub_registry import Registry
 
 
@@ -33,7 +33,7 @@ remote_option = click.option(
     "remote_name",
     default=None,
     metavar="REMOTE",
-    help="Read the index of this remote (see `registry remote list`) instead of the local one.",
+    help="Read the index of this remote (see `adapterhub registry remote list`) instead of the local one.",
 )
 
 
@@ -94,11 +94,19 @@ def search_command(ctx, query, remote_name, as_json) -> None:
 @registry_group.command("show")
 @click.argument("ref")
 @remote_option
+@click.option("--json", "as_json", is_flag=True, help="Everything recorded (manifest, PEFT config, ...), as JSON.")
 @click.pass_context
-def show_command(ctx, ref, remote_name) -> None:
-    """Everything recorded about REF (name, name@version or name:tag), as JSON; a fetched version's manifest
-    records its remote, the remote's version and the sha256 under "remote"."""
-    echo_json((_remote(ctx, remote_name) if remote_name else _registry(ctx)).resolve(ref).to_dict())
+def show_command(ctx, ref, remote_name, as_json) -> None:
+    """What is recorded about REF (name, name@version or name:tag): method, base, tags, labels, metrics, checksum.
+    With --json everything, manifest included; a fetched version's manifest records its remote, the remote's
+    version and the sha256 under "remote"."""
+    record = (_remote(ctx, remote_name) if remote_name else _registry(ctx)).resolve(ref).to_dict()
+    if as_json:
+        echo_json(record)
+        return
+    for line in record_lines(record):
+        click.echo(line)
+    click.echo("everything recorded, manifest included: the same command with --json")
 
 
 @registry_group.command("tag")

@@ -75,7 +75,9 @@ class BlobStore:
 
     def path(self, sha256: str) -> Path:
         if not _HEX.fullmatch(sha256):
-            raise CorruptBlobError(f"{sha256!r} is not a sha256 hex digest; the index is damaged, run `verify`")
+            raise CorruptBlobError(
+                f"{sha256!r} is not a sha256 hex digest; the index is damaged, run `adapterhub registry verify`"
+            )
         return self.directory / sha256
 
     def store(self, data: bytes, sha256: str) -> bool:
@@ -226,5 +228,6 @@ def _wrong_size(ref: str, path: Path, found: int, size: int) -> CorruptBlobError
 def _message(ref: str, path: Path, what: str) -> str:
     return (
         f"adapter {ref}: blob {path} {what}. The stored adapter is damaged; "
-        f"run `verify` to see every affected ref, then delete {ref} and push it again from a good copy"
+        f"run `adapterhub registry verify` to see every affected ref, then `adapterhub registry delete {ref}` and push it "
+        "again from a good copy"
     )

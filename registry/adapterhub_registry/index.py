@@ -154,7 +154,7 @@ class Index:
                 for t, v in conn.execute("SELECT tag, version FROM tags WHERE name = ? ORDER BY tag", (name,))
             ]
         if not versions:
-            return f"no adapter named {name!r} exists; run `list` to see the stored names"
+            return f"no adapter named {name!r} exists; run `adapterhub registry list` to see the stored names"
         text = f"{name!r} has versions {', '.join(f'@{v}' for v in versions)}"
         return text + (f" and tags {', '.join(tags)}" if tags else " and no tags")
 
@@ -413,7 +413,7 @@ def _advice(exc: sqlite3.Error) -> str:
         return "the disk is full; free some space and try again (nothing was changed)"
     if "not a database" in str(exc) or "malformed" in str(exc):
         return "the index file is damaged; restore index.sqlite from a backup (the blobs are intact and verifiable)"
-    return "nothing was changed; run `verify`, or restore the index from a backup if this persists"
+    return "nothing was changed; run `adapterhub registry verify`, or restore the index from a backup if this persists"
 
 
 def _sql_limit(limit: int | None) -> int:

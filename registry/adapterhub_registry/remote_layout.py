@@ -158,7 +158,10 @@ def read_tag(store: RemoteStore, name: str, tag: str) -> tuple[dict[str, Any], s
         body = json.loads(data)
         int(body["version"])
     except (ValueError, TypeError, KeyError) as exc:
-        raise RegistryError(f"remote tag {tag_key(name, tag)} is damaged ({exc}); move it again with `tag`") from exc
+        raise RegistryError(
+            f"remote tag {tag_key(name, tag)} is damaged ({exc}); move it again with "
+            f"`adapterhub registry tag --remote NAME {name}@VERSION {tag}`"
+        ) from exc
     return body, token
 
 

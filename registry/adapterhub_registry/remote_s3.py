@@ -133,7 +133,7 @@ def _code(exc: BaseException | None) -> str | None:
 def _advice(url: str, key: str, exc: BaseException) -> str:
     return (
         f"remote {url}: request for {key} failed: {exc}. Check the credentials (AWS_ACCESS_KEY_ID / "
-        "AWS_SECRET_ACCESS_KEY or ~/.aws), the endpoint (AWS_ENDPOINT_URL, or --endpoint-url on `remote add`) "
+        "AWS_SECRET_ACCESS_KEY or ~/.aws), the endpoint (AWS_ENDPOINT_URL, or --endpoint-url on `adapterhub registry remote add`) "
         "and that the bucket exists and is reachable"
     )
 
