@@ -24,8 +24,8 @@ from adapterhub import plugins
 from adapterhub.base import Base
 from adapterhub.deprecation import moved_names
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError, OptionError
+from adapterhub.job_checks import method_options
 from adapterhub.manifest import BaseIdentity, Manifest, PluginIdentity
-from adapterhub.options import build_options
 from adapterhub_registry import RegistryError
 from adapterhub_registry.adapter_dir import (
     CONFIG_FILE,
@@ -45,8 +45,7 @@ __getattr__ = moved_names(
 
 def make_options(method: str, values: dict[str, Any] | None = None) -> Any:
     """The options dataclass of ``method`` filled from ``values`` (validated, with clear errors)."""
-    spec = plugins.catalog().method(method)
-    return build_options(spec.options, values or {}, owner=f"method {method!r}")
+    return method_options(method, values)
 
 
 def attach(base: Base, method: str, options: Any = None) -> PeftModel:
@@ -138,13 +137,18 @@ def read_adapter(directory: str | os.PathLike) -> tuple[AdapterFiles, dict[str, 
         ) from None
 
 
-def check_base(base: Base, adapter_base: str | None, adapter: str, *, force: bool = False) -> None:
-    """Refuse an adapter trained on another base, naming both, unless ``force``."""
+def check_base(
+    base: Base, adapter_base: str | None, adapter: str, *, force: bool = False, trained_on: BaseIdentity | None = None
+) -> None:
+    """Refuse an adapter trained on another base, naming both, unless ``force``; ``trained_on`` (the manifest's
+    record of the base) lets the message say where to load the right one from."""
     if adapter_base and adapter_base != base.fingerprint_id and not force:
+        loaded = BaseIdentity.from_dict(base.describe()).described()
+        wanted = trained_on.described() if trained_on is not None else adapter_base
+        load = f" (--base {trained_on.given})" if trained_on is not None and trained_on.given else ""
         raise IncompatibleBaseError(
-            f"adapter {adapter} was trained on base {adapter_base}, but the loaded base is "
-            f"{base.fingerprint_id} ({base.describe()['source']}). Load the base it was trained on, "
-            f"or force the load (--force / force=True) if you know the weights are compatible."
+            f"adapter {adapter} was trained on base {wanted}, but the loaded base is {loaded}. Load the base it "
+            f"was trained on{load}, or pass --force if you know the weights are compatible."
         )
 
 
@@ -164,8 +168,9 @@ def load_adapter(
     ``manifest`` (our ``adapterhub.json`` as stored) names the plugin that made the adapter, for the error when
     it is missing.
     """
-    check_base(base, adapter_base, label, force=force)
-    plugin = Manifest.from_dict(manifest or {}).plugin
+    recorded = Manifest.from_dict(manifest or {})
+    check_base(base, adapter_base, label, force=force, trained_on=recorded.base)
+    plugin = recorded.plugin
     spec = plugins.catalog().method_for_peft_type(
         peft_config.get("peft_type", "?"), plugin.to_dict() if plugin else None
     )

@@ -42,6 +42,7 @@ class Base:
     quantization: str | None
     fingerprint: dict
     labels: list[str] = field(default_factory=list)
+    given: str | None = None  # the packaged name or the absolute path it was loaded from: a user can load it again
 
     # plugins written against plugin API 1.0 read ``base.task`` in build_config
     task = renamed_attribute[str]("model_task", since="1.1", removed_in="1.3")
@@ -58,6 +59,8 @@ class Base:
             "shape": self.fingerprint["shape"],
             "source": self.source.name if self.gguf_file is None else self.gguf_file,
             "quantization": self.quantization,
+            "given": self.given,
+            "architecture": next(iter(getattr(self.model.config, "architectures", None) or []), None),
         }
 
 
@@ -242,4 +245,5 @@ def load_base(
     if quantize:
         use_nf4_kernel(model, dtype)  # a plugin's NF4 kernel, where one supports this device and dtype
     log.debug("loaded base %s (%s)", identity["id"], json.dumps(identity["shape"]))
-    return Base(model, tokenizer, task.name, source, gguf_file, quantize, identity, list(labels or []))
+    return Base(model, tokenizer, task.name, source, gguf_file, quantize, identity, list(labels or []),
+                given=packaged.as_given(path, packaged.BASE))  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import hashlib
 import io
 import json
@@ -133,11 +134,24 @@ def parse_classification(
     rows = _rows(file)
     if not rows:
         raise DataError(f"{path} has no rows")
-    missing = [c for c in (text_column, label_column) if c not in rows[0]]
+    flags = {text_column: "--text-column", label_column: "--label-column"}
+    missing = [c for c in flags if c not in rows[0]]
     if missing:
+        if _looks_like_plain_text(file, list(rows[0])):
+            raise DataError(
+                f"{path} looks like plain text, not a table of labelled texts: its first line "
+                f"{_first_line(file)!r} would be its header. To train a language model on it pass --model-task "
+                f"causal-lm; to train a classifier give a CSV or JSONL file with a text and a label column."
+            )
+        near = [f"{flags[c]} {match}" for c in missing for match in difflib.get_close_matches(c, list(rows[0]), n=1)]
         raise DataError(
-            f"{path} has no column {', '.join(map(repr, missing))}; its columns are {', '.join(rows[0])}. "
-            f"Pass --text-column / --label-column."
+            f"{path} has no column {', '.join(f'{c!r} ({flags[c]})' for c in missing)}; its columns are "
+            f"{', '.join(rows[0])}. "
+            + (
+                f"Did you mean {' '.join(near)}?"
+                if near
+                else "Pass --text-column / --label-column with its column names."
+            )
         )
     seen: set[str] = set()
     texts, names = [], []
@@ -155,6 +169,16 @@ def parse_classification(
         raise DataError(f"{path} has labels {unknown} that the adapter does not know (it knows {label_names})")
     index = {name: i for i, name in enumerate(label_names)}
     return ClassificationData(texts, [index[name] for name in names], label_names)
+
+
+def _first_line(file: DataFile) -> str:
+    line = file.text.lstrip("\ufeff").split("\n", 1)[0].strip()
+    return line if len(line) <= 60 else line[:57] + "..."
+
+
+def _looks_like_plain_text(file: DataFile, columns: list[str]) -> bool:
+    """A ``.txt`` file, or a "header" that reads as a sentence (a name of four words or more): prose, not a table."""
+    return file.path.suffix.lower() == ".txt" or any(len(str(c).split()) >= 4 for c in columns)
 
 
 def cap(data: ClassificationData, max_samples: int | None, seed: int) -> ClassificationData:

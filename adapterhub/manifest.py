@@ -42,7 +42,18 @@ class BaseIdentity(_Section):
     shape: dict[str, Any] | None = None
     source: str | None = None  # the model directory's or .gguf file's name, for messages
     quantization: str | None = None
+    given: str | None = None  # the packaged name (``minilm``) or absolute path it was loaded from (newer manifests)
+    architecture: str | None = None  # the config's first architecture, e.g. ``BertModel`` (newer manifests)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every key as always, and the keys added later only when set, so an older record reads back unchanged."""
+        return {k: v for k, v in super().to_dict().items() if v is not None or k not in ("given", "architecture")}
+
+    def described(self) -> str:
+        """The base in words for messages: where to load it from, its architecture and fingerprint."""
+        facts = ", ".join(f for f in (self.architecture, f"fingerprint {self.fingerprint}") if f)
+        return f"{self.given or self.source or 'an unrecorded base'} ({facts})"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ default, help) from a field, so a default or a help text is written once, on the
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import typing
@@ -203,8 +204,10 @@ def build_options(options_class: type, values: dict[str, Any], owner: str) -> An
     fields = {f.name for f in dataclasses.fields(options_class)}
     unknown = sorted(set(values) - fields)
     if unknown:
+        near = [match for name in unknown for match in difflib.get_close_matches(name, fields, n=1)]
+        guess = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
         raise OptionError(
-            f"{owner} has no option {', '.join(map(repr, unknown))}; valid options: {', '.join(sorted(fields))}"
+            f"unknown option {', '.join(map(repr, unknown))} for {owner}{guess} (valid options: {', '.join(sorted(fields))})"
         )
     converted = {}
     for name, value in values.items():

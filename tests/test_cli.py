@@ -71,7 +71,7 @@ def test_bad_input_gives_one_line_errors(tiny_bert, sentiment_csv, capsys):
     assert main([*common, "--method", "nope"]) == 1
     assert "unknown method 'nope'; installed methods: " in capsys.readouterr().err
     assert main([*common, "--method", "lora", "-o", "rank=3"]) == 1
-    assert "method 'lora' has no option 'rank'" in capsys.readouterr().err
+    assert "unknown option 'rank' for method 'lora'" in capsys.readouterr().err
     assert main([*common, "--method", "lora", "--push", "../escape"]) == 1
     assert "error:" in capsys.readouterr().err
     assert main(["train", "--base", str(tiny_bert), "--data", str(sentiment_csv), "--method", "lora"]) == 1

@@ -44,7 +44,7 @@ def test_jsonl_and_fixed_label_order(tmp_path):
 
 
 def test_missing_column_and_unknown_label_are_clear_errors(sentiment_csv, tmp_path):
-    with pytest.raises(DataError, match="no column 'label'; its columns are text, sentiment"):
+    with pytest.raises(DataError, match=r"no column 'label' \(--label-column\); its columns are text, sentiment"):
         load_classification(sentiment_csv)
     with pytest.raises(DataError, match=r"labels \['neg'\] that the adapter does not know"):
         load_classification(sentiment_csv, label_column="sentiment", label_names=["pos"])

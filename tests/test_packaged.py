@@ -113,8 +113,8 @@ def test_train_with_a_missing_base_package_prints_the_pip_command(tmp_path, monk
 
 
 def test_the_tweets_name_gives_the_split_of_the_path_with_the_readme_flags(tmp_path, monkeypatch):
+    from adapterhub.job_checks import recorded_data_spec
     from adapterhub.prepare import classification_split
-    from adapterhub.workflow import recorded_data_spec
 
     monkeypatch.chdir(tmp_path)
     by_name = DataSpec("tweets", max_samples=300, seed=3)
@@ -130,7 +130,7 @@ def test_the_tweets_name_gives_the_split_of_the_path_with_the_readme_flags(tmp_p
 
 
 def test_eval_keeps_the_recorded_reading_settings_over_the_tweets_defaults(tmp_path, monkeypatch):
-    from adapterhub.workflow import recorded_data_spec
+    from adapterhub.job_checks import recorded_data_spec
 
     monkeypatch.chdir(tmp_path)
     trained = DataSpec("tweets", dedupe=False, max_samples=500)

@@ -30,7 +30,7 @@ from adapterhub.cli.flags import (
     verbose_requested,
 )
 from adapterhub.cli.output import echo_json
-from adapterhub.model_tasks import TRAIN_DEFAULT
+from adapterhub.model_tasks import LOAD_DEFAULT, TRAIN_DEFAULT
 from adapterhub.options import parse_pairs, setting_option
 from adapterhub.settings import CheckpointSettings, DataSpec, EarlyStopping, MonitorSettings, Placement, TrainSettings
 
@@ -214,6 +214,15 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
     --batch-size is the global batch, metrics are combined over all ranks and only rank 0 pushes.
     With --checkpoint-every N a run that dies continues from its newest checkpoint: the same command plus --resume.
     """
+    from adapterhub.job_checks import checked_data
+    from adapterhub.job_checks import method_options as checked_options
+
+    given = dict(text_column=text_column, label_column=label_column, encoding=encoding, dedupe=dedupe,
+                 test_split=test_split, max_samples=max_samples)  # fmt: skip
+    data = DataSpec(path, seed=seed, **{name: value for name, value in given.items() if value is not None})
+    options = parse_pairs(list(method_options))
+    checked_options(method, options)  # a bad option or data file is reported in a second, before torch is imported
+    checked_data(data, model_task)
     from adapterhub.workflow import TrainJob, train_adapter
 
     if no_progress:  # the base's "Loading weights" bar as well as ours
@@ -221,14 +230,11 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
 
         transformers_logging.disable_progress_bar()
 
-    given = dict(text_column=text_column, label_column=label_column, encoding=encoding, dedupe=dedupe,
-                 test_split=test_split, max_samples=max_samples)  # fmt: skip
-    data = DataSpec(path, seed=seed, **{name: value for name, value in given.items() if value is not None})
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
                              block_size=block_size, class_weights=class_weights, seed=seed, grad_accum=grad_accum,
                              gradient_checkpointing=gradient_checkpointing)  # fmt: skip
     monitor = _monitor_settings(eval_every, metric, patience, min_delta, alerts, log_every, log_file, tensorboard_dir)
-    job = TrainJob(base, method, data, model_task, parse_pairs(list(method_options)), settings, quantize, output, push,
+    job = TrainJob(base, method, data, model_task, options, settings, quantize, output, push,
                    list(tags), registry_root, progress=not no_progress, monitor=monitor, placement=Placement(device, dtype),
                    checkpointing=CheckpointSettings(every, directory, keep, resume))  # fmt: skip
     outcome = train_adapter(job)
@@ -276,7 +282,8 @@ def eval_command(ref, base, quantize, device, dtype, path, text_column, label_co
 
     The split settings recorded at training time are reused, so the same file gives the same test set.
     """
-    from adapterhub.workflow import evaluate_adapter, recorded_data_spec
+    from adapterhub.job_checks import checked_data, recorded_data_spec
+    from adapterhub.manifest import Manifest
     from adapterhub_registry import Registry
 
     placement = Placement(device, dtype)  # a bad --device fails before the registry is read
@@ -286,6 +293,10 @@ def eval_command(ref, base, quantize, device, dtype, path, text_column, label_co
         record.manifest, path, text_column=text_column, label_column=label_column, encoding=encoding,
         dedupe=dedupe, test_split=test_split, max_samples=max_samples,
     )  # fmt: skip
+    manifest = Manifest.from_dict(record.manifest)  # its data checked before torch is imported, as in train
+    checked_data(data, manifest.model_task or LOAD_DEFAULT, manifest.labels or None)
+    from adapterhub.workflow import evaluate_adapter
+
     metrics = evaluate_adapter(record.ref, base, data, quantize=quantize, registry_root=registry_root, force=force,
                                placement=placement)  # fmt: skip
     if save_metrics:

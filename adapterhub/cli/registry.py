@@ -257,12 +257,27 @@ def pull_command(ctx, ref, directory) -> None:
 @registry_group.command("export-peft")
 @click.argument("ref")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace the files of an earlier export in DIRECTORY.")
 @click.pass_context
 def export_command(ctx, ref, directory, overwrite) -> None:
-    """Write REF as a plain PEFT directory that peft.PeftModel.from_pretrained loads unchanged."""
-    path = _registry(ctx).export_peft(ref, directory, overwrite=overwrite)
-    click.echo(f"exported {ref} to {path}")
+    """Write REF as a plain PEFT directory that peft.PeftModel.from_pretrained loads unchanged, with a model card
+    (README.md: base model, labels, metrics, the loading snippet) and a classifier's label_config.json."""
+    from adapterhub.errors import AdapterHubError
+    from adapterhub.model_card import export_files
+    from adapterhub_registry import DestinationExistsError
+
+    registry = _registry(ctx)
+    record = registry.resolve(ref)
+    try:
+        path = registry.export_peft(
+            record.ref, directory, overwrite=overwrite,
+            extra_files=export_files(record.ref, record.manifest, record.metrics, directory),
+        )  # fmt: skip
+    except DestinationExistsError as exc:
+        raise AdapterHubError(
+            f"{', '.join(exc.paths)} already exist(s): choose an empty directory, or pass --overwrite to replace them"
+        ) from None
+    click.echo(f"exported {record.ref} to {path}")
 
 
 @registry_group.command("export-merged")

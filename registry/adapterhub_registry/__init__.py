@@ -5,13 +5,21 @@ adapterhub.json manifest), stored once per distinct content under `blobs/sha256/
 name, version and tag. The adapterhub core and CLI use it through `Registry`.
 """
 
-from adapterhub_registry.errors import CorruptBlobError, InvalidNameError, NotFoundError, RegistryError, UnsafeFileError
+from adapterhub_registry.errors import (
+    CorruptBlobError,
+    DestinationExistsError,
+    InvalidNameError,
+    NotFoundError,
+    RegistryError,
+    UnsafeFileError,
+)
 from adapterhub_registry.records import AdapterRecord, VerifyReport
 from adapterhub_registry.registry import Registry, default_root
 
 __all__ = [
     "AdapterRecord",
     "CorruptBlobError",
+    "DestinationExistsError",
     "InvalidNameError",
     "NotFoundError",
     "Registry",

@@ -26,3 +26,11 @@ class CorruptBlobError(RegistryError):
 
 class UnsafeFileError(RegistryError):
     """An input file is a pickle, or a safetensors file that fails validation."""
+
+
+class DestinationExistsError(RegistryError, FileExistsError):
+    """A write would replace files that are already there; ``paths`` lists them."""
+
+    def __init__(self, message: str, paths: list[str]):
+        super().__init__(message)
+        self.paths = paths

@@ -26,7 +26,14 @@ from adapterhub_registry.adapter_dir import (
     write_files,
 )
 from adapterhub_registry.blobs import BlobStore, fast_checksum, sha256_hex
-from adapterhub_registry.errors import CorruptBlobError, InvalidNameError, NotFoundError, RegistryError, UnsafeFileError
+from adapterhub_registry.errors import (
+    CorruptBlobError,
+    DestinationExistsError,
+    InvalidNameError,
+    NotFoundError,
+    RegistryError,
+    UnsafeFileError,
+)
 from adapterhub_registry.index import Index
 from adapterhub_registry.names import Ref, parse_ref, validate_name, validate_tag
 from adapterhub_registry.paging import MetricFilter, PageQuery
@@ -193,18 +200,24 @@ class Registry:
         )
         return record
 
-    def export_peft(self, ref: str, dest_dir: Path | str, *, overwrite: bool = False) -> Path:
-        """Write only the two PEFT files, byte for byte as pushed, so `PeftModel.from_pretrained(dest_dir)` loads them."""
+    def export_peft(
+        self, ref: str, dest_dir: Path | str, *, overwrite: bool = False, extra_files: dict[str, bytes] | None = None
+    ) -> Path:
+        """Write the two PEFT files, byte for byte as pushed, so `PeftModel.from_pretrained(dest_dir)` loads them,
+        and `extra_files` (name -> bytes) beside them: what the caller knows that the registry does not (the
+        adapterhub CLI adds a model card and the classifier's labels)."""
         record = self.resolve(ref)
         dest = Path(dest_dir)
-        existing = [dest / f for f in (CONFIG_FILE, WEIGHTS_FILE) if (dest / f).exists() or (dest / f).is_symlink()]
+        names = (CONFIG_FILE, WEIGHTS_FILE, *(extra_files or {}))
+        existing = [str(dest / f) for f in names if (dest / f).exists() or (dest / f).is_symlink()]
         if existing and not overwrite:
-            raise RegistryError(
-                f"{', '.join(map(str, existing))} already exist(s); choose an empty directory or pass overwrite=True"
+            raise DestinationExistsError(
+                f"{', '.join(existing)} already exist(s); choose an empty directory or pass overwrite=True", existing
             )
         weights = self.read_blob(record)
         # Temp file + rename replaces a symlink rather than following it, so nothing outside dest is written.
-        write_files(dest, {CONFIG_FILE: self.peft_config_text(record).encode("utf-8"), WEIGHTS_FILE: weights})
+        files = {CONFIG_FILE: self.peft_config_text(record).encode("utf-8"), WEIGHTS_FILE: weights}
+        write_files(dest, {**files, **(extra_files or {})})
         return dest
 
     def list(
