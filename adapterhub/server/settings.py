@@ -85,7 +85,8 @@ class ServeSpec(CheckedOptions):
         None, help="Route requests naming a task (or task 'auto') to the adapters of this continual-learning sequence."
     )
     remote: str | None = described(
-        None, help="Resolve /v1/ model refs on this remote of the registry (`registry remote add`), fetching on a miss."
+        None,
+        help="Resolve /v1/ model refs on this remote of the registry (`adapterhub registry remote add`), fetching on a miss.",
     )
 
 
