@@ -46,7 +46,7 @@ def test_options_reach_the_peft_config(tiny_llama):
 
 
 def test_unknown_or_bad_option_names_the_option():
-    with pytest.raises(OptionError, match="no option 'rank'.*valid options: .*alpha"):
+    with pytest.raises(OptionError, match="unknown option 'rank' for method 'lora'.*valid options: .*alpha"):
         adapters.make_options("lora", {"rank": 4})
     with pytest.raises(OptionError, match="option 'r': bad value 'four'"):
         adapters.make_options("lora", {"r": "four"})

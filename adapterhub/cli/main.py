@@ -221,7 +221,15 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
                  test_split=test_split, max_samples=max_samples)  # fmt: skip
     data = DataSpec(path, seed=seed, **{name: value for name, value in given.items() if value is not None})
     options = parse_pairs(list(method_options))
-    checked_options(method, options)  # a bad option or data file is reported in a second, before torch is imported
+    # The flags' own settings first, then the method's options and the data file: every mistake is reported in a
+    # second, before torch is imported and the base loads.
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
+                             block_size=block_size, class_weights=class_weights, seed=seed, grad_accum=grad_accum,
+                             gradient_checkpointing=gradient_checkpointing)  # fmt: skip
+    monitor = _monitor_settings(eval_every, metric, patience, min_delta, alerts, log_every, log_file, tensorboard_dir)
+    placement = Placement(device, dtype)
+    checkpointing = CheckpointSettings(every, directory, keep, resume)
+    checked_options(method, options)
     checked_data(data, model_task)
     from adapterhub.workflow import TrainJob, train_adapter
 
@@ -230,13 +238,9 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
 
         transformers_logging.disable_progress_bar()
 
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
-                             block_size=block_size, class_weights=class_weights, seed=seed, grad_accum=grad_accum,
-                             gradient_checkpointing=gradient_checkpointing)  # fmt: skip
-    monitor = _monitor_settings(eval_every, metric, patience, min_delta, alerts, log_every, log_file, tensorboard_dir)
     job = TrainJob(base, method, data, model_task, options, settings, quantize, output, push,
-                   list(tags), registry_root, progress=not no_progress, monitor=monitor, placement=Placement(device, dtype),
-                   checkpointing=CheckpointSettings(every, directory, keep, resume))  # fmt: skip
+                   list(tags), registry_root, progress=not no_progress, monitor=monitor, placement=placement,
+                   checkpointing=checkpointing)  # fmt: skip
     outcome = train_adapter(job)
     if not outcome.is_main:
         return  # rank 0 reports for the whole data-parallel run
