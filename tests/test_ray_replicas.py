@@ -73,7 +73,8 @@ def fleet(tiny_llama, tmp_path_factory):
     spec = ReplicaSpec(base=str(tiny_llama), registry_root=registry.root, settings=settings, slots=4, max_rank=4,
                        replicas=2, reply_timeout_s=20.0)  # fmt: skip
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    # log_to_driver=False: replica logs would land in the captured stderr of tests that count its lines
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(application(spec), name=APP_NAME, route_prefix="/")
