@@ -9,10 +9,9 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
+from test_openai_server import push_adapter
 
-from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool
 from adapterhub.server import ServerSettings, create_app
@@ -22,25 +21,13 @@ KEY = "sk-serve-ui"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def _push(base, registry: Registry, name: str, directory, seed: int) -> None:
-    torch.manual_seed(seed)
-    options = adapters.make_options("lora", {"r": 4, "target_modules": "all-linear"})
-    model = adapters.attach(base, "lora", options)
-    for _, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            torch.nn.init.normal_(parameter, std=0.2)
-    saved = adapters.save_adapter(model, directory / name, adapters.build_manifest(base, "lora", options))
-    model.unload()
-    registry.push(name, saved, method="lora", base_fingerprint=base.fingerprint_id)
-
-
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-ui")
     registry = Registry(root / "registry")
     base = load_base(tiny_llama)
-    _push(base, registry, "a", root, 1)
-    _push(base, registry, "b", root, 2)
+    push_adapter(base, registry, "a", root, 1)
+    push_adapter(base, registry, "b", root, 2)
     pool = AdapterPool(base, slots=2, max_rank=4, registry=registry)
     app = create_app(pool, ServerSettings(max_input_tokens=64, max_new_tokens=50, model_name="tiny", api_key=KEY))
     with TestClient(app) as client:

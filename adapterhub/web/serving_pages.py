@@ -45,19 +45,20 @@ def add_routes(router: APIRouter, ui: UI) -> None:
         query_fields(request, ())
         return render("serving_live.html", live=live_figures(state), **ui.common(request))
 
-    @router.post("/serving/load")
-    async def load(request: Request):
+    async def change_pool(request: Request, change) -> RedirectResponse:
+        """A POST of the serving page: the session and its CSRF token first, then ``change(ref)`` on the model thread."""
         form = await form_fields(request)
         ui.sessions.require(request, form.get("csrf"))
-        await _on_model_thread(state, lambda: state.pool.load(_ref(form)))
+        await _on_model_thread(state, lambda: change(_ref(form)))
         return RedirectResponse("/ui/serving", status_code=303)
+
+    @router.post("/serving/load")
+    async def load(request: Request):
+        return await change_pool(request, state.pool.load)
 
     @router.post("/serving/unload")
     async def unload(request: Request):
-        form = await form_fields(request)
-        ui.sessions.require(request, form.get("csrf"))
-        await _on_model_thread(state, lambda: state.pool.unload(_ref(form)))
-        return RedirectResponse("/ui/serving", status_code=303)
+        return await change_pool(request, state.pool.unload)
 
     @router.get("/playground")
     def playground(request: Request):
