@@ -21,7 +21,7 @@ Adapters that are not slottable (prompt and prefix tuning, adapters with trained
 model around the forward; such a request runs whole through ``generate`` (``inference.generate``) in one step,
 holding the running rows for its length: the price of a method the slots cannot express, said in the README.
 
-Everything in a ``EngineRequest`` is read and written on the model thread, except ``cancel`` (a flag) and the
+Everything in an ``EngineRequest`` is read and written on the model thread, except ``cancel`` (a flag) and the
 events, which the caller collects from ``step``'s return value.
 """
 
@@ -104,8 +104,8 @@ class ContinuousEngine:
         self._cache_kw = "cache" if "cache" in accepted else "past_key_values"  # renamed in transformers 5.2x
 
     # -- called from any thread -----------------------------------------------------------------------
-    def submit(self, sequence: EngineRequest) -> None:
-        self.incoming.append(sequence)
+    def submit(self, request: EngineRequest) -> None:
+        self.incoming.append(request)
 
     @property
     def queued(self) -> int:
@@ -202,9 +202,8 @@ class ContinuousEngine:
         tokens = torch.tensor([[s.generated[-1]] for s in self.running], device=self.pool.device)
         try:
             with self.pool.activate([s.adapter for s in self.running]):
-                logits = self.model(input_ids=tokens, use_cache=True, **self.cache.step_inputs(self._cache_kw)).logits[
-                    :, -1
-                ]
+                out = self.model(input_ids=tokens, use_cache=True, **self.cache.step_inputs(self._cache_kw))
+                logits = out.logits[:, -1]
         except Exception as exc:  # the batch's forward failed: its rows end with the error, the engine goes on
             log.exception("a decode step of %d rows failed", len(self.running))
             for s in self.running:

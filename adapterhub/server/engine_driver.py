@@ -24,9 +24,9 @@ log = logging.getLogger("adapterhub.server")
 
 @dataclass
 class Submitted:
-    """A request handed to the engine: its sequence and the queue its events arrive on."""
+    """A request handed to the engine: its ``EngineRequest`` and the queue its events arrive on."""
 
-    sequence: EngineRequest
+    engine_request: EngineRequest
     label: str = "base"  # the adapter's name in metrics
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     first_token_at: float | None = None
@@ -60,10 +60,10 @@ class EngineDriver(BackgroundLoop):
         self.wake = asyncio.Event()
         super().start()
 
-    def submit(self, sequence: EngineRequest, label: str = "base") -> Submitted:
-        submitted = Submitted(sequence, label)
-        self.requests[sequence.id] = submitted
-        self.engine.submit(sequence)
+    def submit(self, request: EngineRequest, label: str = "base") -> Submitted:
+        submitted = Submitted(request, label)
+        self.requests[request.id] = submitted
+        self.engine.submit(request)
         self.wake.set()
         return submitted
 
@@ -83,12 +83,12 @@ class EngineDriver(BackgroundLoop):
             now = time.perf_counter()
             if self.engine.decoded_rows:
                 self.on_step(self.engine.decoded_rows)
-            for sequence, event in events:
-                submitted = self.requests.get(sequence.id)
+            for request, event in events:
+                submitted = self.requests.get(request.id)
                 if submitted is None:
                     continue
                 if event.finish is not None:
-                    del self.requests[sequence.id]
+                    del self.requests[request.id]
                 self.on_event(submitted, event, now)
                 if event.tokens:
                     submitted.first_token_at = submitted.first_token_at or now

@@ -152,7 +152,7 @@ async def _serve(state: AppState, request: Request, body: _Sampled, prompt: list
         text += last.text
     if last.error is not None:
         raise http_error(last.error)
-    return _json(answer.whole(text, last.finish, usage(len(prompt), len(running.sequence.generated))))
+    return _json(answer.whole(text, last.finish, usage(len(prompt), len(running.engine_request.generated))))
 
 
 async def _streamed(first: Event, events: AsyncIterator[Event], running: Submitted, answer: Answer,
@@ -173,7 +173,7 @@ async def _streamed(first: Event, events: AsyncIterator[Event], running: Submitt
                     }
                 )
                 break
-            used = usage(prompt_tokens, len(running.sequence.generated)) if event.finish else None
+            used = usage(prompt_tokens, len(running.engine_request.generated)) if event.finish else None
             if event.text or event.finish or opening:
                 yield answer.chunk(event.text, event.finish, first=opening, used=None if include_usage else used)
                 opening = False
@@ -184,7 +184,7 @@ async def _streamed(first: Event, events: AsyncIterator[Event], running: Submitt
             event = await anext(events)
         yield DONE
     finally:
-        running.sequence.cancel()  # a no-op once it finished; frees the row when the client left mid-stream
+        running.engine_request.cancel()  # a no-op once it finished; frees the row when the client left mid-stream
 
 
 async def _next(events: AsyncIterator[Event], request: Request, running: Submitted) -> Event:
@@ -196,7 +196,7 @@ async def _next(events: AsyncIterator[Event], request: Request, running: Submitt
             if done:
                 return waiting.result()
             if await request.is_disconnected():
-                running.sequence.cancel()
+                running.engine_request.cancel()
                 raise ClientGone()
     finally:
         if not waiting.done():

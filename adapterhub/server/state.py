@@ -98,7 +98,7 @@ def _recorder(server: ServerMetrics, metrics: AdapterMetrics):
         server.tokens.inc(event.tokens)
         metrics.tokens(request.label, event.tokens)
         if request.first_token_at is None:
-            metrics.first_token(request.label, now - request.sequence.arrived)
+            metrics.first_token(request.label, now - request.engine_request.arrived)
         else:
             metrics.between_tokens(request.label, (now - request.last_token_at) / event.tokens)
 
