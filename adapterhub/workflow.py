@@ -19,6 +19,7 @@ import torch
 from adapterhub import adapters, plugins
 from adapterhub.base import load_base, resolve_placement
 from adapterhub.checkpoints import Checkpoint, CheckpointStore
+from adapterhub.data import DataFile
 from adapterhub.deprecation import moved_names
 from adapterhub.distributed import Distributed
 from adapterhub.errors import OptionError
@@ -56,6 +57,7 @@ class TrainJob:
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     placement: Placement = field(default_factory=Placement)
     checkpointing: CheckpointSettings = field(default_factory=CheckpointSettings)
+    source: DataFile | None = None  # ``data``'s file when the caller already read it (``job_checks.checked_data``)
 
 
 @dataclass
@@ -91,7 +93,8 @@ def train_adapter(job: TrainJob) -> TrainOutcome:
     distributed = Distributed.from_environment()
     registry = Registry(job.registry_root) if job.push and distributed.is_main else None  # a bad root fails now
     seed_everything(job.settings.seed)
-    source = read_source(job.data)  # the run's one read: a missing or mis-encoded file fails before the slow base load
+    # the run's one read (unless the caller's checks made it): a bad file fails before the slow base load
+    source = job.source or read_source(job.data)
     labels = labels_of(job.data, source) if job.model_task == "seq-cls" else None
     base = load_base(
         job.base, model_task=job.model_task, quantize=job.quantize, labels=labels, device=device, dtype=dtype
@@ -188,6 +191,7 @@ def evaluate_adapter(
     force: bool = False,
     settings: TrainSettings | None = None,
     placement: Placement | None = None,
+    source: DataFile | None = None,
 ) -> dict:
     """Metrics of a registry adapter on the held-out split of ``data`` (default: the data it was trained on,
     read from the same path given again, split as recorded), with the base on ``placement``'s device and dtype."""
@@ -198,7 +202,8 @@ def evaluate_adapter(
     if data is None:
         raise OptionError("pass --data: the file the held-out split is taken from")
     model_task = manifest.model_task or LOAD_DEFAULT
-    source = checked_data(data, model_task, manifest.labels or None)  # a bad file fails before the slow base load
+    if source is None:  # else the caller read and checked it (``job_checks.checked_data``)
+        source = checked_data(data, model_task, manifest.labels or None)  # a bad file fails before the base load
     base = load_base(base_path, model_task=model_task, quantize=quantize,
                      labels=manifest.labels or None, device=device, dtype=dtype)  # fmt: skip
     model = adapters.load_registry_adapter(base, record, tensors, force=force)

@@ -230,7 +230,7 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
     placement = Placement(device, dtype)
     checkpointing = CheckpointSettings(every, directory, keep, resume)
     checked_options(method, options)
-    checked_data(data, model_task)
+    source = checked_data(data, model_task)  # read once: the job trains on what was checked
     from adapterhub.workflow import TrainJob, train_adapter
 
     if no_progress:  # the base's "Loading weights" bar as well as ours
@@ -240,7 +240,7 @@ def train_command(base, model_task, method, method_options, quantize, device, dt
 
     job = TrainJob(base, method, data, model_task, options, settings, quantize, output, push,
                    list(tags), registry_root, progress=not no_progress, monitor=monitor, placement=placement,
-                   checkpointing=checkpointing)  # fmt: skip
+                   checkpointing=checkpointing, source=source)  # fmt: skip
     outcome = train_adapter(job)
     if not outcome.is_main:
         return  # rank 0 reports for the whole data-parallel run
@@ -298,11 +298,11 @@ def eval_command(ref, base, quantize, device, dtype, path, text_column, label_co
         dedupe=dedupe, test_split=test_split, max_samples=max_samples,
     )  # fmt: skip
     manifest = Manifest.from_dict(record.manifest)  # its data checked before torch is imported, as in train
-    checked_data(data, manifest.model_task or LOAD_DEFAULT, manifest.labels or None)
+    source = checked_data(data, manifest.model_task or LOAD_DEFAULT, manifest.labels or None)
     from adapterhub.workflow import evaluate_adapter
 
     metrics = evaluate_adapter(record.ref, base, data, quantize=quantize, registry_root=registry_root, force=force,
-                               placement=placement)  # fmt: skip
+                               placement=placement, source=source)  # fmt: skip
     if save_metrics:
         registry.set_metrics(record.ref, {f"eval_{k}": v for k, v in metrics.items()})
     if as_json:
