@@ -7,5 +7,16 @@ batches requests on top of them.
 
 from adapterhub.runtime.inference import Classified, Generated, GenerationSettings, classify, generate
 from adapterhub.runtime.pool import AdapterPool, PoolStats
+from adapterhub.runtime.sampling import SamplingParams, TokenLogprob
 
-__all__ = ["AdapterPool", "PoolStats", "GenerationSettings", "Generated", "Classified", "generate", "classify"]
+__all__ = [
+    "AdapterPool",
+    "PoolStats",
+    "SamplingParams",
+    "TokenLogprob",
+    "GenerationSettings",
+    "Generated",
+    "Classified",
+    "generate",
+    "classify",
+]

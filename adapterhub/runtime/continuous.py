@@ -41,7 +41,7 @@ from transformers import DynamicCache
 from adapterhub.runtime.inference import GenerationSettings, generate
 from adapterhub.runtime.kv_rows import RowCache
 from adapterhub.runtime.pool import AdapterPool
-from adapterhub.runtime.sampling import RowSampler, SamplingParams
+from adapterhub.runtime.sampling import RowSampler, SamplingParams, TokenLogprob
 from adapterhub.runtime.text_stream import TextStream
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,18 @@ _ids = itertools.count()
 
 @dataclass
 class Event:
-    """What a step did for one request: new text (``tokens`` new tokens), and when it ended, why."""
+    """What a step did for one request: new text (``tokens`` new tokens), and when it ended, why.
+
+    ``logprobs``: one per token this event added, in order, when the request asked (``SamplingParams.logprobs``).
+    ``prompt_logprobs``: on the request's first event only, when asked: one per prompt token, the first None (no
+    token before it to condition on)."""
 
     text: str = ""
     tokens: int = 0
     finish: FinishReason | None = None
     error: Exception | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass(eq=False)
@@ -106,6 +112,11 @@ class ContinuousEngine:
     # -- called from any thread -----------------------------------------------------------------------
     def submit(self, request: EngineRequest) -> None:
         self.incoming.append(request)
+
+    def submit_many(self, requests: list[EngineRequest]) -> None:
+        """Submit ``requests`` together (``n`` > 1, or several prompts of one API call): those with the same prompt
+        and adapter are prefilled once and the cache copied into each row."""
+        self.incoming.extend(requests)
 
     @property
     def queued(self) -> int:
@@ -164,7 +175,7 @@ class ContinuousEngine:
             self.waiting.remove(s)
             if s.adapter is not None:
                 in_use.add(s.adapter)
-            s.sampler, s.text = RowSampler(s.params, self.eos), TextStream(self.tokenizer, s.params.stop)
+            s.sampler, s.text = RowSampler(s.params, frozenset(self.eos)), TextStream(self.tokenizer, s.params.stop)
             s.cache = DynamicCache()
             self.prefilling.append(s)
 
@@ -189,7 +200,7 @@ class ContinuousEngine:
             if s.prefilled < len(s.prompt):
                 continue
             self.prefilling.remove(s)
-            self._advance(s, s.sampler.pick(out.logits[0, -1], s.generated), events)
+            self._advance(s, s.sampler.pick(out.logits[0, -1], s.generated)[0], events)
             if s.finished is None:
                 self.cache.join(s.cache, len(s.prompt))
                 s.cache = None
@@ -214,7 +225,7 @@ class ContinuousEngine:
         best = logits.argmax(-1).tolist()  # every greedy row's token in one call
         for i, s in enumerate(self.running):
             plain = s.params.greedy and len(s.generated) >= s.params.min_tokens
-            self._advance(s, best[i] if plain else s.sampler.pick(logits[i], s.generated), events)
+            self._advance(s, best[i] if plain else s.sampler.pick(logits[i], s.generated)[0], events)
         self._keep_unfinished()
 
     def _keep_unfinished(self) -> None:

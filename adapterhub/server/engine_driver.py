@@ -67,6 +67,16 @@ class EngineDriver(BackgroundLoop):
         self.wake.set()
         return submitted
 
+    def submit_many(self, requests: list[EngineRequest], label: str = "base") -> list[Submitted]:
+        """Submit requests that belong together (one API call's ``n`` rows or prompts), in order: the engine
+        prefills those with the same prompt and adapter once (``ContinuousEngine.submit_many``)."""
+        submitted = [Submitted(request, label) for request in requests]
+        for s in submitted:
+            self.requests[s.engine_request.id] = s
+        self.engine.submit_many(requests)
+        self.wake.set()
+        return submitted
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
