@@ -11,10 +11,14 @@ figures compare with ``adapterhub eval`` of a trained adapter. Called by ``adapt
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import time
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -133,7 +137,14 @@ class PromptScorer:
 
     @torch.no_grad()
     def score(
-        self, model: torch.nn.Module, texts: list[str], batch_size: int = 16, progress: bool = False
+        self,
+        model: torch.nn.Module,
+        texts: list[str],
+        batch_size: int = 16,
+        progress: bool = False,
+        *,
+        groups: Sequence[Hashable] | None = None,
+        applying: RowsApplier | None = None,
     ) -> torch.Tensor:
         """``(len(texts), labels)`` log-likelihoods of each label's answer after each text's prompt.
 
@@ -141,9 +152,16 @@ class PromptScorer:
         answer but its last token. Rows are sorted by length and left-padded, so each row's last positions
         predict its answer and only those positions' logits are computed. The tokens every prompt starts with
         (the shots) are run once and their key/value cache is shared by every batch.
+
+        ``groups[i]`` (with ``applying``) lets one call score texts for several adapters, as a server gathers
+        requests: ``applying(row_groups)`` is a context under which ``model`` runs row ``r`` with ``row_groups[r]``
+        (the adapter pool's ``activate``). The shared prefix is then run once per distinct group, and each batch row
+        takes its own group's key/value cache, since an adapter on the attention projections changes it.
         """
         from tqdm.auto import tqdm
 
+        groups = list(groups) if groups is not None else [None] * len(texts)
+        applying = applying or _as_is
         heads = sorted({tuple(ids[:-1]) for ids in self.continuations})  # the answers' tokens that become input
         contexts = [self.context_ids(text) for text in texts]
         rows = [(i, head) for i in range(len(texts)) for head in heads]
@@ -153,23 +171,28 @@ class PromptScorer:
         device = next(model.parameters()).device
         model.eval()
         shared = _shared_prefix(contexts) if _can_cache(model) else []
-        prefix_cache = model(input_ids=torch.tensor([shared], device=device)).cache if shared else None
+        distinct = list(dict.fromkeys(groups))  # the prefix's cache rows, one per group, in first-seen order
+        prefix_cache = None
+        if shared:
+            with applying(distinct):
+                prefix_cache = model(input_ids=torch.tensor([shared] * len(distinct), device=device)).cache
         for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
             chunk = order[start : start + batch_size]
+            chunk_groups = [groups[rows[r][0]] for r in chunk]
             sequences = [(contexts[rows[r][0]] + list(rows[r][1]))[len(shared) :] for r in chunk]
             width = max(len(s) for s in sequences)
             pad = self.tokenizer.pad_token_id
             input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=device)
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
-            positions = len(shared) + (mask.cumsum(-1) - 1).clamp(
-                min=0
-            )  # left padding: real tokens count on from the prefix
+            # left padding: real tokens count on from the prefix
+            positions = len(shared) + (mask.cumsum(-1) - 1).clamp(min=0)
             inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
             if prefix_cache is not None:
                 cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(chunk))
+                cache.batch_select_indices(torch.tensor([distinct.index(g) for g in chunk_groups], device=device))
                 inputs.update(cache=cache, attention_mask=torch.cat([mask.new_ones(len(chunk), len(shared)), mask], 1))
-            logits = model(**inputs).logits
+            with applying(chunk_groups):
+                logits = model(**inputs).logits
             for r, row in zip(chunk, logits.float().log_softmax(-1).cpu()):  # (keep, vocab)
                 row_logprobs[r] = row
         scores = torch.empty(len(texts), len(self.continuations))
@@ -179,6 +202,14 @@ class PromptScorer:
                 logprobs = row_logprobs[i * len(heads) + head_index[tuple(ids[:-1])]][-len(ids) :]  # (len(ids), vocab)
                 scores[i, label] = logprobs[torch.arange(len(ids)), torch.tensor(ids)].sum()
         return scores
+
+
+RowsApplier = Callable[[list[Any]], AbstractContextManager[Any]]
+"""``applying(row_groups)``: a context under which the model runs batch row ``r`` with ``row_groups[r]``."""
+
+
+def _as_is(row_groups: list[Any]) -> AbstractContextManager[Any]:
+    return contextlib.nullcontext()
 
 
 def _shared_prefix(contexts: list[list[int]]) -> list[int]:

@@ -1,19 +1,17 @@
 """``POST /classify`` on a causal-LM base: classification by prompting (``adapterhub.prompting``), as
-``adapterhub zero-shot`` does it, one request at a time.
+``adapterhub zero-shot`` does it.
 
 A request brings a ``template`` (with ``{text}``), its ``labels`` and optionally a ``verbalizer`` and in-context
 ``examples``; each label is scored by the log-likelihood of its answer after the prompt. The handler calls
 ``prompt_key``, which checks every prompt field (a 400 naming it), checks the whole prompt against the server's
 input limit (a 413) and builds the ``PromptScorer`` once. The key is what the ``Batcher`` groups by: requests with
-equal prompts (template, labels, verbalizer, examples) are scored in one call, so the examples' tokens they all
-start with run once. ``run_prompt_classify`` is that call; ``batch_runs`` runs it on the batcher's worker, the one
+equal prompts (template, labels, verbalizer, examples) are scored together, so the examples' tokens they all
+start with run once per adapter, and requests for different slotted adapters share each forward. ``run_prompt_classify`` is that call; ``batch_runs`` runs it on the batcher's worker, the one
 thread that touches the model, between batches and continuous-engine steps.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -102,18 +100,31 @@ def _check_size(scorer: PromptScorer, text: str, examples: int, limit: int) -> N
 
 
 def run_prompt_classify(pool: AdapterPool, payloads: list[ClassifyRequest], key: PromptKey) -> list[dict]:
-    """Score every request of a batch with the key's prompt, one scoring call per adapter of the batch.
+    """Score every request of a batch with the key's prompt, requests for different adapters gathered.
 
-    ``PromptScorer.score`` makes its own rows (a text's prompt once per answer prefix, sorted by length), so the
-    rows of one call share one adapter rather than carrying one each."""
+    Requests whose adapters live in slots (and those for the bare base) are scored in one call, each row with its
+    own request's adapter (``pool.activate``, as ``/v1/`` batches rows), so a batch mixing adapters costs the
+    forwards of one. An adapter that cannot live in a slot is applied through peft, one adapter at a time: its
+    requests are scored in a call of their own."""
     labels = list(key.labels)
     results: list[dict | None] = [None] * len(payloads)
-    by_adapter: dict[str | None, list[int]] = {}
+    slotted: list[int] = []
+    by_peft_adapter: dict[str, list[int]] = {}
     for i, payload in enumerate(payloads):
-        by_adapter.setdefault(payload.adapter, []).append(i)
-    for adapter, rows in by_adapter.items():
-        with _model_with(pool, adapter) as model:
-            log_likelihoods = key.scorer.score(model, [payloads[i].text for i in rows])  # (rows, labels)
+        if payload.adapter is None or pool.fetch(payload.adapter).kind == "slotted":
+            slotted.append(i)
+        else:
+            by_peft_adapter.setdefault(payload.adapter, []).append(i)
+    calls = [(rows, None) for rows in _within_slots(slotted, [p.adapter for p in payloads], pool.slots)]
+    calls += [(rows, adapter) for adapter, rows in by_peft_adapter.items()]
+    for rows, peft_adapter in calls:
+        texts = [payloads[i].text for i in rows]
+        if peft_adapter is None:
+            adapters = [payloads[i].adapter for i in rows]
+            log_likelihoods = key.scorer.score(pool.base.model, texts, groups=adapters, applying=pool.activate)
+        else:
+            with pool.peft_adapter(peft_adapter) as model:
+                log_likelihoods = key.scorer.score(model, texts)  # (rows, labels)
         for i, scores in zip(rows, log_likelihoods):
             probabilities = scores.softmax(-1)  # over the labels, as a seq-cls head's answer
             results[i] = {"label": labels[int(torch.argmax(scores))], "scores": dict(zip(labels, probabilities.tolist())),
@@ -121,13 +132,18 @@ def run_prompt_classify(pool: AdapterPool, payloads: list[ClassifyRequest], key:
     return results
 
 
-@contextlib.contextmanager
-def _model_with(pool: AdapterPool, adapter: str | None) -> Iterator[torch.nn.Module]:
-    """The model to run with ``adapter`` on every row (None: the bare base), applied the way the pool applies a
-    row's adapter in a mixed batch: its device slot, or peft for an adapter that cannot live in one."""
-    if adapter is not None and pool.fetch(adapter).kind == "peft":
-        with pool.peft_adapter(adapter) as model:
-            yield model
-    else:
-        with pool.activate([adapter]):
-            yield pool.base.model
+def _within_slots(rows: list[int], adapters: list[str | None], slots: int) -> list[list[int]]:
+    """``rows`` split into as few calls as hold at most ``slots`` distinct adapters each (the bare base takes none)."""
+    calls: list[list[int]] = []
+    taken: list[set[str]] = []
+    for i in rows:
+        adapter = adapters[i]
+        at = next((c for c, held in enumerate(taken) if adapter is None or adapter in held or len(held) < slots), None)
+        if at is None:
+            calls.append([])
+            taken.append(set())
+            at = len(calls) - 1
+        calls[at].append(i)
+        if adapter is not None:
+            taken[at].add(adapter)
+    return calls
