@@ -69,7 +69,7 @@ def test_requests_for_different_slotted_adapters_share_each_forward(pool_and_ref
                                 examples=examples) for t, a in requests]  # fmt: skip
     key = prompt_key(payloads[0], pool.base.tokenizer, 256)
     answers, forwards = forwards_of(pool, lambda: run_prompt_classify(pool, payloads, key))
-    alone = [forwards_of(pool, lambda: run_prompt_classify(pool, payloads[i::3], key))[1] for i in range(3)]
+    alone = [forwards_of(pool, lambda rows=payloads[i::3]: run_prompt_classify(pool, rows, key))[1] for i in range(3)]
     # 9 requests over 3 adapters: 18 rows in 2 batches of 16, plus the prompts' shared beginning once (one cache row
     # per adapter): the 3 forwards that scoring each adapter's 3 requests alone takes 2 of, 6 in all
     assert forwards == 3 and alone == [2, 2, 2]
