@@ -146,9 +146,8 @@ def test_routing_features_are_those_of_the_bare_base_even_with_adapters_loaded(t
     pool = AdapterPool(
         load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"]), slots=3, max_rank=4, registry=registry
     )
-    for task in TASKS:
-        pool.load(f"toy-{task}")
-    with pool.activate(["toy-films", "toy-roads", "toy-talk"]):  # a mixed batch leaves no state behind
+    keys = [pool.load(f"toy-{task}") for task in TASKS]
+    with pool.activate(keys):  # a mixed batch leaves no state behind
         pool.base.model(**pool.base.tokenizer(texts, return_tensors="pt", padding=True))
     assert BaseFeatures.of_pool(pool, max_length=16).of_texts(texts) == pytest.approx(bare, abs=1e-6)
     with_adapter = load_base(tiny_bert, model_task="seq-cls", labels=["neg", "pos"])

@@ -9,10 +9,9 @@ import torch
 from test_runtime import push_random_adapter
 
 from adapterhub.base import load_base
-from adapterhub.runtime import AdapterPool, GenerationSettings, generate
+from adapterhub.runtime import AdapterPool, SamplingParams, generate
 from adapterhub.runtime.continuous import ContinuousEngine, EngineRequest
 from adapterhub.runtime.kv_rows import RowCache
-from adapterhub.runtime.sampling import SamplingParams
 
 PROMPTS = ["the movie was great", "i hate this car very much and", "good", "we drive fast on the road", "bad film",
            "this is not a very good film but i love it", "so", "they love fast cars"]  # fmt: skip
@@ -50,7 +49,7 @@ def run(engine: ContinuousEngine, arrivals: dict[int, list[EngineRequest]]) -> t
 
 
 def alone(pool, prompt, adapter, n) -> str:
-    return generate(pool, [prompt], [adapter], GenerationSettings(max_new_tokens=n, min_new_tokens=n))[0].text
+    return generate(pool, [prompt], [adapter], greedy(n))[0].text
 
 
 def test_each_row_equals_its_request_alone_while_others_join_and_leave(pool):

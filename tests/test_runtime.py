@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from adapterhub import adapters
 from adapterhub.base import load_base
 from adapterhub.errors import IncompatibleBaseError
-from adapterhub.runtime import AdapterPool, GenerationSettings, classify, generate
+from adapterhub.runtime import AdapterPool, SamplingParams, classify, generate
 from adapterhub_registry import Registry
 
 TOKENS = torch.tensor([[7, 8, 9, 10, 11, 12], [12, 11, 10, 9, 8, 7], [7, 7, 8, 8, 9, 9], [20, 21, 22, 23, 24, 25]])
@@ -20,6 +20,11 @@ LLAMA_ADAPTERS = {
     "plain": {"r": 4},
     "rs": {"r": 8, "alpha": 4, "rslora": True, "target_modules": "q_proj,v_proj,down_proj"},
 }
+
+
+def key(name: str | None) -> str | None:
+    """The pool's key of an adapter pushed once (version 1); None stays the base."""
+    return None if name is None else f"{name}@1"
 
 
 def push_random_adapter(base, name, options, directory, seed=0):
@@ -63,7 +68,7 @@ def alone(model, adapter, **inputs):
 
 def test_mixed_batch_equals_each_row_alone_in_peft(llama_pool, tiny_llama, tmp_path):
     rows = ["plain", "rs", None, "rs"]
-    with llama_pool.activate(rows):
+    with llama_pool.activate([key(a) for a in rows]):
         mixed = llama_pool.base.model(TOKENS).logits
     reference = peft_reference(AutoModelForCausalLM, tiny_llama, tmp_path, list(LLAMA_ADAPTERS))
     for row, adapter in enumerate(rows):
@@ -75,7 +80,7 @@ def test_mixed_batch_equals_each_row_alone_in_peft(llama_pool, tiny_llama, tmp_p
 def test_one_adapter_for_the_whole_batch_equals_peft(llama_pool, tiny_llama, tmp_path):
     reference = peft_reference(AutoModelForCausalLM, tiny_llama, tmp_path, list(LLAMA_ADAPTERS))
     for adapter in ("rs", "plain", None):
-        with llama_pool.activate([adapter]):
+        with llama_pool.activate([key(adapter)]):
             ours = llama_pool.base.model(TOKENS).logits
         torch.testing.assert_close(ours, alone(reference, adapter, input_ids=TOKENS), rtol=1e-5, atol=1e-5)
 
@@ -94,13 +99,13 @@ def test_least_recently_used_adapter_goes_to_host_and_comes_back(tiny_llama, tmp
         push_random_adapter(base, name, options, tmp_path, seed)
     pool = AdapterPool(base, slots=1, max_rank=8)
     pool.load("plain")
-    with pool.activate(["plain"]):
+    with pool.activate(["plain@1"]):
         before = base.model(TOKENS).logits
     pool.load("rs")
     tiers = {row["adapter"]: row["tier"] for row in pool.describe()}
     assert tiers == {"plain@1": "host", "rs@1": "device"}
     loads = pool.stats.registry_loads
-    with pool.activate(["plain"]):
+    with pool.activate(["plain@1"]):
         assert torch.equal(base.model(TOKENS).logits, before)
     assert pool.stats.registry_loads == loads and pool.stats.device_evictions == 2
     pool.unload("plain")
@@ -119,12 +124,12 @@ def test_adapter_for_another_base_is_refused_naming_both(tiny_llama, tmp_path):
 def test_lora_with_trained_biases_is_not_slottable_and_swaps_through_peft(llama_pool, tiny_llama, tmp_path):
     push_random_adapter(llama_pool.base, "biased", {"r": 4, "bias": "lora_only"}, tmp_path, seed=7)
     llama_pool.load("biased")
-    assert llama_pool.fetch("biased").kind == "peft" and "bias" in llama_pool.fetch("biased").reason
+    assert llama_pool.fetch("biased@1").kind == "peft" and "bias" in llama_pool.fetch("biased@1").reason
     reference = peft_reference(AutoModelForCausalLM, tiny_llama, tmp_path, ["biased", "plain"])
-    with llama_pool.peft_adapter("biased") as model:
+    with llama_pool.peft_adapter("biased@1") as model:
         ours = model(TOKENS).logits
     torch.testing.assert_close(ours, alone(reference, "biased", input_ids=TOKENS), rtol=1e-5, atol=1e-5)
-    with llama_pool.activate(["plain"]):  # slotted adapters still run while the peft adapter stays attached
+    with llama_pool.activate(["plain@1"]):  # slotted adapters still run while the peft adapter stays attached
         torch.testing.assert_close(llama_pool.base.model(TOKENS).logits, alone(reference, "plain", input_ids=TOKENS),
                                    rtol=1e-5, atol=1e-5)  # fmt: skip
 
@@ -132,7 +137,7 @@ def test_lora_with_trained_biases_is_not_slottable_and_swaps_through_peft(llama_
 def test_generation_gives_each_row_its_own_adapter(llama_pool, tiny_llama, tmp_path):
     prompts = ["the movie was very", "i love this film", "they drive cars fast"]
     rows = ["plain", None, "rs"]
-    ours = generate(llama_pool, prompts, rows, GenerationSettings(max_new_tokens=6))
+    ours = generate(llama_pool, prompts, rows, SamplingParams(max_tokens=6, temperature=0))
     reference = peft_reference(AutoModelForCausalLM, tiny_llama, tmp_path, list(LLAMA_ADAPTERS))
     tokenizer = llama_pool.base.tokenizer
     for prompt, adapter, result in zip(prompts, rows, ours):
@@ -144,10 +149,8 @@ def test_generation_gives_each_row_its_own_adapter(llama_pool, tiny_llama, tmp_p
             reference.set_adapter(adapter)
             out = reference.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         assert result.text == tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-    sampled = generate(llama_pool, prompts, rows, GenerationSettings(max_new_tokens=4, do_sample=True, seed=1, top_k=5))
-    assert sampled == generate(
-        llama_pool, prompts, rows, GenerationSettings(max_new_tokens=4, do_sample=True, seed=1, top_k=5)
-    )
+    sampled = generate(llama_pool, prompts, rows, SamplingParams(max_tokens=4, seed=1, top_k=5))
+    assert sampled == generate(llama_pool, prompts, rows, SamplingParams(max_tokens=4, seed=1, top_k=5))
 
 
 def test_classification_heads_are_per_adapter_and_equal_peft(tiny_bert, tmp_path):
@@ -174,7 +177,7 @@ def test_slots_wrap_a_quantized_base_and_equal_peft_on_it(tiny_llama, tmp_path):
     push_random_adapter(load_base(tiny_llama), "plain", {"r": 4}, tmp_path)
     base = load_base(tiny_llama, quantize="nf4")
     pool = AdapterPool(base, slots=1, max_rank=4)
-    with pool.activate(["plain"]):
+    with pool.activate(["plain@1"]):
         ours = base.model(TOKENS).logits
     assert type(base.model.model.layers[0].mlp.down_proj).__name__ == "SlottedLayerLinear4bit"
     pool.close()
@@ -197,12 +200,12 @@ def test_more_adapters_than_slots_and_host_cache_cycle_through_and_equal_peft(
     expected = {name: alone(reference, name, input_ids=TOKENS) for name in names}
     for name in names + names[::-1]:  # every load past the first few evicts from the slots and from the host
         pool.load(name)
-        with pool.activate([name]):
+        with pool.activate([key(name)]):
             torch.testing.assert_close(base.model(TOKENS).logits, expected[name], rtol=1e-5, atol=1e-5)
         tiers = [row["tier"] for row in pool.describe()]
         assert tiers.count("device") <= slots and tiers.count("host") <= host_capacity
     rows = names[-slots:]  # a mixed batch of adapters that were pushed out of the slots and the host
-    with pool.activate(rows):
+    with pool.activate([key(a) for a in rows]):
         mixed = base.model(TOKENS[:slots]).logits
     for row, name in enumerate(rows):
         torch.testing.assert_close(mixed[row], expected[name][row], rtol=1e-5, atol=1e-5)

@@ -54,13 +54,13 @@ def mixed_pool(tiny_llama, tmp_path):
 
 def test_every_method_of_the_mix_is_slotted(mixed_pool):
     for name in MIXED:
-        mixed_pool.load(name)
-        assert mixed_pool.fetch(name).kind == "slotted", mixed_pool.fetch(name).reason
+        key = mixed_pool.load(name)
+        assert mixed_pool.fetch(key).kind == "slotted", mixed_pool.fetch(key).reason
 
 
 def test_a_batch_mixing_lora_rslora_dora_and_ia3_equals_peft_per_row(mixed_pool, tiny_llama, tmp_path):
     rows = ["dora", "ia3", "lora", None, "rslora", "ia3"]
-    with mixed_pool.activate(rows), torch.no_grad():
+    with mixed_pool.activate([None if name is None else f"{name}@1" for name in rows]), torch.no_grad():
         mixed = mixed_pool.base.model(TOKENS).logits
     for row, name in enumerate(rows):
         inputs = {"input_ids": TOKENS[row : row + 1]}
@@ -74,7 +74,7 @@ def test_a_batch_mixing_lora_rslora_dora_and_ia3_equals_peft_per_row(mixed_pool,
 
 @pytest.mark.parametrize("name", list(MIXED))
 def test_one_method_for_the_whole_batch_equals_peft(mixed_pool, tiny_llama, tmp_path, name):
-    with mixed_pool.activate([name]), torch.no_grad():
+    with mixed_pool.activate([f"{name}@1"]), torch.no_grad():
         ours = mixed_pool.base.model(TOKENS).logits
     torch.testing.assert_close(ours, alone_in_peft(AutoModelForCausalLM, tiny_llama, tmp_path / name, input_ids=TOKENS),
                                rtol=1e-5, atol=1e-5)  # fmt: skip
@@ -86,7 +86,7 @@ def test_a_slot_reused_by_another_method_keeps_nothing_of_the_previous_one(tiny_
         push_random(base, name, *MIXED[name], tmp_path, seed)
     pool = AdapterPool(base, slots=1, max_rank=8)
     for name in ("ia3", "dora", "lora", "ia3"):  # one slot: each load overwrites the previous method's contents
-        with pool.activate([name]), torch.no_grad():
+        with pool.activate([f"{name}@1"]), torch.no_grad():
             ours = base.model(TOKENS).logits
         expected = alone_in_peft(AutoModelForCausalLM, tiny_llama, tmp_path / name, input_ids=TOKENS)
         torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5, msg=name)
@@ -108,7 +108,7 @@ def test_classifiers_of_different_methods_share_a_batch_with_their_own_heads(tin
     texts = ["great movie", "bad awful film", "i hate this"]
     rows = ["cls-ia3", "cls-dora", "cls-ia3"]
     ours = classify(pool, texts, rows)
-    assert all(pool.fetch(name).kind == "slotted" for name in methods)
+    assert all(pool.fetch(f"{name}@1").kind == "slotted" for name in methods)
     for text, name, result in zip(texts, rows, ours):
         inputs = base.tokenizer(text, return_tensors="pt")
         model = peft.PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3),

@@ -41,7 +41,7 @@ def counted_kernel(monkeypatch):
 def pooled_logits(base):
     pool = AdapterPool(base, slots=1, max_rank=4)
     try:
-        with pool.activate(["plain"]), torch.no_grad():
+        with pool.activate(["plain@1"]), torch.no_grad():
             return base.model(INPUT).logits
     finally:
         pool.close()

@@ -10,7 +10,7 @@ from shipped_assets import smollm2_gguf
 from test_runtime import push_random_adapter
 
 from adapterhub.base import load_base
-from adapterhub.runtime import AdapterPool, GenerationSettings, generate
+from adapterhub.runtime import AdapterPool, SamplingParams, generate
 
 pytestmark = pytest.mark.slow
 
@@ -23,10 +23,10 @@ def test_smollm2_mixed_batch_equals_peft_per_row_and_generates(tmp_path):
     tokens = base.tokenizer(["The weather today is", "My favourite food is", "Once upon a time"], return_tensors="pt",
                             padding=True)  # fmt: skip
     rows = ["smol-a", "smol-b", None]
-    with pool.activate(rows), torch.inference_mode():
+    with pool.activate([None if r is None else f"{r}@1" for r in rows]), torch.inference_mode():
         mixed = base.model(**tokens).logits
     generated = generate(
-        pool, ["The capital of France is", "Hello"], ["smol-b", "smol-a"], GenerationSettings(max_new_tokens=8)
+        pool, ["The capital of France is", "Hello"], ["smol-b", "smol-a"], SamplingParams(max_tokens=8, temperature=0)
     )
     assert all(g.tokens > 0 and g.text for g in generated)
     pool.close()

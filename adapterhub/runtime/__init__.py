@@ -2,10 +2,11 @@
 
 ``AdapterPool`` (pool.py) holds the slots and the three memory tiers; ``generate`` / ``classify``
 (inference.py) run batches whose rows name different adapters; the HTTP server (``adapterhub.server``)
-batches requests on top of them.
+batches requests on top of them. ``SamplingParams`` is the one type for how a request decodes, on every path.
 """
 
-from adapterhub.runtime.inference import Classified, Generated, GenerationSettings, classify, generate
+from adapterhub.deprecation import moved_names
+from adapterhub.runtime.inference import Classified, Generated, StaticPathUnsupported, classify, generate
 from adapterhub.runtime.pool import AdapterPool, PoolStats
 from adapterhub.runtime.sampling import SamplingParams, TokenLogprob
 
@@ -14,9 +15,14 @@ __all__ = [
     "PoolStats",
     "SamplingParams",
     "TokenLogprob",
-    "GenerationSettings",
+    "StaticPathUnsupported",
     "Generated",
     "Classified",
     "generate",
     "classify",
 ]
+
+# GenerationSettings(max_new_tokens=..., do_sample=..., ...) builds the equivalent SamplingParams until it goes away
+__getattr__ = moved_names(
+    __name__, {"GenerationSettings": "adapterhub.runtime.inference.legacy_settings"}, since="1.1", removed_in="1.3"
+)

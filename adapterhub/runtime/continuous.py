@@ -18,87 +18,43 @@ into one ragged sequence over paged attention, where our slots select an adapter
 scheduling, and the row bookkeeping of the cache, are written here.
 
 Adapters that are not slottable (prompt and prefix tuning, adapters with trained biases, ...) need peft's own
-model around the forward; such a request runs whole through ``generate`` (``inference.generate``) in one step,
-holding the running rows for its length: the price of a method the slots cannot express, said in the README.
+model around the forward: their requests go to the engine's ``Lane`` (lane.py), one small batch of its own
+that takes one step per engine step beside the slotted decode.
 
-Everything in an ``EngineRequest`` is read and written on the model thread, except ``cancel`` (a flag) and the
-events, which the caller collects from ``step``'s return value.
+Requests submitted together (``submit_many``: one API call's ``n`` rows) with the same prompt and adapter are
+prefilled once: the first is the leader, the others follow it, and at the end of the prefill each row picks its
+own first token from the same logits and joins with its own copy of the cache.
 """
 
 from __future__ import annotations
 
 import collections
 import inspect
-import itertools
 import logging
-import time
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from transformers import DynamicCache
 
-from adapterhub.runtime.inference import GenerationSettings, generate
+from adapterhub.runtime.engine_request import EngineRequest, Event, Events, advance, end
+from adapterhub.runtime.finisher import FinishReason, eos_ids
 from adapterhub.runtime.kv_rows import RowCache
+from adapterhub.runtime.lane import Lane
 from adapterhub.runtime.pool import AdapterPool
-from adapterhub.runtime.sampling import RowSampler, SamplingParams, TokenLogprob
-from adapterhub.runtime.text_stream import TextStream
+from adapterhub.runtime.sampling import token_logprobs
 
+__all__ = ["ContinuousEngine", "EngineRequest", "Event", "FinishReason"]
 log = logging.getLogger(__name__)
-FinishReason = Literal["stop", "length", "abort", "error"]
-_ids = itertools.count()
-
-
-@dataclass
-class Event:
-    """What a step did for one request: new text (``tokens`` new tokens), and when it ended, why.
-
-    ``logprobs``: one per token this event added, in order, when the request asked (``SamplingParams.logprobs``).
-    ``prompt_logprobs``: on the request's first event only, when asked: one per prompt token, the first None (no
-    token before it to condition on)."""
-
-    text: str = ""
-    tokens: int = 0
-    finish: FinishReason | None = None
-    error: Exception | None = None
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    prompt_logprobs: list[TokenLogprob | None] | None = None
-
-
-@dataclass(eq=False)
-class EngineRequest:
-    """One request: its prompt tokens, adapter key (``name@version``, None: the base), settings and progress."""
-
-    prompt: list[int]
-    adapter: str | None
-    params: SamplingParams
-    id: int = field(default_factory=lambda: next(_ids))
-    arrived: float = field(default_factory=time.perf_counter)
-    generated: list[int] = field(default_factory=list)
-    cancelled: bool = False
-    finished: FinishReason | None = None
-    # set on the model thread
-    prefilled: int = 0
-    cache: DynamicCache | None = None
-    sampler: RowSampler | None = None
-    text: TextStream | None = None
-
-    def cancel(self) -> None:
-        """The client went away: the next step frees this request's row."""
-        self.cancelled = True
 
 
 class ContinuousEngine:
-    def __init__(self, pool: AdapterPool, *, max_running: int = 16, prefill_chunk: int = 128) -> None:
+    def __init__(self, pool: AdapterPool, *, max_running: int = 16, prefill_chunk: int = 128,
+                 lane_rows: int | None = None) -> None:  # fmt: skip
         if pool.base.model_task != "causal-lm":
             raise ValueError(f"continuous batching generates text; this base is a {pool.base.model_task} model")
         self.pool, self.max_running, self.prefill_chunk = pool, max_running, prefill_chunk
         self.model = pool.base.model
         self.tokenizer = pool.base.tokenizer
-        eos = self.model.generation_config.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos]) | (
-            {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        )
+        self.eos = eos_ids(self.model, self.tokenizer)
         self.incoming: collections.deque[EngineRequest] = collections.deque()  # appended by other threads
         self.waiting: collections.deque[EngineRequest] = collections.deque()
         self.prefilling: list[EngineRequest] = []
@@ -108,66 +64,84 @@ class ContinuousEngine:
         accepted = inspect.signature(self.model.forward).parameters
         self._last_logits = "logits_to_keep" in accepted
         self._cache_kw = "cache" if "cache" in accepted else "past_key_values"  # renamed in transformers 5.2x
+        self.lane = Lane(pool, max_rows=lane_rows or max_running, cache_keyword=self._cache_kw,
+                         last_logits=self._last_logits)  # fmt: skip
 
     # -- called from any thread -----------------------------------------------------------------------
     def submit(self, request: EngineRequest) -> None:
         self.incoming.append(request)
 
     def submit_many(self, requests: list[EngineRequest]) -> None:
-        """Submit ``requests`` together (``n`` > 1, or several prompts of one API call): those with the same prompt
-        and adapter are prefilled once and the cache copied into each row."""
-        self.incoming.extend(requests)
+        """Submit ``requests`` together (one API call's ``n`` rows or prompts): those with the same prompt, adapter
+        and ``prompt_logprobs`` are prefilled once, the later ones following the first; a seeded request's ``i``-th
+        copy draws from ``seed + i``."""
+        leaders: dict[tuple, EngineRequest] = {}
+        for request in requests:
+            same = (tuple(request.prompt), request.adapter, request.params.prompt_logprobs)
+            leader = leaders.setdefault(same, request)
+            if leader is not request:
+                request.seed_offset = len(leader.rows)
+                leader.followers.append(request)
+        self.incoming.extend(leaders.values())
 
     @property
     def queued(self) -> int:
-        return len(self.incoming) + len(self.waiting)
+        return len(self.incoming) + len(self.waiting) + len(self.lane.waiting)
 
     @property
     def active(self) -> int:
-        return len(self.prefilling) + len(self.running)
+        return sum(len(s.rows) for s in self.prefilling) + len(self.running) + len(self.lane)
 
     def has_work(self) -> bool:
-        return bool(self.incoming or self.waiting or self.prefilling or self.running)
+        return bool(
+            self.incoming or self.waiting or self.prefilling or self.running or self.lane.waiting or self.lane.rows
+        )
 
     # -- the model thread ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self) -> list[tuple[EngineRequest, Event]]:
-        events: list[tuple[EngineRequest, Event]] = []
+    def step(self) -> Events:
+        events: Events = []
         while self.incoming:
             self.waiting.append(self.incoming.popleft())
         self._drop_cancelled(events)
         self._admit(events)
         self._prefill(events)
         self._decode(events)
+        self.lane.step(events)
         return events
 
-    def _drop_cancelled(self, events: list) -> None:
+    def _drop_cancelled(self, events: Events) -> None:
         for queue in (self.waiting, self.prefilling):
-            for s in [s for s in queue if s.cancelled]:
+            for s in [s for s in queue if all(r.cancelled for r in s.rows)]:
                 queue.remove(s)
-                self._end(s, "abort", events)
+                for r in s.rows:
+                    end(r, "abort", events)
         if any(s.cancelled for s in self.running):
             for s in self.running:
                 if s.cancelled:
-                    self._end(s, "abort", events)
+                    end(s, "abort", events)
             self._keep_unfinished()
+        self.lane.drop_cancelled(events)
 
-    def _admit(self, events: list) -> None:
+    def _admit(self, events: Events) -> None:
         blocked = False
         in_use = {r.adapter for r in self.prefilling + self.running if r.adapter is not None}
         for s in list(self.waiting):
-            if self.active >= self.max_running:
-                return
             try:
                 slotted = s.adapter is None or self.pool.fetch(s.adapter).kind == "slotted"
             except Exception as exc:  # unreadable, damaged or for another base: this request fails alone
                 self.waiting.remove(s)
-                self._end(s, "error", events, exc)
+                for r in s.rows:
+                    end(r, "error", events, exc)
                 continue
-            if not slotted:
+            if not slotted:  # the lane takes it, whatever room the slotted batch has
                 self.waiting.remove(s)
-                self._whole(s, events)
+                for r in s.rows:
+                    r.start(self.tokenizer, self.eos)
+                    self.lane.waiting.append(r)
                 continue
+            if self.active and self.active + len(s.rows) > self.max_running:
+                continue  # a later request with fewer rows may still fit
             takes_slot = s.adapter is not None and s.adapter not in in_use
             if takes_slot and (blocked or len(in_use) >= self.pool.slots):
                 blocked = True  # later requests may join only with adapters already running
@@ -175,11 +149,12 @@ class ContinuousEngine:
             self.waiting.remove(s)
             if s.adapter is not None:
                 in_use.add(s.adapter)
-            s.sampler, s.text = RowSampler(s.params, frozenset(self.eos)), TextStream(self.tokenizer, s.params.stop)
+            for r in s.rows:
+                r.start(self.tokenizer, self.eos)
             s.cache = DynamicCache()
             self.prefilling.append(s)
 
-    def _prefill(self, events: list) -> None:
+    def _prefill(self, events: Events) -> None:
         budget = self.prefill_chunk
         for s in list(self.prefilling):
             if budget <= 0:
@@ -188,25 +163,52 @@ class ContinuousEngine:
             start, s.prefilled = s.prefilled, s.prefilled + len(chunk)
             budget -= len(chunk)
             positions = torch.arange(start, s.prefilled, device=self.pool.device)
-            extra = {"logits_to_keep": 1} if self._last_logits else {}
+            whole = s.params.prompt_logprobs is not None  # every position's logits, not only the last
+            extra = {"logits_to_keep": 1} if self._last_logits and not whole else {}
             try:
                 with self.pool.activate([s.adapter]):
                     out = self.model(input_ids=torch.tensor([chunk], device=self.pool.device), position_ids=positions[None],
                                      cache_position=positions, use_cache=True, **{self._cache_kw: s.cache}, **extra)  # fmt: skip
             except Exception as exc:
                 self.prefilling.remove(s)
-                self._end(s, "error", events, exc)
+                for r in s.rows:
+                    end(r, "error", events, exc)
                 continue
+            if whole:
+                self._score_prompt(s, out.logits[0], start)
             if s.prefilled < len(s.prompt):
                 continue
             self.prefilling.remove(s)
-            self._advance(s, s.sampler.pick(out.logits[0, -1], s.generated)[0], events)
-            if s.finished is None:
-                self.cache.join(s.cache, len(s.prompt))
-                s.cache = None
-                self.running.append(s)
+            self._first_tokens(s, out.logits[0, -1], events)
 
-    def _decode(self, events: list) -> None:
+    def _score_prompt(self, s: EngineRequest, logits: torch.Tensor, start: int) -> None:
+        """The log-probabilities of the prompt tokens this chunk's ``logits`` (chunk, vocabulary) predict."""
+        following = s.prompt[start + 1 : s.prefilled + 1]  # the last chunk's last position predicts no prompt token
+        scored = token_logprobs(logits[: len(following)], following, s.params.prompt_logprobs)
+        s.prompt_logprobs = (s.prompt_logprobs or [None]) + scored
+
+    def _first_tokens(self, s: EngineRequest, logits: torch.Tensor, events: Events) -> None:
+        """The end of ``s``'s prefill: each of its rows picks its first token and joins the running batch with its
+        own copy of the cache (or ends: cancelled meanwhile, ``max_tokens`` 0, or done at its first token)."""
+        joining, cache = [], s.cache
+        for r in s.rows:
+            r.prompt_logprobs = s.prompt_logprobs
+            if r.cancelled:
+                end(r, "abort", events)
+            elif r.params.max_tokens == 0:
+                end(r, "length", events)
+            else:
+                advance(r, *r.sampler.pick(logits, r.generated), events)
+                if r.finished is None:
+                    joining.append(r)
+        if joining:
+            if len(joining) > 1:
+                cache.batch_repeat_interleave(len(joining))
+            self.cache.join(cache, len(s.prompt), rows=len(joining))
+            self.running += joining
+        s.cache, s.followers = None, []
+
+    def _decode(self, events: Events) -> None:
         self.decoded_rows = len(self.running)
         if not self.running:
             return
@@ -218,14 +220,14 @@ class ContinuousEngine:
         except Exception as exc:  # the batch's forward failed: its rows end with the error, the engine goes on
             log.exception("a decode step of %d rows failed", len(self.running))
             for s in self.running:
-                self._end(s, "error", events, exc)
+                end(s, "error", events, exc)
             self.running, self.cache = [], RowCache()
             return
         self.cache.stepped()
-        best = logits.argmax(-1).tolist()  # every greedy row's token in one call
+        best = logits.argmax(-1).tolist()  # every plain greedy row's token in one call
         for i, s in enumerate(self.running):
-            plain = s.params.greedy and len(s.generated) >= s.params.min_tokens
-            self._advance(s, best[i] if plain else s.sampler.pick(logits[i], s.generated)[0], events)
+            plain = s.params.plain and s.params.logprobs is None and len(s.generated) >= s.params.min_tokens
+            advance(s, *((best[i], None) if plain else s.sampler.pick(logits[i], s.generated)), events)
         self._keep_unfinished()
 
     def _keep_unfinished(self) -> None:
@@ -233,40 +235,3 @@ class ContinuousEngine:
         if len(keep) < len(self.running):
             self.running = [self.running[i] for i in keep]
             self.cache.keep(keep)
-
-    def _advance(self, s: EngineRequest, token: int, events: list) -> None:
-        """Add ``token`` to ``s``: release its text, and end it at a stop (EOS, stop string) or its length."""
-        s.generated.append(token)
-        eos = token in self.eos and not s.params.ignore_eos
-        text = "" if eos else s.text.add(token)
-        if eos or s.text.stopped:
-            self._end(s, "stop", events, text=text, tokens=1)
-        elif len(s.generated) >= s.params.max_tokens:
-            self._end(s, "length", events, text=text, tokens=1)
-        else:
-            events.append((s, Event(text, 1)))
-
-    def _end(self, s: EngineRequest, reason: FinishReason, events: list, error: Exception | None = None, *,
-             text: str = "", tokens: int = 0) -> None:  # fmt: skip
-        s.finished, s.cache = reason, None
-        if s.text is not None and reason in ("stop", "length"):
-            text += s.text.finish()
-        events.append((s, Event(text, tokens, reason, error)))
-
-    def _whole(self, s: EngineRequest, events: list) -> None:
-        """Run a request for a non-slottable adapter whole through peft's ``generate`` (see the module docstring)."""
-        p = s.params
-        settings = GenerationSettings(
-            max_new_tokens=p.max_tokens, do_sample=not p.greedy, temperature=p.temperature or 1.0, top_p=p.top_p,
-            top_k=p.top_k, seed=p.seed, min_new_tokens=p.max_tokens if p.ignore_eos else p.min_tokens,
-        )  # fmt: skip
-        try:
-            [result] = generate(self.pool, [s.prompt], [s.adapter], settings)
-        except Exception as exc:
-            self._end(s, "error", events, exc)
-            return
-        cut = min((at for at in (result.text.find(x) for x in p.stop) if at != -1), default=-1)
-        text = result.text if cut == -1 else result.text[:cut]
-        s.generated = [0] * result.tokens  # counted, not kept: the text is what the caller gets
-        stopped = cut != -1 or result.tokens < p.max_tokens
-        self._end(s, "stop" if stopped else "length", events, text=text, tokens=result.tokens)

@@ -13,33 +13,51 @@ from dataclasses import dataclass, field
 
 import torch
 
+from adapterhub.errors import AdapterHubError
+from adapterhub.runtime.finisher import Finisher, FinishReason, eos_ids
 from adapterhub.runtime.pool import AdapterPool
-from adapterhub.runtime.text_stream import complete_text
+from adapterhub.runtime.sampling import SamplingParams
+
+DEFAULT = SamplingParams(max_tokens=32, temperature=0)  # greedy, 32 tokens
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How to continue a prompt; requests are batched together only when their settings are equal."""
+class StaticPathUnsupported(AdapterHubError, ValueError):
+    """A setting ``generate`` (one transformers ``generate`` call per batch) cannot honour: log-probabilities,
+    OpenAI's presence and frequency penalties, ``max_tokens`` 0. The continuous engine serves them."""
 
-    max_new_tokens: int = 32
-    do_sample: bool = False  # False: greedy
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: no top-k filter
-    seed: int | None = None  # sampling seed for the batch
-    min_new_tokens: int = 0  # the end-of-sequence token cannot be picked before this many new tokens
 
-    def generate_kwargs(self) -> dict:
-        extra = {"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}
-        if not self.do_sample:
-            return {"do_sample": False, **extra}
-        return {
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k or None,
-            **extra,
-        }
+STATIC_UNSUPPORTED = ("logprobs", "prompt_logprobs", "presence_penalty", "frequency_penalty")
+
+
+def refuse_unsupported(params: SamplingParams) -> None:
+    """Raise ``StaticPathUnsupported`` naming the first setting of ``params`` that ``generate`` cannot honour."""
+    neutral = SamplingParams()
+    for name in STATIC_UNSUPPORTED:
+        if getattr(params, name) != getattr(neutral, name):
+            raise StaticPathUnsupported(f"{name} is not available with --batching static (one generate call per "
+                                        "batch); serve with --batching continuous or leave it out")  # fmt: skip
+
+
+def generate_kwargs(params: SamplingParams, eos: frozenset[int]) -> dict:
+    """transformers ``generate`` arguments for ``params`` (after ``refuse_unsupported``). ``generate`` cannot go on
+    past an end-of-sequence token, so ``ignore_eos`` keeps it from being picked; ``logit_bias`` is transformers'
+    ``sequence_bias`` of one-token sequences."""
+    kwargs: dict = {"max_new_tokens": params.max_tokens, "eos_token_id": sorted(eos), "do_sample": not params.greedy,
+                    "min_new_tokens": params.max_tokens if params.ignore_eos else params.min_tokens}  # fmt: skip
+    if not params.greedy:
+        kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+    if params.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = params.repetition_penalty
+    if params.logit_bias:
+        kwargs["sequence_bias"] = {(token,): bias for token, bias in params.logit_bias}
+    return kwargs
+
+
+def legacy_settings(max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                    top_k: int = 0, seed: int | None = None, min_new_tokens: int = 0) -> SamplingParams:  # fmt: skip
+    """What ``GenerationSettings(...)`` (deprecated) builds now: the ``SamplingParams`` of those settings."""
+    return SamplingParams(max_tokens=max_new_tokens, temperature=temperature if do_sample else 0, top_p=top_p,
+                          top_k=top_k, seed=seed, min_tokens=min_new_tokens)  # fmt: skip
 
 
 @dataclass
@@ -48,6 +66,7 @@ class Generated:
     tokens: int  # new tokens, up to and including an end-of-sequence token
     adapter: str | None
     token_ids: list[int] = field(default_factory=list)  # the new tokens themselves
+    finish: FinishReason = "length"  # "stop": an end-of-sequence token or a stop string
 
 
 @dataclass
@@ -57,30 +76,37 @@ class Classified:
     adapter: str | None
 
 
-def groups(pool: AdapterPool, adapters: Sequence[str | None]) -> list[tuple[list[int], str | None]]:
+def groups(pool: AdapterPool, keys: Sequence[str | None]) -> list[tuple[list[int], str | None]]:
     """Row indices that can run in one forward: ``(rows, None)`` for slotted/base rows (at most ``pool.slots``
-    distinct adapters each), ``(rows, ref)`` for each non-slottable adapter."""
+    distinct adapters each), ``(rows, key)`` for each non-slottable adapter."""
     slotted: list[int] = []
     by_peft: dict[str, list[int]] = {}
-    for row, adapter in enumerate(adapters):
-        if adapter is not None and pool.fetch(adapter).kind == "peft":
-            by_peft.setdefault(pool.key_of(adapter), []).append(row)
+    for row, key in enumerate(keys):
+        if key is not None and pool.fetch(key).kind == "peft":
+            by_peft.setdefault(key, []).append(row)
         else:
             slotted.append(row)
     chunks: list[tuple[list[int], str | None]] = []
     current: list[int] = []
     seen: set[str] = set()
     for row in slotted:
-        adapter = adapters[row]
-        if adapter is not None and adapter not in seen and len(seen) == pool.slots:
+        key = keys[row]
+        if key is not None and key not in seen and len(seen) == pool.slots:
             chunks.append((current, None))
             current, seen = [], set()
         current.append(row)
-        if adapter is not None:
-            seen.add(adapter)
+        if key is not None:
+            seen.add(key)
     if current:
         chunks.append((current, None))
     return chunks + [(rows, key) for key, rows in by_peft.items()]
+
+
+def keys_of(pool: AdapterPool, adapters: Sequence[str | None]) -> list[str | None]:
+    """Each row's adapter key, every distinct ref resolved once (``generate`` and ``classify`` called directly take
+    refs; a key already in memory costs no registry look-up)."""
+    keys = {a: pool.key_of(a) for a in set(adapters) if a is not None}
+    return [None if a is None else keys[a] for a in adapters]
 
 
 @contextlib.contextmanager
@@ -95,25 +121,29 @@ def _running(pool: AdapterPool, rows: list[int], peft_key: str | None, adapters:
 
 @torch.inference_mode()
 def generate(pool: AdapterPool, prompts: Sequence[str | list[int]], adapters: Sequence[str | None],
-             settings: GenerationSettings = GenerationSettings()) -> list[Generated]:  # fmt: skip
-    """Continue each prompt (text, or token ids already encoded) with its own adapter (None: the base); greedy
-    or sampled per ``settings``."""
+             params: SamplingParams = DEFAULT) -> list[Generated]:  # fmt: skip
+    """Continue each prompt (text, or token ids already encoded) with its own adapter (a ref or key; None: the
+    base), every row with ``params``; each row ends where its ``Finisher`` says (EOS, stop string, ``max_tokens``)."""
     if len(prompts) != len(adapters):
         raise ValueError(f"{len(prompts)} prompts but {len(adapters)} adapters")
+    refuse_unsupported(params)
     tokenizer = pool.base.tokenizer
+    eos = eos_ids(pool.base.model, tokenizer)
+    keys = keys_of(pool, adapters)
     results: list[Generated | None] = [None] * len(prompts)
-    for rows, peft_key in groups(pool, adapters):
+    for rows, peft_key in groups(pool, keys):
         batch = _left_padded(tokenizer, [prompts[i] for i in rows]).to(pool.device)
-        with _running(pool, rows, peft_key, adapters) as model, _seeded(settings.seed):
-            output = model.generate(
-                **batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                **settings.generate_kwargs(),
-            )  # fmt: skip
+        with _running(pool, rows, peft_key, keys) as model, _seeded(params.seed):
+            output = model.generate(**batch, pad_token_id=tokenizer.pad_token_id, **generate_kwargs(params, eos))
         new = output[:, batch["input_ids"].shape[1] :]  # (rows, new tokens)
         for row, tokens in zip(rows, new.tolist()):
-            tokens = _until_eos(tokens, tokenizer.eos_token_id)
-            text = complete_text(tokenizer.decode(tokens, skip_special_tokens=True))  # cut inside a character
-            results[row] = Generated(text, len(tokens), adapters[row], tokens)
+            finisher = Finisher(tokenizer, params, eos)
+            for token in tokens:
+                finisher.add(token)
+                if finisher.reason is not None:
+                    break
+            results[row] = Generated(finisher.text, len(finisher.tokens), adapters[row], finisher.tokens,
+                                     finisher.reason or "length")  # fmt: skip
     return results
 
 
@@ -126,17 +156,16 @@ def classify(pool: AdapterPool, texts: Sequence[str], adapters: Sequence[str | N
     base_labels = pool.base.labels or [
         pool.base.model.config.id2label[i] for i in range(pool.base.model.config.num_labels)
     ]
-    own_labels = {
-        ref: pool.fetch(ref).labels for ref in set(adapters) if ref is not None
-    }  # once per adapter, not per row
+    keys = keys_of(pool, adapters)
+    own_labels = {key: pool.fetch(key).labels for key in set(keys) if key is not None}  # once per adapter, not per row
     results: list[Classified | None] = [None] * len(texts)
-    for rows, peft_key in groups(pool, adapters):
+    for rows, peft_key in groups(pool, keys):
         batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
                           max_length=max_length).to(pool.device)  # fmt: skip
-        with _running(pool, rows, peft_key, adapters) as model:
+        with _running(pool, rows, peft_key, keys) as model:
             probabilities = model(**batch).logits.float().softmax(-1)  # (rows, labels)
         for row, scores in zip(rows, probabilities.tolist()):
-            own = own_labels.get(adapters[row])
+            own = own_labels.get(keys[row])
             labels = own if own and len(own) == len(scores) else base_labels
             best = max(range(len(scores)), key=scores.__getitem__)
             results[row] = Classified(labels[best], dict(zip(labels, scores)), adapters[row])
@@ -153,10 +182,6 @@ def _left_padded(tokenizer, prompts: list[str | list[int]]):
                              return_tensors="pt")  # fmt: skip
     finally:
         tokenizer.padding_side = side
-
-
-def _until_eos(tokens: list[int], eos: int | None) -> list[int]:
-    return tokens[: tokens.index(eos) + 1] if eos is not None and eos in tokens else tokens
 
 
 @contextlib.contextmanager

@@ -46,17 +46,18 @@ class RowCache:
                     "join; serve it with --batching static"
                 )  # fmt: skip
 
-    def join(self, cache: DynamicCache, length: int) -> None:
-        """Append one row prefilled on its own (``cache`` of batch 1 holding ``length`` real columns)."""
+    def join(self, cache: DynamicCache, length: int, rows: int = 1) -> None:
+        """Append ``rows`` rows prefilled together (``cache`` of batch ``rows`` holding ``length`` real columns each:
+        one request, or copies of one prefill)."""
         self.check(cache)
         if self.cache is None:
-            self.cache, self.lengths = cache, [length]
+            self.cache, self.lengths = cache, [length] * rows
             return
         width = max(self.width, cache.get_seq_length())
         for mine, theirs in zip(self.cache.layers, cache.layers):
             mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
             mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])
-        self.lengths.append(length)
+        self.lengths += [length] * rows
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (in that order), and drop the padding columns no remaining row needs."""

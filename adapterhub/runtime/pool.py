@@ -3,13 +3,19 @@
 ``AdapterPool(base)`` gives every target linear of the base (``nn.Linear`` or a bitsandbytes quantized
 linear; all of them except the output head by default) its slot tensors once. Then:
 
-* ``load(ref)``: registry -> xxh3 check -> base fingerprint and head shape checks -> host memory -> a device
+* ``load(ref)``: resolve ``ref`` (``name``, ``name:tag``, ``name@3``) to its key ``name@version``, then
+  registry -> xxh3 check -> base fingerprint and head shape checks -> host memory -> a device
   slot (a tensor copy). Adapters live in three tiers, each evicting least-recently-used: device slots,
   host memory (pinned on CUDA), and the registry on disk. Every adapter in memory keeps its host copy (a slot
   is refilled from it); ``host_capacity`` bounds the adapters held *besides* those in slots, so any capacity,
   0 included, works with any number of slots.
-* ``activate(adapters)``: one adapter (or None for the base) per batch row; a context manager under which
+* ``activate(keys)``: one adapter key (or None for the base) per batch row; a context manager under which
   the base model's forward applies each row's slot contents. Switching adapters is changing slot indices.
+
+Below the edge everything takes keys, never refs: a key names one immutable version, so ``activate``,
+``fetch`` and ``peft_adapter`` never ask the registry what a ref means (a tag may move between two decode steps;
+a key cannot). Only ``load`` and ``key_of`` resolve refs, once, where a request arrives; ``fetch`` reads the
+registry only for the blob of a key that is not in host memory.
 
 What a slot holds comes from the adapter's method plugin (``MethodSpec.slot_plan``: LoRA, rsLoRA and DoRA
 as a low-rank pair with DoRA's column scales, IA3 as scaling vectors), so one batch mixes methods row by row.
@@ -36,7 +42,8 @@ from adapterhub.runtime.fallback import PeftAttached
 from adapterhub.runtime.plan import PEFT_PREFIX, SlotPlan, plan_adapter
 from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, remove_slots
 from adapterhub.specs import NotSlottable, SlotLayout
-from adapterhub_registry import AdapterRecord, Registry
+from adapterhub_registry import AdapterRecord, InvalidNameError, Registry
+from adapterhub_registry.names import parse_ref
 
 log = logging.getLogger(__name__)
 HEAD_NAMES = ("classifier", "score")  # the heads peft saves whole for sequence classification
@@ -109,7 +116,6 @@ class AdapterPool:
         )  # fmt: skip
         self._device: OrderedDict[str, int] = OrderedDict()  # key -> slot, least recently used first
         self._host: OrderedDict[str, HostAdapter] = OrderedDict()
-        self._aliases: dict[str, str] = {}  # ref as asked ("name", "name:tag") -> key ("name@version")
         self._pinned: set[str] = set()
 
     # -- set-up -----------------------------------------------------------------------------------------
@@ -163,21 +169,21 @@ class AdapterPool:
 
     # -- loading ----------------------------------------------------------------------------------------
     def key_of(self, ref: str) -> str:
-        """The exact ``name@version`` of ``ref``; refs already loaded resolve without touching the registry."""
-        if ref in self._aliases:
-            return self._aliases[ref]
+        """The exact ``name@version`` of ``ref`` (one registry look-up; none for a key already in memory). Called
+        where a request arrives; everything below it takes the key."""
+        if _is_key(ref) and (ref in self._host or ref in self._device):
+            return ref
         return self.registry.resolve(ref).ref
 
     def load(self, ref: str, *, force: bool = False) -> str:
         """Make ``ref`` resident (a device slot if slottable, else host memory for peft) and return its key.
 
-        ``ref`` is re-resolved against the registry, so loading ``name`` again picks up a newer version.
+        ``ref`` is resolved against the registry, so loading ``name`` again picks up a newer version.
         An adapter trained on another base is refused (``IncompatibleBaseError`` naming both) unless ``force``.
         """
         record = self.registry.resolve(ref)
         key = record.ref
         adapter = self._fetch(key, force=force, record=record)
-        self._aliases[ref] = self._aliases[key] = key
         if adapter.plan is not None:
             self._to_slot(key)
         return key
@@ -193,7 +199,6 @@ class AdapterPool:
         self._host.pop(key, None)
         if self.peft.key == key:
             self.peft.detach()
-        self._aliases = {ref: k for ref, k in self._aliases.items() if k != key}
         return key
 
     def _fetch(self, key: str, *, force: bool = False, record: AdapterRecord | None = None) -> HostAdapter:
@@ -282,19 +287,19 @@ class AdapterPool:
                 head.clear(slot)
 
     # -- running ----------------------------------------------------------------------------------------
-    def fetch(self, ref: str) -> HostAdapter:
-        """The host copy of ``ref``, read from the registry (integrity and base checks) when it is not in host
-        memory: ``fetch(ref).kind``, ``.reason`` (why it is not slottable) and ``.labels`` read it."""
-        return self._fetch(self.key_of(ref))
+    def fetch(self, key: str) -> HostAdapter:
+        """The host copy of ``key`` (``name@version``), its blob read from the registry (integrity and base checks)
+        when it is not in host memory: ``fetch(key).kind``, ``.reason`` (why it is not slottable) and ``.labels``."""
+        return self._fetch(_checked_key(key))
 
     @contextlib.contextmanager
     def activate(self, adapters: Sequence[str | None]) -> Iterator[None]:
-        """Run the base with ``adapters[i]`` on row ``i`` (None: the base alone), all slottable.
+        """Run the base with adapter key ``adapters[i]`` on row ``i`` (None: the base alone), all slottable.
 
         A single-element list applies to every row. Misses are loaded (evicting the least recently used
         slot not needed by this batch). Use ``peft_adapter`` for adapters that are not slottable.
         """
-        keys = [None if a is None else self.key_of(a) for a in adapters]
+        keys = [None if a is None else _checked_key(a) for a in adapters]
         distinct = {k for k in keys if k is not None}
         if len(distinct) > self.slots:
             raise AdapterHubError(f"a batch uses {len(distinct)} adapters but the pool has {self.slots} slots")
@@ -320,9 +325,9 @@ class AdapterPool:
         return self._to_slot(key)
 
     @contextlib.contextmanager
-    def peft_adapter(self, ref: str) -> Iterator[torch.nn.Module]:
-        """Attach a non-slottable adapter through peft (its own load path) and yield the model to run."""
-        adapter = self._fetch(self.key_of(ref))
+    def peft_adapter(self, key: str) -> Iterator[torch.nn.Module]:
+        """Attach a non-slottable adapter (its key) through peft (its own load path) and yield the model to run."""
+        adapter = self._fetch(_checked_key(key))
         if adapter.plan is not None:
             raise AdapterHubError(f"adapter {adapter.key} is slottable; run it with activate()")
         self._pinned = {adapter.key}
@@ -342,6 +347,21 @@ class AdapterPool:
             rows.append({"adapter": key, "method": adapter.method, "tier": tier, "slot": self._device.get(key),
                          "bytes": adapter.nbytes, "not_slottable_because": adapter.reason})  # fmt: skip
         return rows
+
+
+def _is_key(ref: str) -> bool:
+    try:
+        return parse_ref(ref).version is not None
+    except InvalidNameError:
+        return False
+
+
+def _checked_key(key: str) -> str:
+    """``key`` if it names one version (``name@version``); else an error saying where refs are resolved."""
+    if not _is_key(key):
+        raise AdapterHubError(f"{key!r} is not an adapter key (name@version): the pool serves exact versions only. "
+                              f"Resolve a ref once with pool.key_of({key!r}) or pool.load({key!r}) and pass the key")  # fmt: skip
+    return key
 
 
 def _to_host(plan: SlotPlan) -> SlotPlan:

@@ -1,9 +1,9 @@
 """What the ``Batcher`` runs on each batch of ``/generate`` or ``/classify`` requests (and of ``/v1/`` completions
 under ``--batching static``), on its worker thread.
 
-``batch_runner(pool, router)`` composes it: the model call for the base's task (``generate`` or ``classify``
-over the mixed-adapter batch; a static completion batch when the batch key is a ``StaticKey``, a classification
-by prompting when it is a ``PromptKey``), wrapped so that one request's failure fails only that request, and, with a task
+``batch_runner(pool, router)`` composes it: the model call for the base's task (``generate`` over the
+mixed-adapter batch when the batch key is a ``SamplingParams``, which every row of the batch shares; ``classify``;
+a classification by prompting when it is a ``PromptKey``), wrapped so that one request's failure fails only that request, and, with a task
 router, preceded by routing the batch's ``"task": "auto"`` requests in one forward of the bare base.
 """
 
@@ -16,9 +16,7 @@ from typing import Any
 
 from adapterhub.continual.plan import AUTO
 from adapterhub.continual.router import Router
-from adapterhub.runtime import AdapterPool, GenerationSettings, classify, generate
-from adapterhub.runtime.sampling import SamplingParams
-from adapterhub.runtime.text_stream import TextStream
+from adapterhub.runtime import AdapterPool, SamplingParams, classify, generate
 from adapterhub.server.batcher import RunBatch
 from adapterhub.server.prompt_classify import PromptKey, run_prompt_classify
 from adapterhub.server.schemas import ClassifyRequest, GenerateRequest
@@ -31,7 +29,7 @@ RunModel = Callable[[AdapterPool, list, Hashable], list]
 def batch_runner(pool: AdapterPool, router: Router | None = None) -> RunBatch:
     """The batch function of a server of ``pool``'s base; ``router`` (bound to ``pool``) routes ``auto`` requests."""
     causal = pool.base.model_task == "causal-lm"
-    run_batch = _isolating(_by_key(_run_generate) if causal else _run_classify, pool)
+    run_batch = _isolating(_by_key if causal else _run_classify, pool)
     if router is None:
         return run_batch
     return _routing(run_batch, router, _routed_text)
@@ -42,70 +40,29 @@ def _routed_text(payload: GenerateRequest | ClassifyRequest) -> str:
     return payload.text if isinstance(payload, ClassifyRequest) else payload.prompt
 
 
-def _run_generate(pool: AdapterPool, payloads: list[GenerateRequest], settings: GenerationSettings) -> list[dict]:
-    outputs = generate(pool, [p.prompt for p in payloads], [p.adapter for p in payloads], settings)
-    return [{"text": o.text, "tokens": o.tokens, "adapter": o.adapter} for o in outputs]
-
-
-@dataclass(frozen=True)
-class StaticKey:
-    """The static batcher's key for ``/v1/`` completions: what one ``generate`` call must share. Lengths are
-    not part of it: the batch runs to its longest request and each row is cut to its own ``max_tokens``.
-    ``generate`` cannot go on past an end-of-sequence token, so here ``ignore_eos`` keeps it from being picked
-    (the continuous engine, like vLLM, lets it be picked and goes on)."""
-
-    temperature: float
-    top_p: float
-    top_k: int
-    seed: int | None
-    ignore_eos: bool
-
-    @classmethod
-    def of(cls, params: SamplingParams) -> StaticKey:
-        return cls(params.temperature, params.top_p, params.top_k, params.seed, params.ignore_eos)
-
-
 @dataclass
 class StaticCompletion:
+    """A ``/v1/`` completion under ``--batching static``: its prompt's tokens and adapter key (its settings are the
+    batch key)."""
+
     prompt: list[int]
     adapter: str | None
     params: SamplingParams
     task: str | None = None  # never routed
 
 
-def _by_key(run_generate: RunModel) -> RunModel:
-    def run(pool: AdapterPool, payloads: list, key: Hashable) -> list:
-        if isinstance(key, PromptKey):
-            return run_prompt_classify(pool, payloads, key)
-        return (_run_static_completions if isinstance(key, StaticKey) else run_generate)(pool, payloads, key)
-
-    return run
+def _by_key(pool: AdapterPool, payloads: list, key: Hashable) -> list:
+    if isinstance(key, PromptKey):
+        return run_prompt_classify(pool, payloads, key)
+    return _run_generate(pool, payloads, key)
 
 
-def _run_static_completions(pool: AdapterPool, payloads: list[StaticCompletion], key: StaticKey) -> list[dict]:
-    """One ``generate`` over the batch, as long as its longest request; each row cut to its own length and stops."""
-    longest = max(p.params.max_tokens for p in payloads)
-    settings = GenerationSettings(
-        max_new_tokens=longest, do_sample=key.temperature > 0, temperature=key.temperature or 1.0, top_p=key.top_p,
-        top_k=key.top_k, seed=key.seed, min_new_tokens=longest if key.ignore_eos else max(p.params.min_tokens for p in payloads),
-    )  # fmt: skip
-    outputs = generate(pool, [p.prompt for p in payloads], [p.adapter for p in payloads], settings)
-    eos = pool.base.tokenizer.eos_token_id
-    results = []
-    for payload, output in zip(payloads, outputs):
-        text, count, ended = TextStream(pool.base.tokenizer, payload.params.stop), 0, False
-        for token in output.token_ids[: payload.params.max_tokens]:
-            count += 1
-            ended = token == eos and not key.ignore_eos
-            if ended:
-                break
-            text.add(token)
-            if text.stopped:
-                break
-        finish = "stop" if ended or text.stopped else "length"
-        text.finish()
-        results.append({"text": text.released, "tokens": count, "finish": finish})
-    return results
+def _run_generate(pool: AdapterPool, payloads: list[GenerateRequest | StaticCompletion],
+                  params: SamplingParams) -> list[dict]:  # fmt: skip
+    """One ``generate`` over the batch (``/generate`` requests, or ``/v1/`` completions under ``--batching
+    static``): every row shares ``params``, each ends where its finisher says."""
+    outputs = generate(pool, [p.prompt for p in payloads], [p.adapter for p in payloads], params)
+    return [{"text": o.text, "tokens": o.tokens, "adapter": o.adapter, "finish": o.finish} for o in outputs]
 
 
 def _run_classify(pool: AdapterPool, payloads: list[ClassifyRequest], key: Hashable) -> list[dict]:
@@ -123,7 +80,7 @@ def _isolating(run: RunModel, pool: AdapterPool) -> RunBatch:
         failed: dict[str, Exception] = {}
         for adapter in {p.adapter for p in payloads if p.adapter is not None}:
             try:
-                pool.fetch(adapter)  # now: registry, integrity and base fingerprint checks
+                pool.fetch(adapter)  # now (a key's blob on a miss): integrity and base fingerprint checks
             except Exception as exc:
                 failed[adapter] = exc
         ok = [i for i, p in enumerate(payloads) if p.adapter not in failed]

@@ -82,7 +82,7 @@ def build_server(spec: ServeSpec) -> BuiltServer:
                      labels=list(spec.labels) if spec.labels else None, device=device, dtype=dtype)  # fmt: skip
     pool = AdapterPool(base, slots=spec.slots, max_rank=spec.max_rank, host_capacity=spec.host_cache, registry=registry)
     refs = (*spec.preload, *(task.ref for task in (router.tasks if router else ())))
-    loaded = tuple(f"{pool.load(ref)} ({pool.fetch(ref).kind})" for ref in refs)
+    loaded = tuple(f"{key} ({pool.fetch(key).kind})" for key in map(pool.load, refs))
     if router is not None:
         router.bind(pool)  # features of the pooled base with no adapter active
     return BuiltServer(create_app(pool, spec.settings, router, remote), spec, loaded)

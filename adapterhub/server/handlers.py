@@ -2,8 +2,9 @@
 
 - ``POST /generate`` (causal-LM base) and ``POST /classify`` (seq-cls base; on a causal-LM base, with a prompt
   ``template``: ``prompt_classify.py``): check the input's size, turn a named ``task`` into its adapter (``auto``
-  is routed later, with its batch), resolve the adapter (unknown or malformed refs fail here, before batching),
-  then queue the request on the batcher and await its answer.
+  is routed later, with its batch), resolve the adapter once to its key ``name@version`` (unknown or malformed
+  refs fail here, before batching; the batch sees the key only), then queue the request on the batcher and await
+  its answer, which names the adapter as the client did.
 - ``GET /adapters``, ``POST /adapters/load``, ``POST /adapters/unload``: the pool's adapters and their tier;
   load (``force`` to accept another base) or unload one.
 - ``GET /health``: status, base, slots, active alerts and the router's tasks; ``GET /metrics``: Prometheus.
@@ -25,7 +26,6 @@ from fastapi import APIRouter, Response
 
 from adapterhub.continual.plan import AUTO
 from adapterhub.continual.router import UnknownTaskError
-from adapterhub.runtime import GenerationSettings
 from adapterhub.server.http_errors import HTTPError, http_error, raised_by
 from adapterhub.server.prompt_classify import prompt_key, refuse_prompt_fields
 from adapterhub.server.schemas import AdapterRequest, ClassifyRequest, GenerateRequest
@@ -46,14 +46,15 @@ async def generate(body: GenerateRequest, state: StateDep) -> dict:
                              f"({raised_by('max_new_tokens')}); ask for fewer")  # fmt: skip
     check_input(state, body.prompt)
     choose_task(state, body)
-    await check_adapter(state, body.adapter)
-    key = GenerationSettings(body.max_new_tokens, body.do_sample, body.temperature, body.top_p, body.top_k, body.seed)
+    named = body.adapter
+    body.adapter = await check_adapter(state, body.adapter)
     started = time.perf_counter()
-    result = await submitted(state, key, body)
+    result = await submitted(state, body.sampling(), body)
+    del result["finish"]
     label = "base" if result["adapter"] is None else parse_ref(result["adapter"]).name  # as /v1/ names it
     state.adapter_metrics.request(label)
     state.answered_whole(label, result["tokens"], time.perf_counter() - started)
-    return result
+    return result if named is None else {**result, "adapter": named}
 
 
 @endpoints.post("/classify")
@@ -65,8 +66,10 @@ async def classify(body: ClassifyRequest, state: StateDep) -> dict:
         refuse_prompt_fields(body, state.model_task)
         key = "classify"
     choose_task(state, body)
-    await check_adapter(state, body.adapter)
-    return await submitted(state, key, body)
+    named = body.adapter
+    body.adapter = await check_adapter(state, body.adapter)
+    result = await submitted(state, key, body)
+    return result if named is None else {**result, "adapter": named}
 
 
 @endpoints.get("/adapters")
@@ -130,9 +133,12 @@ def check_input(state: AppState, text: str) -> None:
                              f"({raised_by('max_input_tokens')})")  # fmt: skip
 
 
-async def check_adapter(state: AppState, ref: str | None) -> None:
-    if ref is not None:
-        await on_worker(state, lambda: state.pool.key_of(ref))  # unknown or malformed refs fail here, before batching
+async def check_adapter(state: AppState, ref: str | None) -> str | None:
+    """``ref``'s key ``name@version`` (None: the base): the one registry look-up of a request, on the model thread.
+    Unknown or malformed refs fail here, before batching."""
+    if ref is None:
+        return None
+    return await on_worker(state, lambda: state.pool.key_of(ref))
 
 
 def choose_task(state: AppState, body: GenerateRequest | ClassifyRequest) -> None:

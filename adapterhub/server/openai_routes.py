@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from adapterhub.runtime.continuous import EngineRequest, Event
-from adapterhub.server.batch_runs import StaticCompletion, StaticKey
+from adapterhub.server.batch_runs import StaticCompletion
 from adapterhub.server.engine_driver import Submitted
 from adapterhub.server.handlers import submitted
 from adapterhub.server.http_errors import HTTPError, http_error, raised_by
@@ -208,7 +208,7 @@ async def _serve_static(state: AppState, body: _Sampled, prompt: list[int], adap
     """``--batching static``: one batch of the static batcher, answered whole (one chunk when streamed)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    result = await submitted(state, StaticKey.of(params), StaticCompletion(prompt, adapter, params))
+    result = await submitted(state, params, StaticCompletion(prompt, adapter, params))
     state.answered_whole(label, result["tokens"], loop.time() - started)
     used = usage(len(prompt), result["tokens"])
     if not body.stream:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapterhub.runtime.sampling import SamplingParams
+
 PROMPT_FIELDS = ("template", "labels", "verbalizer", "examples", "chat_template")  # classification by prompting
 TASK_FIELD = Field(
     default=None,
@@ -27,6 +29,14 @@ class GenerateRequest(_Strict):
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, ge=0)
     seed: int | None = None
+
+    def sampling(self) -> SamplingParams:
+        """The engine's settings of this request (``max_new_tokens`` already set by the handler); greedy requests of
+        any ``top_p``, ``top_k`` and ``seed`` decode alike, so they get the same settings and share batches."""
+        if not self.do_sample:
+            return SamplingParams(max_tokens=self.max_new_tokens or 32, temperature=0)
+        return SamplingParams(max_tokens=self.max_new_tokens or 32, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k, seed=self.seed)  # fmt: skip
 
 
 class Example(_Strict):

@@ -140,14 +140,13 @@ def run(ctx: Context) -> None:
 
         # adapterhub: the pool wraps the same base once
         pool = AdapterPool(base, slots=8, max_rank=16, registry=registry)
-        for name in names:
-            pool.load(name)  # the 9th evicts the first to host memory
+        keys = [pool.load(name) for name in names]  # name@1; the 9th evicts the first to host memory
 
         def activate(ref):
             with pool.activate([ref]):
                 pass
 
-        resident = names[1:]  # a0 went to host memory when a8 came in
+        resident = keys[1:]  # a0 went to host memory when a8 came in
 
         def unloaded(ref: str) -> str:
             pool.unload(ref)
@@ -160,14 +159,14 @@ def run(ctx: Context) -> None:
             what="pool.activate([ref]) (both resident)",
         )
         cycle = iter(range(10**9))
-        timed("swap from host memory", OURS, lambda: activate(names[next(cycle) % ADAPTERS]),
+        timed("swap from host memory", OURS, lambda: activate(keys[next(cycle) % ADAPTERS]),
                  what="pool.activate([ref]), 9 adapters cycling through 8 slots: a host-to-slot copy each call", repeats=swap_repeats)  # fmt: skip
-        timed("swap from registry/disk", OURS, lambda ref: pool.load(ref), setup=lambda: unloaded(names[0]),
+        timed("swap from registry/disk", OURS, lambda ref: pool.load(ref), setup=lambda: unloaded(keys[0]),
                  what="pool.load(ref): registry read, xxh3-128 check, base check, copy into a slot", repeats=swap_repeats)  # fmt: skip
-        mixed_rows = names[1:9]
+        mixed_rows = keys[1:9]
         ours_one, ours_off = ctx.compare(
             "forward: one adapter vs none",
-            Side(OURS, "pool.activate([ref]) forward", lambda cm: forward(base.model), setup=lambda: entered(pool.activate([names[0]])),
+            Side(OURS, "pool.activate([ref]) forward", lambda cm: forward(base.model), setup=lambda: entered(pool.activate([keys[0]])),
                  teardown=exited),
             Side("adapterhub, no adapter active", "forward of the pooled base, no slot active", lambda: forward(base.model)),
             params=fwd, repeats=forward_repeats, warmup=1,
