@@ -27,7 +27,7 @@ def test_cli_shares_an_adapter_between_two_registries_through_s3(cli, cli_json, 
                   "--endpoint-url", moto_endpoint)  # fmt: skip
         assert out.strip() == f"added remote origin -> s3://{bucket}/team (endpoint {moto_endpoint})"
     assert cli_json("registry", "--registry", trainer, "remote", "list", "--json") == [
-        {"name": "origin", "url": f"s3://{bucket}/team", "endpoint_url": moto_endpoint}
+        {"name": "origin", "url": f"s3://{bucket}/team", "endpoint_url": moto_endpoint, "trusted_keys": []}
     ]
     pushed = cli_json("registry", "--registry", trainer, "push-remote", "origin", "sst2", "--tag", "prod", "--json")
     assert (pushed["ref"], pushed["tags"], pushed["blob_sha256"]) == ("sst2@1", ["prod"], local.blob_sha256)

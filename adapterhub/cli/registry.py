@@ -106,6 +106,9 @@ def show_command(ctx, ref, remote_name, as_json) -> None:
         return
     for line in record_lines(record):
         click.echo(line)
+    origin = record["manifest"].get("remote")
+    if isinstance(origin, dict) and origin.get("signed_by"):  # checked against the remote's trusted keys at fetch
+        click.echo(f"  {'signed by':<14} {origin['signed_by']} (verified when fetched from {origin.get('name')})")
     click.echo("everything recorded, manifest included: the same command with --json")
 
 
@@ -132,13 +135,43 @@ def remote_group() -> None:
     default=None,
     help="S3-compatible endpoint (MinIO, ...); default: AWS settings such as $AWS_ENDPOINT_URL.",
 )
+@click.option(
+    "--trust",
+    "trusted",
+    multiple=True,
+    metavar="PUB.pem",
+    type=click.Path(dir_okay=False),
+    help="Fetch only adapters signed by this public key (repeatable; the key is copied into the registry's config).",
+)
 @click.pass_context
-def remote_add_command(ctx, name, url, endpoint_url) -> None:
+def remote_add_command(ctx, name, url, endpoint_url, trusted) -> None:
     """Add remote NAME at URL (s3://bucket/prefix or file:///absolute/path)."""
+    from adapterhub_registry.keys import fingerprint, read_public_key
     from adapterhub_registry.remote_config import RemoteConfigs
 
-    remote = RemoteConfigs(_registry(ctx).root).add(name, url, endpoint_url)
+    keys = tuple(read_public_key(path) for path in trusted)  # every key read before anything is written
+    remote = RemoteConfigs(_registry(ctx).root).add(name, url, endpoint_url, trusted_keys=keys)
     click.echo(f"added remote {remote.name} -> {remote.url}" + (f" (endpoint {endpoint_url})" if endpoint_url else ""))
+    for pem in remote.trusted_keys:
+        click.echo(f"  trusts key {fingerprint(pem)}: fetches from {name} must be signed by a trusted key")
+
+
+@remote_group.command("trust")
+@click.argument("name")
+@click.argument("public_key", metavar="PUB.pem", type=click.Path(dir_okay=False))
+@click.pass_context
+def remote_trust_command(ctx, name, public_key) -> None:
+    """Make remote NAME require a signature by a trusted key, PUB.pem among them, on every fetch and on serve
+    --remote (the key is copied into the registry's config: moving the file later changes nothing)."""
+    from adapterhub_registry.keys import fingerprint, read_public_key
+    from adapterhub_registry.remote_config import RemoteConfigs
+
+    remote, added = RemoteConfigs(_registry(ctx).root).trust(name, read_public_key(public_key))
+    key = fingerprint(read_public_key(public_key))
+    click.echo(
+        f"remote {name} {'now trusts' if added else 'already trusted'} key {key} "
+        f"({len(remote.trusted_keys)} trusted): fetches must be signed by one of them"
+    )
 
 
 @remote_group.command("list")
@@ -153,7 +186,8 @@ def remote_list_command(ctx, as_json) -> None:
         echo_json([r.to_dict() for r in remotes])
         return
     for r in remotes:
-        click.echo(f"{r.name:<16} {r.url}" + (f"  (endpoint {r.endpoint_url})" if r.endpoint_url else ""))
+        trust = f"  (trusts {len(r.trusted_keys)} key(s): signatures required)" if r.trusted_keys else ""
+        click.echo(f"{r.name:<16} {r.url}" + (f"  (endpoint {r.endpoint_url})" if r.endpoint_url else "") + trust)
     if not remotes:
         click.echo("no remotes; add one with `adapterhub registry remote add NAME s3://bucket/prefix`")
 
@@ -173,15 +207,27 @@ def remote_remove_command(ctx, name) -> None:
 @click.argument("remote_name", metavar="REMOTE")
 @click.argument("ref")
 @click.option("--tag", "tags", multiple=True, help="Point this tag of the remote at the pushed version (repeatable).")
+@click.option(
+    "--sign",
+    "signing_key",
+    default=None,
+    metavar="KEY.pem",
+    type=click.Path(dir_okay=False),
+    help="Sign the pushed version with this private key (OpenSSF model-signing; `adapterhub registry keys generate`).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def push_remote_command(ctx, remote_name, ref, tags, as_json) -> None:
+def push_remote_command(ctx, remote_name, ref, tags, signing_key, as_json) -> None:
     """Upload the local REF to REMOTE as its next version of the name (the blob is skipped if already there)."""
-    record = _remote(ctx, remote_name).push(ref, tags=tags)
+    from adapterhub_registry.keys import read_signing_key
+
+    key = read_signing_key(signing_key) if signing_key else None  # a bad key fails before anything is uploaded
+    record = _remote(ctx, remote_name).push(ref, tags=tags, sign=key)
     if as_json:
         echo_json(record.to_dict())
     else:
-        click.echo(f"pushed {ref} to {remote_name} as {record.ref} (sha256 {record.blob_sha256[:12]})")
+        signed = f", signed by {key.fingerprint[:16]}" if key else ""
+        click.echo(f"pushed {ref} to {remote_name} as {record.ref} (sha256 {record.blob_sha256[:12]}{signed})")
 
 
 @registry_group.command("fetch")
@@ -323,3 +369,31 @@ def import_command(ctx, directory, name, base, tags, force) -> None:
 
     record = import_peft(_registry(ctx), Path(directory), name, base=base, tags=tags, force=force)
     click.echo(f"imported {record.ref} ({record.method}, base {record.base_fingerprint or 'not recorded'})")
+
+
+@registry_group.group("keys")
+def keys_group() -> None:
+    """Signing keys for remotes: push-remote --sign KEY.pem signs with one, remote trust NAME PUB.pem trusts one."""
+
+
+@keys_group.command("generate")
+@click.argument("name")
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Write the pair here instead of the registry's keys directory (<registry>/keys).",
+)
+@click.pass_context
+def keys_generate_command(ctx, name, out_dir) -> None:
+    """Write an elliptic-curve (P-256) key pair: NAME.pem (private, readable by you only) and NAME.pub (public, to
+    hand to whoever fetches). An existing key is never replaced."""
+    from adapterhub_registry.keys import fingerprint, generate_key_pair, keys_dir, read_public_key
+
+    private, public = generate_key_pair(name, Path(out_dir) if out_dir else keys_dir(_registry(ctx).root))
+    click.echo(
+        f"private key {private} (mode 600; sign with it: adapterhub registry push-remote REMOTE REF --sign {private})"
+    )
+    click.echo(f"public key  {public} (fingerprint {fingerprint(read_public_key(public))})")
+    click.echo(f"  whoever fetches trusts it: adapterhub registry remote trust REMOTE {public}")

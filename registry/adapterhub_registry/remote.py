@@ -11,6 +11,7 @@ blob before anything is stored locally.
 from __future__ import annotations
 
 import builtins
+import functools
 import tempfile
 import threading
 import time
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapterhub_registry import remote_layout as layout
+from adapterhub_registry import remote_signing as signed
 from adapterhub_registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub_registry.blobs import sha256_hex
 from adapterhub_registry.bundled_stores import bundled_stores
-from adapterhub_registry.errors import CorruptBlobError
+from adapterhub_registry.errors import CorruptBlobError, RegistryError
+from adapterhub_registry.keys import SigningKey
 from adapterhub_registry.names import parse_ref, validate_tag
 from adapterhub_registry.records import AdapterRecord
 from adapterhub_registry.remote_cache import EntryCache
@@ -50,16 +53,25 @@ class Remote:
     def __repr__(self) -> str:
         return f"Remote({self.name!r}, {self.config.url!r})"
 
-    def push(self, ref: str, *, tags: list[str] | tuple[str, ...] = ()) -> AdapterRecord:
+    def push(
+        self, ref: str, *, tags: list[str] | tuple[str, ...] = (), sign: SigningKey | None = None
+    ) -> AdapterRecord:
         """Upload the local version `ref` as the remote's next version of its name (or reuse the remote's newest
-        version when it holds the same bytes and config); `tags` then point at it there. Returns the remote's record."""
+        version when it holds the same bytes and config); `tags` then point at it there. Returns the remote's record.
+        With `sign`, the version is signed with that key (remote_signing.py) and only an entry it signed is reused."""
         tag_list = list(dict.fromkeys(validate_tag(t) for t in tags))
+        if sign is None and self.config.trusted_keys:
+            raise RegistryError(
+                f"remote {self.name} takes only signed adapters here (it trusts {len(self.config.trusted_keys)} "
+                f"key(s)): sign the push (`adapterhub registry push-remote {self.name} {ref} --sign KEY.pem`)"
+            )
         local = self.registry.resolve(ref)
         weights = self.registry.read_blob(local)  # sha256-checked: a damaged local copy is never uploaded
         config_text = self.registry.peft_config_text(local)
         versions = layout.versions(self.store, local.name)
         newest = layout.read_entry(self.store, local.name, versions[-1]) if versions else None
-        if newest is not None and newest.blob_sha256 == local.blob_sha256 and newest.peft_config_text == config_text:
+        if (newest is not None and newest.blob_sha256 == local.blob_sha256 and newest.peft_config_text == config_text
+                and (sign is None or signed.signed_by(newest, sign))):  # fmt: skip
             for tag in tag_list:
                 layout.move_tag(self.store, newest.name, tag, newest.version)
             return self._with_tags(newest)
@@ -69,17 +81,20 @@ class Remote:
             name=local.name, version=0, method=local.method, base_fingerprint=local.base_fingerprint,
             peft_config_text=config_text, manifest=manifest, metrics=local.metrics,
             blob_sha256=local.blob_sha256, size_bytes=local.size_bytes, created_at=time.time(),
-        ), newest=versions[-1] if versions else 0)  # fmt: skip
+        ), newest=versions[-1] if versions else 0,
+           seal=None if sign is None else functools.partial(signed.sign_entry, key=sign))  # fmt: skip
         for tag in tag_list:
             layout.move_tag(self.store, entry.name, tag, entry.version)
         return entry.record(tuple(tag_list))  # a new version: no other tag can point at it yet
 
     def fetch(self, ref: str) -> AdapterRecord:
         """Bring the remote's `ref` (`name`, `name@version`, `name:tag` as the remote numbers them) into the
-        local registry and return the local record; a version fetched before is not stored twice."""
+        local registry and return the local record; a version fetched before is not stored twice. A remote with
+        trusted keys checks the entry's signature first and refuses (`SignatureError`) what they did not sign."""
         entry = layout.resolve(self.store, parse_ref(ref))
+        signer = self.verify_signature(entry) if self.config.trusted_keys else None
         with self._fetching:
-            cached = self.local_copy(entry.name, entry.version, entry.blob_sha256)
+            cached = self.local_copy(entry.name, entry.version, entry.blob_sha256, signed_by=signer)
             if cached is not None:
                 return cached
             weights = self._download(entry)
@@ -88,21 +103,27 @@ class Remote:
                 (Path(directory) / WEIGHTS_FILE).write_bytes(weights)
                 provenance = {
                     "name": self.name, "url": self.config.url, "ref": entry.ref, "version": entry.version,
-                    "sha256": entry.blob_sha256, "fetched_at": time.time(),
+                    "sha256": entry.blob_sha256, "fetched_at": time.time(), **({"signed_by": signer} if signer else {}),
                 }  # fmt: skip
                 return self.registry.push(
                     entry.name, directory, method=entry.method, base_fingerprint=entry.base_fingerprint,
                     manifest={**entry.manifest, PROVENANCE_KEY: provenance}, metrics=entry.metrics,
                 )  # fmt: skip
 
-    def local_copy(self, name: str, version: int, sha256: str) -> AdapterRecord | None:
-        """The local record fetched from this remote's `name@version` with that blob, if there is one."""
+    def local_copy(self, name: str, version: int, sha256: str, signed_by: str | None = None) -> AdapterRecord | None:
+        """The local record fetched from this remote's `name@version` with that blob, if there is one (with
+        `signed_by`, only one whose signature that key's fingerprint was verified when it was fetched)."""
         for record in reversed(self.registry.list(name=name, all_versions=True)):
             origin = provenance(record)
             if (origin is not None and origin.get("url") == self.config.url
-                    and origin.get("version") == version and record.blob_sha256 == sha256):  # fmt: skip
+                    and origin.get("version") == version and record.blob_sha256 == sha256
+                    and (signed_by is None or origin.get("signed_by") == signed_by)):  # fmt: skip
                 return record
         return None
+
+    def verify_signature(self, entry: layout.RemoteEntry) -> str:
+        """The fingerprint of the trusted key that signed `entry`; `SignatureError` naming it and why otherwise."""
+        return signed.verify_entry(entry, self.config.trusted_keys, where=f"remote {self.name} ({self.config.url})")
 
     def resolve(self, ref: str) -> AdapterRecord:
         """The remote's record for `ref`, with the remote's version number and tags."""

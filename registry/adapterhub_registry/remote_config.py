@@ -1,7 +1,9 @@
-"""The remotes a local registry knows, like git's: `<root>/remotes.json`, name -> URL and endpoint.
+"""The remotes a local registry knows, like git's: `<root>/remotes.json`, name -> URL, endpoint, trusted keys.
 
 Small and rarely written, so it is a JSON file rewritten whole (temp file + rename, `files.write_atomic`)
 under a lock on `remotes.json.lock` (`remote_locks.exclusive`), so two concurrent `remote add`s both land.
+A remote's trusted public keys are kept here by content (PEM), not by path: a key file moved or deleted later
+cannot silently turn signature checks off (remote_signing.py).
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapterhub_registry.errors import NotFoundError, RegistryError
 from adapterhub_registry.files import write_atomic
+from adapterhub_registry.keys import fingerprint
 from adapterhub_registry.names import validate_name
 from adapterhub_registry.remote_locks import exclusive
 from adapterhub_registry.remote_store import check_url
@@ -23,14 +26,21 @@ CONFIG_FILE = "remotes.json"
 
 @dataclass(frozen=True)
 class RemoteConfig:
-    """One configured remote: its name, URL (`s3://...`, `file:///...`) and optional S3 endpoint."""
+    """One configured remote: its name, URL (`s3://...`, `file:///...`), optional S3 endpoint, and the public
+    keys (PEM) whose signature every fetch from it requires (none: fetches are not checked for signatures)."""
 
     name: str
     url: str
     endpoint_url: str | None = None
+    trusted_keys: tuple[str, ...] = field(default=(), repr=False)
 
-    def to_dict(self) -> dict[str, str | None]:
-        return {"name": self.name, "url": self.url, "endpoint_url": self.endpoint_url}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trusted_keys", tuple(self.trusted_keys))  # remotes.json holds a list
+
+    def to_dict(self) -> dict[str, str | None | list[str]]:
+        """For `remote list --json`: the trusted keys by fingerprint (sha256 of the public key's DER)."""
+        return {"name": self.name, "url": self.url, "endpoint_url": self.endpoint_url,
+                "trusted_keys": [fingerprint(pem) for pem in self.trusted_keys]}  # fmt: skip
 
 
 class RemoteConfigs:
@@ -52,9 +62,13 @@ class RemoteConfigs:
             )
         return RemoteConfig(name, **found)
 
-    def add(self, name: str, url: str, endpoint_url: str | None = None) -> RemoteConfig:
+    def add(
+        self, name: str, url: str, endpoint_url: str | None = None, trusted_keys: tuple[str, ...] = ()
+    ) -> RemoteConfig:
+        """Add remote `name`; `trusted_keys` (PEM public keys, `keys.read_public_key`) make it require signatures."""
         validate_name(name, kind="remote name")
         check_url(url)
+        trusted = tuple(dict.fromkeys(trusted_keys))
         with self._editing() as remotes:
             if name in remotes:
                 raise RegistryError(
@@ -62,7 +76,20 @@ class RemoteConfigs:
                     f"(`adapterhub registry remote remove {name}`) or choose another name"
                 )
             remotes[name] = {"url": url, "endpoint_url": endpoint_url}
-        return RemoteConfig(name, url, endpoint_url)
+            if trusted:  # written only when there are some: an older adapterhub still reads the other remotes
+                remotes[name]["trusted_keys"] = list(trusted)
+        return RemoteConfig(name, url, endpoint_url, trusted)
+
+    def trust(self, name: str, public_pem: str) -> tuple[RemoteConfig, bool]:
+        """Require a signature by one of the keys of remote `name`, `public_pem` among them; returns the remote and
+        whether the key is new to it."""
+        with self._editing() as remotes:
+            if name not in remotes:
+                self.get(name)  # raises, naming the configured remotes
+            keys = list(remotes[name].get("trusted_keys", []))
+            added = public_pem not in keys
+            remotes[name]["trusted_keys"] = keys + [public_pem] if added else keys
+            return RemoteConfig(name, **remotes[name]), added
 
     def remove(self, name: str) -> None:
         with self._editing() as remotes:

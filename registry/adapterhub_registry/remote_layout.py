@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,13 +64,15 @@ class RemoteEntry:
     blob_sha256: str
     size_bytes: int
     created_at: float
+    signature: dict[str, Any] | None = None  # a model-signing bundle over the entry (remote_signing.py), if signed
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
     def to_json(self) -> bytes:
-        body = {"format": ENTRY_FORMAT, **{k: v for k, v in self.__dict__.items()}}
+        fields = {k: v for k, v in self.__dict__.items() if not (k == "signature" and v is None)}
+        body = {"format": ENTRY_FORMAT, **fields}  # an unsigned entry is written as before signatures existed
         return json.dumps(body, sort_keys=True).encode("utf-8")
 
     @classmethod
@@ -122,8 +125,14 @@ def versions(store: RemoteStore, name: str) -> list[int]:
     return [int(m.group(2)) for key in store.list(f"index/{name}/") if (m := _ENTRY_KEY.fullmatch(key))]
 
 
-def add_entry(store: RemoteStore, entry: RemoteEntry, newest: int | None = None) -> RemoteEntry:
+def add_entry(
+    store: RemoteStore,
+    entry: RemoteEntry,
+    newest: int | None = None,
+    seal: Callable[[RemoteEntry], RemoteEntry] | None = None,
+) -> RemoteEntry:
     """Write `entry` as the next free version of its name (its own `version` is ignored); returns it numbered.
+    `seal` turns each numbered try into what is written (a signature over its version: remote_signing.py).
 
     `newest` is the newest version the caller has just listed (saves listing again); a stale one only costs
     a few failed creates.
@@ -134,6 +143,8 @@ def add_entry(store: RemoteStore, entry: RemoteEntry, newest: int | None = None)
     version = newest + 1
     for _ in range(_MAX_RACE_ROUNDS):
         numbered = RemoteEntry(**{**entry.__dict__, "version": version, "created_at": time.time()})
+        if seal is not None:
+            numbered = seal(numbered)
         if store.create(entry_key(entry.name, version), numbered.to_json()):
             return numbered
         version += 1  # another pusher took it
