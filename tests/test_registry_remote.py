@@ -183,7 +183,9 @@ def test_file_remote_shares_adapters_and_uploads_a_blob_once(tmp_path):
     inode = blob.stat().st_ino
     assert remote.push("copy").ref == "copy@1"
     assert blob.stat().st_ino == inode  # not written again
-    assert sorted(shared.rglob("*.json")) == [shared / "index" / n / "0000000001.json" for n in ("copy", "sst2")]
+    assert sorted((shared / "index").rglob("*.json")) == [
+        shared / "index" / n / "0000000001.json" for n in ("copy", "sst2")
+    ]
     fetched = server.remote("origin").fetch("copy")
     assert fetched.manifest["remote"]["url"] == f"file://{shared}" and server.load("copy")[0] == fetched
 
@@ -196,7 +198,7 @@ def test_listing_keeps_entries_read_once_and_still_sees_new_versions(tmp_path):
     trainer.remote("origin").push("sst2")
     reader = server.remote("origin")
     assert [r.ref for r in reader.list()] == ["sst2@1"]
-    assert sorted(p.name for p in reader.cache.directory.rglob("*.json")) == ["0000000001.json"]
+    assert [p.parent.name for p in reader.cache.directory.rglob("*.json.gz")] == ["snapshots"]  # the index, kept
     trainer.push("sst2", write_adapter(tmp_path / "a1", seed=1), method="lora")
     trainer.remote("origin").push("sst2", tags=["prod"])
     assert [(r.ref, r.tags) for r in reader.list(all_versions=True)] == [("sst2@1", ()), ("sst2@2", ("prod",))]

@@ -71,3 +71,13 @@ def python_env(extra: dict[str, str]) -> dict[str, str]:
 def start_python(code: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], env=python_env(env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def push_until_killed(root: str, count: int, ready) -> None:
+    """Push `sst2@1..count` of the registry at `root` to its remote `origin`, tagging each `prod`, until killed
+    (a multiprocessing target: this module imports no torch, so a forked child starts in milliseconds)."""
+    remote = Registry(root).remote("origin")
+    remote.store.list("index/")  # connected before the parent starts its clock
+    ready.set()
+    for version in range(1, count + 1):
+        remote.push(f"sst2@{version}", tags=["prod"])

@@ -83,12 +83,24 @@ def list_command(ctx, name, method, base_fingerprint, tag, all_versions, remote_
 
 @registry_group.command("search")
 @click.argument("query")
+@click.option("--method", default=None, help="Only adapters of this method.")
+@click.option("--base", default=None, help="Only adapters of this base fingerprint (or its prefix).")
+@click.option("--tag", default=None, help="Only versions this tag points at.")
+@click.option("--metric", "metrics", multiple=True, help="A metric filter such as accuracy>=0.7 (repeatable).")
+@click.option("--limit", default=50, show_default=True, help="At most this many adapters.")
 @remote_option
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def search_command(ctx, query, remote_name, as_json) -> None:
-    """Find adapters whose name, method, tags or description contain QUERY."""
-    _print_records((_remote(ctx, remote_name) if remote_name else _registry(ctx)).search(query), as_json)
+def search_command(ctx, query, method, base, tag, metrics, limit, remote_name, as_json) -> None:
+    """Find adapters whose name, method, tags or description contain QUERY (each name's newest version
+    matching the filters)."""
+    if remote_name:
+        found = _remote(ctx, remote_name).search(query, method=method, base=base, tag=tag, metrics=metrics, limit=limit)
+    elif method or base or tag or metrics:
+        found, _ = _registry(ctx).page(query, method=method, base=base, tag=tag, metrics=metrics, limit=limit)
+    else:
+        found = _registry(ctx).search(query, limit=limit)
+    _print_records(found, as_json)
 
 
 @registry_group.command("show")
@@ -260,9 +272,21 @@ def untag_command(ctx, name, tag) -> None:
 @registry_group.command("delete")
 @click.argument("ref")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--remote",
+    "remote_name",
+    default=None,
+    metavar="REMOTE",
+    help="Delete the version REF (name@VERSION) on this remote: a tombstone; its blob goes at the next gc --remote.",
+)
 @click.pass_context
-def delete_command(ctx, ref, yes) -> None:
+def delete_command(ctx, ref, yes, remote_name) -> None:
     """Delete REF (all versions for a bare name); blobs no longer used are removed."""
+    if remote_name:
+        if not yes:
+            click.confirm(f"delete {ref} on remote {remote_name}?", abort=True)
+        click.echo(f"deleted {_remote(ctx, remote_name).delete(ref).ref} on {remote_name}")
+        return
     registry = _registry(ctx)
     if not yes:
         click.confirm(
@@ -274,10 +298,21 @@ def delete_command(ctx, ref, yes) -> None:
 
 @registry_group.command("verify")
 @click.option("--repair", is_flag=True, help="Remove orphan blobs and temp files left by interrupted writes.")
+@click.option(
+    "--remote",
+    "remote_name",
+    default=None,
+    metavar="REMOTE",
+    help="Check this remote instead: download and re-hash every live version's blob, compare its index with its "
+    "entries.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def verify_command(ctx, repair, as_json) -> None:
+def verify_command(ctx, repair, remote_name, as_json) -> None:
     """Re-hash every blob; report corrupt or missing ones by adapter. Exit 1 if any is corrupt."""
+    if remote_name:
+        _verify_remote(ctx, remote_name, as_json)
+        return
     report = _registry(ctx).verify(repair=repair)
     if as_json:
         echo_json(report.to_dict())
@@ -289,6 +324,73 @@ def verify_command(ctx, repair, as_json) -> None:
             click.echo(f"{'removed' if report.repaired else 'leftover'}: {path}")
     if not report.ok_all:
         ctx.exit(1)
+
+
+def _verify_remote(ctx: click.Context, remote_name: str, as_json: bool) -> None:
+    report = _remote(ctx, remote_name).verify()
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(
+            f"checked {report.checked} version(s) on {remote_name}: {len(report.ok)} ok, {len(report.corrupt)} damaged"
+        )
+        for ref, reason in report.corrupt:
+            click.echo(f"DAMAGED {ref}: {reason}")
+        for problem in report.index_problems:
+            click.echo(f"INDEX {problem}")
+        if report.unreferenced:
+            click.echo(f"{len(report.unreferenced)} blob(s) no live version uses (`adapterhub registry gc --remote "
+                       f"{remote_name}` removes them once older than its grace period)")  # fmt: skip
+    if not report.ok_all:
+        ctx.exit(1)
+
+
+def _duration(text: str) -> float:
+    """Seconds in `24h`, `90m`, `2d`, `3600s` or `3600`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        return float(number) * units[unit]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration; write e.g. 24h, 90m, 2d or 3600s") from None
+
+
+@registry_group.command("gc")
+@click.option("--remote", "remote_name", required=True, metavar="REMOTE", help="The remote to clean.")
+@click.option(
+    "--grace",
+    default="24h",
+    show_default=True,
+    help="Keep what was written more recently than this (a push in flight uploads its blob first); at least 1h.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be removed, remove nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def gc_command(ctx, remote_name, grace, dry_run, as_json) -> None:
+    """Remove the blobs of REMOTE that no live version uses (deleted versions, killed pushes), and the index's
+    replaced snapshots and folded log objects, once older than --grace."""
+    report = _remote(ctx, remote_name).gc(_duration(grace), dry_run=dry_run)
+    if as_json:
+        echo_json(report.to_dict() | {"dry_run": dry_run})
+        return
+    for key in report.removed:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {key}")
+    click.echo(f"{len(report.removed)} object(s) {'to remove' if dry_run else 'removed'}, "
+               f"{len(report.kept_young)} kept (younger than {grace}), {report.live_blobs} blob(s) in use")  # fmt: skip
+
+
+@registry_group.command("compact")
+@click.option("--remote", "remote_name", required=True, metavar="REMOTE", help="The remote whose index to write.")
+@click.option("--rebuild", is_flag=True, help="Read every entry instead of starting from the last snapshot.")
+@click.pass_context
+def compact_command(ctx, remote_name, rebuild) -> None:
+    """Write REMOTE's index as one snapshot, so a listing reads it in one request (pushes do this now and then;
+    a remote written before the index existed needs it once)."""
+    remote = _remote(ctx, remote_name)
+    won = remote.compact(rebuild=rebuild)
+    head = remote.index.head() or {}
+    click.echo(f"index of {remote_name}: snapshot {str(head.get('snapshot'))[:12]}"
+               + ("" if won else " (another compaction finished first; its snapshot is current)"))  # fmt: skip
 
 
 @registry_group.command("pull")

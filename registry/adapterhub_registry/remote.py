@@ -15,9 +15,11 @@ import functools
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adapterhub_registry import remote_clean
 from adapterhub_registry import remote_layout as layout
 from adapterhub_registry import remote_signing as signed
 from adapterhub_registry.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
@@ -25,10 +27,12 @@ from adapterhub_registry.blobs import sha256_hex
 from adapterhub_registry.bundled_stores import bundled_stores
 from adapterhub_registry.errors import CorruptBlobError, RegistryError
 from adapterhub_registry.keys import SigningKey
-from adapterhub_registry.names import parse_ref, validate_tag
+from adapterhub_registry.names import parse_ref, validate_name, validate_tag
+from adapterhub_registry.paging import MetricFilter
 from adapterhub_registry.records import AdapterRecord
 from adapterhub_registry.remote_cache import EntryCache
 from adapterhub_registry.remote_config import RemoteConfig, RemoteConfigs
+from adapterhub_registry.remote_index import RemoteIndex, matches, row, select
 from adapterhub_registry.remote_store import RemoteStore, RemoteStoreSpec, open_store
 
 if TYPE_CHECKING:
@@ -44,6 +48,7 @@ class Remote:
     def __init__(self, registry: Registry, config: RemoteConfig, store: RemoteStore) -> None:
         self.registry, self.config, self.store = registry, config, store
         self.cache = EntryCache(registry.root, config.url)
+        self.index = RemoteIndex(store, self.cache)  # what list and search read (remote_index.py)
         self._fetching = threading.Lock()  # one fetch at a time per process, so a ref is stored locally once
 
     @property
@@ -69,13 +74,16 @@ class Remote:
         weights = self.registry.read_blob(local)  # sha256-checked: a damaged local copy is never uploaded
         config_text = self.registry.peft_config_text(local)
         versions = layout.versions(self.store, local.name)
-        newest = layout.read_entry(self.store, local.name, versions[-1]) if versions else None
+        gone = layout.deleted_versions(self.store, local.name) if versions else set()
+        live = [v for v in versions if (local.name, v) not in gone]
+        newest = layout.read_entry(self.store, local.name, live[-1]) if live else None
+        layout.upload_blob(self.store, weights, local.blob_sha256)  # the blob first (replaced if damaged)
+        started = self.index.begin(local.name)  # then the index's pending log object, the entry, the log's result
         if (newest is not None and newest.blob_sha256 == local.blob_sha256 and newest.peft_config_text == config_text
                 and (sign is None or signed.signed_by(newest, sign))):  # fmt: skip
-            for tag in tag_list:
-                layout.move_tag(self.store, newest.name, tag, newest.version)
+            moved = [(t, newest.version, layout.move_tag(self.store, newest.name, t, newest.version)) for t in tag_list]
+            self.index.commit(started, newest.name, tags=moved)
             return self._with_tags(newest)
-        layout.upload_blob(self.store, weights, local.blob_sha256)  # the blob first, the entry last
         manifest = {k: v for k, v in local.manifest.items() if k != PROVENANCE_KEY}
         entry = layout.add_entry(self.store, layout.RemoteEntry(
             name=local.name, version=0, method=local.method, base_fingerprint=local.base_fingerprint,
@@ -83,8 +91,9 @@ class Remote:
             blob_sha256=local.blob_sha256, size_bytes=local.size_bytes, created_at=time.time(),
         ), newest=versions[-1] if versions else 0,
            seal=None if sign is None else functools.partial(signed.sign_entry, key=sign))  # fmt: skip
-        for tag in tag_list:
-            layout.move_tag(self.store, entry.name, tag, entry.version)
+        moved = [(t, entry.version, layout.move_tag(self.store, entry.name, t, entry.version)) for t in tag_list]
+        self.index.commit(started, entry.name, rows=[row(entry)], tags=moved)
+        self.index.maybe_compact()
         return entry.record(tuple(tag_list))  # a new version: no other tag can point at it yet
 
     def fetch(self, ref: str) -> AdapterRecord:
@@ -138,36 +147,60 @@ class Remote:
         tag: str | None = None,
         all_versions: bool = False,
     ) -> builtins.list[AdapterRecord]:
-        """Like `Registry.list`, over the remote's index: only each name's newest match unless `all_versions`."""
-        filtered = method is not None or base_fingerprint is not None or tag is not None
-        entries = layout.all_entries(self.store, name=name, all_versions=all_versions or filtered, cache=self.cache)
-        tags = layout.tags_by_version(self.store, name)
-        records = [e.record(tuple(tags.get((e.name, e.version), ()))) for e in entries]
-        records = [
-            r for r in records
-            if (method is None or r.method == method)
-            and (base_fingerprint is None or r.base_fingerprint == base_fingerprint)
-            and (tag is None or tag in r.tags)
-        ]  # fmt: skip
-        if filtered and not all_versions:
-            newest = {r.name: r for r in records}  # sorted by version, so the last one of each name stays
-            records = list(newest.values())
-        return records
+        """Like `Registry.list`, from the remote's index (remote_index.py): only each name's newest match unless
+        `all_versions`. Records carry the listing fields (the manifest's description only, no PEFT config);
+        `resolve` reads a version's whole entry."""
+        if name is not None:
+            validate_name(name)
+        records = self.index.state().records()
+        if name is None and method is None and base_fingerprint is None and tag is None:
+            return list(records) if all_versions else select(records)
+        return select(records, name=name, method=method, base_fingerprint=base_fingerprint, tag=tag,
+                      all_versions=all_versions)  # fmt: skip
 
-    def search(self, query: str, *, limit: int | None = 50) -> builtins.list[AdapterRecord]:
-        """Newest versions whose name, method, tags or manifest "description" contain `query` (case-insensitive)."""
+    def search(
+        self,
+        query: str,
+        *,
+        limit: int | None = 50,
+        method: str | None = None,
+        base: str | None = None,
+        tag: str | None = None,
+        metrics: Sequence[MetricFilter | str] = (),
+    ) -> builtins.list[AdapterRecord]:
+        """Each name's newest version matching the filters whose name, method, tags or manifest "description"
+        contain `query` (case-insensitive), as `Registry.page` picks them; `base` is a fingerprint or its prefix,
+        `metrics` filters such as "accuracy>=0.7"."""
+        conditions = [m if isinstance(m, MetricFilter) else MetricFilter.parse(m) for m in metrics]
         text = query.lower()
+        newest = select(self.index.state().records(), method=method, tag=tag, metrics=conditions)
         found = [
-            r for r in self.list()
-            if text in r.name.lower() or text in r.method.lower() or any(text in t.lower() for t in r.tags)
-            or text in str(r.manifest.get("description", "")).lower()
-        ]  # fmt: skip
+            r for r in newest if (base is None or (r.base_fingerprint or "").startswith(base)) and matches(r, text)
+        ]
         return found if limit is None else found[:limit]
+
+    def compact(self, *, rebuild: bool = False) -> bool:
+        """Write the remote's index as one snapshot (see remote_index.py); False if another compaction won."""
+        return self.index.compact(rebuild=rebuild)
+
+    def delete(self, ref: str) -> AdapterRecord:
+        """Delete the remote's version `ref` (`name@version`): a tombstone; refused while a tag points at it."""
+        return remote_clean.delete_version(self.index, ref).record()
+
+    def gc(self, grace_s: float = remote_clean.DEFAULT_GRACE_S, *, dry_run: bool = False) -> remote_clean.GcReport:
+        """Remove the blobs no live version uses, and the index's replaced objects, older than `grace_s`."""
+        return remote_clean.collect(self.index, grace_s, dry_run=dry_run)
+
+    def verify(self) -> remote_clean.RemoteVerifyReport:
+        """Re-hash every live version's blob on the remote and check the index against the entries."""
+        return remote_clean.verify(self.index)
 
     def tag(self, ref: str, tag: str) -> AdapterRecord:
         """Point the remote's `tag` at the version `ref` names on the remote (moved atomically)."""
         entry = layout.resolve(self.store, parse_ref(ref))
-        layout.move_tag(self.store, entry.name, validate_tag(tag), entry.version)
+        started = self.index.begin(entry.name)
+        seq = layout.move_tag(self.store, entry.name, validate_tag(tag), entry.version)
+        self.index.commit(started, entry.name, tags=[(tag, entry.version, seq)])
         return self._with_tags(entry)
 
     def _with_tags(self, entry: layout.RemoteEntry) -> AdapterRecord:

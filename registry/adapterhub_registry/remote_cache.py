@@ -1,12 +1,12 @@
-"""A local copy of the remote index entries already read, so listing a remote reads only the new ones.
+"""A local copy of the immutable objects of a remote already read, so reading the remote again reads only new ones.
 
-Entries on a remote are never rewritten (remote_layout.py), so a copy read once stays right; listing a remote
-of N names then costs its two LISTs plus one GET per entry not seen before, instead of N GETs every time (on
-moto over loopback a GET costs ~10-25 ms of the server's CPU; on S3, its latency). The copies live under
-`<registry root>/remote-cache/<sha256 of the remote URL, 16 hex>/`, written atomically. Only listing and
-search use them: `resolve` and `fetch` read the entry from the remote every time, and a fetch re-checks the
-blob's sha256 against that fresh entry. A remote deleted and rebuilt under the same URL with other contents
-would list stale entries: remove the cache directory (it is only a cache).
+Entries, index snapshots (named by their sha256) and finished log objects of a remote are never rewritten
+(remote_layout.py, remote_index.py), so a copy read once stays right: a listing downloads a snapshot once, and
+a pending name re-read or a `gc`/`verify` pass reads only the entries not seen before. The copies live under
+`<registry root>/remote-cache/<sha256 of the remote URL, 16 hex>/`, written atomically. `resolve` and `fetch`
+read the entry from the remote every time, and a fetch re-checks the blob's sha256 against that fresh entry.
+A remote deleted and rebuilt under the same URL with other contents could list stale entries: remove the cache
+directory (it is only a cache).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ CACHE_DIR = "remote-cache"
 
 
 class EntryCache:
-    """Copies of one remote's immutable index objects, by key (`index/<name>/<version>.json`)."""
+    """Copies of one remote's immutable objects, by key (`index/<name>/<version>.json`, `catalog/...`)."""
 
     def __init__(self, registry_root: Path, url: str) -> None:
         self.directory = registry_root / CACHE_DIR / hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]

@@ -9,6 +9,7 @@ module implements `create` and `replace_if` with its store's own atomic operatio
 from __future__ import annotations
 
 import builtins
+from datetime import datetime
 
 from adapterhub_registry.remote_store import RemoteStore
 
@@ -42,6 +43,27 @@ class FsspecStore(RemoteStore):
             return []
         return sorted(p[start:] for p in paths if not self.hidden(p))
 
+    def stat(self, key: str) -> tuple[int, float] | None:
+        try:
+            info = self.fs.info(self.path(key))
+        except FileNotFoundError:
+            return None
+        return int(info["size"]), _timestamp(info)
+
+    def modified(self, prefix: str) -> dict[str, float]:
+        start = len(self.root) + 1
+        try:
+            found = self.fs.find(self.path(prefix), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {path[start:]: _timestamp(info) for path, info in found.items() if not self.hidden(path)}
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self.path(key))
+        except FileNotFoundError:
+            return
+
     def read_many(self, keys: builtins.list[str]) -> dict[str, bytes]:
         if not keys:
             return {}
@@ -52,3 +74,12 @@ class FsspecStore(RemoteStore):
     def hidden(self, path: str) -> bool:
         """True for a path that is the store's own bookkeeping, not an object (e.g. a temp file)."""
         return False
+
+
+def _timestamp(info: dict) -> float:
+    """When an object was last written, from what fsspec's `find(detail=True)` says: local file systems give
+    `mtime` (seconds), S3 gives `LastModified` (a datetime)."""
+    if "mtime" in info:
+        return float(info["mtime"])
+    stamp = info["LastModified"]
+    return stamp.timestamp() if isinstance(stamp, datetime) else float(stamp)

@@ -3,7 +3,9 @@
 ```
 <remote>/blobs/sha256/<hex>                      adapter_model.safetensors, content-addressed
 <remote>/index/<name>/<version:010d>.json        one immutable entry per version (config, manifest, metrics, blob)
-<remote>/tags/<name>/<tag>.json                  {"version": v, "history": [...]} moved by compare-and-swap
+<remote>/tags/<name>/<tag>.json                  {"version": v, "seq": n, "history": [...]} moved by compare-and-swap
+<remote>/deleted/<name>/<version:010d>.json      a tombstone: that version is deleted (created if absent)
+<remote>/catalog/...                             the index that answers listings in one read (remote_index.py)
 ```
 
 Several machines write this at once with no server in between, so every write is one of the store's atomic
@@ -12,7 +14,8 @@ pushes of the same name race for `max + 1`, one wins, the other takes the next n
 A push writes the blob first and the entry last, so a push cut off at any point leaves at most a blob no
 entry points at, never an entry without its bytes. A tag is read with its token and replaced only if the
 token still holds, so a concurrent move is retried on the new state instead of being overwritten unseen.
-Entries are never rewritten, so anything that read `name@3` once can cache it for good.
+Entries are never rewritten, so anything that read `name@3` once can cache it for good; deleting a version
+adds a tombstone beside it instead (and `gc` later removes the blobs no live entry uses, remote_clean.py).
 """
 
 from __future__ import annotations
@@ -27,15 +30,16 @@ from typing import Any
 from adapterhub_registry.errors import NotFoundError, RegistryError
 from adapterhub_registry.names import Ref, validate_name
 from adapterhub_registry.records import AdapterRecord
-from adapterhub_registry.remote_cache import EntryCache
 from adapterhub_registry.remote_store import RemoteStore
 
 ENTRY_FORMAT = 1
 _ENTRY_KEY = re.compile(r"index/([^/]+)/([0-9]{10})\.json")
 _TAG_KEY = re.compile(r"tags/([^/]+)/([^/]+)\.json")
+_DELETED_KEY = re.compile(r"deleted/([^/]+)/([0-9]{10})\.json")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_RACE_ROUNDS = 1000  # versions lost to concurrent pushers before giving up; reached only if something is broken
 _TAG_RETRIES = 50
+BLOB_REUSE_S = 1800.0  # half of remote_clean.MIN_GRACE_S (see upload_blob)
 
 
 def blob_key(sha256: str) -> str:
@@ -48,6 +52,10 @@ def entry_key(name: str, version: int) -> str:
 
 def tag_key(name: str, tag: str) -> str:
     return f"tags/{name}/{tag}.json"
+
+
+def deleted_key(name: str, version: int) -> str:
+    return f"deleted/{name}/{version:010d}.json"
 
 
 @dataclass(frozen=True)
@@ -110,19 +118,37 @@ class RemoteEntry:
 
 
 def upload_blob(store: RemoteStore, data: bytes, sha256: str) -> bool:
-    """Put the blob unless an object of its size is already there; True when it was uploaded.
+    """Put the blob unless the object there already holds exactly these bytes; True when it was uploaded.
 
-    Its sha256 is not re-checked here (that would download it): every fetch checks it instead.
+    A blob of the right size is not enough to skip: a damaged one of the same size would stay for good (and
+    every fetch refuse it), so the store checks its bytes (`RemoteStore.holds`: S3 compares the ETag, an MD5,
+    without downloading) and a damaged blob is replaced. A blob older than `BLOB_REUSE_S` is written again
+    even if intact, so `gc` (which collects unreferenced blobs older than at least `gc.MIN_GRACE_S`) cannot
+    remove it under a push that is about to reference it.
     """
-    if store.size(blob_key(sha256)) == len(data):
+    found = store.stat(blob_key(sha256))
+    if (found is not None and found[0] == len(data) and time.time() - found[1] < BLOB_REUSE_S
+            and store.holds(blob_key(sha256), data)):  # fmt: skip
         return False
     store.put(blob_key(sha256), data)
     return True
 
 
 def versions(store: RemoteStore, name: str) -> list[int]:
-    """The version numbers of `name` on the remote, ascending."""
+    """The version numbers of `name` on the remote, ascending, deleted ones included (numbers are never reused)."""
     return [int(m.group(2)) for key in store.list(f"index/{name}/") if (m := _ENTRY_KEY.fullmatch(key))]
+
+
+def deleted_versions(store: RemoteStore, name: str | None = None) -> set[tuple[str, int]]:
+    """(name, version) of every tombstone on the remote (or of `name`)."""
+    keys = store.list(f"deleted/{name}/" if name else "deleted/")
+    return {(m.group(1), int(m.group(2))) for key in keys if (m := _DELETED_KEY.fullmatch(key))}
+
+
+def entry_keys(store: RemoteStore, name: str | None = None) -> list[tuple[str, int]]:
+    """(name, version) of every entry on the remote (or of `name`), from one listing."""
+    keys = store.list(f"index/{name}/" if name else "index/")
+    return [(m.group(1), int(m.group(2))) for key in keys if (m := _ENTRY_KEY.fullmatch(key))]
 
 
 def add_entry(
@@ -176,17 +202,26 @@ def read_tag(store: RemoteStore, name: str, tag: str) -> tuple[dict[str, Any], s
     return body, token
 
 
-def move_tag(store: RemoteStore, name: str, tag: str, version: int) -> None:
-    """Point `name:tag` at `version`, appending the version it left to its history; retried on a concurrent move."""
+def tag_seq(body: dict[str, Any]) -> int:
+    """How many times the tag has moved (tags written before `seq` existed count their history)."""
+    seq = body.get("seq")
+    return seq if isinstance(seq, int) else len(body.get("history", [])) + (body.get("version") is not None)
+
+
+def move_tag(store: RemoteStore, name: str, tag: str, version: int) -> int:
+    """Point `name:tag` at `version`, appending the version it left to its history; retried on a concurrent move.
+    Returns the tag's new `seq`."""
     for _ in range(_TAG_RETRIES):
         current = read_tag(store, name, tag)
         body, token = current if current else ({"version": None, "history": []}, None)
         history = list(body.get("history", []))
         if body["version"] is not None and body["version"] != version:
             history.append({"version": body["version"], "until": time.time()})
-        new = {"version": version, "history": history[-100:]}
+        # `seq` counts the moves, so the index orders two moves logged out of order (remote_index.py).
+        seq = tag_seq(body) + 1
+        new = {"version": version, "seq": seq, "history": history[-100:]}
         if store.replace_if(tag_key(name, tag), json.dumps(new, sort_keys=True).encode("utf-8"), token):
-            return
+            return seq
     raise RegistryError(f"remote {store.url}: tag {name}:{tag} kept moving under us ({_TAG_RETRIES} tries); retry")
 
 
@@ -199,7 +234,8 @@ def resolve(store: RemoteStore, ref: Ref) -> RemoteEntry:
             raise NotFoundError(f"remote {store.url} has no tag {ref}; {_describe(store, ref.name)}")
         version = int(found[0]["version"])
     elif version is None:
-        existing = versions(store, ref.name)
+        gone = deleted_versions(store, ref.name)
+        existing = [v for v in versions(store, ref.name) if (ref.name, v) not in gone]
         if not existing:
             raise NotFoundError(
                 f"remote {store.url} has no adapter {ref.name!r}; `adapterhub registry list --remote REMOTE` lists its adapters"
@@ -208,49 +244,41 @@ def resolve(store: RemoteStore, ref: Ref) -> RemoteEntry:
     entry = read_entry(store, ref.name, version)
     if entry is None:
         raise NotFoundError(f"remote {store.url} has no {ref.name}@{version}; {_describe(store, ref.name)}")
+    if store.size(deleted_key(ref.name, version)) is not None:
+        raise NotFoundError(
+            f"remote {store.url}: {ref.name}@{version} was deleted"
+            + (f" (tag {ref} still points at it; move it)" if ref.tag else "")
+            + f"; {_describe(store, ref.name)}"
+        )
     return entry
 
 
-def tags_by_version(store: RemoteStore, name: str | None = None) -> dict[tuple[str, int], list[str]]:
-    """(name, version) -> the tags pointing at it, for every tag on the remote (or of `name`)."""
+def read_tags(store: RemoteStore, name: str | None = None) -> dict[tuple[str, str], tuple[int, int]]:
+    """(name, tag) -> (version, seq) for every tag on the remote (or of `name`): one LIST, the tags read at once."""
     keys = [k for k in store.list(f"tags/{name}/" if name else "tags/") if _TAG_KEY.fullmatch(k)]
-    found: dict[tuple[str, int], list[str]] = {}
+    found: dict[tuple[str, str], tuple[int, int]] = {}
     for key, data in store.read_many(keys).items():
         match = _TAG_KEY.fullmatch(key)
         assert match is not None  # the keys were filtered by this pattern above
-        tag_name, tag = match.groups()
         try:
-            found.setdefault((tag_name, int(json.loads(data)["version"])), []).append(tag)
-        except (ValueError, TypeError, KeyError):
+            body = json.loads(data)
+            found[(match.group(1), match.group(2))] = (int(body["version"]), tag_seq(body))
+        except (ValueError, TypeError, KeyError, AttributeError):
             continue  # a damaged tag names no version; `resolve` reports it when it is used
     return found
 
 
-def all_entries(
-    store: RemoteStore, *, name: str | None = None, all_versions: bool = False, cache: EntryCache | None = None
-) -> list[RemoteEntry]:
-    """Entries of the remote sorted by name and version: one LIST of the index, then the entries not in `cache`
-    read at once (and added to it)."""
-    if name is not None:
-        validate_name(name)
-    newest: dict[str, int] = {}
-    keys = []
-    for key in store.list(f"index/{name}/" if name else "index/"):
-        if match := _ENTRY_KEY.fullmatch(key):
-            keys.append(key)
-            newest[match.group(1)] = max(newest.get(match.group(1), 0), int(match.group(2)))
-    if not all_versions:
-        keys = [entry_key(n, v) for n, v in newest.items()]
-    found = cache.get_many(keys) if cache is not None else {}
-    fetched = store.read_many([k for k in keys if k not in found])
-    if cache is not None:
-        cache.put_many(fetched)
-    entries = [RemoteEntry.from_json(data, key) for key, data in {**found, **fetched}.items()]
-    return sorted(entries, key=lambda e: (e.name, e.version))
+def tags_by_version(store: RemoteStore, name: str | None = None) -> dict[tuple[str, int], list[str]]:
+    """(name, version) -> the tags pointing at it, for every tag on the remote (or of `name`)."""
+    found: dict[tuple[str, int], list[str]] = {}
+    for (tag_name, tag), (version, _) in sorted(read_tags(store, name).items()):
+        found.setdefault((tag_name, version), []).append(tag)
+    return found
 
 
 def _describe(store: RemoteStore, name: str) -> str:
-    existing = versions(store, name)
+    gone = deleted_versions(store, name)
+    existing = [v for v in versions(store, name) if (name, v) not in gone]
     if not existing:
         return f"it has no adapter {name!r}"
     return f"{name!r} has versions {', '.join(f'@{v}' for v in existing)}"

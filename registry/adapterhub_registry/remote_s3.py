@@ -38,6 +38,49 @@ class S3Store(FsspecStore):
     def list(self, prefix: str) -> list[str]:
         return self._call(lambda: super(S3Store, self).list(prefix), prefix)
 
+    def stat(self, key: str) -> tuple[int, float] | None:
+        return self._call(lambda: super(S3Store, self).stat(key), key)
+
+    def modified(self, prefix: str) -> dict[str, float]:
+        return self._call(lambda: super(S3Store, self).modified(prefix), prefix)
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: super(S3Store, self).delete(key), key)
+
+    def list_after(self, prefix: str, after: str) -> builtins.list[str]:
+        # fsspec's `find` always lists from the prefix's start; the index's log is read from a key on
+        # (remote_index.py), so this is ListObjectsV2 with StartAfter, paged, on the client underneath.
+        from fsspec.asyn import sync
+
+        bucket, _, base = self.path(prefix).partition("/")
+        start = len(self.root) - len(bucket)  # S3 keys are `<prefix>/<our key>`; ours start after that
+
+        async def pages() -> builtins.list[str]:
+            keys: builtins.list[str] = []
+            token: str | None = None
+            while True:
+                extra = {"ContinuationToken": token} if token else {"StartAfter": self.path(after)[len(bucket) + 1 :]}
+                page = await self.fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=base, **extra)
+                keys += [item["Key"][start:] for item in page.get("Contents", [])]
+                if not page.get("IsTruncated"):
+                    return keys
+                token = page["NextContinuationToken"]
+
+        return self._call(lambda: sync(self.fs.loop, pages), prefix)
+
+    def holds(self, key: str, data: bytes) -> bool:
+        # A single-part upload's ETag is the MD5 of its bytes (S3 and S3-compatible stores), so one HEAD tells
+        # whether the object holds `data` without downloading it; a multipart ETag ("...-N") is not, so read.
+        import hashlib
+
+        try:
+            etag = self._call(lambda: self.fs.info(self.path(key)), key).get("ETag", "").strip('"')
+        except FileNotFoundError:
+            return False
+        if etag and "-" not in etag:
+            return etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
+        return super().holds(key, data)
+
     def read_many(self, keys: builtins.list[str]) -> dict[str, bytes]:
         # Index entries are small: max_concurrency=1 makes s3fs send one GET each, not a HEAD first (for its
         # ranged parallel download of large objects); the GETs of all keys still run concurrently.

@@ -44,12 +44,37 @@ class RemoteStore(ABC):
         """The object's size in bytes, or None when there is none."""
 
     @abstractmethod
+    def stat(self, key: str) -> tuple[int, float] | None:
+        """The object's size and when it was last written (seconds since the epoch), or None when there is none."""
+
+    @abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Every key under `prefix` (recursively), sorted; [] when there is none."""
 
     @abstractmethod
     def read_many(self, keys: builtins.list[str]) -> dict[str, bytes]:
         """The bytes of each key that exists (fetched concurrently where the store can)."""
+
+    def list_after(self, prefix: str, after: str) -> builtins.list[str]:
+        """The keys under `prefix` that sort after `after`, sorted; a store that can start a listing at a key
+        (S3's `StartAfter`) overrides this so a long prefix is not listed from its start."""
+        return [key for key in self.list(prefix) if key > after]
+
+    @abstractmethod
+    def modified(self, prefix: str) -> dict[str, float]:
+        """Every key under `prefix` with the time it was last written (seconds since the epoch)."""
+
+    def holds(self, key: str, data: bytes) -> bool:
+        """True when the object `key` has exactly the bytes `data` (a store that keeps a digest of its objects
+        overrides this to check without downloading)."""
+        try:
+            return self.read(key) == data
+        except FileNotFoundError:
+            return False
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; nothing happens when there is none."""
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
