@@ -105,6 +105,11 @@ FORGERIES = {
         "sst2@1",
         "it was changed after it was signed .*: its blob: the entry names another blob than the one signed",
     ),
+    "a signature that is no bundle": (
+        lambda remote, keys: edit_entry(remote, "sst2@1", signature="signed, trust me"),
+        "sst2@1",
+        "its signature is not a model-signing bundle",
+    ),
     "another entry's signature": (
         lambda remote, keys: edit_entry(
             remote,

@@ -90,18 +90,19 @@ def verify_entry(entry: RemoteEntry, trusted_keys: Sequence[str], *, where: str)
     from model_signing import verifying
 
     refused = f"{where}: refused {entry.ref}"
-    known = ", ".join(fingerprint(pem)[:16] for pem in trusted_keys)
     if entry.signature is None:
         raise SignatureError(
             f"{refused}: it is not signed, and this remote takes only adapters signed by a key it trusts "
-            f"({known}); nothing was stored. Its publisher pushes it again signed "
+            f"({_names(trusted_keys)}); nothing was stored. Its publisher pushes it again signed "
             f"(`adapterhub registry push-remote REMOTE {entry.name} --sign KEY.pem`)"
         )
+    if not isinstance(entry.signature, dict):
+        raise SignatureError(f"{refused}: its signature is not a model-signing bundle; nothing was stored")
     signer = _signing_key(entry.signature, trusted_keys)
     if signer is None:
         raise SignatureError(
-            f"{refused}: it is signed by a key this remote does not trust (trusted: {known}); nothing was "
-            f"stored. If you trust that key, add it: `adapterhub registry remote trust REMOTE PUB.pem`"
+            f"{refused}: it is signed by a key this remote does not trust (trusted: {_names(trusted_keys)}); "
+            "nothing was stored. If you trust that key, add it: `adapterhub registry remote trust REMOTE PUB.pem`"
         )
     with tempfile.TemporaryDirectory(prefix="adapterhub-verify-") as temp:
         model, bundle, public = lay_out(entry, Path(temp) / "adapter"), Path(temp) / "sig.json", Path(temp) / "key"
@@ -146,9 +147,15 @@ def _hashing():
     return hashing.Config().use_file_serialization(hashing_algorithm="sha256", max_workers=1)
 
 
+def _names(trusted_keys: Sequence[str]) -> str:
+    return ", ".join(fingerprint(pem)[:16] for pem in trusted_keys)
+
+
 def _signing_key(bundle: dict, trusted_keys: Sequence[str]) -> str | None:
     """The trusted key the bundle says signed it: model-signing writes the sha256 of the signer's PEM as a hint."""
-    hint = bundle.get("verificationMaterial", {}).get("publicKey", {}).get("hint") if isinstance(bundle, dict) else None
+    material = bundle.get("verificationMaterial")
+    key = material.get("publicKey") if isinstance(material, dict) else None
+    hint = key.get("hint") if isinstance(key, dict) else None
     for pem in trusted_keys:
         if hint == hashlib.sha256(pem.encode("utf-8")).hexdigest():
             return pem
