@@ -115,7 +115,8 @@ _settings_options = stacked(
     "--replicas",
     type=click.IntRange(min=2),
     default=None,
-    help="Serve on N Ray Serve replicas, each request routed to one already holding its adapter (pip install 'adapterhub[ray]').",
+    help="Serve on N Ray Serve replicas, each request routed to one already holding its adapter (pip install "
+    "'adapterhub[ray]'); with --remote, each node fetches what its replica serves into its own registry (no shared disk).",
 )
 def serve_command(host: str, port: int, allow_unauthenticated: bool, replicas: int | None, **flags: Any) -> None:
     """Serve one base model over HTTP with per-request adapters from the registry, batched across adapters

@@ -21,7 +21,7 @@ from adapterhub.manifest import Manifest
 from adapterhub.model_tasks import LOAD_DEFAULT
 from adapterhub.runtime import AdapterPool
 from adapterhub.server.app import create_app
-from adapterhub.server.remote_refs import RemoteRefs
+from adapterhub.server.remote_refs import RemoteKeys, RemoteRefs
 from adapterhub.server.settings import ServeSpec
 from adapterhub.server.state import AppState
 from adapterhub_registry import Registry
@@ -41,10 +41,11 @@ class BuiltServer:
         return self.app.state.adapterhub
 
 
-def completed_spec(spec: ServeSpec, registry: Registry, router: Router | None = None) -> ServeSpec:
+def completed_spec(spec: ServeSpec, registry: Registry | RemoteKeys, router: Router | None = None) -> ServeSpec:
     """``spec`` with its model task and labels: as given, else the ``router`` sequence's, else those recorded in
     the first preloaded adapter's manifest, else the default model task (a classifier needs labels from somewhere).
-    Reads the registry only: a spec that cannot be served fails before any base is loaded."""
+    Reads the registry only (or, for replicas on a remote, the remote's entries): a spec that cannot be served
+    fails before any base is loaded."""
     if router is not None and spec.model_task not in (None, router.model_task):
         raise OptionError(f"sequence {spec.router!r} is a {router.model_task} sequence; drop --model-task or pass "
                           f"--model-task {router.model_task}")  # fmt: skip

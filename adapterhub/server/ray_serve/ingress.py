@@ -1,9 +1,10 @@
 """The ingress: the one HTTP entry point of ``adapterhub serve --replicas N`` (behind Ray Serve's HTTP proxy).
 
 For ``/v1/completions`` and ``/v1/chat/completions`` it resolves ``model`` once, as one server does
-(``openai_routes.resolve_model``: the base's name, or a registry ref -> ``name@version``, through ``--remote``
-when given), and forwards the request with ``multiplexed_model_id=name@version``, so Ray Serve routes it to a
-replica that already holds that adapter; the replica serves it under the same key, so a tag moved meanwhile is
+(``openai_routes.resolve_model``: the base's name, or a registry ref -> ``name@version``: in the shared registry,
+or with ``--remote`` on the remote alone, as the remote numbers it, with no local registry at all), and forwards
+the request with ``multiplexed_model_id=name@version``, so Ray Serve routes it to a replica that already holds
+that adapter; the replica serves it under the same key, so a tag moved meanwhile is
 picked up by the next request, never in the middle of one. Every other route is forwarded to any replica, except
 ``/metrics`` (every replica's, merged from the ``ReplicaBoard`` with a ``replica`` label) and the routes that
 load adapters into one server's memory, which a fleet cannot honour per replica.
@@ -28,7 +29,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from adapterhub.server.build import open_remote
 from adapterhub.server.http_errors import HTTPError, error_response
 from adapterhub.server.middleware import BodyLimit, RequireKey
 from adapterhub.server.openai_answers import sse
@@ -36,7 +36,7 @@ from adapterhub.server.openai_routes import resolve_model
 from adapterhub.server.ray_serve.asgi_call import Forwarded, Start
 from adapterhub.server.ray_serve.board import board, merged_exposition
 from adapterhub.server.ray_serve.spec import ReplicaSpec
-from adapterhub.server.remote_refs import RemoteRefs
+from adapterhub.server.remote_refs import RemoteKeys, remote_http_error
 from adapterhub.server.settings import ServerSettings
 from adapterhub_registry import Registry
 
@@ -54,17 +54,23 @@ class ReplicaFailed(Exception):
 @dataclass
 class Edge:
     """What ``resolve_model`` reads of a server's state, at the ingress: the base's name, no per-server
-    ``lora_name``s (``PER_SERVER_LOADS`` are refused here), and the registry or remote refs resolve in."""
+    ``lora_name``s (``PER_SERVER_LOADS`` are refused here), and where refs resolve: the shared ``registry``, or
+    the ``remote`` alone (``--remote``: the remote's own ``name@version``; a ref it does not know is a 404 naming
+    it, a remote that cannot be reached a 503)."""
 
     settings: ServerSettings
-    registry: Registry
-    remote: RemoteRefs | None = None
+    registry: Registry | None = None
+    remote: RemoteKeys | None = None
     lora_names: dict[str, str] = field(default_factory=dict)
 
     async def record_of(self, ref: str):
         if self.remote is None:
+            assert self.registry is not None  # one of the two, by construction (Ingress.__init__)
             return self.registry.resolve(ref)
-        return await asyncio.to_thread(self.remote.resolve, ref)
+        try:
+            return await asyncio.to_thread(self.remote.resolve, ref)
+        except Exception as exc:  # noqa: BLE001 - the remote's errors become answers that name it
+            raise remote_http_error(exc, ref, self.remote.config) from None
 
 
 @serve.ingress()
@@ -73,9 +79,10 @@ class Ingress:
 
     def __init__(self, replicas, spec: ReplicaSpec) -> None:
         self.replicas, self.spec = replicas, spec
-        registry = Registry(spec.registry_root)
-        remote = open_remote(registry, spec.remote) if spec.remote is not None else None
-        self.edge = Edge(spec.settings, registry, remote)
+        if spec.remote_config is not None:  # no local registry: this node's ADAPTERHUB_HOME may be empty
+            self.edge = Edge(spec.settings, remote=RemoteKeys(spec.remote_config))
+        else:
+            self.edge = Edge(spec.settings, registry=Registry(spec.registry_root))
         self.board = board()
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -8,11 +8,16 @@ integrity- and base-checked, copied into a slot, on the model thread). Ray's per
 slot count, so what Ray believes a replica holds is what its slots hold. Ray's LRU drops a key without telling
 the pool; the pool's own LRU (same capacity) evicts the slot when it needs it, so a row still running on an
 adapter Ray has dropped is never disturbed.
+
+With ``--remote`` the keys are the remote's own ``name@version``: the replica maps each to the local key of its
+node's own registry (``FetchedKeys``: fetched on the first request for it, off the model thread), and serves the
+request under that local key, so no two nodes share a disk and no node's numbering leaks into another's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -22,9 +27,12 @@ from ray import serve
 
 from adapterhub.server.app import lifespan
 from adapterhub.server.build import build_server
+from adapterhub.server.http_errors import error_response
 from adapterhub.server.ray_serve.asgi_call import Forwarded, Start, call_app
 from adapterhub.server.ray_serve.board import REPORT_EVERY_S, ReplicaReport, board
 from adapterhub.server.ray_serve.spec import ReplicaSpec
+from adapterhub.server.remote_refs import FetchedKeys, remote_http_error
+from adapterhub_registry import Registry
 
 log = logging.getLogger("adapterhub.server")
 
@@ -36,8 +44,14 @@ class Replica:
     start on the loop every later request runs on."""
 
     async def __init__(self, spec: ReplicaSpec) -> None:
-        # the server one `adapterhub serve` would build from this spec, without --remote (the ingress's alone)
-        self.app = build_server(spec.replica_server()).app
+        self.spec = spec
+        server = spec.replica_server()  # the server one `adapterhub serve` would build, without --remote
+        self.keys = None
+        if spec.remote_config is not None:  # this node's own registry, fed from the remote
+            self.keys = FetchedKeys.open(Registry(spec.registry_root), spec.remote_config)
+            local = await asyncio.gather(*(asyncio.to_thread(self.keys.local_key, ref) for ref in spec.preload))
+            server = dataclasses.replace(server, preload=tuple(local))
+        self.app = build_server(server).app
         self.state = self.app.state.adapterhub
         self.pool = self.state.pool
         self.routed = Counter("adapterhub_routed_requests", "Adapter requests routed here, by whether this replica "
@@ -50,12 +64,16 @@ class Replica:
         self._reporting = asyncio.get_running_loop().create_task(self._report_forever())
 
         async def load_into_pool(key: str) -> str:  # a plain function: Ray keeps its model cache on the function
-            return await self._on_model_thread(self.pool.load, key)
+            return await self._on_model_thread(self.pool.load, await self._local_key(key))
 
         self._multiplexed = serve.multiplexed(max_num_models_per_replica=spec.slots)(load_into_pool)
 
     async def _on_model_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.state.batcher.worker, fn, *args)
+
+    async def _local_key(self, key: str) -> str:
+        """The key this replica's registry serves ``key`` under (with ``--remote``, fetched on first use)."""
+        return key if self.keys is None else await asyncio.to_thread(self.keys.local_key, key)
 
     def _resident(self) -> tuple[str, ...]:
         return tuple(row["adapter"] for row in self.pool.describe() if row["tier"] in ("device", "peft"))
@@ -64,7 +82,16 @@ class Replica:
         """Serve one forwarded request through the app; its adapter is made resident first (Ray's multiplex)."""
         key = serve.get_multiplexed_model_id() or request.resolved_model  # the latter alone: load-only routing
         if key:
-            resident = key in await self._on_model_thread(self._resident)
+            try:
+                local = await self._local_key(key)
+            except Exception as exc:  # noqa: BLE001 - unknown, unreachable or refused on the remote: answered
+                assert self.spec.remote_config is not None  # only the remote's keys are mapped
+                answer = error_response(request.path, remote_http_error(exc, key, self.spec.remote_config))
+                yield Start(answer.status_code, tuple(answer.raw_headers))
+                yield bytes(answer.body)
+                return
+            request = dataclasses.replace(request, resolved_model=local)
+            resident = local in await self._on_model_thread(self._resident)
             self.routed.labels("yes" if resident else "no").inc()
             try:
                 await self._multiplexed(key)
