@@ -152,9 +152,10 @@ class Remote:
         `resolve` reads a version's whole entry."""
         if name is not None:
             validate_name(name)
-        records = self.index.state().records()
+        state = self.index.state()
+        records = state.records()
         if name is None and method is None and base_fingerprint is None and tag is None:
-            return list(records) if all_versions else select(records)
+            return list(records if all_versions else state.newest())
         return select(records, name=name, method=method, base_fingerprint=base_fingerprint, tag=tag,
                       all_versions=all_versions)  # fmt: skip
 
@@ -173,7 +174,9 @@ class Remote:
         `metrics` filters such as "accuracy>=0.7"."""
         conditions = [m if isinstance(m, MetricFilter) else MetricFilter.parse(m) for m in metrics]
         text = query.lower()
-        newest = select(self.index.state().records(), method=method, tag=tag, metrics=conditions)
+        state = self.index.state()
+        filtered = method is not None or tag is not None or conditions
+        newest = select(state.records(), method=method, tag=tag, metrics=conditions) if filtered else state.newest()
         found = [
             r for r in newest if (base is None or (r.base_fingerprint or "").startswith(base)) and matches(r, text)
         ]

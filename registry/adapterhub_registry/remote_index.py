@@ -87,6 +87,7 @@ class IndexState:
     tags: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     deleted: set[Key] = field(default_factory=set)
     _records: list[AdapterRecord] | None = None  # every live version as a record, built once per state
+    _newest: list[AdapterRecord] | None = None  # each name's newest live version, likewise
 
     def copy(self) -> IndexState:
         return IndexState(dict(self.rows), dict(self.tags), set(self.deleted))
@@ -134,6 +135,12 @@ class IndexState:
                 )
             ]
         return self._records
+
+    def newest(self) -> list[AdapterRecord]:
+        """Each name's newest live version, sorted by name (built once, then shared)."""
+        if self._newest is None:
+            self._newest = list({r.name: r for r in self.records()}.values())
+        return self._newest
 
     def encode(self, covers: str, folded: list[str]) -> bytes:
         body = {
