@@ -26,7 +26,7 @@ from test_registry_remote_support import AWS_ENV, add_remote, moto_endpoint  # n
 from test_registry_support import write_adapter  # noqa: E402
 
 from adapterhub.base import load_base  # noqa: E402
-from adapterhub.runtime import AdapterPool, GenerationSettings, generate  # noqa: E402
+from adapterhub.runtime import AdapterPool, SamplingParams, generate  # noqa: E402
 from adapterhub.server import ServerSettings  # noqa: E402
 from adapterhub.server.http_errors import HTTPError  # noqa: E402
 from adapterhub.server.openai_routes import resolve_model  # noqa: E402
@@ -69,7 +69,7 @@ def _remote_with_adapters(tiny_llama, root, endpoint: str) -> tuple[Registry, di
         pushed = trainer.remote("origin").push(local.ref, tags=["prod"] if local.ref == "tone0@1" else ())
         assert pushed.ref == local.ref  # the remote numbers them as the trainer did: references by the same keys
     pool = AdapterPool(base, slots=2, max_rank=4, registry=trainer)
-    alone = GenerationSettings(max_new_tokens=TOKENS, min_new_tokens=TOKENS)
+    alone = SamplingParams(max_tokens=TOKENS, min_tokens=TOKENS, temperature=0)  # what each request asks
     references = {(p, v): generate(pool, [p], [v], alone)[0].text for p in PROMPTS for v in set(REFS.values())}
     pool.close()
     return trainer, references
