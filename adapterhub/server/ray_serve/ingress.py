@@ -4,10 +4,11 @@ For ``/v1/completions`` and ``/v1/chat/completions`` it resolves ``model`` once,
 (``openai_routes.resolve_model``: the base's name, or a registry ref -> ``name@version``: in the shared registry,
 or with ``--remote`` on the remote alone, as the remote numbers it, with no local registry at all), and forwards
 the request with ``multiplexed_model_id=name@version``, so Ray Serve routes it to a replica that already holds
-that adapter; the replica serves it under the same key, so a tag moved meanwhile is
-picked up by the next request, never in the middle of one. Every other route is forwarded to any replica, except
-``/metrics`` (every replica's, merged from the ``ReplicaBoard`` with a ``replica`` label) and the routes that
-load adapters into one server's memory, which a fleet cannot honour per replica.
+that adapter; the replica serves it under the same key (with ``--remote``, under the local key its own registry
+fetched it as), so a tag moved meanwhile is picked up by the next request, never in the middle of one. Every
+other route is forwarded to any replica, except ``/metrics`` (every replica's, merged from the ``ReplicaBoard``
+with a ``replica`` label) and the routes that load adapters into one server's memory, which a fleet cannot
+honour per replica.
 
 A replica that dies mid-request (its process killed): a request none of whose answer reached the client yet is
 sent again (Ray routes it to a live replica), up to ``attempts`` tries; a stream already under way ends with an
