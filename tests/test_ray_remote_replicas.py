@@ -254,3 +254,24 @@ def test_the_launcher_pins_load_refs_to_the_remotes_versions_and_reads_their_mod
     spec = replica_spec(given, 2)
     assert spec.preload == ("tone@1",) and spec.model_task == "causal-lm"  # the remote's version, its manifest's task
     assert spec.remote_config == RemoteConfigs(remote.root).get("origin") and spec.registry_root == remote.root
+
+
+def test_a_replica_refuses_what_the_launchers_trusted_keys_did_not_sign_and_stores_nothing(remote, tmp_path):
+    from adapterhub.server.remote_refs import remote_http_error
+    from adapterhub_registry import RegistryError
+    from adapterhub_registry.keys import generate_key_pair, read_public_key, read_signing_key
+
+    private, public = generate_key_pair("alice", tmp_path / "keys")
+    for seed, name in enumerate(("good", "forged"), start=1):
+        remote.push(name, write_adapter(tmp_path / name, seed=seed), method="lora")
+    remote.remote("origin").push("good", sign=read_signing_key(private))
+    remote.remote("origin").push("forged")  # unsigned
+    trusting = dataclasses.replace(RemoteConfigs(remote.root).get("origin"), trusted_keys=(read_public_key(public),))
+    node = Registry(tmp_path / "node")  # no `remote add` here: the trust travels in the launcher's configuration
+    keys = FetchedKeys.open(node, trusting)
+    assert keys.local_key("good@1") == "good@1"
+    with pytest.raises(RegistryError) as refused:
+        keys.local_key("forged@1")
+    answer = remote_http_error(refused.value, "forged@1", trusting)
+    assert answer.status == 502 and "forged@1" in answer.detail and "not signed" in answer.detail, answer.detail
+    assert [r.ref for r in node.list(all_versions=True)] == ["good@1"]
