@@ -259,3 +259,31 @@ def test_sign_entry_signs_the_version_it_is_given(tmp_path):
     ]
     assert layout.RemoteEntry.from_json(signed.to_json(), layout.entry_key("n", 3)) == signed
     assert "signature" not in json.loads(entry.to_json())  # unsigned entries are written as before
+
+
+def test_serve_remote_answers_a_forged_adapter_with_the_refusal_and_serves_a_signed_one(tiny_llama, tmp_path, homes,
+                                                                                        keys):  # fmt: skip
+    from fastapi.testclient import TestClient
+    from test_openai_server import push_adapter
+
+    from adapterhub.base import load_base
+    from adapterhub.runtime import AdapterPool
+    from adapterhub.server import ServerSettings, create_app
+    from adapterhub.server.remote_refs import RemoteRefs
+
+    publisher, server = homes
+    base = load_base(tiny_llama)
+    push_adapter(base, publisher, "good", tmp_path / "good", 1)
+    push_adapter(base, publisher, "forged", tmp_path / "forged", 2)
+    publisher.remote("origin").push("good", sign=read_signing_key(keys["alice"][0]))
+    publisher.remote("origin").push("forged")  # unsigned: written by someone without alice's key
+    pool = AdapterPool(base, slots=2, max_rank=4, registry=server)
+    body = {"prompt": "the movie was", "max_tokens": 2, "temperature": 0}
+    with TestClient(create_app(pool, ServerSettings(model_name="tiny"), remote=RemoteRefs(server, server.remote("origin")))) as client:  # fmt: skip
+        assert client.post("/v1/completions", json={**body, "model": "good"}).status_code == 200
+        refused = client.post("/v1/completions", json={**body, "model": "forged"})
+    pool.close()
+    error = refused.json()["error"]
+    assert (refused.status_code, error["code"]) == (502, "remote_refused")  # the remote's content is wrong, not the ask
+    assert "remote origin" in error["message"] and "refused forged@1: it is not signed" in error["message"]
+    assert [r.ref for r in server.list(all_versions=True)] == ["good@1"]
