@@ -117,9 +117,9 @@ def test_a_wrong_key_is_401_and_an_unknown_model_a_404_openai_error(client, serv
     with pytest.raises(openai.NotFoundError) as missing:
         client.completions.create(model="nope", prompt="the movie", max_tokens=2)
     assert missing.value.body["code"] == "model_not_found" and missing.value.body["param"] == "model"
-    with pytest.raises(openai.BadRequestError) as too_many:
-        client.completions.create(model="a", prompt="the movie", max_tokens=2, n=2)
-    assert "n=2" in too_many.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as best_of:
+        client.completions.create(model="a", prompt="the movie", max_tokens=2, n=2, best_of=3)
+    assert best_of.value.body["param"] == "best_of" and "best_of=3" in best_of.value.body["message"]
     with pytest.raises(openai.BadRequestError) as over:
         client.completions.create(model="a", prompt="the movie", max_tokens=101)
     assert over.value.body["param"] == "max_tokens"

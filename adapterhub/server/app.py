@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 
 from adapterhub.continual.router import Router
 from adapterhub.runtime import AdapterPool
-from adapterhub.server import handlers, lora_routes, openai_routes
+from adapterhub.server import handlers, lora_routes, openai_routes, tokenize_routes
 from adapterhub.server.api_docs import add_api_docs
 from adapterhub.server.http_errors import HTTPError, answer_http_error, answer_invalid_request
 from adapterhub.server.middleware import BodyLimit, Measure, RequireKey
@@ -38,7 +38,8 @@ from adapterhub.server.state import AppState
 from adapterhub.web import Sessions, ui_router
 
 __all__ = ["ServerSettings", "create_app"]
-ENDPOINTS: tuple[APIRouter, ...] = (handlers.endpoints, openai_routes.openai_endpoints, lora_routes.lora_endpoints)
+ENDPOINTS: tuple[APIRouter, ...] = (handlers.endpoints, openai_routes.openai_endpoints, lora_routes.lora_endpoints,
+                                    tokenize_routes.tokenize_endpoints)  # fmt: skip
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
 
 
