@@ -1,5 +1,7 @@
-"""Remote registry on S3 (moto on loopback): push and fetch of a 20 MB adapter, signing, and list and search of
-1,000, 10,000 and 100,000 names through the remote's index, each beside the local registry.
+"""Remote registry on S3 (moto on loopback): push, fetch, signing; list and search of 1,000-100,000 names.
+
+Push and fetch of a 20 MB adapter, the cost of signing and verifying, and list and search of 1,000, 10,000 and
+100,000 names through the remote's index, each beside the local registry.
 
 What it measures, and what it cannot show here. The S3 server is moto (`python -m moto.server`) in its own process
 on 127.0.0.1, so a request costs moto's Python request handling plus loopback, not a network round trip: on AWS

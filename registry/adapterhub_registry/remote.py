@@ -176,10 +176,11 @@ class Remote:
         text = query.lower()
         state = self.index.state()
         filtered = method is not None or tag is not None or conditions
-        newest = select(state.records(), method=method, tag=tag, metrics=conditions) if filtered else state.newest()
-        found = [
-            r for r in newest if (base is None or (r.base_fingerprint or "").startswith(base)) and matches(r, text)
-        ]
+        if filtered:
+            found = [r for r in select(state.records(), method=method, tag=tag, metrics=conditions) if matches(r, text)]
+        else:
+            found = state.search(text)
+        found = [r for r in found if base is None or (r.base_fingerprint or "").startswith(base)]
         return found if limit is None else found[:limit]
 
     def compact(self, *, rebuild: bool = False) -> bool:

@@ -88,6 +88,7 @@ class IndexState:
     deleted: set[Key] = field(default_factory=set)
     _records: list[AdapterRecord] | None = None  # every live version as a record, built once per state
     _newest: list[AdapterRecord] | None = None  # each name's newest live version, likewise
+    _texts: list[str] | None = None  # what `search` matches in each of `_newest`, lower case, likewise
 
     def copy(self) -> IndexState:
         return IndexState(dict(self.rows), dict(self.tags), set(self.deleted))
@@ -114,26 +115,18 @@ class IndexState:
             tags: dict[Key, list[str]] = {}
             for (name, tag), (version, _) in sorted(self.tags.items()):
                 tags.setdefault((name, version), []).append(tag)
-            self._records = [
-                AdapterRecord.from_index_row(
-                    (
-                        name,
-                        version,
-                        method,
-                        base,
-                        {},
-                        {"description": text} if text is not None else {},
-                        metrics,
-                        tuple(tags.get((name, version), ())),
-                        sha256,
-                        size,
-                        created,
-                    )
+            keys = [k for k in self.rows if k not in self.deleted]
+            if any(a > b for a, b in zip(keys, keys[1:])):  # a snapshot's rows come sorted; the log's are appended
+                keys.sort()
+            build, no_tags = AdapterRecord.from_index_row, ()
+            self._records = []
+            for key in keys:
+                name, version, method, base, metrics, created, sha256, size, text = self.rows[key]
+                manifest = {"description": text} if text is not None else {}
+                self._records.append(
+                    build((name, version, method, base, {}, manifest, metrics, tuple(tags.get(key, no_tags)), sha256,
+                           size, created))
                 )  # fmt: skip
-                for (name, version), (_, _, method, base, metrics, created, sha256, size, text) in sorted(
-                    (k, v) for k, v in self.rows.items() if k not in self.deleted
-                )
-            ]
         return self._records
 
     def newest(self) -> list[AdapterRecord]:
@@ -141,6 +134,18 @@ class IndexState:
         if self._newest is None:
             self._newest = list({r.name: r for r in self.records()}.values())
         return self._newest
+
+    def search(self, query: str) -> list[AdapterRecord]:
+        """Each name's newest live version whose name, method, a tag or description contain `query` (lower case),
+        as `matches` says; the fields are joined once per state, so a search is one substring test per name."""
+        if "\n" in query:  # the separator below: test field by field
+            return [r for r in self.newest() if matches(r, query)]
+        if self._texts is None:
+            self._texts = [
+                "\n".join((r.name, r.method, *r.tags, str(r.manifest.get("description") or ""))).lower()
+                for r in self.newest()
+            ]
+        return [r for r, text in zip(self.newest(), self._texts) if query in text]
 
     def encode(self, covers: str, folded: list[str]) -> bytes:
         body = {
