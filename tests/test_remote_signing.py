@@ -287,3 +287,17 @@ def test_serve_remote_answers_a_forged_adapter_with_the_refusal_and_serves_a_sig
     assert (refused.status_code, error["code"]) == (502, "remote_refused")  # the remote's content is wrong, not the ask
     assert "remote origin" in error["message"] and "refused forged@1: it is not signed" in error["message"]
     assert [r.ref for r in server.list(all_versions=True)] == ["good@1"]
+
+
+def test_untrusting_the_last_key_turns_the_check_off_and_a_wrong_key_is_named(cli, capsys, tmp_path, keys):
+    root = str(tmp_path / "server")
+    cli("registry", "--registry", root, "remote", "add", "origin", "file:///srv/adapters",
+        "--trust", str(keys["alice"][1]), "--trust", str(keys["mallory"][1]))  # fmt: skip
+    alice, mallory = (read_signing_key(keys[k][0]).fingerprint for k in ("alice", "mallory"))
+    assert main(["registry", "--registry", root, "remote", "untrust", "origin", "0" * 64]) == 1
+    assert f"trusts no key whose fingerprint starts with '{'0' * 64}' (trusted: " in capsys.readouterr().err
+    out = cli("registry", "--registry", root, "remote", "untrust", "origin", alice[:12])
+    assert out.strip() == f"remote origin no longer trusts key {alice}; 1 trusted key(s) left"
+    out = cli("registry", "--registry", root, "remote", "untrust", "origin", str(keys["mallory"][1]))
+    assert f"no longer trusts key {mallory}; no trusted key left" in out
+    assert RemoteConfigs(tmp_path / "server").get("origin").trusted_keys == ()

@@ -186,6 +186,25 @@ def remote_trust_command(ctx, name, public_key) -> None:
     )
 
 
+@remote_group.command("untrust")
+@click.argument("name")
+@click.argument("key")
+@click.pass_context
+def remote_untrust_command(ctx, name, key) -> None:
+    """Stop trusting KEY on remote NAME: its fingerprint (or a unique start of it, as `remote list --json` shows
+    it) or its PUB.pem file. With no trusted key left, fetches from NAME are no longer checked for signatures."""
+    from adapterhub_registry.keys import fingerprint, read_public_key
+    from adapterhub_registry.remote_config import RemoteConfigs
+
+    given = fingerprint(read_public_key(key)) if Path(key).is_file() else key
+    remote, removed = RemoteConfigs(_registry(ctx).root).untrust(name, given)
+    left = len(remote.trusted_keys)
+    click.echo(
+        f"remote {name} no longer trusts key {removed}; "
+        + (f"{left} trusted key(s) left" if left else "no trusted key left: fetches are not checked for signatures")
+    )
+
+
 @remote_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context

@@ -91,6 +91,28 @@ class RemoteConfigs:
             remotes[name]["trusted_keys"] = keys + [public_pem] if added else keys
             return RemoteConfig(name, **remotes[name]), added
 
+    def untrust(self, name: str, key_fingerprint: str) -> tuple[RemoteConfig, str]:
+        """Stop trusting the key of remote `name` whose fingerprint is or starts with `key_fingerprint`; returns the
+        remote and the key's whole fingerprint. With its last key gone, fetches are no longer checked for signatures."""
+        with self._editing() as remotes:
+            if name not in remotes:
+                self.get(name)  # raises, naming the configured remotes
+            keys = list(remotes[name].get("trusted_keys", []))
+            found = [pem for pem in keys if fingerprint(pem).startswith(key_fingerprint.lower())]
+            if len(found) != 1 or not key_fingerprint:
+                trusted = ", ".join(fingerprint(pem) for pem in keys) or "none"
+                raise NotFoundError(
+                    f"remote {name} trusts {'several keys' if found else 'no key'} whose fingerprint starts with "
+                    f"{key_fingerprint!r} (trusted: {trusted}); give one of them (`adapterhub registry remote list "
+                    "--json` lists them)"
+                )
+            keys.remove(found[0])
+            if keys:
+                remotes[name]["trusted_keys"] = keys
+            else:
+                remotes[name].pop("trusted_keys", None)
+            return RemoteConfig(name, **remotes[name]), fingerprint(found[0])
+
     def remove(self, name: str) -> None:
         with self._editing() as remotes:
             if remotes.pop(name, None) is None:
