@@ -226,7 +226,7 @@ def test_the_cli_refuses_a_forged_fetch_naming_the_adapter(cli, capsys, homes, k
 def test_keys_generate_writes_an_owner_only_private_key_and_never_replaces_one(tmp_path):
     private, public = generate_key_pair("ci", tmp_path / "keys")
     assert stat.S_IMODE(private.stat().st_mode) == 0o600 and stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
-    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    assert stat.S_IMODE(public.stat().st_mode) == 0o600
     before = private.read_bytes()
     with pytest.raises(DestinationExistsError, match="ci.pem and .*ci.pub already exist"):
         generate_key_pair("ci", tmp_path / "keys")

@@ -82,8 +82,9 @@ def read_signing_key(path: Path | str) -> SigningKey:
 
 
 def generate_key_pair(name: str, directory: Path) -> tuple[Path, Path]:
-    """Write `NAME.pem` (private, mode 0600) and `NAME.pub` (public) into `directory` (made owner-only if new);
-    never replaces a file. Returns the two paths."""
+    """Write `NAME.pem` (private) and `NAME.pub` (public) into `directory` (made owner-only if new), both owner-only
+    (mode 0600, as the issue asks: hand the public key out by copying it, deliberately); never replaces a file.
+    Returns the two paths."""
     validate_name(name, kind="key name")
     private, public = directory / f"{name}{PRIVATE_SUFFIX}", directory / f"{name}{PUBLIC_SUFFIX}"
     existing = [str(p) for p in (private, public) if p.exists()]
@@ -100,7 +101,7 @@ def generate_key_pair(name: str, directory: Path) -> tuple[Path, Path]:
     )
     _create(private, private_pem, 0o600)  # created with its mode: never readable by others, even for an instant
     try:
-        _create(public, _pem(key.public_key()).encode("ascii"), 0o644)  # public: meant to be handed out
+        _create(public, _pem(key.public_key()).encode("ascii"), 0o600)
     except BaseException:
         private.unlink(missing_ok=True)  # half a pair is no use: leave nothing
         raise
