@@ -95,10 +95,13 @@ def _adapter(directory: Path, megabytes: int, generator) -> Path:
 
 
 def _bulk_rows(count: int) -> list[dict]:
-    """The listing fields of `count` one-version adapters (names, topics in the description, a metric)."""
+    """The listing fields of `count` one-version adapters (names, topics in the description, a metric; real
+    sha256 digests, which do not compress, so the snapshot is as large as a real one)."""
+    import hashlib
+
     return [
         {"name": f"{TOPICS[i % len(TOPICS)]}-{i:06d}", "description": f"{TOPICS[i % len(TOPICS)]} adapter number {i}",
-         "metrics": {"accuracy": (i % 100) / 100}, "sha256": f"{i:064x}", "created_at": 1.8e9 + i}
+         "metrics": {"accuracy": (i % 100) / 100}, "sha256": hashlib.sha256(str(i).encode()).hexdigest(), "created_at": 1.8e9 + i}
         for i in range(count)
     ]  # fmt: skip
 
