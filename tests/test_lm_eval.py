@@ -4,7 +4,8 @@ Two small tasks written as lm-eval task YAML (``tests/lm_eval_tasks/``: a multip
 log-likelihoods that lm-eval asks of a completions API with ``echo`` and ``logprobs``, and a ``generate_until``
 one) run twice on a tiny Llama: with ``hf`` (transformers + peft in process, ``peft=`` the adapter exported from
 the registry in PEFT format) and with ``local-completions`` against the server on loopback, the adapter named
-as ``model`` and prompts sent as token ids. Accuracy, exact match, every log-likelihood (within 1e-3, read
+as ``model`` and prompts sent as token ids (tokenized by the server's ``/tokenize`` in one run, by the local
+tokenizer in the other). Accuracy, exact match, every log-likelihood (within 1e-3, read
 from lm-eval's per-request samples) and every generation must agree; once with a LoRA (slotted) and once with
 prompt tuning (not slotted). Nothing touches the network: local paths, offline hubs.
 """
@@ -70,8 +71,10 @@ def test_local_completions_scores_an_adapter_as_the_hf_backend_does(method, tiny
     pool = AdapterPool(load_base(tiny_llama), slots=2, max_rank=4, registry=registry)
     server = LiveServer(create_app(pool, ServerSettings(max_new_tokens=16, model_name="tiny")))
     try:
+        # The LoRA run tokenizes on the server (vLLM's /tokenize, /detokenize, /tokenizer_info), the other locally
+        tokenizer = "tokenizer_backend=remote" if method == "lora" else f"tokenizer={tiny_llama}"
         served = evaluate("local-completions", f"base_url={server.url}/v1/completions,model={record.name},"
-                                               f"tokenizer={tiny_llama},tokenized_requests=True,max_retries=1")  # fmt: skip
+                                               f"{tokenizer},tokenized_requests=True,max_retries=1")  # fmt: skip
         tiers = [a["tier"] for a in pool.describe() if a["adapter"] == record.ref]
     finally:
         server.stop()
@@ -94,10 +97,11 @@ def test_local_completions_scores_an_adapter_as_the_hf_backend_does(method, tiny
 def generated_without_cache(model_dir: Path, exported: Path, samples: list[dict]) -> list[list[str]]:
     """transformers' greedy ``generate`` of each sample's prompt without the KV cache, cut as lm-eval cuts it.
 
-    lm-eval's ``hf`` backend generates with the cache, and there peft 0.21's prompt tuning under transformers 5.25
-    picks other tokens than its own forward over the same sequence gives (a tiny random model's near ties
-    show it); the server's tokens are the forward's, so its generations are compared with a generate that
-    recomputes the whole sequence at each step."""
+    lm-eval's ``hf`` backend generates with the cache, and there peft 0.21's prompt tuning under transformers 5.2x
+    picks other tokens than its own forward over the same sequence gives (it hands the cache over under a name
+    transformers no longer reads and injects the virtual tokens again at every step; docs/serving.md, the lane);
+    the server's tokens are the forward's, so its generations are compared with a generate that recomputes the
+    whole sequence at each step."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
