@@ -39,7 +39,7 @@ from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError
 from adapterhub.manifest import Manifest
 from adapterhub.runtime.fallback import PeftAttached
-from adapterhub.runtime.plan import PEFT_PREFIX, SlotPlan, plan_adapter
+from adapterhub.runtime.plan import PEFT_PREFIX, PlanTemplate, SlotPlan, plan_adapter, template_key, template_of
 from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, remove_slots
 from adapterhub.specs import NotSlottable, SlotLayout
 from adapterhub_registry import AdapterRecord, InvalidNameError, Registry
@@ -47,6 +47,7 @@ from adapterhub_registry.names import parse_ref
 
 log = logging.getLogger(__name__)
 HEAD_NAMES = ("classifier", "score")  # the heads peft saves whole for sequence classification
+TEMPLATES_KEPT = 1024  # plan templates a pool keeps (a few KB each), newest last
 
 
 @dataclass
@@ -117,6 +118,7 @@ class AdapterPool:
         self._device: OrderedDict[str, int] = OrderedDict()  # key -> slot, least recently used first
         self._host: OrderedDict[str, HostAdapter] = OrderedDict()
         self._pinned: set[str] = set()
+        self._templates: dict[str, PlanTemplate] = {}  # template_key -> the plan template of that blob and config
 
     # -- set-up -----------------------------------------------------------------------------------------
     def _wrap(self, targets: Sequence[str] | None) -> None:
@@ -212,13 +214,28 @@ class AdapterPool:
         self._check_heads(key, tensors)
         adapter = HostAdapter(key, record.method, record.manifest)
         try:
-            adapter.plan = _to_host(plan_adapter(record.peft_config, tensors, self.layout, set(self.heads), key))
+            adapter.plan = _to_host(self._plan(record, tensors))
         except NotSlottable as exc:
             adapter.peft_config, adapter.tensors, adapter.reason = record.peft_config, tensors, str(exc)
             log.info("adapter %s is not slottable (%s); it swaps through peft", key, exc)
         self._host[key] = adapter
         self._trim_host(keep=key)
         return adapter
+
+    def _plan(self, record: AdapterRecord, tensors: dict[str, torch.Tensor]) -> SlotPlan:
+        """The slot plan of ``record``'s ``tensors``: from the template of its blob and config when an earlier
+        load made one (see ``PlanTemplate``), else from its method plugin, keeping the template for next time."""
+        cache_key = template_key(record.blob_sha256, record.peft_config)
+        template = self._templates.get(cache_key)
+        if template is not None:
+            return template.plan(tensors)
+        plan = plan_adapter(record.peft_config, tensors, self.layout, set(self.heads), record.ref)
+        template = template_of(plan, tensors)
+        if template is not None:
+            self._templates[cache_key] = template
+            while len(self._templates) > TEMPLATES_KEPT:
+                del self._templates[next(iter(self._templates))]
+        return plan
 
     def _check_heads(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         """Refuse an adapter whose saved classification head does not fit the head slots (another number of

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,13 +39,16 @@ from adapterhub_registry.index import Index
 from adapterhub_registry.names import Ref, parse_ref, validate_name, validate_tag
 from adapterhub_registry.paging import MetricFilter, PageQuery
 from adapterhub_registry.records import AdapterRecord, VerifyReport
-from adapterhub_registry.safetensors_check import check_safetensors, checked_header, header_size, tensor_views
+from adapterhub_registry.safetensors_check import TensorLayout, check_safetensors, checked_layout, header_size
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: listing and tagging never load it
     import torch
 
     from adapterhub_registry.remote import Remote
     from adapterhub_registry.remote_store import RemoteStoreSpec
+
+
+_LAYOUTS_KEPT = 256  # blob layouts kept for loads (one per adapter a server swaps in; ~50 KB each for 420 tensors)
 
 
 def default_root() -> Path:
@@ -69,6 +73,8 @@ class Registry:
                 f"cannot create the registry at {self.root}: {exc.strerror}; pick a writable root"
             ) from exc
         self._index = Index(self.root / "index.sqlite")
+        self._layouts: dict[str, TensorLayout] = {}  # blob sha256 -> its checked layout, newest last (see load_record)
+        self._layouts_lock = threading.Lock()  # a server's threads load side by side
         # On a read-only root the leftovers stay until `verify --repair` runs where it can write.
         with contextlib.suppress(OSError):
             self._blobs.remove_stale_temp_files()
@@ -158,24 +164,42 @@ class Registry:
         return self.load_record(self.resolve(ref))
 
     def load_record(self, record: AdapterRecord) -> tuple[AdapterRecord, dict[str, torch.Tensor]]:
-        """``load`` of a record already resolved (the pool resolves a ref once and keeps its exact key)."""
+        """``load`` of a record already resolved (the pool resolves a ref once and keeps its exact key).
+
+        A blob's header is parsed and checked on its first load only: blobs are content-addressed, so its layout
+        is kept by sha256 (``_layouts``) and a later load reads the whole file at once (no header to parse while
+        the rest arrives), makes the views from the kept layout and checksums the bytes as always, so damage
+        anywhere, the header included, is still refused with ``CorruptBlobError``.
+        """
         recorded = self._index.checksum(record.blob_sha256)
+        layout = self._layouts.get(record.blob_sha256)
+        size = record.size_bytes
         with self._deleted_meanwhile_is_not_found(record):
-            with self._blobs.reading(record.blob_sha256, record.size_bytes, record.ref, recorded, header_size) as read:
-                try:
-                    header, data_start = checked_header(read.buffer.numpy().data, f"blob {record.blob_sha256}")
-                except (
-                    UnsafeFileError
-                ) as exc:  # the bytes are as pushed (checked on leaving), so this slipped past push
-                    raise CorruptBlobError(
-                        f"adapter {record.ref}: {exc}; the blob is not loadable, delete {record.ref} and push it again"
-                    ) from exc
-                tensors, pending = tensor_views(read.buffer, header, data_start)
+            with self._blobs.reading(record.blob_sha256, size, record.ref, recorded,
+                                     (lambda first: size) if layout else header_size) as read:  # fmt: skip
+                if layout is None:
+                    try:
+                        layout = checked_layout(read.buffer.numpy().data, f"blob {record.blob_sha256}")
+                    except UnsafeFileError as exc:  # the bytes are as pushed (checked on leaving): it slipped past push
+                        raise CorruptBlobError(
+                            f"adapter {record.ref}: {exc}; the blob is not loadable, delete {record.ref} and push it again"
+                        ) from exc
+                tensors, pending = layout.tensors(read.buffer)
         for destination, source in pending:
             destination.copy_(source)
+        self._remember_layout(record.blob_sha256, layout)
         if read.checksum is not None and read.checksum != recorded:
             self._index.remember_checksum(record.blob_sha256, read.checksum)
         return record, tensors
+
+    def _remember_layout(self, sha256: str, layout: TensorLayout) -> None:
+        """Keep ``layout`` (of a blob whose bytes just passed their checksum) for the next loads, bounded: a few
+        hundred bytes per tensor, for the blobs loaded last."""
+        with self._layouts_lock:
+            self._layouts.pop(sha256, None)
+            self._layouts[sha256] = layout
+            while len(self._layouts) > _LAYOUTS_KEPT:
+                del self._layouts[next(iter(self._layouts))]
 
     def pull(self, ref: str, dest_dir: Path | str) -> AdapterRecord:
         """Write the adapter directory (PEFT files + adapterhub.json with the record's fields) into `dest_dir`."""
