@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from live_server import LiveServer
@@ -25,6 +26,7 @@ from adapterhub.server import ServerSettings, create_app
 from adapterhub_registry import Registry
 
 TASKS = Path(__file__).parent / "lm_eval_tasks"
+KEY = "sk-eval"
 METRICS = {"tiny_choice": "acc,none", "tiny_generate": "exact_match,none"}
 ADAPTERS = {"lora": {"r": 4, "target_modules": "q_proj,v_proj"}, "prompt_tuning": {"num_virtual_tokens": 3}}
 
@@ -69,17 +71,22 @@ def test_local_completions_scores_an_adapter_as_the_hf_backend_does(method, tiny
     exported = registry.export_peft(record.ref, tmp_path / "export")
     in_process = evaluate("hf", f"pretrained={tiny_llama},peft={exported},dtype=float32,device=cpu")
     pool = AdapterPool(load_base(tiny_llama), slots=2, max_rank=4, registry=registry)
-    server = LiveServer(create_app(pool, ServerSettings(max_new_tokens=16, model_name="tiny")))
+    server = LiveServer(create_app(pool, ServerSettings(max_new_tokens=16, model_name="tiny", api_key=KEY)))
     try:
-        # The LoRA run tokenizes on the server (vLLM's /tokenize, /detokenize, /tokenizer_info), the other locally
-        tokenizer = "tokenizer_backend=remote" if method == "lora" else f"tokenizer={tiny_llama}"
+        # As the README says: the key in OPENAI_API_KEY for completions, in auth_token for the tokenizer. The LoRA
+        # run finds the server's tokenizer (vLLM's /tokenizer_info, /tokenize, /detokenize), the other uses its own
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        tokenizer = "" if method == "lora" else f",tokenizer_backend=huggingface,tokenizer={tiny_llama}"
         served = evaluate("local-completions", f"base_url={server.url}/v1/completions,model={record.name},"
-                                               f"{tokenizer},tokenized_requests=True,max_retries=1")  # fmt: skip
+                                               f"auth_token={KEY},max_retries=1{tokenizer}")  # fmt: skip
         tiers = [a["tier"] for a in pool.describe() if a["adapter"] == record.ref]
+        tokenized = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+        tokenized_here = 'adapterhub_requests_total{endpoint="/tokenize",status="200"}' in tokenized
     finally:
         server.stop()
         pool.close()
     assert tiers == (["peft"] if method == "prompt_tuning" else ["device"])
+    assert tokenized_here == (method == "lora")
     for task, metric in METRICS.items():
         assert served["results"][task][metric] == in_process["results"][task][metric]
     theirs, ours = per_request(in_process, "tiny_choice"), per_request(served, "tiny_choice")
