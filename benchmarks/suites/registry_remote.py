@@ -30,6 +30,7 @@ number of names; on a real store multiply the request counts by its latency.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import socket
@@ -45,6 +46,7 @@ DEVICES = ("cpu", "cuda")
 REMOTE, LOCAL = "S3 remote (moto, loopback)", "local registry"
 REMOTE_COLD = "S3 remote, no local copy"
 SIGNED = "S3 remote, signed / verified"
+CLI_COLD = "CLI process, no local copy"
 ADAPTER_MB, QUICK_ADAPTER_MB = 20, 2
 SIZES, QUICK_SIZES = (1_000, 10_000, 100_000), (100, 1_000)
 LIST_TARGETS_MS = {1_000: 1000.0, 100_000: 3000.0}  # cold, from issue 26; cached: 50 ms
@@ -277,12 +279,7 @@ def _listing(ctx, root, endpoint, local, count: int) -> None:
     _bulk_remote(writer, rows)
     staging = root / f"log-{count}"
     for i in range(LOG_PUSHES):
-        source = staging / str(i)
-        source.mkdir(parents=True)
-        (source / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
-        _small_weights(source / "adapter_model.safetensors", i)
-        local.push(f"late-{count}-{i}", source, method="lora", manifest={"description": "sentiment, pushed late"})
-        writer.push(f"late-{count}-{i}")
+        _push_late(local, writer, staging, i)
     listed = Registry(root / f"listed-{count}")
     _bulk_local(listed, rows)
     ctx.note(
@@ -317,7 +314,33 @@ def _listing(ctx, root, endpoint, local, count: int) -> None:
             f"Remote.{what} of {count:,} names, cached and unchanged (median)", warm_m.stats.median, WARM_TARGET_MS
         )
     assert len(warm.list()) == len(listed.list()) + LOG_PUSHES == count + LOG_PUSHES
+    command = [sys.executable, "-m", "adapterhub.cli", "registry", "--registry", str(local.root), "list", "--remote",
+               f"n{count}", "--json"]  # fmt: skip
+    ctx.time(
+        "list, a new CLI process",
+        Side(CLI_COLD, "`adapterhub registry list --remote R --json` in a new process, no local copy: start-up included",
+             lambda _: subprocess.run(command, check=True, stdout=subprocess.DEVNULL), cold_remote),
+        params=params, repeats=3, warmup=1,
+    )  # fmt: skip
+    late = itertools.count(LOG_PUSHES)
+    ctx.time(
+        "compact",
+        Side(REMOTE, "Remote.compact(): fold the log into a new snapshot, PUT it, move HEAD by compare-and-swap",
+             lambda _: warm.compact(), lambda: _push_late(local, writer, staging, next(late))),
+        params=params, repeats=3, warmup=1,
+    )  # fmt: skip
     listed.close()
+
+
+def _push_late(local, writer, staging: Path, i: int) -> None:
+    """Push one more small adapter to the remote through the real code path (a log object for readers to fold)."""
+    source = staging / str(i)
+    source.mkdir(parents=True)
+    (source / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    _small_weights(source / "adapter_model.safetensors", i)
+    name = f"late-{staging.name}-{i}"
+    local.push(name, source, method="lora", manifest={"description": "sentiment, pushed late"})
+    writer.push(name)
 
 
 def _small_weights(path: Path, i: int) -> None:
