@@ -32,7 +32,8 @@ def served(tiny_llama, tmp_path_factory):
     base.tokenizer.chat_template = CHAT_TEMPLATE
     push_adapter(base, registry, "a", root, 1)
     pool = AdapterPool(base, slots=2, max_rank=4, registry=registry)
-    server = LiveServer(create_app(pool, ServerSettings(max_input_tokens=64, max_new_tokens=32, model_name="tiny")))
+    settings = ServerSettings(max_input_tokens=64, max_new_tokens=32, max_waiting=100, model_name="tiny")
+    server = LiveServer(create_app(pool, settings))
     reference = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), registry.export_peft("a", root / "peft")
     ).eval()
@@ -142,9 +143,10 @@ def test_echo_puts_the_prompt_and_its_logprobs_first_the_first_null(served, clie
 @pytest.mark.integration
 def test_chat_logprobs_come_as_content_with_top_logprobs(served, client):
     _, reference, tokenizer = served
-    answer = client.chat.completions.create(model="a", messages=[{"role": "user", "content": "the movie was"}],
+    answer = client.chat.completions.create(model="a", messages=[{"role": "user", "content": "the movie was"}], n=2,
                                             max_tokens=3, temperature=0, logprobs=True, top_logprobs=2,
                                             extra_body={"min_tokens": 3})  # fmt: skip
+    assert [c.index for c in answer.choices] == [0, 1] and answer.choices[0].logprobs == answer.choices[1].logprobs
     text = tokenizer.apply_chat_template([{"role": "user", "content": "the movie was"}], tokenize=False,
                                          add_generation_prompt=True)  # fmt: skip
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -207,6 +209,7 @@ def test_bad_fields_are_400s_naming_the_field(served, client, tiny_llama):
         (dict(prompt="the movie", extra_body={"use_beam_search": True}), "use_beam_search"),
         (dict(prompt="the movie", extra_body={"stop_token_ids": [6]}), "stop_token_ids"),
         (dict(prompt="the movie", max_tokens=0), "max_tokens"),
+        (dict(prompt=["the movie", "i love"], n=64), "n"),  # 128 rows, over max_waiting
     ]
     for fields, param in cases:
         with pytest.raises(openai.BadRequestError) as refused:

@@ -239,6 +239,10 @@ async def _serve(state: AppState, request: Request, body: _Sampled, prompts: lis
     params = body.sampling(min(default_tokens, state.settings.max_new_tokens))
     for prompt in prompts:
         _check_limits(state, prompt.tokens, params.max_tokens, "messages" if answer.chat else "prompt")
+    if len(prompts) * body.n > state.settings.max_waiting:
+        raise HTTPError(400, f"{len(prompts)} prompt(s) x n={body.n} is {len(prompts) * body.n} rows; this server queues at "
+                             f"most {state.settings.max_waiting} ({raised_by('max_waiting')}); send fewer per request",
+                        param="n" if body.n > 1 else "prompt")  # fmt: skip
     state.adapter_metrics.request(label)
     prompt_tokens = sum(len(p.tokens) for p in prompts)
     if state.engine is None:
