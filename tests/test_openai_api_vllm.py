@@ -215,6 +215,8 @@ def test_bad_fields_are_400s_naming_the_field(served, client, tiny_llama):
         with pytest.raises(openai.BadRequestError) as refused:
             client.completions.create(model="a", **{"max_tokens": 2, **fields})
         assert refused.value.body["param"] == param, refused.value.body
+    until = ["\n\n", "Q:", "</s>", "<|im_end|>", "Question:", "boring"]  # lm-eval: a task's until and the EOS text
+    assert client.completions.create(model="a", prompt="the movie", max_tokens=2, stop=until).choices[0].finish_reason
 
 
 @pytest.mark.integration

@@ -28,6 +28,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }  # fmt: skip
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 MAX_N = 64
+MAX_STOPS = 32  # OpenAI allows 4, vLLM any number: lm-eval sends a task's `until` strings and the EOS text
 
 
 class StreamOptions(BaseModel):
@@ -61,8 +62,8 @@ class _Sampled(BaseModel):
 
     @model_validator(mode="after")
     def _stops(self) -> _Sampled:
-        if len(self.stops) > 4 or any(not s for s in self.stops):
-            raise ValueError("stop takes up to 4 non-empty strings")
+        if len(self.stops) > MAX_STOPS or any(not s for s in self.stops):
+            raise ValueError(f"stop takes up to {MAX_STOPS} non-empty strings")
         return self
 
     def check(self, vocabulary: int) -> None:
