@@ -242,8 +242,9 @@ def test_tokenize_detokenize_and_tokenizer_info_like_vllm(served):
     assert info["tokenizer_class"] == type(tokenizer).__name__ and info["eos_token"] == "</s>"
     assert info["chat_template"] == CHAT_TEMPLATE and info["model_max_length"] == tokenizer.model_max_length
     missing = httpx.post(url + "/tokenize", json={"model": "nope", "prompt": "x"})
-    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
-    assert httpx.post(url + "/detokenize", json={"tokens": [99999]}).status_code == 400
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
+    out_of_vocabulary = httpx.post(url + "/detokenize", json={"tokens": [99999]})
+    assert out_of_vocabulary.status_code == 400 and out_of_vocabulary.json()["error"]["param"] == "tokens"
 
 
 def test_static_batching_refuses_what_it_cannot_do_and_answers_several_prompts(tiny_llama, tmp_path):

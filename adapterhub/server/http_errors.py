@@ -4,8 +4,8 @@ entry (a fault of the server's storage) a 500 naming the entry, anything unexpec
 ``http_error`` maps an exception raised while serving a request to its status and message; ``create_app``
 registers ``answer_http_error`` and ``answer_invalid_request``. An error body is ``{"detail": ...}`` on our own
 routes and OpenAI's error object, ``{"error": {"message", "type", "param", "code"}}``, on the OpenAI-compatible
-``/v1/`` routes (whose clients parse that shape), where a body that does not validate is a 400, as OpenAI
-answers it, not FastAPI's 422.
+``/v1/`` routes and vLLM's tokenizer routes (whose clients parse that shape), where a body that does not validate is a
+400, as OpenAI answers it, not FastAPI's 422.
 """
 
 from __future__ import annotations
@@ -62,9 +62,18 @@ OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
                 409: "invalid_request_error", 413: "invalid_request_error", 503: "server_overloaded"}  # fmt: skip
 
 
+VLLM_ROUTES = ("/tokenize", "/detokenize", "/tokenizer_info")  # vLLM's own: answered in OpenAI's shape, as vLLM does
+
+
+def speaks_openai(path: str) -> bool:
+    """Whether ``path``'s clients parse OpenAI's error object: the ``/v1/`` routes and vLLM's tokenizer routes."""
+    return path.startswith("/v1/") or path in VLLM_ROUTES
+
+
 def error_response(path: str, exc: HTTPError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The answer to ``exc`` for a request to ``path``: OpenAI's error object on ``/v1/``, else ``{"detail"}``."""
-    if not path.startswith("/v1/"):
+    """The answer to ``exc`` for a request to ``path``: OpenAI's error object where clients expect it (see
+    ``speaks_openai``), else ``{"detail"}``."""
+    if not speaks_openai(path):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
     kind = OPENAI_TYPES.get(exc.status, "server_error" if exc.status >= 500 else "invalid_request_error")
     body = {"error": {"message": exc.detail, "type": kind, "param": exc.param, "code": exc.code}}
@@ -76,10 +85,10 @@ async def answer_http_error(request: Request, exc: HTTPError) -> JSONResponse:
 
 
 async def answer_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """A body that is not JSON (saying where) or does not fit the endpoint's model (naming each field): 422, 400 on
-    ``/v1/``."""
+    """A body that is not JSON (saying where) or does not fit the endpoint's model (naming each field): 422, 400 where
+    clients speak OpenAI."""
     errors = exc.errors()
-    openai = request.url.path.startswith("/v1/")
+    openai = speaks_openai(request.url.path)
     status = 400 if openai else 422
     not_json = next((e for e in errors if e["type"] == "json_invalid"), None)
     if not_json is not None:  # its loc is ("body", character offset): no field to name
