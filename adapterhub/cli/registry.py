@@ -44,12 +44,14 @@ def _print_records(records, as_json: bool) -> None:
     if not records:
         click.echo("no adapters")
         return
+    lines = []
     for r in records:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items()) if isinstance(v, (int, float)))
         tags = f" [{', '.join(r.tags)}]" if r.tags else ""
-        click.echo(
+        lines.append(
             f"{r.ref:<32} {r.method:<10} {r.size_bytes / 1024:>9.1f} KiB  {r.base_fingerprint or '-'}{tags}  {metrics}"
         )
+    click.echo("\n".join(lines))  # one write: click.echo per line was a third of listing 100,000 adapters
 
 
 @click.group("registry")
