@@ -101,6 +101,20 @@ def test_presence_and_frequency_penalties_lower_tokens_already_generated():
     assert frequency.pick(logits, [1])[0] == 1 and frequency.pick(logits, [1, 1])[0] == 2
 
 
+def test_a_static_batch_cuts_each_row_at_its_own_length_and_stops(pool):
+    prompts = [pool.base.tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
+    rows = [
+        SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, stop=stop)
+        for n, stop in ((3, ()), (9, ("e",)), (6, ()))
+    ]
+    together = generate(pool, prompts, ["a0@1", None, "a1@1"], rows)
+    alone = [generate(pool, [p], [a], r)[0] for p, a, r in zip(prompts, ["a0@1", None, "a1@1"], rows)]
+    assert [(g.text, g.tokens, g.finish) for g in together] == [(g.text, g.tokens, g.finish) for g in alone]
+    assert [g.tokens for g in together][::2] == [3, 6]
+    with pytest.raises(ValueError, match="differing only in max_tokens and stop"):
+        generate(pool, prompts[:2], [None, None], [greedy(3), SamplingParams(max_tokens=3, seed=1)])
+
+
 def test_the_static_path_refuses_what_one_generate_call_cannot_do(pool):
     for params in (greedy(2, logprobs=1), SamplingParams(max_tokens=2, presence_penalty=0.5)):
         with pytest.raises(StaticPathUnsupported, match="batching static"):

@@ -140,7 +140,8 @@ class ContinuousEngine:
                     r.start(self.tokenizer, self.eos)
                     self.lane.waiting.append(r)
                 continue
-            if self.active and self.active + len(s.rows) > self.max_running:
+            slotted_rows = sum(len(r.rows) for r in self.prefilling) + len(self.running)  # the lane has its own
+            if slotted_rows and slotted_rows + len(s.rows) > self.max_running:
                 continue  # a later request with fewer rows may still fit
             takes_slot = s.adapter is not None and s.adapter not in in_use
             if takes_slot and (blocked or len(in_use) >= self.pool.slots):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -121,23 +121,30 @@ def _running(pool: AdapterPool, rows: list[int], peft_key: str | None, adapters:
 
 @torch.inference_mode()
 def generate(pool: AdapterPool, prompts: Sequence[str | list[int]], adapters: Sequence[str | None],
-             params: SamplingParams = DEFAULT) -> list[Generated]:  # fmt: skip
+             params: SamplingParams | Sequence[SamplingParams] = DEFAULT) -> list[Generated]:  # fmt: skip
     """Continue each prompt (text, or token ids already encoded) with its own adapter (a ref or key; None: the
-    base), every row with ``params``; each row ends where its ``Finisher`` says (EOS, stop string, ``max_tokens``)."""
+    base), with ``params`` (one for every row, or one per row sharing their ``batch_key``: rows may differ in
+    length and stop strings only). The batch runs as long as its longest row; each row ends where its
+    ``Finisher`` says (EOS, stop string, its ``max_tokens``)."""
     if len(prompts) != len(adapters):
         raise ValueError(f"{len(prompts)} prompts but {len(adapters)} adapters")
-    refuse_unsupported(params)
+    each = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+    if len(each) != len(prompts) or len({p.batch_key for p in each}) > 1:
+        raise ValueError("generate takes one SamplingParams, or one per prompt differing only in max_tokens and stop")
+    for p in each:
+        refuse_unsupported(p)
+    batch_params = replace(each[0], max_tokens=max(p.max_tokens for p in each))
     tokenizer = pool.base.tokenizer
     eos = eos_ids(pool.base.model, tokenizer)
     keys = keys_of(pool, adapters)
     results: list[Generated | None] = [None] * len(prompts)
     for rows, peft_key in groups(pool, keys):
         batch = _left_padded(tokenizer, [prompts[i] for i in rows]).to(pool.device)
-        with _running(pool, rows, peft_key, keys) as model, _seeded(params.seed):
-            output = model.generate(**batch, pad_token_id=tokenizer.pad_token_id, **generate_kwargs(params, eos))
+        with _running(pool, rows, peft_key, keys) as model, _seeded(batch_params.seed):
+            output = model.generate(**batch, pad_token_id=tokenizer.pad_token_id, **generate_kwargs(batch_params, eos))
         new = output[:, batch["input_ids"].shape[1] :]  # (rows, new tokens)
         for row, tokens in zip(rows, new.tolist()):
-            finisher = Finisher(tokenizer, params, eos)
+            finisher = Finisher(tokenizer, each[row], eos)
             for token in tokens:
                 finisher.add(token)
                 if finisher.reason is not None:

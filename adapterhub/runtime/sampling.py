@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import (
@@ -63,6 +63,12 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def batch_key(self) -> SamplingParams:
+        """What the rows of one static batch (one transformers ``generate`` call) must share: everything but their
+        lengths and stop strings, which each row's finisher applies to its own output."""
+        return replace(self, max_tokens=1, stop=())
 
     @property
     def plain(self) -> bool:

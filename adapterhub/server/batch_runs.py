@@ -2,7 +2,8 @@
 under ``--batching static``), on its worker thread.
 
 ``batch_runner(pool, router)`` composes it: the model call for the base's task (``generate`` over the
-mixed-adapter batch when the batch key is a ``SamplingParams``, which every row of the batch shares; ``classify``;
+mixed-adapter batch when the batch key is a ``SamplingParams.batch_key``, what every row of the batch shares;
+``classify``;
 a classification by prompting when it is a ``PromptKey``), wrapped so that one request's failure fails only that request, and, with a task
 router, preceded by routing the batch's ``"task": "auto"`` requests in one forward of the bare base.
 """
@@ -42,8 +43,8 @@ def _routed_text(payload: GenerateRequest | ClassifyRequest) -> str:
 
 @dataclass
 class StaticCompletion:
-    """A ``/v1/`` completion under ``--batching static``: its prompt's tokens and adapter key (its settings are the
-    batch key)."""
+    """A ``/v1/`` completion under ``--batching static``: its prompt's tokens, adapter key and settings (queued under
+    ``params.batch_key``)."""
 
     prompt: list[int]
     adapter: str | None
@@ -58,10 +59,11 @@ def _by_key(pool: AdapterPool, payloads: list, key: Hashable) -> list:
 
 
 def _run_generate(pool: AdapterPool, payloads: list[GenerateRequest | StaticCompletion],
-                  params: SamplingParams) -> list[dict]:  # fmt: skip
+                  key: SamplingParams) -> list[dict]:  # fmt: skip
     """One ``generate`` over the batch (``/generate`` requests, or ``/v1/`` completions under ``--batching
-    static``): every row shares ``params``, each ends where its finisher says."""
-    outputs = generate(pool, [p.prompt for p in payloads], [p.adapter for p in payloads], params)
+    static``): the rows share ``key`` (their ``batch_key``), each ends at its own length and stops."""
+    each = [p.params if isinstance(p, StaticCompletion) else p.sampling() for p in payloads]
+    outputs = generate(pool, [p.prompt for p in payloads], [p.adapter for p in payloads], each)
     return [{"text": o.text, "tokens": o.tokens, "adapter": o.adapter, "finish": o.finish} for o in outputs]
 
 

@@ -49,7 +49,7 @@ async def generate(body: GenerateRequest, state: StateDep) -> dict:
     named = body.adapter
     body.adapter = await check_adapter(state, body.adapter)
     started = time.perf_counter()
-    result = await submitted(state, body.sampling(), body)
+    result = await submitted(state, body.sampling().batch_key, body)
     del result["finish"]
     label = "base" if result["adapter"] is None else parse_ref(result["adapter"]).name  # as /v1/ names it
     state.adapter_metrics.request(label)

@@ -10,7 +10,8 @@ output tokens (`ignore_eos`), each streamed. A first burst against the continuou
 the arrival rates are fractions and multiples of it, the same for every system, and at each rate the systems take
 turns. Recorded per system and rate: output tokens/s, TTFT and inter-token latency p50/p99, and the TTFT p99 of
 short requests (≤ 16 tokens) sent while a long one (≥ 96) ran; plus the continuous server at the highest rate with
-every request on one adapter, for the 8-vs-1 adapter comparison.
+every request on one adapter, for the 8-vs-1 adapter comparison, and with the eighth adapter replaced by a
+prompt-tuning one (1 in 8 requests run in the engine's lane, the slots cannot hold it), for the lane's cost.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ REQUIRES = {"httpx": "httpx", "fastapi": "fastapi", "uvicorn": "uvicorn"}
 DEVICES = ("cpu",)  # the baseline loads its model on the CPU; a GPU run would need both sides placed alike
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADAPTERS = 8
+PROMPT_TUNED = "pt0"  # a prompt-tuning adapter: not slottable, served by the continuous engine's lane
+PROMPT_TUNING = {"num_virtual_tokens": 20}
 STATIC = "adapterhub static"
 METRICS = (  # (case, LoadSummary field, unit)
     ("output tokens/s", "output_tokens_per_s", "tok/s"), ("TTFT p50", "ttft_p50_ms", "ms"), ("TTFT p99", "ttft_p99_ms", "ms"),
@@ -152,13 +155,24 @@ def _require_batching_option() -> None:
 
 
 def push_adapters(path: str, root: Path, registry) -> list[str]:
-    """Push the runtime suite's rank-16 all-linear LoRAs (random non-zero B) for the base at `path`; return the
-    first `ADAPTERS` refs. Loading the base also writes the dequantized copy of a GGUF the baseline reads."""
+    """Push the runtime suite's rank-16 all-linear LoRAs (random non-zero B) and a prompt-tuning adapter
+    (`PROMPT_TUNED`) for the base at `path`; return the first `ADAPTERS` LoRA refs. Loading the base also writes the
+    dequantized copy of a GGUF the baseline reads."""
+    import torch
+
+    from adapterhub import adapters
     from adapterhub.base import load_base
 
     base = load_base(path, model_task="causal-lm")
     _make_adapters(base, root, registry)
-    del base
+    torch.manual_seed(ADAPTERS)
+    options = adapters.make_options("prompt_tuning", PROMPT_TUNING)
+    model = adapters.attach(base, "prompt_tuning", options)  # random virtual tokens, as after training
+    directory = adapters.save_adapter(
+        model, root / PROMPT_TUNED, adapters.build_manifest(base, "prompt_tuning", options)
+    )
+    registry.push(PROMPT_TUNED, directory, method="prompt_tuning", base_fingerprint=base.fingerprint_id)
+    del base, model
     gc.collect()
     return [f"a{i}" for i in range(ADAPTERS)]
 
@@ -244,6 +258,7 @@ def run(ctx: Context) -> None:
         systems = servers(path, root / "registry", refs, root)
         try:
             start(systems, refs, size.startup_s)
+            loadgen.complete(systems[0].url, PROMPT_TUNED, " hello world", 2)  # the lane's adapter into host memory
             shape = loadgen.LoadShape(
                 rate=1.0, duration_s=size.duration_s, adapters=tuple(refs), seed=ctx.seed
             )  # the probe's draws
@@ -256,7 +271,7 @@ def run(ctx: Context) -> None:
                                        "output_tokens_per_s": round(probe_tokens_per_s, 2), "capacity_req_per_s": round(capacity, 4)},
                                 commands={s.impl: " ".join(s.command) for s in systems})  # fmt: skip
             with tqdm(
-                total=len(rates) * len(systems) + 1,
+                total=len(rates) * len(systems) + 2,
                 desc="serving: load runs",
                 unit="run",
                 disable=not ctx.progress,
@@ -275,11 +290,18 @@ def run(ctx: Context) -> None:
                 )
                 _settle(systems[0], refs[0])
                 bar.update(1)
+                mixed = (*refs[:-1], PROMPT_TUNED)  # the same draws as the 8-adapter run, a7's requests on pt0
+                laned = loadgen.schedule(loadgen.LoadShape(rates[-1], durations[-1], mixed, seed=ctx.seed), words)
+                lane = loadgen.summarize(
+                    loadgen.run_load(systems[0].url, laned, drain_s=size.drain_s, seed=ctx.seed), count_tokens
+                )
+                _settle(systems[0], refs[0])
+                bar.update(1)
             memory = {s.impl: s.rss_mb() for s in systems}
         finally:
             for server in systems:
                 server.stop()
-    _report(ctx, systems, rates, single, memory)
+    _report(ctx, systems, rates, single, lane, memory)
 
 
 def _record(ctx: Context, server: Server, rate: float, results: list[loadgen.RequestResult], count_tokens) -> None:
@@ -307,7 +329,8 @@ def _ratio_check(ctx: Context, what: str, numerator: float | None, denominator: 
     ctx.check(what, numerator / denominator, limit, unit="x")
 
 
-def _report(ctx: Context, systems: list[Server], rates: list[float], single: loadgen.LoadSummary, memory: dict) -> None:
+def _report(ctx: Context, systems: list[Server], rates: list[float], single: loadgen.LoadSummary, lane: loadgen.LoadSummary,
+            memory: dict) -> None:  # fmt: skip
     import numpy
 
     ours, static, baseline = systems
@@ -323,6 +346,11 @@ def _report(ctx: Context, systems: list[Server], rates: list[float], single: loa
                params={"rate": top}, unit="tok/s", extra={"summary": single.to_dict()})  # fmt: skip
     _ratio_check(ctx, "continuous: 1-adapter / 8-adapter output tokens/s at the highest rate (≤ 1.11 is 8 adapters ≥ 0.90×)",
                  single.output_tokens_per_s, eight, 1 / 0.9)  # fmt: skip
+    ctx.record("output tokens/s, 1 in 8 prompt tuning", OURS, [lane.output_tokens_per_s], unit="tok/s",
+               what=f"the 8-adapter schedule with a7's requests on {PROMPT_TUNED} (prompt tuning, {PROMPT_TUNING['num_virtual_tokens']} "
+                    "virtual tokens: the engine's lane)", params={"rate": top}, extra={"summary": lane.to_dict()})  # fmt: skip
+    _ratio_check(ctx, "continuous: all-slotted / 1-in-8-prompt-tuning output tokens/s at the highest rate (≤ 1.25 is the "
+                      "lane workload ≥ 0.80×)", eight, lane.output_tokens_per_s, 1 / 0.8)  # fmt: skip
     columns = ["system", "rate (req/s)", "requests", "completed", "errors", "cancelled", "output tok/s", "TTFT p50 (ms)", "TTFT p99 (ms)",
                "ITL p50 (ms)", "ITL p99 (ms)", "latency p99 (ms)", "short-while-long TTFT p99 (ms)", "short-while-long n"]  # fmt: skip
     rows = [[s.impl, rate, m.requests, m.completed, m.errors, m.cancelled, m.output_tokens_per_s, m.ttft_p50_ms, m.ttft_p99_ms,
