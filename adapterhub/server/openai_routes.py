@@ -353,7 +353,7 @@ async def _serve_static(state: AppState, body: _Sampled, prompts: list[Prompt], 
     loop = asyncio.get_running_loop()
     started = loop.time()
     results = await asyncio.gather(
-        *(submitted(state, params, StaticCompletion(p.tokens, adapter, params)) for p in prompts)
+        *(submitted(state, params.batch_key, StaticCompletion(p.tokens, adapter, params)) for p in prompts)
     )
     for result in results:
         state.answered_whole(label, result["tokens"], loop.time() - started)
