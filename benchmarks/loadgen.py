@@ -171,13 +171,16 @@ def request_body(planned: PlannedRequest, seed: int) -> dict:
             "ignore_eos": True, "min_tokens": planned.max_tokens}  # fmt: skip
 
 
-async def _stream(client: httpx.AsyncClient, result: RequestResult, started: float, seed: int) -> None:
+Body = Callable[[PlannedRequest, int], dict]  # (request, seed) -> the JSON body a server is sent
+
+
+async def _stream(client: httpx.AsyncClient, result: RequestResult, started: float, seed: int, body: Body) -> None:
     planned = result.planned
     await asyncio.sleep(max(0.0, started + planned.at_s - time.perf_counter()))
     result.sent_s = time.perf_counter() - started
     done = False
     try:
-        async with client.stream("POST", COMPLETIONS, json=request_body(planned, seed)) as response:
+        async with client.stream("POST", COMPLETIONS, json=body(planned, seed)) as response:
             if response.status_code != 200:
                 text = (await response.aread()).decode(errors="replace")
                 result.error = f"HTTP {response.status_code}: {text[:300]}"
@@ -210,14 +213,14 @@ async def _stream(client: httpx.AsyncClient, result: RequestResult, started: flo
         result.end_s = time.perf_counter() - started
 
 
-async def _run(url: str, planned: list[PlannedRequest], drain_s: float, seed: int) -> list[RequestResult]:
+async def _run(url: str, planned: list[PlannedRequest], drain_s: float, seed: int, body: Body) -> list[RequestResult]:
     results = [RequestResult(p) for p in planned]
     if not results:
         return results
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)  # open loop: never queue in the client
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(None, connect=30.0), limits=limits) as client:
         started = time.perf_counter()
-        tasks = [asyncio.create_task(_stream(client, r, started, seed)) for r in results]
+        tasks = [asyncio.create_task(_stream(client, r, started, seed, body)) for r in results]
         last = max((p.at_s for p in planned), default=0.0)
         _, pending = await asyncio.wait(tasks, timeout=last + drain_s)
         for task in pending:
@@ -230,10 +233,14 @@ async def _run(url: str, planned: list[PlannedRequest], drain_s: float, seed: in
     return results
 
 
-def run_load(url: str, planned: list[PlannedRequest], *, drain_s: float, seed: int = 0) -> list[RequestResult]:
+def run_load(
+    url: str, planned: list[PlannedRequest], *, drain_s: float, seed: int = 0, body: Body = request_body
+) -> list[RequestResult]:
     """Send `planned` to the server at `url` on schedule and stream every answer; requests still running
-    `drain_s` after the last was sent are cancelled (kept, marked `cancelled`: an overloaded server never drains)."""
-    return asyncio.run(_run(url.rstrip("/"), planned, drain_s, seed))
+    `drain_s` after the last was sent are cancelled (kept, marked `cancelled`: an overloaded server never drains).
+    `body` builds each request's JSON: a server that picks adapters its own way (llama.cpp's per-request `lora`
+    list) gets `request_body` plus its fields."""
+    return asyncio.run(_run(url.rstrip("/"), planned, drain_s, seed, body))
 
 
 def complete(url: str, model: str, prompt: str, max_tokens: int, timeout_s: float = 600.0) -> dict:
