@@ -44,27 +44,34 @@ def _gguf_model(ctx: Context) -> Path:
     return models.smollm2_gguf()
 
 
-def _systems(
-    llama, model: Path, registry_root: Path, refs: list[str], loras: list[Path], logs: Path
-) -> list[serving.Server]:
-    """The serving suite's continuous server (float32), the same command with --quantize nf4, and llama-server."""
-    ours = serving.servers(str(model), registry_root, refs, logs)[0]
-    nf4_port = serving._free_port()
-    nf4 = [str(nf4_port) if i and ours.command[i - 1] == "--port" else arg for i, arg in enumerate(ours.command)]
-    llama_port = serving._free_port()
-    command = llama_cpp_baseline.server_command(llama, model, loras, llama_port, threads=THREADS,
-                                                parallel=ROWS, row_tokens=ROW_TOKENS)  # fmt: skip
-    return [
-        ours,
-        serving.Server(NF4, "adapterhub serve --batching continuous --quantize nf4 (bitsandbytes)",
-                       [*nf4, "--quantize", "nf4"], nf4_port, logs / "adapterhub-nf4.log"),
-        serving.Server(LLAMA, f"llama.cpp's llama-server on the Q4_1 GGUF, {len(loras)} --lora (float32 GGUF), "
-                       f"{ROWS} slots, per-request `lora`", command, llama_port, logs / "llama-server.log"),
-    ]  # fmt: skip
+def llama_system(llama, model: Path, registry, refs: list[str], root: Path) -> serving.Server:
+    """llama-server for the serving suites: `refs` exported from `registry` as PEFT directories, converted by
+    llama.cpp's converter, loaded with every `--lora`; `root` holds the files and the server's log."""
+    from tqdm.auto import tqdm
+
+    base_dir = models.transformers_dir(str(model))
+    loras = []
+    for ref in tqdm(refs, desc="llama.cpp: LoRA to GGUF", leave=False):
+        exported = registry.export_peft(ref, root / "peft" / ref)  # the PEFT directory a user would convert
+        loras.append(llama_cpp_baseline.convert_lora(llama.source, exported, base_dir, root / f"{ref}.gguf"))
+    port = serving._free_port()
+    command = llama_cpp_baseline.server_command(llama, model, loras, port, threads=THREADS, parallel=ROWS,
+                                                row_tokens=ROW_TOKENS)  # fmt: skip
+    return serving.Server(LLAMA, f"llama.cpp's llama-server on the Q4_1 GGUF, {len(loras)} --lora (float32 GGUF), "
+                          f"{ROWS} slots, per-request `lora`", command, port, root / "llama-server.log")  # fmt: skip
 
 
-def _body(server: serving.Server, llama_body) -> loadgen.Body:
-    return llama_body if server.impl == LLAMA else loadgen.request_body
+def body_for(server: serving.Server, refs: list[str]) -> loadgen.Body:
+    """The request body a server of these suites takes: llama.cpp's adds its `lora` selection."""
+    return llama_cpp_baseline.lora_body(refs) if server.impl == LLAMA else loadgen.request_body
+
+
+def _nf4(ours: serving.Server, logs: Path) -> serving.Server:
+    """The serving suite's continuous server (float32) with --quantize nf4, on a port of its own."""
+    port = serving._free_port()
+    command = [str(port) if i and ours.command[i - 1] == "--port" else arg for i, arg in enumerate(ours.command)]
+    return serving.Server(NF4, "adapterhub serve --batching continuous --quantize nf4 (bitsandbytes)",
+                          [*command, "--quantize", "nf4"], port, logs / "adapterhub-nf4.log")  # fmt: skip
 
 
 def _greedy(server: serving.Server, body: loadgen.Body, ref: str, words) -> str:
@@ -92,25 +99,22 @@ def run(ctx: Context) -> None:
     with ctx.scratch("serving_llamacpp") as root:
         registry = Registry(root / "registry")
         refs = serving.push_adapters(str(model), root, registry)
-        base_dir = models.transformers_dir(str(model))
-        loras = []
-        for ref in tqdm(refs, desc="serving_llamacpp: LoRA to GGUF", disable=not ctx.progress, leave=False):
-            exported = registry.export_peft(ref, root / "peft" / ref)  # the PEFT directory a user would convert
-            loras.append(llama_cpp_baseline.convert_lora(llama.source, exported, base_dir, root / f"{ref}.gguf"))
+        llama_server = llama_system(llama, model, registry, refs, root)
         registry.close()
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        ours = serving.servers(str(model), root / "registry", refs, root)[0]
+        systems = [ours, _nf4(ours, root), llama_server]
+        tokenizer = AutoTokenizer.from_pretrained(models.transformers_dir(str(model)))
         words = loadgen.PromptWords(tokenizer)
         count_tokens = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
-        llama_body = llama_cpp_baseline.lora_body(refs)
-        systems = _systems(llama, model, root / "registry", refs, loras, root)
+        bodies = {s.impl: body_for(s, refs) for s in systems}
         try:
             serving.start(systems, refs, size.startup_s)
-            answers = {s.impl: [_greedy(s, _body(s, llama_body), ref, words) for ref in refs] for s in systems}
+            answers = {s.impl: [_greedy(s, bodies[s.impl], ref, words) for ref in refs] for s in systems}
             base_answer = _greedy(systems[-1], loadgen.request_body, refs[0], words)  # no `lora`: the base alone
             shape = loadgen.LoadShape(rate=1.0, duration_s=size.duration_s, adapters=tuple(refs), seed=ctx.seed)
             probes = {}
             for server in systems:
-                probes[server.impl] = _probe(server, shape, size, words, count_tokens, _body(server, llama_body))
+                probes[server.impl] = _probe(server, shape, size, words, count_tokens, bodies[server.impl])
             capacity = probes[OURS][0]
             rates = size.rates(capacity)
             durations = [size.duration(rate) for rate in rates]
@@ -124,8 +128,9 @@ def run(ctx: Context) -> None:
                 for i, (rate, duration) in enumerate(zip(rates, durations)):
                     planned = loadgen.schedule(loadgen.LoadShape(rate, duration, tuple(refs), seed=ctx.seed), words)
                     for server in systems if i % 2 == 0 else systems[::-1]:  # take turns, so load drift hits all alike
-                        body = _body(server, llama_body)
-                        results = loadgen.run_load(server.url, planned, drain_s=size.drain_s, seed=ctx.seed, body=body)
+                        results = loadgen.run_load(
+                            server.url, planned, drain_s=size.drain_s, seed=ctx.seed, body=bodies[server.impl]
+                        )
                         serving._settle(server, refs[0])
                         serving._record(ctx, server, rate, results, count_tokens)
                         bar.update(1)
