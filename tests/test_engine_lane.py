@@ -1,7 +1,7 @@
-"""The engine's lane for adapters the slots cannot hold (prompt tuning, prefix tuning) on a tiny Llama: rows of their
-own small batch, one step per engine step beside the slotted batch. Each lane row equals peft's own greedy
-decoding of that request alone (``peft_greedy``), and a slotted request finishes while a long prompt-tuning one
-still runs."""
+"""Adapters the slots cannot hold, on a tiny Llama: prompt and prefix tuning prefilled through peft and then decoded
+in the slotted batch, a LoRA with trained biases in the engine's lane (rows of their own small batch, one step per
+engine step beside the slotted batch). Each row equals peft's own greedy decoding of that request alone
+(``peft_greedy``), and a slotted request finishes while a long prompt-tuning or lane request still runs."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def lane_pool(tiny_llama, tmp_path):
     push_random_adapter(base, "a0", {"r": 4}, tmp_path, seed=0)
     for seed, name in enumerate(PROMPT_LEARNING, start=1):
         push_prompt_learning(base, name, tmp_path, seed)
+    push_random_adapter(base, "biased", {"r": 4, "bias": "lora_only"}, tmp_path, seed=3)  # not slottable: the lane
     pool = AdapterPool(base, slots=2, max_rank=4)
     yield pool
     pool.close()
@@ -56,7 +57,7 @@ def peft_greedy(tiny_llama, directory, prompt: list[int], n: int) -> list[int]:
     model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), directory).eval()
     ids = torch.tensor([prompt])
     with torch.inference_mode():
-        if model.active_peft_config.peft_type == peft.PeftType.PROMPT_TUNING:
+        if model.active_peft_config.peft_type != peft.PeftType.PREFIX_TUNING:
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                                  do_sample=False, use_cache=False)  # fmt: skip
             return out[0, len(prompt) :].tolist()
@@ -65,22 +66,23 @@ def peft_greedy(tiny_llama, directory, prompt: list[int], n: int) -> list[int]:
     return ids[0, len(prompt) :].tolist()
 
 
-def test_lane_rows_equal_peft_generate_for_prompt_and_prefix_tuning(lane_pool, tiny_llama, tmp_path):
+def test_rows_of_unslottable_adapters_equal_peft_decoding_alone(lane_pool, tiny_llama, tmp_path):
     tokenizer = lane_pool.base.tokenizer
-    prompts = ["the movie was great", "bad", "we drive fast on the road"]
-    requests = [EngineRequest(tokenizer(p)["input_ids"], a, greedy(6))
-                for p, a in zip(prompts + prompts[:1], ["soft@1", "soft@1", "prefix@1", "a0@1"])]  # fmt: skip
-    assert [lane_pool.fetch(k).kind for k in ("soft@1", "prefix@1", "a0@1")] == ["peft", "peft", "slotted"]
+    prompts = ["the movie was great", "bad", "we drive fast on the road", "good", "so"]
+    adapters = ["soft@1", "soft@1", "prefix@1", "biased@1", "biased@1", "a0@1"]
+    requests = [EngineRequest(tokenizer(p)["input_ids"], a, greedy(6)) for p, a in zip(prompts + prompts[:1], adapters)]
+    assert [lane_pool.fetch(k).kind for k in ("soft@1", "prefix@1", "biased@1", "a0@1")] == ["peft"] * 3 + ["slotted"]
     engine = ContinuousEngine(lane_pool, max_running=4)
-    run(engine, {0: requests})
-    for request, name in zip(requests[:3], ["soft", "soft", "prefix"]):  # two prompt lengths: a left-padded batch
+    run(engine, {0: requests[:2], 1: requests[2:]})
+    for request, name in zip(requests[:5], [a.partition("@")[0] for a in adapters]):  # the lane's two rows are padded
         assert request.generated == peft_greedy(tiny_llama, tmp_path / name, request.prompt, 6), name
-    assert not engine.lane.rows and not engine.lane.waiting
+    assert not engine.lane.rows and not engine.lane.waiting and not engine.running
 
 
-def test_a_slotted_request_finishes_while_a_long_prompt_tuning_request_runs(lane_pool):
+@pytest.mark.parametrize("unslottable", ["soft@1", "biased@1"])
+def test_a_slotted_request_finishes_while_a_long_unslottable_one_runs(lane_pool, unslottable):
     tokenizer = lane_pool.base.tokenizer
-    long = EngineRequest(tokenizer("the movie was great")["input_ids"], "soft@1", greedy(40))
+    long = EngineRequest(tokenizer("the movie was great")["input_ids"], unslottable, greedy(40))
     short = EngineRequest(tokenizer("bad film")["input_ids"], "a0@1", greedy(3))
     engine = ContinuousEngine(lane_pool, max_running=4)
     engine.submit(long)

@@ -17,9 +17,10 @@ What transformers gives is used as is: the model's forward with a ``DynamicCache
 into one ragged sequence over paged attention, where our slots select an adapter per batch row; so the
 scheduling, and the row bookkeeping of the cache, are written here.
 
-Adapters that are not slottable (prompt and prefix tuning, adapters with trained biases, ...) need peft's own
-model around the forward: their requests go to the engine's ``Lane`` (lane.py), one small batch of its own
-that takes one step per engine step beside the slotted decode.
+Adapters that are not slottable need peft's own model around the forward (lane.py). A prompt- or prefix-tuning
+request is prefilled through peft (its virtual tokens go into its cache) and then decodes in the slotted batch as
+a row without an adapter; requests for any other such adapter go to the engine's ``Lane``, one small batch of
+its own that takes one step per engine step beside the slotted decode.
 
 Requests submitted together (``submit_many``: one API call's ``n`` rows) with the same prompt and adapter are
 prefilled once: the first is the leader, the others follow it, and at the end of the prefill each row picks its
@@ -38,7 +39,7 @@ from transformers import DynamicCache
 from adapterhub.runtime.engine_request import EngineRequest, Event, Events, advance, end
 from adapterhub.runtime.finisher import FinishReason, eos_ids
 from adapterhub.runtime.kv_rows import RowCache
-from adapterhub.runtime.lane import Lane
+from adapterhub.runtime.lane import Lane, learns_prompt, prefill_virtual
 from adapterhub.runtime.pool import AdapterPool
 from adapterhub.runtime.sampling import token_logprobs
 
@@ -125,16 +126,18 @@ class ContinuousEngine:
 
     def _admit(self, events: Events) -> None:
         blocked = False
-        in_use = {r.adapter for r in self.prefilling + self.running if r.adapter is not None}
+        in_use = {r.slot_key for r in self.prefilling + self.running if r.slot_key is not None}
         for s in list(self.waiting):
             try:
-                slotted = s.adapter is None or self.pool.fetch(s.adapter).kind == "slotted"
+                adapter = None if s.adapter is None else self.pool.fetch(s.adapter)
             except Exception as exc:  # unreadable, damaged or for another base: this request fails alone
                 self.waiting.remove(s)
                 for r in s.rows:
                     end(r, "error", events, exc)
                 continue
-            if not slotted:  # the lane takes it, whatever room the slotted batch has
+            for r in s.rows:
+                r.learned_prompt = adapter is not None and adapter.kind == "peft" and learns_prompt(adapter)
+            if adapter is not None and adapter.kind == "peft" and not s.learned_prompt:  # the lane, whatever room
                 self.waiting.remove(s)
                 for r in s.rows:
                     r.start(self.tokenizer, self.eos)
@@ -143,13 +146,13 @@ class ContinuousEngine:
             slotted_rows = sum(len(r.rows) for r in self.prefilling) + len(self.running)  # the lane has its own
             if slotted_rows and slotted_rows + len(s.rows) > self.max_running:
                 continue  # a later request with fewer rows may still fit
-            takes_slot = s.adapter is not None and s.adapter not in in_use
+            takes_slot = s.slot_key is not None and s.slot_key not in in_use
             if takes_slot and (blocked or len(in_use) >= self.pool.slots):
                 blocked = True  # later requests may join only with adapters already running
                 continue
             self.waiting.remove(s)
-            if s.adapter is not None:
-                in_use.add(s.adapter)
+            if s.slot_key is not None:
+                in_use.add(s.slot_key)
             for r in s.rows:
                 r.start(self.tokenizer, self.eos)
             s.cache = DynamicCache()
@@ -160,6 +163,10 @@ class ContinuousEngine:
         for s in list(self.prefilling):
             if budget <= 0:
                 return
+            if s.learned_prompt:
+                budget -= len(s.prompt)
+                self._prefill_virtual(s, events)
+                continue
             chunk = s.prompt[s.prefilled : s.prefilled + budget]
             start, s.prefilled = s.prefilled, s.prefilled + len(chunk)
             budget -= len(chunk)
@@ -182,15 +189,32 @@ class ContinuousEngine:
             self.prefilling.remove(s)
             self._first_tokens(s, out.logits[0, -1], events)
 
+    def _prefill_virtual(self, s: EngineRequest, events: Events) -> None:
+        """A prompt- or prefix-tuning request's whole prompt in one forward through peft (lane.py)."""
+        self.prefilling.remove(s)
+        whole = s.params.prompt_logprobs is not None
+        try:
+            logits, s.cache, virtual = prefill_virtual(self.pool, s.adapter, s.prompt, cache_keyword=self._cache_kw,
+                                                       last_only=self._last_logits and not whole)  # fmt: skip
+        except Exception as exc:
+            for r in s.rows:
+                end(r, "error", events, exc)
+            return
+        s.prefilled = len(s.prompt)
+        if whole:
+            s.prompt_logprobs = [None, *token_logprobs(logits[:-1], s.prompt[1:], s.params.prompt_logprobs)]
+        self._first_tokens(s, logits[-1], events, columns=virtual + len(s.prompt))
+
     def _score_prompt(self, s: EngineRequest, logits: torch.Tensor, start: int) -> None:
         """The log-probabilities of the prompt tokens this chunk's ``logits`` (chunk, vocabulary) predict."""
         following = s.prompt[start + 1 : s.prefilled + 1]  # the last chunk's last position predicts no prompt token
         scored = token_logprobs(logits[: len(following)], following, s.params.prompt_logprobs)
         s.prompt_logprobs = (s.prompt_logprobs or [None]) + scored
 
-    def _first_tokens(self, s: EngineRequest, logits: torch.Tensor, events: Events) -> None:
+    def _first_tokens(self, s: EngineRequest, logits: torch.Tensor, events: Events, columns: int | None = None) -> None:
         """The end of ``s``'s prefill: each of its rows picks its first token and joins the running batch with its
-        own copy of the cache (or ends: cancelled meanwhile, ``max_tokens`` 0, or done at its first token)."""
+        own copy of the cache, ``columns`` long (default: the prompt's), or ends: cancelled meanwhile,
+        ``max_tokens`` 0, or done at its first token."""
         joining, cache = [], s.cache
         for r in s.rows:
             r.prompt_logprobs = s.prompt_logprobs
@@ -205,7 +229,7 @@ class ContinuousEngine:
         if joining:
             if len(joining) > 1:
                 cache.batch_repeat_interleave(len(joining))
-            self.cache.join(cache, len(s.prompt), rows=len(joining))
+            self.cache.join(cache, columns or len(s.prompt), rows=len(joining))
             self.running += joining
         s.cache, s.followers = None, []
 
@@ -215,7 +239,7 @@ class ContinuousEngine:
             return
         tokens = torch.tensor([[s.generated[-1]] for s in self.running], device=self.pool.device)
         try:
-            with self.pool.activate([s.adapter for s in self.running]):
+            with self.pool.activate([s.slot_key for s in self.running]):
                 out = self.model(input_ids=tokens, use_cache=True, **self.cache.step_inputs(self._cache_kw))
                 logits = out.logits[:, -1]
         except Exception as exc:  # the batch's forward failed: its rows end with the error, the engine goes on

@@ -52,6 +52,7 @@ class EngineRequest:
     finished: FinishReason | None = None
     seed_offset: int = 0  # row i of one call's n rows draws from seed + i
     followers: list[EngineRequest] = field(default_factory=list)  # rows that share this one's prefill
+    learned_prompt: bool = False  # prompt or prefix tuning: prefilled through peft, then decoded as a base row
     # set on the model thread
     prefilled: int = 0
     cache: DynamicCache | None = None
@@ -62,6 +63,11 @@ class EngineRequest:
     def cancel(self) -> None:
         """The client went away: the next step frees this request's row."""
         self.cancelled = True
+
+    @property
+    def slot_key(self) -> str | None:
+        """The adapter the slotted batch applies to this row (None: the base alone)."""
+        return None if self.learned_prompt else self.adapter
 
     @property
     def rows(self) -> list[EngineRequest]:
