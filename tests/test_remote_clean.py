@@ -124,3 +124,24 @@ def test_remote_commands_through_the_cli(cli, cli_json, tmp_path, bucket, moto_e
     assert [r["ref"] for r in cli_json(*base, "list", "--remote", "origin", "--json")] == ["sst2@1"]
     report = cli_json(*base, "gc", "--remote", "origin", "--grace", "1h", "--json")
     assert report["removed"] == [] and report["live_blobs"] == 1 and len(report["kept_young"]) >= 1
+
+
+def test_gc_removes_snapshots_head_no_longer_names_and_the_index_still_answers(tmp_path):
+    shared = tmp_path / "shared"
+    trainer = _home(tmp_path, "trainer", f"file://{shared}")
+    remote = trainer.remote("origin")
+    remote.push(_pushed(trainer, tmp_path, "sst2", 1))  # builds the first index
+    remote.push(_pushed(trainer, tmp_path, "imdb", 2))
+    assert remote.compact()
+    snapshots = sorted((shared / "catalog" / "snapshots").iterdir())
+    assert len(snapshots) >= 2  # the first push's and compact's (a push compacts now and then too)
+    two_days_ago = time.time() - 2 * 86400
+    for path in (shared / "catalog").rglob("*.json*"):
+        os.utime(path, (two_days_ago, two_days_ago))
+    named = remote.index.head()["snapshot"]
+    removed = remote.gc().removed
+    assert [k for k in removed if k.startswith("catalog/snapshots/")] == [
+        f"catalog/snapshots/{p.name}" for p in snapshots if not p.name.startswith(named)
+    ]
+    reader = _home(tmp_path, "reader", f"file://{shared}").remote("origin")
+    assert [r.ref for r in reader.list()] == ["imdb@1", "sst2@1"]
