@@ -11,7 +11,7 @@ the arrival rates are fractions and multiples of it, the same for every system, 
 turns. Recorded per system and rate: output tokens/s, TTFT and inter-token latency p50/p99, and the TTFT p99 of
 short requests (≤ 16 tokens) sent while a long one (≥ 96) ran; plus the continuous server at the highest rate with
 every request on one adapter, for the 8-vs-1 adapter comparison, and with the eighth adapter replaced by a
-prompt-tuning one (1 in 8 requests run in the engine's lane, the slots cannot hold it), for the lane's cost.
+prompt-tuning one (the slots cannot hold it: 1 in 8 requests are prefilled through peft), for what that costs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ REQUIRES = {"httpx": "httpx", "fastapi": "fastapi", "uvicorn": "uvicorn"}
 DEVICES = ("cpu",)  # the baseline loads its model on the CPU; a GPU run would need both sides placed alike
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADAPTERS = 8
-PROMPT_TUNED = "pt0"  # a prompt-tuning adapter: not slottable, served by the continuous engine's lane
+PROMPT_TUNED = "pt0"  # a prompt-tuning adapter: not slottable, prefilled through peft by the continuous engine
 PROMPT_TUNING = {"num_virtual_tokens": 20}
 STATIC = "adapterhub static"
 METRICS = (  # (case, LoadSummary field, unit)
@@ -258,7 +258,9 @@ def run(ctx: Context) -> None:
         systems = servers(path, root / "registry", refs, root)
         try:
             start(systems, refs, size.startup_s)
-            loadgen.complete(systems[0].url, PROMPT_TUNED, " hello world", 2)  # the lane's adapter into host memory
+            loadgen.complete(
+                systems[0].url, PROMPT_TUNED, " hello world", 2
+            )  # the prompt-tuning adapter into host memory
             shape = loadgen.LoadShape(
                 rate=1.0, duration_s=size.duration_s, adapters=tuple(refs), seed=ctx.seed
             )  # the probe's draws
@@ -348,9 +350,9 @@ def _report(ctx: Context, systems: list[Server], rates: list[float], single: loa
                  single.output_tokens_per_s, eight, 1 / 0.9)  # fmt: skip
     ctx.record("output tokens/s, 1 in 8 prompt tuning", OURS, [lane.output_tokens_per_s], unit="tok/s",
                what=f"the 8-adapter schedule with a7's requests on {PROMPT_TUNED} (prompt tuning, {PROMPT_TUNING['num_virtual_tokens']} "
-                    "virtual tokens: the engine's lane)", params={"rate": top}, extra={"summary": lane.to_dict()})  # fmt: skip
+                    "virtual tokens: prefilled through peft, then decoded in the slotted batch)", params={"rate": top}, extra={"summary": lane.to_dict()})  # fmt: skip
     _ratio_check(ctx, "continuous: all-slotted / 1-in-8-prompt-tuning output tokens/s at the highest rate (≤ 1.25 is the "
-                      "lane workload ≥ 0.80×)", eight, lane.output_tokens_per_s, 1 / 0.8)  # fmt: skip
+                      "prompt-tuning workload ≥ 0.80×)", eight, lane.output_tokens_per_s, 1 / 0.8)  # fmt: skip
     columns = ["system", "rate (req/s)", "requests", "completed", "errors", "cancelled", "output tok/s", "TTFT p50 (ms)", "TTFT p99 (ms)",
                "ITL p50 (ms)", "ITL p99 (ms)", "latency p99 (ms)", "short-while-long TTFT p99 (ms)", "short-while-long n"]  # fmt: skip
     rows = [[s.impl, rate, m.requests, m.completed, m.errors, m.cancelled, m.output_tokens_per_s, m.ttft_p50_ms, m.ttft_p99_ms,
