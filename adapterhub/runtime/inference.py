@@ -15,6 +15,7 @@ import torch
 
 from adapterhub.errors import AdapterHubError
 from adapterhub.runtime.finisher import Finisher, FinishReason, eos_ids
+from adapterhub.runtime.lane import learns_prompt
 from adapterhub.runtime.pool import AdapterPool
 from adapterhub.runtime.sampling import SamplingParams
 
@@ -140,8 +141,12 @@ def generate(pool: AdapterPool, prompts: Sequence[str | list[int]], adapters: Se
     results: list[Generated | None] = [None] * len(prompts)
     for rows, peft_key in groups(pool, keys):
         batch = _left_padded(tokenizer, [prompts[i] for i in rows]).to(pool.device)
+        # peft 0.21 hands a prompt-learning model's KV cache to transformers 5.2x under a name it no longer reads
+        # and injects the virtual tokens again at every step; without a cache each step sees them once (lane.py)
+        uncached = {"use_cache": False} if peft_key is not None and learns_prompt(pool.fetch(peft_key)) else {}
         with _running(pool, rows, peft_key, keys) as model, _seeded(batch_params.seed):
-            output = model.generate(**batch, pad_token_id=tokenizer.pad_token_id, **generate_kwargs(batch_params, eos))
+            output = model.generate(**batch, pad_token_id=tokenizer.pad_token_id, **generate_kwargs(batch_params, eos),
+                                    **uncached)  # fmt: skip
         new = output[:, batch["input_ids"].shape[1] :]  # (rows, new tokens)
         for row, tokens in zip(rows, new.tolist()):
             finisher = Finisher(tokenizer, each[row], eos)
