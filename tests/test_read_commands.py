@@ -16,6 +16,7 @@ from adapterhub_registry import Registry
 NOT_READ = {
     "registry tag", "registry untag", "registry delete", "registry pull", "registry export-peft",
     "registry export-merged", "registry import-peft", "registry remote add", "registry remote remove", "serve", "ui",
+    "registry compact", "registry gc", "registry keys generate", "registry remote trust", "registry remote untrust",
 }  # fmt: skip
 
 
