@@ -13,18 +13,24 @@ machine's load included), not a datasheet:
   weight stored transposed (``x @ Wt``), each cold (cycling through more weights than the caches hold, as a decode
   step reads its layers) and warm (one weight, repeated): how much the weights' layout and the caches matter.
 
-``python -m benchmarks.roofline`` prints the figures and SmolLM2-135M's 1- and 16-row floors.
+``record`` adds them to a suite as its roofline rows (the serving suite calls it); ``python -m benchmarks.roofline``
+prints the figures and SmolLM2-135M's 1- and 16-row floors.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.harness import Context
 
 BANDWIDTH_BYTES = 512 * 2**20
 MATMUL = (512, 576, 1536)  # (rows, d_in, d_out) of the FLOP-rate product
 DECODE = (16, 576, 1536)  # SmolLM2-135M's gate/up projection at 16 rows
 COLD_BYTES = 256 * 2**20  # weights cycled through for the cold decode shapes: well past any cache
+MACHINE = "this machine"  # the impl column of the roofline's own rows
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,31 @@ def measure(repeats: int = 5) -> Roofline:
     }
     return Roofline(read_bandwidth_gb_s(repeats), matmul_gflop_s(*MATMUL, repeats=2 * repeats), decode,
                     torch.get_num_threads())  # fmt: skip
+
+
+def record(ctx: Context, measured: Roofline, params: int, weight_bytes: int,
+           steps: dict[str, tuple[int, dict[float, float | None]]]) -> None:  # fmt: skip
+    """Add the roofline rows to ``ctx``: the measured rates, the decode step's floor for the model (``params``
+    parameters in ``weight_bytes``) at each row count of ``steps``, and each measured step as a multiple of its
+    floor. ``steps``: ``{impl: (rows, {rate: measured decode step in ms, or None})}``, ``rows`` the most rows that
+    impl decodes at once (at lower rates it runs fewer, so the multiple there is a lower bound)."""
+    ctx.settings["roofline"] = {**measured.to_dict(), "params": params, "weight_bytes": weight_bytes}
+    ctx.record("roofline: read bandwidth", MACHINE, [measured.read_gb_s], unit="GB/s",
+               what="torch sum over 512 MB float32, best of 5, in the suite's process and threads")  # fmt: skip
+    ctx.record("roofline: matmul rate", MACHINE, [measured.matmul_gflop_s], unit="GFLOP/s",
+               what="(512 x 576) @ (576 x 1536) float32, best of 10")  # fmt: skip
+    floors = {
+        rows: measured.step_floor_ms(weight_bytes, params, rows) for rows in sorted({r for r, _ in steps.values()})
+    }
+    for rows, floor in floors.items():
+        ctx.record("roofline: decode step floor", MACHINE, [floor], params={"rows": rows},
+                   what="max(weight bytes / read bandwidth, 2 x params x rows / matmul rate)")  # fmt: skip
+    for impl, (rows, by_rate) in steps.items():
+        floor = floors[rows]
+        for rate, step in by_rate.items():
+            if step is not None:
+                ctx.record("roofline: decode step / floor", impl, [step / floor], params={"rate": rate, "rows": rows},
+                           unit="x", what=f"ITL p50 / the decode step floor at {rows} rows")  # fmt: skip
 
 
 def model_size(model_dir) -> tuple[int, int]:
