@@ -20,7 +20,9 @@ A local load is the hot path: a swap from the registry into an adapter-pool slot
 for a 20 MB adapter, and reading the file, checksumming it and parsing its safetensors header are each a
 few ms. The read and the checksum release the GIL and the header parsing is Python, so `reading` runs them
 side by side (a worker thread reads the rest and checksums while the caller parses the head), into one
-uint8 tensor the caller keeps and views tensors from.
+uint8 tensor the caller keeps and views tensors from. The registry keeps each blob's checked layout after its
+first load, so later loads of it have no head to parse: they ask for the whole file as the "head" and read and
+checksum it in the calling thread (a thread start and hand-off cost more than they would overlap).
 """
 
 from __future__ import annotations
