@@ -12,6 +12,8 @@ turns. Recorded per system and rate: output tokens/s, TTFT and inter-token laten
 short requests (≤ 16 tokens) sent while a long one (≥ 96) ran; plus the continuous server at the highest rate with
 every request on one adapter, for the 8-vs-1 adapter comparison, and with the eighth adapter replaced by a
 prompt-tuning one (the slots cannot hold it: 1 in 8 requests are prefilled through peft), for what that costs.
+The roofline rows (benchmarks/roofline.py): this machine's read bandwidth and matmul rate, measured first, and
+each streaming system's ITL p50 as a multiple of the floor of its decode step.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import loadgen, models
+from benchmarks import loadgen, models, roofline
 from benchmarks.harness import BASELINE, OURS, Context
 from benchmarks.suites import BenchmarkError
 from benchmarks.suites.runtime import LORA, _make_adapters
@@ -248,6 +250,7 @@ def run(ctx: Context) -> None:
     _require_batching_option()
     size = QUICK if ctx.quick else FULL
     path, label = models.model_for(ctx)
+    measured = roofline.measure(repeats=3 if ctx.quick else 5)  # before any server starts: the machine as found
     with ctx.scratch("serving") as root:
         registry = Registry(root / "registry")
         refs = push_adapters(path, root, registry)
@@ -304,6 +307,7 @@ def run(ctx: Context) -> None:
             for server in systems:
                 server.stop()
     _report(ctx, systems, rates, single, lane, memory)
+    _roofline(ctx, measured, path, systems, rates)
 
 
 def _record(ctx: Context, server: Server, rate: float, results: list[loadgen.RequestResult], count_tokens) -> None:
@@ -375,6 +379,21 @@ def _report(ctx: Context, systems: list[Server], rates: list[float], single: loa
              "server under test, alike for all three. Servers process RSS after the runs (MB): "
              + ", ".join(f"{impl} {mb:,.0f}" for impl, mb in memory.items() if mb is not None) + ".")  # fmt: skip
     ctx.plot = _plot
+
+
+def _roofline(ctx: Context, measured: roofline.Roofline, path: str, systems: list[Server], rates: list[float]) -> None:
+    """The roofline rows (issue 28): each system's ITL p50 against the floor of a decode step of as many rows as it
+    decodes at once (the continuous engine's --max-running, one for the baseline; the static batcher streams none)."""
+    from adapterhub.server.settings import ServerSettings
+
+    params, weight_bytes = roofline.model_size(models.transformers_dir(path))
+    rows = {OURS: ServerSettings().max_running, BASELINE: 1}
+    roofline.record(ctx, measured, params, weight_bytes,
+                    {s.impl: (rows[s.impl], {rate: s.summaries[rate].itl_p50_ms for rate in rates}) for s in systems if s.impl in rows})  # fmt: skip
+    ctx.note(f"Roofline: read bandwidth and matmul rate measured by the suite before the servers started, with torch's "
+             f"{measured.threads} threads (benchmarks/roofline.py); a decode step's floor is max(weight bytes / bandwidth, "
+             f"2 x params x rows / matmul rate) for {params / 1e6:.4g} M parameters in {weight_bytes / 1e6:.4g} MB. At rates "
+             "below saturation a system decodes fewer rows than its floor assumes, so its multiple there is a lower bound.")  # fmt: skip
 
 
 def _plot(document: dict, path: Path) -> None:
