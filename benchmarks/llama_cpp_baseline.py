@@ -118,9 +118,10 @@ def convert_lora(source: Path, adapter_dir: Path, base_dir: Path, out: Path) -> 
 def server_command(
     llama: LlamaCpp, model: Path, loras: list[Path], port: int, *, threads: int, parallel: int, row_tokens: int
 ) -> list[str]:
-    """llama-server on loopback with every LoRA loaded and none applied unless a request asks for it
-    (`--lora-init-without-apply`: a request without `lora` runs the base), `parallel` slots of `row_tokens` context
-    each (the rows of our continuous batch, and our longest prompt plus answer), `threads` for prefill and decode."""
+    """llama-server on loopback with every LoRA loaded (`--lora-init-without-apply`: none applied at start; a request
+    without `lora` still gets all of them at scale 1, llama-server's default scales, so every timed request names
+    its adapter), `parallel` slots of `row_tokens` context each (the rows of our continuous batch, and our longest
+    prompt plus answer), `threads` for prefill and decode."""
     command = [str(llama.server), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
                "--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(parallel),
                "--ctx-size", str(parallel * row_tokens), "--lora-init-without-apply", "--no-webui"]  # fmt: skip
