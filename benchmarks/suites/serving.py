@@ -14,6 +14,9 @@ every request on one adapter, for the 8-vs-1 adapter comparison, and with the ei
 prompt-tuning one (the slots cannot hold it: 1 in 8 requests are prefilled through peft), for what that costs.
 The roofline rows (benchmarks/roofline.py): this machine's read bandwidth and matmul rate, measured first, and
 each streaming system's ITL p50 as a multiple of the floor of its decode step.
+Where llama.cpp is found (`LLAMA_CPP_DIR`, docs/benchmarks.md) and the base is a GGUF, llama.cpp's `llama-server`
+runs beside them as a fourth system, the same LoRAs converted by its own converter (suite `serving_llamacpp` has
+it beside our nf4 path too); otherwise the report says why it is left out.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from benchmarks import loadgen, models, roofline
 from benchmarks.harness import BASELINE, OURS, Context
-from benchmarks.suites import BenchmarkError
+from benchmarks.suites import BenchmarkError, SuiteUnavailable
 from benchmarks.suites.runtime import LORA, _make_adapters
 
 REQUIRES = {"httpx": "httpx", "fastapi": "fastapi", "uvicorn": "uvicorn"}
@@ -246,6 +249,7 @@ def run(ctx: Context) -> None:
     from transformers import AutoTokenizer
 
     from adapterhub_registry import Registry
+    from benchmarks.suites import serving_llamacpp
 
     _require_batching_option()
     size = QUICK if ctx.quick else FULL
@@ -254,11 +258,12 @@ def run(ctx: Context) -> None:
     with ctx.scratch("serving") as root:
         registry = Registry(root / "registry")
         refs = push_adapters(path, root, registry)
+        peer = _llama_cpp(ctx, path, registry, refs, root)
         registry.close()
         tokenizer = AutoTokenizer.from_pretrained(models.transformers_dir(path))
         words = loadgen.PromptWords(tokenizer)
         count_tokens = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
-        systems = servers(path, root / "registry", refs, root)
+        systems = servers(path, root / "registry", refs, root) + peer
         try:
             start(systems, refs, size.startup_s)
             loadgen.complete(
@@ -285,7 +290,8 @@ def run(ctx: Context) -> None:
                 for i, (rate, duration) in enumerate(zip(rates, durations)):
                     planned = loadgen.schedule(loadgen.LoadShape(rate, duration, tuple(refs), seed=ctx.seed), words)
                     for server in systems if i % 2 == 0 else systems[::-1]:  # take turns, so load drift hits all alike
-                        results = loadgen.run_load(server.url, planned, drain_s=size.drain_s, seed=ctx.seed)
+                        results = loadgen.run_load(server.url, planned, drain_s=size.drain_s, seed=ctx.seed,
+                                                   body=serving_llamacpp.body_for(server, refs))  # fmt: skip
                         _settle(server, refs[0])
                         _record(ctx, server, rate, results, count_tokens)
                         bar.update(1)
@@ -308,6 +314,22 @@ def run(ctx: Context) -> None:
                 server.stop()
     _report(ctx, systems, rates, single, lane, memory)
     _roofline(ctx, measured, path, systems, rates)
+
+
+def _llama_cpp(ctx: Context, path: str, registry, refs: list[str], root: Path) -> list[Server]:
+    """llama.cpp's server as a fourth system, where llama.cpp is found and the base is a GGUF; else a note why not."""
+    from benchmarks import llama_cpp_baseline
+    from benchmarks.suites import serving_llamacpp
+
+    try:
+        llama = llama_cpp_baseline.locate()
+    except SuiteUnavailable as exc:
+        ctx.note(f"llama.cpp left out: {exc.message}")
+        return []
+    if not path.endswith(".gguf"):
+        ctx.note("llama.cpp left out: the base is no GGUF file, the only format llama-server runs")
+        return []
+    return [serving_llamacpp.llama_system(llama, Path(path), registry, refs, root / "llama.cpp", ctx.progress)]
 
 
 def _record(ctx: Context, server: Server, rate: float, results: list[loadgen.RequestResult], count_tokens) -> None:
@@ -339,7 +361,7 @@ def _report(ctx: Context, systems: list[Server], rates: list[float], single: loa
             memory: dict) -> None:  # fmt: skip
     import numpy
 
-    ours, static, baseline = systems
+    ours, static, baseline = systems[:3]
     top = rates[-1]
     _ratio_check(ctx, f"static / continuous output tokens/s at {top} req/s, saturated (≤ 0.50 is continuous ≥ 2× static)",
                  static.summaries[top].output_tokens_per_s, ours.summaries[top].output_tokens_per_s, 0.5)  # fmt: skip
