@@ -63,6 +63,20 @@ def add_remote(registry: Registry, url: str, endpoint_url: str | None = None, na
     RemoteConfigs(registry.root).add(name, url, endpoint_url)
 
 
+def home_with_remote(tmp_path, name: str, url: str, endpoint: str | None = None) -> Registry:
+    """A registry of its own (one machine) under ``tmp_path/name``, with ``url`` as its remote ``origin``."""
+    registry = Registry(tmp_path / name)
+    add_remote(registry, url, endpoint)
+    return registry
+
+
+def pushed(registry: Registry, tmp_path, name: str, seed: int, **fields) -> str:
+    """Push a random LoRA of ``seed`` to ``registry`` as ``name``; its ref."""
+    from test_registry_support import write_adapter
+
+    return registry.push(name, write_adapter(tmp_path / f"{name}-{seed}", seed=seed), method="lora", **fields).ref
+
+
 def python_env(extra: dict[str, str]) -> dict[str, str]:
     """The environment for a subprocess (adapterhub_registry is installed, as the README installs it)."""
     return {**os.environ, **extra}

@@ -8,36 +8,32 @@ import time
 
 import boto3
 import pytest
-from test_registry_remote_support import add_remote, aws_env, bucket, moto_endpoint  # noqa: F401
+from test_registry_remote_support import (  # noqa: F401
+    aws_env,
+    bucket,
+    home_with_remote,
+    moto_endpoint,
+    pushed,
+)
 from test_registry_support import write_adapter
 
 from adapterhub_registry import CorruptBlobError, NotFoundError, Registry, RegistryError
 from adapterhub_registry import remote_layout as layout
 
 
-def _home(tmp_path, name: str, url: str, endpoint: str | None = None) -> Registry:
-    registry = Registry(tmp_path / name)
-    add_remote(registry, url, endpoint)
-    return registry
-
-
-def _pushed(registry: Registry, tmp_path, name: str, seed: int, **fields) -> str:
-    return registry.push(name, write_adapter(tmp_path / f"{name}-{seed}", seed=seed), method="lora", **fields).ref
-
-
 def test_a_deleted_version_is_not_listed_or_fetched_and_one_a_tag_names_is_refused_until_moved(tmp_path):
     url = f"file://{tmp_path / 'shared'}"
-    trainer = _home(tmp_path, "trainer", url)
+    trainer = home_with_remote(tmp_path, "trainer", url)
     remote = trainer.remote("origin")
     for seed in range(3):
-        remote.push(_pushed(trainer, tmp_path, "sst2", seed))
+        remote.push(pushed(trainer, tmp_path, "sst2", seed))
     remote.tag("sst2@3", "prod")
     with pytest.raises(RegistryError, match=r"sst2@3 is what tag\(s\) sst2:prod point at; move them first"):
         remote.delete("sst2@3")
     with pytest.raises(RegistryError, match="names no version"):
         remote.delete("sst2")
     assert remote.delete("sst2@2").ref == "sst2@2"
-    reader = _home(tmp_path, "reader", url).remote("origin")
+    reader = home_with_remote(tmp_path, "reader", url).remote("origin")
     assert [r.ref for r in reader.list(all_versions=True)] == ["sst2@1", "sst2@3"]
     with pytest.raises(NotFoundError, match="sst2@2 was deleted"):
         reader.fetch("sst2@2")
@@ -45,23 +41,23 @@ def test_a_deleted_version_is_not_listed_or_fetched_and_one_a_tag_names_is_refus
     remote.delete("sst2@3")  # the tag moved away: now it goes
     assert reader.resolve("sst2").ref == "sst2@1"  # the newest live version
     assert [r.ref for r in reader.list()] == ["sst2@1"]
-    assert remote.push(_pushed(trainer, tmp_path, "sst2", 9)).ref == "sst2@4"  # numbers are never reused
+    assert remote.push(pushed(trainer, tmp_path, "sst2", 9)).ref == "sst2@4"  # numbers are never reused
     with pytest.raises(NotFoundError, match="was deleted"):
         remote.tag("sst2@3", "prod")
 
 
 def test_gc_keeps_a_young_blob_of_a_push_in_flight_and_removes_old_unreferenced_ones(tmp_path):
     shared = tmp_path / "shared"
-    trainer = _home(tmp_path, "trainer", f"file://{shared}")
+    trainer = home_with_remote(tmp_path, "trainer", f"file://{shared}")
     remote = trainer.remote("origin")
-    kept = trainer.resolve(_pushed(trainer, tmp_path, "kept", 1))
+    kept = trainer.resolve(pushed(trainer, tmp_path, "kept", 1))
     remote.push(kept.ref)
-    dropped = trainer.resolve(_pushed(trainer, tmp_path, "dropped", 2))
+    dropped = trainer.resolve(pushed(trainer, tmp_path, "dropped", 2))
     remote.push(dropped.ref)
     remote.delete("dropped@1")
-    in_flight = trainer.resolve(_pushed(trainer, tmp_path, "flight", 3))
+    in_flight = trainer.resolve(pushed(trainer, tmp_path, "flight", 3))
     layout.upload_blob(remote.store, trainer.read_blob(in_flight), in_flight.blob_sha256)  # its entry not yet written
-    killed = trainer.resolve(_pushed(trainer, tmp_path, "killed", 4))
+    killed = trainer.resolve(pushed(trainer, tmp_path, "killed", 4))
     layout.upload_blob(remote.store, trainer.read_blob(killed), killed.blob_sha256)
     two_days_ago = time.time() - 2 * 86400
     for record in (kept, dropped, killed):  # everything but the push in flight was written long ago
@@ -74,14 +70,17 @@ def test_gc_keeps_a_young_blob_of_a_push_in_flight_and_removes_old_unreferenced_
     assert layout.blob_key(in_flight.blob_sha256) in report.kept_young and report.live_blobs == 1
     blobs = {p.name for p in (shared / "blobs" / "sha256").iterdir()}
     assert blobs == {kept.blob_sha256, in_flight.blob_sha256}
-    assert _home(tmp_path, "reader", f"file://{shared}").remote("origin").fetch("kept").blob_sha256 == kept.blob_sha256
+    assert (
+        home_with_remote(tmp_path, "reader", f"file://{shared}").remote("origin").fetch("kept").blob_sha256
+        == kept.blob_sha256
+    )
 
 
 @pytest.mark.integration
 def test_a_same_size_damaged_blob_is_reported_by_verify_and_replaced_by_pushing_again(tmp_path, bucket, moto_endpoint):
     url = f"s3://{bucket}/team"
-    trainer = _home(tmp_path, "trainer", url, moto_endpoint)
-    local = trainer.resolve(_pushed(trainer, tmp_path, "sst2", 1))
+    trainer = home_with_remote(tmp_path, "trainer", url, moto_endpoint)
+    local = trainer.resolve(pushed(trainer, tmp_path, "sst2", 1))
     remote = trainer.remote("origin")
     remote.push(local.ref)
     good = trainer.read_blob(local)
@@ -89,7 +88,7 @@ def test_a_same_size_damaged_blob_is_reported_by_verify_and_replaced_by_pushing_
     boto3.client("s3", endpoint_url=moto_endpoint).put_object(
         Bucket=bucket, Key=f"team/{layout.blob_key(local.blob_sha256)}", Body=damaged
     )
-    server = _home(tmp_path, "server", url, moto_endpoint).remote("origin")
+    server = home_with_remote(tmp_path, "server", url, moto_endpoint).remote("origin")
     with pytest.raises(CorruptBlobError, match="damaged"):
         server.fetch("sst2")
     report = server.verify()
@@ -128,10 +127,10 @@ def test_remote_commands_through_the_cli(cli, cli_json, tmp_path, bucket, moto_e
 
 def test_gc_removes_snapshots_head_no_longer_names_and_the_index_still_answers(tmp_path):
     shared = tmp_path / "shared"
-    trainer = _home(tmp_path, "trainer", f"file://{shared}")
+    trainer = home_with_remote(tmp_path, "trainer", f"file://{shared}")
     remote = trainer.remote("origin")
-    remote.push(_pushed(trainer, tmp_path, "sst2", 1))  # builds the first index
-    remote.push(_pushed(trainer, tmp_path, "imdb", 2))
+    remote.push(pushed(trainer, tmp_path, "sst2", 1))  # builds the first index
+    remote.push(pushed(trainer, tmp_path, "imdb", 2))
     assert remote.compact()
     snapshots = sorted((shared / "catalog" / "snapshots").iterdir())
     assert len(snapshots) >= 2  # the first push's and compact's (a push compacts now and then too)
@@ -143,5 +142,5 @@ def test_gc_removes_snapshots_head_no_longer_names_and_the_index_still_answers(t
     assert [k for k in removed if k.startswith("catalog/snapshots/")] == [
         f"catalog/snapshots/{p.name}" for p in snapshots if not p.name.startswith(named)
     ]
-    reader = _home(tmp_path, "reader", f"file://{shared}").remote("origin")
+    reader = home_with_remote(tmp_path, "reader", f"file://{shared}").remote("origin")
     assert [r.ref for r in reader.list()] == ["imdb@1", "sst2@1"]

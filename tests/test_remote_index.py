@@ -13,13 +13,13 @@ from test_registry_remote_support import (  # noqa: F401
     add_remote,
     aws_env,
     bucket,
+    home_with_remote,
     moto_endpoint,
     push_until_killed,
+    pushed,
     start_python,
 )
-from test_registry_support import write_adapter
 
-from adapterhub_registry import Registry
 from adapterhub_registry import remote_index as index_module
 from adapterhub_registry import remote_layout as layout
 from adapterhub_registry.remote_index import IndexState
@@ -36,16 +36,6 @@ print(json.dumps([remote.push(f"shared@{{v}}").ref for v in range(1, {count} + 1
 """
 
 
-def _home(tmp_path, name: str, url: str, endpoint: str | None = None) -> Registry:
-    registry = Registry(tmp_path / name)
-    add_remote(registry, url, endpoint)
-    return registry
-
-
-def _pushed(registry: Registry, tmp_path, name: str, seed: int, **fields) -> str:
-    return registry.push(name, write_adapter(tmp_path / f"{name}-{seed}", seed=seed), method="lora", **fields).ref
-
-
 @pytest.mark.integration
 def test_two_processes_pushing_one_name_get_40_distinct_versions_and_the_index_lists_all(
     tmp_path, bucket, moto_endpoint
@@ -53,9 +43,9 @@ def test_two_processes_pushing_one_name_get_40_distinct_versions_and_the_index_l
     url, go, count = f"s3://{bucket}/team", tmp_path / "go", 20
     children = []
     for machine in range(2):
-        registry = _home(tmp_path, f"machine{machine}", url, moto_endpoint)
+        registry = home_with_remote(tmp_path, f"machine{machine}", url, moto_endpoint)
         for version in range(count):
-            _pushed(registry, tmp_path / f"m{machine}", "shared", seed=100 * machine + version)
+            pushed(registry, tmp_path / f"m{machine}", "shared", seed=100 * machine + version)
         registry.close()
         children.append(start_python(_PUSHER.format(root=str(registry.root), go=str(go), count=count), {}))
     for child in children:
@@ -67,19 +57,19 @@ def test_two_processes_pushing_one_name_get_40_distinct_versions_and_the_index_l
         assert child.returncode == 0, err
         refs += json.loads(out)
     assert sorted(refs) == sorted(f"shared@{v}" for v in range(1, 2 * count + 1))  # distinct, none lost
-    reader = _home(tmp_path, "reader", url, moto_endpoint).remote("origin")
+    reader = home_with_remote(tmp_path, "reader", url, moto_endpoint).remote("origin")
     assert reader.index.head() is not None  # the first push built the index; the listing reads it
     assert [r.ref for r in reader.list(all_versions=True)] == sorted(refs, key=lambda r: int(r.split("@")[1]))
     assert reader.compact()  # and a machine that reads only the new snapshot sees the same 40
-    fresh = _home(tmp_path, "fresh", url, moto_endpoint).remote("origin")
+    fresh = home_with_remote(tmp_path, "fresh", url, moto_endpoint).remote("origin")
     assert [r.ref for r in fresh.list(all_versions=True)] == [r.ref for r in reader.list(all_versions=True)]
 
 
 def test_an_entry_whose_log_object_stayed_pending_is_listed_and_a_pending_one_without_entry_is_not(tmp_path):
     """The two places a push can die inside the index: after its entry (listed) and before it (nothing listed)."""
     url = f"file://{tmp_path / 'shared'}"
-    trainer = _home(tmp_path, "trainer", url)
-    _pushed(trainer, tmp_path, "sst2", seed=1)
+    trainer = home_with_remote(tmp_path, "trainer", url)
+    pushed(trainer, tmp_path, "sst2", seed=1)
     remote = trainer.remote("origin")
     remote.push("sst2")  # a small remote: this push built the index
     assert remote.index.head() is not None
@@ -87,12 +77,12 @@ def test_an_entry_whose_log_object_stayed_pending_is_listed_and_a_pending_one_wi
     remote.index.begin("ghost")  # killed before writing anything else
     started = remote.index.begin("sst2")  # killed after its entry, before the log object says so
     layout.add_entry(remote.store, entry)
-    reader = _home(tmp_path, "reader", url).remote("origin")
+    reader = home_with_remote(tmp_path, "reader", url).remote("origin")
     assert [r.ref for r in reader.list(all_versions=True)] == ["sst2@1", "sst2@2"]
     assert reader.compact()  # the pending objects are young: compaction stays before them, readers still fold them
     assert [r.ref for r in reader.list(all_versions=True)] == ["sst2@1", "sst2@2"]
     remote.index.commit(started, "sst2", rows=[index_module.row(layout.read_entry(remote.store, "sst2", 2))])
-    assert [r.ref for r in _home(tmp_path, "late", url).remote("origin").list(all_versions=True)] == [
+    assert [r.ref for r in home_with_remote(tmp_path, "late", url).remote("origin").list(all_versions=True)] == [
         "sst2@1",
         "sst2@2",
     ]
@@ -107,13 +97,13 @@ def test_a_reader_applies_tag_moves_by_their_seq_whatever_order_they_were_logged
 
 def test_a_remote_written_before_the_index_lists_with_a_hint_and_compact_builds_the_index(tmp_path, caplog):
     url = f"file://{tmp_path / 'shared'}"
-    trainer = _home(tmp_path, "trainer", url)
-    _pushed(trainer, tmp_path, "sst2", seed=1)
+    trainer = home_with_remote(tmp_path, "trainer", url)
+    pushed(trainer, tmp_path, "sst2", seed=1)
     remote = trainer.remote("origin")
     remote.push("sst2")
     for key in remote.store.list("catalog/"):  # as the layout before the index left it: entries only
         remote.store.delete(key)
-    reader = _home(tmp_path, "reader", url).remote("origin")
+    reader = home_with_remote(tmp_path, "reader", url).remote("origin")
     with caplog.at_level(logging.WARNING, logger="adapterhub_registry.remote_index"):
         assert [r.ref for r in reader.list()] == ["sst2@1"]
     assert "no index yet" in caplog.text and "adapterhub registry compact --remote" in caplog.text
@@ -124,11 +114,11 @@ def test_a_remote_written_before_the_index_lists_with_a_hint_and_compact_builds_
 
 def test_of_two_compactions_from_one_state_one_moves_head_and_listing_stays_whole(tmp_path):
     url = f"file://{tmp_path / 'shared'}"
-    trainer = _home(tmp_path, "trainer", url)
+    trainer = home_with_remote(tmp_path, "trainer", url)
     remote = trainer.remote("origin")
     for seed in range(3):
-        remote.push(_pushed(trainer, tmp_path, f"name{seed}", seed=seed))
-    first, second = (_home(tmp_path, f"compactor{i}", url).remote("origin").index for i in range(2))
+        remote.push(pushed(trainer, tmp_path, f"name{seed}", seed=seed))
+    first, second = (home_with_remote(tmp_path, f"compactor{i}", url).remote("origin").index for i in range(2))
     second_fold = second._fold()  # the second reads HEAD before the first moves it
     assert first.compact() and second_fold is not None
     assert not second._write(second_fold)  # its compare-and-swap fails: HEAD keeps the first one's snapshot
@@ -137,13 +127,13 @@ def test_of_two_compactions_from_one_state_one_moves_head_and_listing_stays_whol
 
 def test_search_filters_by_method_tag_base_prefix_and_metrics_as_the_local_index(tmp_path):
     url = f"file://{tmp_path / 'shared'}"
-    trainer = _home(tmp_path, "trainer", url)
+    trainer = home_with_remote(tmp_path, "trainer", url)
     remote = trainer.remote("origin")
-    remote.push(_pushed(trainer, tmp_path, "sst2", 1, base_fingerprint="fp-aaa", metrics={"accuracy": 0.9},
+    remote.push(pushed(trainer, tmp_path, "sst2", 1, base_fingerprint="fp-aaa", metrics={"accuracy": 0.9},
                         manifest={"description": "Sentiment"}), tags=["prod"])  # fmt: skip
-    remote.push(_pushed(trainer, tmp_path, "imdb", 2, base_fingerprint="fp-bbb", metrics={"accuracy": 0.6}))
-    remote.push(_pushed(trainer, tmp_path, "news", 3, base_fingerprint="fp-aab"))
-    reader = _home(tmp_path, "reader", url).remote("origin")
+    remote.push(pushed(trainer, tmp_path, "imdb", 2, base_fingerprint="fp-bbb", metrics={"accuracy": 0.6}))
+    remote.push(pushed(trainer, tmp_path, "news", 3, base_fingerprint="fp-aab"))
+    reader = home_with_remote(tmp_path, "reader", url).remote("origin")
     assert [r.name for r in reader.search("")] == ["imdb", "news", "sst2"]
     assert [r.name for r in reader.search("sentiment")] == ["sst2"]  # the description
     assert [r.name for r in reader.search("", base="fp-aa")] == ["news", "sst2"]
@@ -156,22 +146,22 @@ def test_search_filters_by_method_tag_base_prefix_and_metrics_as_the_local_index
 
 def test_a_warm_listing_reads_the_snapshot_from_the_local_copy_and_sees_new_pushes(tmp_path):
     url = f"file://{tmp_path / 'shared'}"
-    trainer = _home(tmp_path, "trainer", url)
-    trainer.remote("origin").push(_pushed(trainer, tmp_path, "sst2", 1))
-    reader = _home(tmp_path, "reader", url).remote("origin")
+    trainer = home_with_remote(tmp_path, "trainer", url)
+    trainer.remote("origin").push(pushed(trainer, tmp_path, "sst2", 1))
+    reader = home_with_remote(tmp_path, "reader", url).remote("origin")
     assert [r.ref for r in reader.list()] == ["sst2@1"]
     snapshot = next(reader.cache.directory.rglob("*.json.gz"))
     assert snapshot.parent.name == "snapshots"
-    trainer.remote("origin").push(_pushed(trainer, tmp_path, "sst2", 2), tags=["prod"])
+    trainer.remote("origin").push(pushed(trainer, tmp_path, "sst2", 2), tags=["prod"])
     assert [(r.ref, r.tags) for r in reader.list(all_versions=True)] == [("sst2@1", ()), ("sst2@2", ("prod",))]
 
 
 @pytest.mark.integration
 def test_pushes_killed_at_random_points_leave_a_remote_that_lists_fetches_and_verifies(tmp_path, bucket, moto_endpoint):
     url, kills = f"s3://{bucket}/team", 20
-    trainer = _home(tmp_path, "trainer", url, moto_endpoint)
+    trainer = home_with_remote(tmp_path, "trainer", url, moto_endpoint)
     for seed in range(kills):
-        _pushed(trainer, tmp_path, "sst2", seed=seed)
+        pushed(trainer, tmp_path, "sst2", seed=seed)
     trainer.close()
     # Children forked from a server that imported the registry once: a fresh interpreter per kill would spend
     # ~2 s of this shared CPU on imports, 20 times.
@@ -186,7 +176,7 @@ def test_pushes_killed_at_random_points_leave_a_remote_that_lists_fetches_and_ve
         time.sleep(rng.uniform(0.0, 0.15))  # a push takes ~50-100 ms here: kills land anywhere inside one
         child.kill()  # SIGKILL
         child.join(timeout=30)
-    reader = _home(tmp_path, "reader", url, moto_endpoint)
+    reader = home_with_remote(tmp_path, "reader", url, moto_endpoint)
     remote = reader.remote("origin")
     listed = remote.list(all_versions=True)
     truth = index_module.read_truth(remote.store, None)
