@@ -218,18 +218,22 @@ def _settle(server: Server, ref: str) -> None:
     loadgen.complete(server.url, ref, " hello", 1)
 
 
-def probe_capacity(server: Server, shape: loadgen.LoadShape, size: Size, words, count_tokens) -> tuple[float, float]:
+def probe_capacity(server: Server, shape: loadgen.LoadShape, size: Size, words, count_tokens,
+                   body=loadgen.request_body) -> tuple[float, float]:  # fmt: skip
     """Requests/s the server sustains, and its output tokens/s: tokens streamed during a burst of requests (cut
     off after `size.probe_s`) from its first token on (the prefill of the whole burst before it is no steady
-    state), divided by the mean output length the runs' requests ask for."""
+    state), divided by the mean output length the runs' requests ask for. ``body`` builds each request's body
+    (llama.cpp's server selects its adapter another way: serving_llamacpp)."""
     planned = loadgen.burst(size.probe_requests, shape, words)
-    results = loadgen.run_load(server.url, planned, drain_s=size.probe_s, seed=shape.seed)
+    results = loadgen.run_load(server.url, planned, drain_s=size.probe_s, seed=shape.seed, body=body)
     _settle(server, shape.adapters[0])
     summary = loadgen.summarize(results, count_tokens)
     first = min((r.chunk_s[0] for r in results if r.chunk_s), default=None)
     if summary.errors or first is None or summary.wall_s <= first:
+        errors = "; ".join(r.error for r in results if r.error)[:600]
         raise BenchmarkError(f"the capacity probe against {server.impl} failed ({summary.errors} of {len(planned)} requests "
-                             f"errored, {summary.output_tokens} tokens streamed in {size.probe_s:.0f} s); see {server.log}")  # fmt: skip
+                             f"errored: {errors}; {summary.output_tokens} tokens streamed in {size.probe_s:.0f} s); "
+                             f"see {server.log}")  # fmt: skip
     tokens_per_s = summary.output_tokens / (summary.wall_s - first)
     return tokens_per_s / (sum(shape.output_tokens) / 2), tokens_per_s
 

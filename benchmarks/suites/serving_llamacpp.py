@@ -116,7 +116,9 @@ def run(ctx: Context) -> None:
             shape = loadgen.LoadShape(rate=1.0, duration_s=size.duration_s, adapters=tuple(refs), seed=ctx.seed)
             probes = {}
             for server in systems:
-                probes[server.impl] = _probe(server, shape, size, words, count_tokens, bodies[server.impl])
+                probes[server.impl] = serving.probe_capacity(
+                    server, shape, size, words, count_tokens, bodies[server.impl]
+                )
             capacity = probes[OURS][0]
             rates = size.rates(capacity)
             durations = [size.duration(rate) for rate in rates]
@@ -141,21 +143,6 @@ def run(ctx: Context) -> None:
             for server in systems:
                 server.stop()
     _report(ctx, systems, rates, probes, answers, memory)
-
-
-def _probe(server, shape, size, words, count_tokens, body) -> tuple[float, float]:
-    """`serving.probe_capacity` for any server: requests/s and output tokens/s of a cut-off burst."""
-    planned = loadgen.burst(size.probe_requests, shape, words)
-    results = loadgen.run_load(server.url, planned, drain_s=size.probe_s, seed=shape.seed, body=body)
-    serving._settle(server, shape.adapters[0])
-    summary = loadgen.summarize(results, count_tokens)
-    first = min((r.chunk_s[0] for r in results if r.chunk_s), default=None)
-    if summary.errors or first is None or summary.wall_s <= first:
-        errors = "; ".join(r.error for r in results if r.error)[:600]
-        raise serving.BenchmarkError(f"the capacity probe against {server.impl} failed ({summary.errors} of "
-                                     f"{len(planned)} requests errored: {errors}); see {server.log}")  # fmt: skip
-    tokens_per_s = summary.output_tokens / (summary.wall_s - first)
-    return tokens_per_s / (sum(shape.output_tokens) / 2), tokens_per_s
 
 
 def _report(ctx: Context, systems, rates, probes, answers, memory) -> None:
