@@ -97,6 +97,7 @@ _settings_options = stacked(
     setting_option(ServerSettings, "batching"),
     setting_option(ServerSettings, "max_running"),
     setting_option(ServerSettings, "prefill_chunk"),
+    setting_option(ServerSettings, "prefix_cache_mb"),
     setting_option(ServerSettings, "max_waiting"),
     setting_option(ServerSettings, "model_name", default=None, show_default=False),  # default: from --base
     setting_option(ServerSettings, "api_key", envvar="ADAPTERHUB_API_KEY", show_envvar=True),

@@ -25,6 +25,12 @@ its own that takes one step per engine step beside the slotted decode.
 Requests submitted together (``submit_many``: one API call's ``n`` rows) with the same prompt and adapter are
 prefilled once: the first is the leader, the others follow it, and at the end of the prefill each row picks its
 own first token from the same logits and joins with its own copy of the cache.
+
+Prompts for one adapter that start alike (a system prompt) share their KV entries across requests
+(``prefix_cache.py``): at admission a request's cache starts with the longest cached prefix of its prompt for its
+adapter key and its prefill starts after it; at the end of its prefill its prompt's whole blocks are kept. Requests
+with ``prompt_logprobs`` (the prefix's logits are not kept) and prompt or prefix tuning (their cache starts with
+virtual columns) neither reuse nor keep; the lane does not take part.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from adapterhub.runtime.finisher import FinishReason, eos_ids
 from adapterhub.runtime.kv_rows import RowCache
 from adapterhub.runtime.lane import Lane, learns_prompt, prefill_virtual
 from adapterhub.runtime.pool import AdapterPool
+from adapterhub.runtime.prefix_cache import PrefixCache
 from adapterhub.runtime.sampling import token_logprobs
 
 __all__ = ["ContinuousEngine", "EngineRequest", "Event", "FinishReason"]
@@ -49,7 +56,7 @@ log = logging.getLogger(__name__)
 
 class ContinuousEngine:
     def __init__(self, pool: AdapterPool, *, max_running: int = 16, prefill_chunk: int = 128,
-                 lane_rows: int | None = None) -> None:  # fmt: skip
+                 lane_rows: int | None = None, prefix_cache_mb: float = 256) -> None:  # fmt: skip
         if pool.base.model_task != "causal-lm":
             raise ValueError(f"continuous batching generates text; this base is a {pool.base.model_task} model")
         self.pool, self.max_running, self.prefill_chunk = pool, max_running, prefill_chunk
@@ -61,6 +68,7 @@ class ContinuousEngine:
         self.prefilling: list[EngineRequest] = []
         self.running: list[EngineRequest] = []
         self.cache = RowCache()
+        self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.decoded_rows = 0  # rows of the last step's decode forward (0: it had none)
         accepted = inspect.signature(self.model.forward).parameters
         self._last_logits = "logits_to_keep" in accepted
@@ -156,7 +164,15 @@ class ContinuousEngine:
             for r in s.rows:
                 r.start(self.tokenizer, self.eos)
             s.cache = DynamicCache()
+            if self._reuses_prefix(s):
+                s.prefilled, cached = self.prefixes.lookup(s.adapter, s.prompt)
+                s.cache = cached or s.cache
             self.prefilling.append(s)
+
+    def _reuses_prefix(self, s: EngineRequest) -> bool:
+        """Whether ``s`` takes part in prefix reuse: not with ``prompt_logprobs`` (the cached prefix has no logits to
+        score), nor prompt or prefix tuning (their cache starts with virtual columns, prefilled through peft)."""
+        return self.prefixes is not None and s.params.prompt_logprobs is None and not s.learned_prompt
 
     def _prefill(self, events: Events) -> None:
         budget = self.prefill_chunk
@@ -187,6 +203,8 @@ class ContinuousEngine:
             if s.prefilled < len(s.prompt):
                 continue
             self.prefilling.remove(s)
+            if self._reuses_prefix(s):
+                self.prefixes.insert(s.adapter, s.prompt, s.cache)
             self._first_tokens(s, out.logits[0, -1], events)
 
     def _prefill_virtual(self, s: EngineRequest, events: Events) -> None:

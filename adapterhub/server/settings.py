@@ -48,6 +48,12 @@ class ServerSettings(CheckedOptions):
     prefill_chunk: int = limited(
         128, min=1, help="Prompt tokens prefilled per step: the longest a newcomer's prefill holds the running rows."
     )
+    # the KV entries of prompt prefixes kept per adapter version, so a shared system prompt is prefilled once
+    prefix_cache_mb: float = limited(
+        256,
+        min=0,
+        help="Memory for the KV entries of prompt prefixes reused by later requests for the same adapter version (0: off).",
+    )
     max_waiting: int = limited(256, min=1, help="Requests queued beyond the running rows; more get a 503.")
     # `adapterhub serve` names the base after its directory or file instead (default_model_name)
     model_name: str = described(

@@ -54,7 +54,8 @@ class AppState:
         metrics.registry.register(per_adapter)
         engine = driver = None
         if pool.base.model_task == "causal-lm" and settings.batching == "continuous":
-            engine = ContinuousEngine(pool, max_running=settings.max_running, prefill_chunk=settings.prefill_chunk)
+            engine = ContinuousEngine(pool, max_running=settings.max_running, prefill_chunk=settings.prefill_chunk,
+                                      prefix_cache_mb=settings.prefix_cache_mb)  # fmt: skip
             driver = EngineDriver(  # on the batcher's thread: one model thread
                 engine, batcher.worker, _recorder(metrics, per_adapter), on_step=metrics.batch_size.observe
             )
