@@ -17,6 +17,8 @@ each streaming system's ITL p50 as a multiple of the floor of its decode step.
 Where llama.cpp is found (`LLAMA_CPP_DIR`, docs/benchmarks.md) and the base is a GGUF, llama.cpp's `llama-server`
 runs beside them as a fourth system, the same LoRAs converted by its own converter (suite `serving_llamacpp` has
 it beside our nf4 path too); otherwise the report says why it is left out.
+The prefix-reuse case (every request after its adapter's 256-token system prompt, with and without reuse) is the
+suite `serving_prefix`, which runs alone in minutes.
 """
 
 from __future__ import annotations
