@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
 from fastapi import FastAPI
 
 from adapterhub import plugins
@@ -79,6 +80,8 @@ def build_server(spec: ServeSpec) -> BuiltServer:
     remote = open_remote(registry, spec.remote) if spec.remote is not None else None
     router = Router.from_registry(spec.router, registry) if spec.router else None
     spec = completed_spec(spec, registry, router)
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)  # process-wide: every forward of this server runs in this process
     base = load_base(spec.base, model_task=spec.model_task, quantize=spec.quantize,
                      labels=list(spec.labels) if spec.labels else None, device=device, dtype=dtype)  # fmt: skip
     pool = AdapterPool(base, slots=spec.slots, max_rank=spec.max_rank, host_capacity=spec.host_cache, registry=registry)

@@ -86,6 +86,9 @@ class ServeSpec(CheckedOptions):
     slots: int = limited(8, min=1, help="Adapters resident at once (per layer slots).")
     max_rank: int = limited(16, min=1, help="Largest LoRA rank a slot holds.")
     host_cache: int = limited(64, min=0, help="Adapters kept in host memory besides those in slots (0: only those in slots).")  # fmt: skip
+    # torch's default is one intra-op thread per core; where other jobs share the cores, the threads wait for each
+    # other at every op (docs/serving.md, "Threads")
+    threads: int | None = limited(None, min=1, help="Torch intra-op threads for the model (default: torch's, one per core).")  # fmt: skip
     preload: tuple[str, ...] = described((), help="Adapter to load at start, repeatable.")
     router: str | None = described(
         None, help="Route requests naming a task (or task 'auto') to the adapters of this continual-learning sequence."
