@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from adapterhub import adapters
 from adapterhub.base import load_base
-from adapterhub.errors import IncompatibleBaseError
+from adapterhub.errors import AdapterHubError, IncompatibleBaseError
 from adapterhub.runtime import AdapterPool, SamplingParams, classify, generate
 from adapterhub_registry import Registry
 
@@ -110,6 +110,20 @@ def test_least_recently_used_adapter_goes_to_host_and_comes_back(tiny_llama, tmp
     assert pool.stats.registry_loads == loads and pool.stats.device_evictions == 2
     pool.unload("plain")
     assert [row["adapter"] for row in pool.describe()] == ["rs@1"]
+
+
+def test_unloading_a_name_drops_the_version_loaded_even_after_a_newer_push(tiny_llama, tmp_path):
+    base = load_base(tiny_llama)
+    push_random_adapter(base, "plain", {"r": 4}, tmp_path / "v1", seed=1)
+    pool = AdapterPool(base, slots=2, max_rank=4)
+    assert pool.load("plain") == "plain@1"
+    push_random_adapter(base, "plain", {"r": 4}, tmp_path / "v2", seed=2)  # the registry's newest is now plain@2
+    assert pool.unload("plain") == "plain@1" and pool.describe() == []
+    assert (pool.load("plain@1"), pool.load("plain")) == ("plain@1", "plain@2")
+    push_random_adapter(base, "plain", {"r": 4}, tmp_path / "v3", seed=3)
+    with pytest.raises(AdapterHubError, match=r"plain has 2 versions loaded \(plain@1, plain@2\); unload one by"):
+        pool.unload("plain")
+    assert pool.unload("plain@2") == "plain@2" and [row["adapter"] for row in pool.describe()] == ["plain@1"]
 
 
 def test_adapter_for_another_base_is_refused_naming_both(tiny_llama, tmp_path):

@@ -191,8 +191,17 @@ class AdapterPool:
         return key
 
     def unload(self, ref: str) -> str:
-        """Drop an adapter from device and host memory (it stays in the registry); returns its key."""
+        """Drop an adapter from device and host memory (it stays in the registry); returns its key.
+
+        A bare name unloads the version of it that is loaded, which need not be the registry's newest (a version
+        pushed after the load); several loaded versions of one name must be named by ``name@version``."""
         key = self.key_of(ref)
+        if key not in self._host and key not in self._device:
+            loaded = sorted(k for k in {*self._host, *self._device} if k.partition("@")[0] == ref)
+            if len(loaded) > 1:
+                raise AdapterHubError(f"{ref} has {len(loaded)} versions loaded ({', '.join(loaded)}); unload one by "
+                                      "name@version")  # fmt: skip
+            key = loaded[0] if loaded else key
         if key in self._pinned:
             raise AdapterHubError(f"adapter {key} is in use by the running batch; unload it after the batch")
         if key not in self._host and key not in self._device:
