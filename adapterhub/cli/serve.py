@@ -81,6 +81,7 @@ _spec_options = stacked(
     setting_option(ServeSpec, "max_rank"),
     setting_option(ServeSpec, "host_cache"),
     setting_option(ServeSpec, "threads", show_default=False),
+    setting_option(ServeSpec, "pack_weights"),
     setting_option(ServeSpec, "preload", "--load", multiple=True, metavar="REF", show_default=False),
     setting_option(ServeSpec, "router", metavar="SEQUENCE"),
     registry_option,

@@ -39,6 +39,7 @@ from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError
 from adapterhub.manifest import Manifest
 from adapterhub.runtime.fallback import PeftAttached
+from adapterhub.runtime.packed import PackedHead, PackedWeight, should_pack, unpackable
 from adapterhub.runtime.plan import PEFT_PREFIX, PlanTemplate, SlotPlan, plan_adapter, template_key, template_of
 from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, remove_slots
 from adapterhub.specs import NotSlottable, SlotLayout
@@ -96,7 +97,8 @@ class AdapterPool:
     """Resident adapter slots on one base model; see the module docstring."""
 
     def __init__(self, base: Base, *, slots: int = 8, max_rank: int = 16, host_capacity: int = 64,
-                 targets: Sequence[str] | None = None, registry: Registry | None = None) -> None:  # fmt: skip
+                 targets: Sequence[str] | None = None, registry: Registry | None = None,
+                 pack_weights: bool | None = None) -> None:  # fmt: skip
         if slots < 1 or max_rank < 1 or host_capacity < 0:
             raise AdapterHubError(f"an adapter pool needs slots >= 1, max_rank >= 1 and host_capacity >= 0 "
                                   f"(got slots={slots}, max_rank={max_rank}, host_capacity={host_capacity})")  # fmt: skip
@@ -110,7 +112,9 @@ class AdapterPool:
         self.kernels = {op: kernels.select_kernel(op, self.device, self.dtype) for op in kernels.REFERENCES}
         self.layers: dict[str, LayerSlots] = {}
         self.heads: dict[str, HeadSlots] = {}
+        self.packed_head: PackedHead | None = None
         self._wrap(targets)
+        self._pack(pack_weights)
         self.layout = SlotLayout(
             shapes={name: (m.in_features, m.out_features) for name, m in self._slotted_modules()},
             max_rank=max_rank, weight=self._float_weight, bias=lambda name: self.base.model.get_submodule(name).bias,
@@ -142,6 +146,27 @@ class AdapterPool:
         if not self.layers:
             raise AdapterHubError("the base has no linear layers to slot (check --targets)")
 
+    def _pack(self, wanted: bool | None) -> None:
+        """Pack the slotted layers' and the output head's weights for the CPU when ``wanted`` (None: where it pays
+        and fits; packed.py). Only plain float32 ``nn.Linear`` layers on a CPU qualify."""
+        model = self.base.model
+        layers = dict(self._slotted_modules())
+        # a slotted layer's own class is second in its MRO (slots.make_slotted)
+        reasons = {unpackable(type(m).__mro__[2], m.weight) for m in layers.values()} - {None}
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        head = (
+            output if isinstance(output, torch.nn.Linear) and unpackable(type(output), output.weight) is None else None
+        )
+        weights = [m.weight for m in layers.values()] + ([head.weight] if head is not None else [])
+        if not should_pack(weights, reasons, wanted):
+            return
+        for name, module in layers.items():
+            self.layers[name].packed = PackedWeight(module)
+        if head is not None:
+            self.packed_head = PackedHead(head)
+        log.info("packed %d linear weights for the CPU (%.0f MB; pack_weights=False does not)", len(weights),
+                 sum(w.nbytes for w in weights) / 1e6)  # fmt: skip
+
     def _slotted_modules(self) -> Iterator[tuple[str, torch.nn.Module]]:
         return ((name, m) for name, m in self.base.model.named_modules() if name in self.layers)
 
@@ -154,6 +179,9 @@ class AdapterPool:
     def close(self) -> None:
         """Detach everything: the base model is exactly as loaded again."""
         self.peft.detach()
+        if self.packed_head is not None:
+            self.packed_head.detach()
+            self.packed_head = None
         for name, module in self.base.model.named_modules():
             if name in self.layers or name in self.heads:
                 remove_slots(module)

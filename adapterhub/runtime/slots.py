@@ -17,6 +17,7 @@ import torch
 
 from adapterhub.kernels import KernelChoice
 from adapterhub.module_classes import mixed_in
+from adapterhub.runtime.packed import PackedWeight
 from adapterhub.specs import SlotContents
 
 
@@ -36,7 +37,8 @@ class ActiveRows:
 
 
 class LayerSlots:
-    """The slots of one layer: ``A[slots + 1, r_max, d_in]``, ``B[slots + 1, d_out, r_max]``, ``scales[slots + 1]``,
+    """The slots of one layer: ``A[slots + 1, r_max, d_in]``, ``B[slots + 1, d_out, r_max]`` (a transposed view: stored
+    ``[slots + 1, r_max, d_out]``), ``scales[slots + 1]``,
     and the scaling vectors ``in_scale[slots + 1, d_in]``, ``out_scale`` and ``out_shift[slots + 1, d_out]``
     (``SlotContents`` says what each does).
 
@@ -49,7 +51,9 @@ class LayerSlots:
                  device: torch.device, single: KernelChoice, gather: KernelChoice) -> None:  # fmt: skip
         self.rows, self.max_rank = rows, max_rank
         self.A = torch.zeros(slots + 1, max_rank, d_in, dtype=dtype, device=device)
-        self.B = torch.zeros(slots + 1, d_out, max_rank, dtype=dtype, device=device)
+        # B is stored transposed, (slots + 1, r_max, d_out), and seen through a view in the kernels' shape: the torch
+        # reference then takes every slot's B as one (slots * r_max, d_out) matrix without a copy (kernels.py).
+        self.B = torch.zeros(slots + 1, max_rank, d_out, dtype=dtype, device=device).transpose(1, 2)
         self.scales = torch.zeros(slots + 1, dtype=torch.float32, device=device)
         self.in_scale = torch.ones(slots + 1, d_in, dtype=dtype, device=device)
         self.out_scale = torch.ones(slots + 1, d_out, dtype=dtype, device=device)
@@ -59,6 +63,7 @@ class LayerSlots:
         self.scales_in = [False] * (slots + 1)  # slot has an input scale
         self.scales_out = [False] * (slots + 1)  # slot has an output scale / shift
         self.single_kernel, self.gather_kernel = single.fn, gather.fn
+        self.packed: PackedWeight | None = None  # the base weight packed for the CPU (packed.py), set by the pool
         # Each slot's views, made once: a swap writes every layer (210 in SmolLM2), and indexing
         # `A[slot, :rank]` anew in each write took a third of the swap's time on a CPU.
         self._slot_views = [(self.A[s], self.B[s], self.scales[s]) for s in range(slots + 1)]
@@ -212,7 +217,11 @@ class SlottedLayer:
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         slots = self.adapter_slots
-        return slots.finish(x, super().forward(slots.scale_input(x), *args, **kwargs))
+        scaled = slots.scale_input(x)
+        result = None if slots.packed is None or args or kwargs else slots.packed.linear(scaled, self.bias)
+        if result is None:
+            result = super().forward(scaled, *args, **kwargs)
+        return slots.finish(x, result)
 
 
 class SlottedHead:

@@ -84,7 +84,8 @@ def build_server(spec: ServeSpec) -> BuiltServer:
         torch.set_num_threads(spec.threads)  # process-wide: every forward of this server runs in this process
     base = load_base(spec.base, model_task=spec.model_task, quantize=spec.quantize,
                      labels=list(spec.labels) if spec.labels else None, device=device, dtype=dtype)  # fmt: skip
-    pool = AdapterPool(base, slots=spec.slots, max_rank=spec.max_rank, host_capacity=spec.host_cache, registry=registry)
+    pool = AdapterPool(base, slots=spec.slots, max_rank=spec.max_rank, host_capacity=spec.host_cache, registry=registry,
+                       pack_weights={"auto": None, "on": True, "off": False}[spec.pack_weights])  # fmt: skip
     refs = (*spec.preload, *(task.ref for task in (router.tasks if router else ())))
     loaded = tuple(f"{key} ({pool.fetch(key).kind})" for key in map(pool.load, refs))
     if router is not None:
