@@ -39,7 +39,7 @@ class Roofline:
 
     read_gb_s: float
     matmul_gflop_s: float
-    decode_gflop_s: dict[str, float]  # "x @ W.t() cold", "x @ Wt cold", "x @ W.t() warm", "x @ Wt warm"
+    decode_gflop_s: dict[str, float]  # "x @ W.t() cold", "x @ Wt cold", ..., "x @ W packed warm" (oneDNN)
     threads: int
 
     def step_floor_ms(self, weight_bytes: float, params: float, rows: int) -> float:
@@ -76,21 +76,30 @@ def matmul_gflop_s(rows: int, d_in: int, d_out: int, repeats: int = 10) -> float
 
 
 def decode_gflop_s(
-    rows: int, d_in: int, d_out: int, *, transposed: bool, cold: bool, repeats: int = 5, cold_bytes: int = COLD_BYTES
-) -> float:
-    """FLOP rate of ``x @ W.t()`` (``nn.Linear``'s layout, W: (d_out, d_in)) or ``x @ Wt`` (Wt: (d_in, d_out)
-    contiguous), over enough distinct weights when ``cold`` that each is read from memory, as in a decode step."""
+    rows: int, d_in: int, d_out: int, *, transposed: bool, cold: bool, repeats: int = 5, cold_bytes: int = COLD_BYTES,
+    packed: bool = False,
+) -> float:  # fmt: skip
+    """FLOP rate of ``x @ W.t()`` (``nn.Linear``'s layout, W: (d_out, d_in)), ``x @ Wt`` (Wt: (d_in, d_out)
+    contiguous), or with ``packed`` W reordered by oneDNN as an adapter pool packs it (adapterhub/runtime/packed.py),
+    over enough distinct weights when ``cold`` that each is read from memory, as in a decode step."""
     import torch
 
     count = max(1, cold_bytes // (4 * d_in * d_out)) if cold else 1
     weights = [torch.randn(d_in, d_out) if transposed else torch.randn(d_out, d_in) for _ in range(count)]
+    if packed:
+        weights = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in weights]
     x = torch.randn(rows, d_in)
     passes = 1 if cold else 50  # warm: one weight, used 50 times in a row (a single product is too short to time)
+
+    def product(w):
+        if packed:
+            return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        return x @ w if transposed else x @ w.t()
 
     def products() -> None:
         for _ in range(passes):
             for w in weights:
-                x @ w if transposed else x @ w.t()
+                product(w)
 
     return 2 * rows * d_in * d_out * count * passes / _best_s(products, repeats) / 1e9
 
@@ -106,6 +115,10 @@ def measure(repeats: int = 5) -> Roofline:
         for cold in (True, False)
         for transposed in (False, True)
     }
+    if torch.backends.mkldnn.is_available():
+        for cold in (True, False):
+            decode[f"x @ W packed {'cold' if cold else 'warm'}"] = decode_gflop_s(*DECODE, transposed=False, cold=cold,
+                                                                                  repeats=repeats, packed=True)  # fmt: skip
     return Roofline(read_bandwidth_gb_s(repeats), matmul_gflop_s(*MATMUL, repeats=2 * repeats), decode,
                     torch.get_num_threads())  # fmt: skip
 

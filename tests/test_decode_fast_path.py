@@ -16,7 +16,7 @@ from adapterhub.base import load_base
 from adapterhub.runtime import AdapterPool, SamplingParams
 from adapterhub.runtime.continuous import ContinuousEngine, EngineRequest
 from adapterhub.runtime.kv_rows import GrowingLayer, RowCache
-from adapterhub.runtime.packed import PackedHead, PackedWeight
+from adapterhub.runtime.packed import PackedHead, PackedWeight, worth_packing
 
 PROMPTS = ["the movie was great", "i hate this car very much and", "good", "we drive fast on the road", "bad film",
            "this is not a very good film but i love it", "so", "they love fast cars"]  # fmt: skip
@@ -62,10 +62,11 @@ def test_packed_weights_give_the_logits_and_tokens_of_nn_linear(base):
     assert packed_tokens == plain_tokens
 
 
-def test_auto_packs_a_float32_cpu_base_and_refuses_what_it_cannot_pack(base, caplog):
-    pool = AdapterPool(base, slots=2, max_rank=4)  # auto: float32 on a CPU, far below half the free memory
-    assert all(layer.packed is not None for layer in pool.layers.values())
+def test_auto_packs_only_weights_big_enough_to_gain_and_refuses_what_it_cannot_pack(base, caplog):
+    pool = AdapterPool(base, slots=2, max_rank=4)  # auto: the tiny Llama's 64 x 64 weights are too small to gain
+    assert all(layer.packed is None for layer in pool.layers.values()) and pool.packed_head is None
     pool.close()
+    assert worth_packing(torch.empty(1536, 576)) and not worth_packing(torch.empty(64, 128))
     base.model.to(torch.bfloat16)
     with caplog.at_level(logging.WARNING):
         pool = AdapterPool(base, slots=2, max_rank=4, pack_weights=True)

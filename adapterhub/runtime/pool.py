@@ -39,7 +39,7 @@ from adapterhub.base import Base
 from adapterhub.errors import AdapterHubError, IncompatibleBaseError
 from adapterhub.manifest import Manifest
 from adapterhub.runtime.fallback import PeftAttached
-from adapterhub.runtime.packed import PackedHead, PackedWeight, should_pack, unpackable
+from adapterhub.runtime.packed import PackedHead, PackedWeight, should_pack, unpackable, worth_packing
 from adapterhub.runtime.plan import PEFT_PREFIX, PlanTemplate, SlotPlan, plan_adapter, template_key, template_of
 from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, remove_slots
 from adapterhub.specs import NotSlottable, SlotLayout
@@ -150,13 +150,14 @@ class AdapterPool:
         """Pack the slotted layers' and the output head's weights for the CPU when ``wanted`` (None: where it pays
         and fits; packed.py). Only plain float32 ``nn.Linear`` layers on a CPU qualify."""
         model = self.base.model
-        layers = dict(self._slotted_modules())
+        layers = {n: m for n, m in self._slotted_modules() if wanted or worth_packing(m.weight)}
         # a slotted layer's own class is second in its MRO (slots.make_slotted)
         reasons = {unpackable(type(m).__mro__[2], m.weight) for m in layers.values()} - {None}
         output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         head = (
             output if isinstance(output, torch.nn.Linear) and unpackable(type(output), output.weight) is None else None
         )
+        head = head if head is not None and (wanted or worth_packing(head.weight)) else None
         weights = [m.weight for m in layers.values()] + ([head.weight] if head is not None else [])
         if not should_pack(weights, reasons, wanted):
             return
@@ -365,11 +366,13 @@ class AdapterPool:
                 self.rows.slot_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
                 self.rows.single = ids[0] if len(set(ids)) == 1 else None
                 self.rows.slots = tuple(set(ids))
+                self.rows.span = max(ids) + 1
                 self.rows.vectors = any(self._host[k].plan.has_vectors for k in distinct)
             with self.peft.bypassed():
                 yield
         finally:
             self.rows.slot_ids, self.rows.single, self.rows.slots, self.rows.vectors = None, None, (), False
+            self.rows.span = 0
             self._pinned = set()
 
     def _slot_for(self, key: str) -> int:

@@ -34,6 +34,7 @@ class ActiveRows:
     single: int | None = None
     slots: tuple[int, ...] = ()
     vectors: bool = False  # some adapter of the batch has scaling vectors somewhere (else no layer looks)
+    span: int = 0  # every slot of the batch is below it: the gathered kernel is given only those slots
 
 
 class LayerSlots:
@@ -67,6 +68,9 @@ class LayerSlots:
         # Each slot's views, made once: a swap writes every layer (210 in SmolLM2), and indexing
         # `A[slot, :rank]` anew in each write took a third of the swap's time on a CPU.
         self._slot_views = [(self.A[s], self.B[s], self.scales[s]) for s in range(slots + 1)]
+        # The first n slots, for each n: a batch whose slots all lie below n gives the gathered kernel only those
+        # (with 8 adapters and no base row, the all-slots product skips the empty 9th slot's ninth of its work).
+        self._spans = [(self.A[:n], self.B[:n], self.scales[:n]) for n in range(slots + 2)]
 
     @property
     def nbytes(self) -> int:
@@ -163,7 +167,8 @@ class LayerSlots:
             return self.single_kernel(x.to(A.dtype), A, B, self.scale_values[slot])
         if not any(self.ranks[s] for s in rows.slots):
             return None
-        return self.gather_kernel(x.to(self.A.dtype), self.A, self.B, self.scales, rows.slot_ids)
+        A, B, scales = self._spans[rows.span]
+        return self.gather_kernel(x.to(A.dtype), A, B, scales, rows.slot_ids)
 
 
 def copy_all(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
