@@ -44,3 +44,33 @@ def test_smollm2_mixed_batch_equals_peft_per_row_and_generates(tmp_path):
                 expected = reference(**inputs).logits
             mask = inputs["attention_mask"][0].bool()  # padded positions are not compared
             torch.testing.assert_close(mixed[row][mask], expected[0][mask], rtol=1e-4, atol=1e-4)
+
+
+def test_smollm2_engine_decodes_the_same_tokens_with_packed_and_unpacked_weights(tmp_path):
+    """The decode step's fast paths on the real model (issue 28): 8 rows over 3 adapters and the base, 16 greedy
+    tokens each, through the continuous engine with packed weights (auto packs SmolLM2's) and with nn.Linear's."""
+    from adapterhub.runtime.continuous import ContinuousEngine, EngineRequest
+
+    base = load_base(smollm2_gguf())
+    for i in range(3):
+        push_random_adapter(base, f"smol-{i}", {"r": 16, "target_modules": ["all-linear"]}, tmp_path, seed=i)
+    prompts = ["The weather today is", "My favourite food is", "Once upon a time", "The capital of France is"]
+    adapters = ["smol-0@1", "smol-1@1", None, "smol-2@1"]
+
+    def decode(pack: bool | None) -> list[list[int]]:
+        pool = AdapterPool(base, slots=4, max_rank=16, pack_weights=pack)
+        try:
+            assert (pool.packed_head is not None) == (pack is None)
+            engine = ContinuousEngine(pool, max_running=8)
+            requests = [EngineRequest(base.tokenizer(p)["input_ids"], adapters[(i + j) % 4],
+                                      SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))
+                        for i, p in enumerate(prompts) for j in range(2)]  # fmt: skip
+            for r in requests:
+                engine.submit(r)
+            while engine.has_work():
+                engine.step()
+            return [r.generated for r in requests]
+        finally:
+            pool.close()
+
+    assert decode(None) == decode(False)
