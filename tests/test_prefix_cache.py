@@ -6,30 +6,17 @@ from __future__ import annotations
 
 import random
 
-import pytest
 import torch
-from test_continuous_engine import greedy, run
+from test_continuous_engine import greedy, pool, run  # noqa: F401  (pool is a fixture)
 from test_runtime import push_random_adapter
 from transformers import DynamicCache
 
-from adapterhub.base import load_base
-from adapterhub.runtime import AdapterPool
 from adapterhub.runtime.continuous import ContinuousEngine, EngineRequest
 from adapterhub.runtime.prefix_cache import BLOCK, PrefixCache
 
 rng = random.Random(0)
 PREFIX = [rng.randrange(7, 43) for _ in range(3 * BLOCK + 5)]  # 3 whole blocks and a part: word ids, no specials
 SUFFIXES = [[rng.randrange(7, 43) for _ in range(n)] for n in (3, 7, 1, 12, 4, 9)]
-
-
-@pytest.fixture
-def pool(tiny_llama, tmp_path):
-    base = load_base(tiny_llama)
-    for i in range(2):
-        push_random_adapter(base, f"a{i}", {"r": 4}, tmp_path, seed=i)
-    pool = AdapterPool(base, slots=2, max_rank=4)
-    yield pool
-    pool.close()
 
 
 def outputs(pool, prompts_adapters, prefix_cache_mb: float) -> tuple[list[str], ContinuousEngine]:

@@ -54,10 +54,6 @@ class PackedWeight:
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
         self.version = self.weight._version
 
-    @property
-    def nbytes(self) -> int:
-        return self.weight.nbytes
-
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
         """``x @ W.T + bias`` through the packed weight, or None where the caller must use the original: a forward
         that records gradients, or an input that is not float32 on the CPU."""

@@ -41,7 +41,7 @@ from adapterhub.manifest import Manifest
 from adapterhub.runtime.fallback import PeftAttached
 from adapterhub.runtime.packed import PackedHead, PackedWeight, should_pack, unpackable, worth_packing
 from adapterhub.runtime.plan import PEFT_PREFIX, PlanTemplate, SlotPlan, plan_adapter, template_key, template_of
-from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, remove_slots
+from adapterhub.runtime.slots import ActiveRows, HeadSlots, LayerSlots, copy_all, make_slotted, own_class, remove_slots
 from adapterhub.specs import NotSlottable, SlotLayout
 from adapterhub_registry import AdapterRecord, InvalidNameError, Registry
 from adapterhub_registry.names import parse_ref
@@ -151,13 +151,14 @@ class AdapterPool:
         and fits; packed.py). Only plain float32 ``nn.Linear`` layers on a CPU qualify."""
         model = self.base.model
         layers = {n: m for n, m in self._slotted_modules() if wanted or worth_packing(m.weight)}
-        # a slotted layer's own class is second in its MRO (slots.make_slotted)
-        reasons = {unpackable(type(m).__mro__[2], m.weight) for m in layers.values()} - {None}
-        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        head = (
-            output if isinstance(output, torch.nn.Linear) and unpackable(type(output), output.weight) is None else None
-        )
-        head = head if head is not None and (wanted or worth_packing(head.weight)) else None
+        reasons = {unpackable(own_class(m), m.weight) for m in layers.values()} - {None}
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if (
+            not isinstance(head, torch.nn.Linear)
+            or unpackable(type(head), head.weight)
+            or not (wanted or worth_packing(head.weight))
+        ):
+            head = None  # the head is packed where it can be, whatever the layers do
         weights = [m.weight for m in layers.values()] + ([head.weight] if head is not None else [])
         if not should_pack(weights, reasons, wanted):
             return

@@ -276,8 +276,15 @@ def make_slotted(module: torch.nn.Module, slots: LayerSlots | HeadSlots) -> None
     module.__class__ = mixed_in(mixin, type(module))
 
 
+def own_class(module: torch.nn.Module) -> type:
+    """The class ``module`` had before ``make_slotted`` (its own class when it is not slotted)."""
+    if isinstance(module, (SlottedLayer, SlottedHead)):
+        return type(module).__mro__[2]  # the slotted class, its mixin, then the original class
+    return type(module)
+
+
 def remove_slots(module: torch.nn.Module) -> None:
     """Undo ``make_slotted``: the module is exactly its original class again."""
     if isinstance(module, (SlottedLayer, SlottedHead)):
-        module.__class__ = type(module).__mro__[2]
+        module.__class__ = own_class(module)
         del module.adapter_slots
